@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Export an ESM-2 model to ONNX with its mean-pooling head, for seqembed.
+
+The graph takes ``input_ids`` and ``attention_mask`` (int64, [batch, length], ESM alphabet, <cls> ...
+<eos> then <pad>) and returns ``embedding`` (float32, [batch, dim]): the mean of the last hidden
+state over residue positions only (no <cls>, <eos> or padding), computed inside the graph in float32.
+
+Models come from ``--hf NAME`` (a local path or a hub name, where a hub is reachable) or from an
+ESM-2 size preset with seeded random weights (``--preset``), which is how GPU runs are made on a
+machine with no network. The script writes ``OUT/model.onnx`` (plus ``model.onnx.data`` when the
+weights do not fit a 2 GB protobuf) and ``OUT/model.json``, the manifest the Go worker reads, then
+checks ONNX Runtime against PyTorch at several lengths and batch sizes before it reports success.
+
+    python3 tools/export_esm2.py --preset tiny --out testdata/esm2-tiny \
+        --golden testdata/golden-input.fasta --golden-out testdata/esm2-tiny/golden.json
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+# ESM-2 architecture presets (fair-esm names). "tiny" is ours: small enough to commit.
+PRESETS = {
+    "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=256),
+    "t6_8M": dict(num_hidden_layers=6, hidden_size=320, num_attention_heads=20, intermediate_size=1280),
+    "t12_35M": dict(num_hidden_layers=12, hidden_size=480, num_attention_heads=20, intermediate_size=1920),
+    "t30_150M": dict(num_hidden_layers=30, hidden_size=640, num_attention_heads=20, intermediate_size=2560),
+    "t33_650M": dict(num_hidden_layers=33, hidden_size=1280, num_attention_heads=20, intermediate_size=5120),
+    "t36_3B": dict(num_hidden_layers=36, hidden_size=2560, num_attention_heads=40, intermediate_size=10240),
+}
+
+# The ESM alphabet (fair-esm / HF EsmTokenizer order). The Go tokeniser hard-codes the same ids.
+VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P",
+         "K", "Q", "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>",
+         "<mask>"]
+RESIDUES = "LAGVSERTIDPKQNFYMHWCXBUZO"
+CLS, PAD, EOS, MASK = 0, 1, 2, 32
+MAX_RESIDUES = 1022  # positions 1026 minus <cls>, <eos> and fair-esm's margin
+
+
+def esm_config(preset):
+    from transformers import EsmConfig
+    return EsmConfig(
+        vocab_size=len(VOCAB), mask_token_id=MASK, pad_token_id=PAD,
+        max_position_embeddings=1026, position_embedding_type="rotary",
+        emb_layer_norm_before=False, token_dropout=True, layer_norm_eps=1e-5,
+        hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        **PRESETS[preset])
+
+
+class Pooled(torch.nn.Module):
+    """EsmModel plus masked mean pooling over residues, in float32."""
+
+    def __init__(self, esm):
+        super().__init__()
+        self.esm = esm
+
+    def forward(self, input_ids, attention_mask):
+        h = self.esm(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        keep = (attention_mask != 0) & (input_ids != CLS) & (input_ids != EOS)
+        w = keep.to(torch.float32).unsqueeze(-1)
+        s = (h.to(torch.float32) * w).sum(dim=1)
+        n = w.sum(dim=1).clamp(min=1.0)
+        return s / n
+
+
+def reset_rotary_caches(model):
+    # HF's RotaryEmbedding caches cos/sin per length in Python; a cache hit during tracing would
+    # bake one length into the graph, so start every export with empty caches.
+    for m in model.modules():
+        if hasattr(m, "_seq_len_cached"):
+            m._seq_len_cached = None
+
+
+def load_model(args):
+    from transformers import EsmModel
+    kw = {"attn_implementation": args.attn}
+    if args.hf:
+        esm = EsmModel.from_pretrained(args.hf, add_pooling_layer=False, **kw)
+        name = args.name or os.path.basename(args.hf.rstrip("/"))
+    else:
+        torch.manual_seed(args.seed)
+        cfg = esm_config(args.preset)
+        cfg._attn_implementation = args.attn
+        esm = EsmModel(cfg, add_pooling_layer=False)
+        # Random init gives tiny weights; scale the embeddings so the output is not near-constant.
+        with torch.no_grad():
+            esm.embeddings.word_embeddings.weight.normal_(0.0, 1.0)
+        name = args.name or f"esm2-{args.preset}"
+    esm.eval()
+    return esm, name
+
+
+def encode(seqs, length=None):
+    rows = [[CLS] + [VOCAB.index(c) for c in s] + [EOS] for s in seqs]
+    L = length or max(len(r) for r in rows)
+    ids = np.full((len(rows), L), PAD, dtype=np.int64)
+    mask = np.zeros((len(rows), L), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+def random_seqs(rng, n, lo, hi):
+    std = "LAGVSERTIDPKQNFYMHWC"
+    return ["".join(rng.choice(list(std), size=int(rng.integers(lo, hi + 1)))) for _ in range(n)]
+
+
+def export(model, path, dtype, opset, device):
+    reset_rotary_caches(model)
+    ids, mask = encode(["MKTAYIAKQRQISFVKSHFSRQ", "MKV"], length=40)
+    args = (torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+    dyn = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
+           "embedding": {0: "batch"}}
+    t0 = time.time()
+    common = dict(input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                  dynamic_axes=dyn, opset_version=opset)
+    try:
+        # The TorchScript exporter traces HF's Python-side rotary cache correctly (caches reset).
+        torch.onnx.export(model, args, path, do_constant_folding=True, dynamo=False, **common)
+    except Exception as e:  # torch builds without the TorchScript exporter
+        print(f"export: TorchScript exporter failed ({e}); trying dynamo", file=sys.stderr)
+        reset_rotary_caches(model)
+        torch.onnx.export(model, args, path, dynamo=True, external_data=True, **common)
+    print(f"export: {path} in {time.time() - t0:.1f}s", file=sys.stderr)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    for p in [path, path + ".data"]:
+        if os.path.exists(p):
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def torch_embed(model, seqs, device, batch_cap=8):
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_cap):
+            ids, mask = encode(seqs[i:i + batch_cap])
+            out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+                       .float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def check_parity(model, path, device, fp16, rng):
+    """ONNX Runtime (CPU) against PyTorch on the same weights: batch sizes 1..8, padded lengths."""
+    import onnxruntime as ort
+    if fp16:
+        print("parity: fp16 graph not checked on the CPU EP here (checked by the Go GPU tests)", file=sys.stderr)
+        return None
+    so = ort.SessionOptions()
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    worst_abs, worst_cos = 0.0, 1.0
+    for n, lo, hi in [(1, 5, 5), (3, 10, 60), (8, 30, 200), (4, 300, 600), (2, 1000, 1022)]:
+        seqs = random_seqs(rng, n, lo, hi)
+        ids, mask = encode(seqs, length=((max(map(len, seqs)) + 2 + 63) // 64) * 64)
+        got = sess.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+        want = torch_embed(model, seqs, device, batch_cap=1)
+        worst_abs = max(worst_abs, float(np.abs(got - want).max()))
+        cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+        worst_cos = min(worst_cos, float(cos.min()))
+    print(f"parity: max abs {worst_abs:.3g}, min cosine {worst_cos:.8f}", file=sys.stderr)
+    if worst_abs > 1e-3 or worst_cos < 0.9999:
+        sys.exit(f"parity check failed: max abs {worst_abs}, min cosine {worst_cos}")
+    return {"max_abs": worst_abs, "min_cosine": worst_cos}
+
+
+def read_fasta(path):
+    recs, rid, seq = [], None, []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith(">"):
+                if rid is not None:
+                    recs.append((rid, "".join(seq)))
+                rid, seq = line[1:].split()[0], []
+            elif line:
+                seq.append(line)
+    if rid is not None:
+        recs.append((rid, "".join(seq)))
+    return recs
+
+
+def golden(model, device, fasta, out_path, tmpdir):
+    """Token ids from HF EsmTokenizer and PyTorch embeddings (one sequence at a time, unpadded)."""
+    from transformers import EsmTokenizer
+    vocab = os.path.join(tmpdir, "vocab.txt")
+    with open(vocab, "w") as f:
+        f.write("\n".join(VOCAB) + "\n")
+    tok = EsmTokenizer(vocab)
+    recs = []
+    for rid, s in read_fasta(fasta):
+        s = s[:MAX_RESIDUES]
+        ids = tok(s)["input_ids"]
+        emb = torch_embed(model, [s], device, batch_cap=1)[0]
+        recs.append({"id": rid, "sequence": s, "token_ids": ids,
+                     "embedding": [float(x) for x in emb]})
+    with open(out_path, "w") as f:
+        json.dump({"tokenizer": "transformers.EsmTokenizer", "records": recs}, f)
+    print(f"golden: {len(recs)} records -> {out_path}", file=sys.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hf", help="HF model name or local directory (facebook/esm2_t33_650M_UR50D)")
+    src.add_argument("--preset", choices=sorted(PRESETS), help="ESM-2 architecture with random weights")
+    ap.add_argument("--out", required=True, help="output directory (model.onnx, model.json)")
+    ap.add_argument("--name", help="model name in the manifest (default esm2-PRESET or the HF name)")
+    ap.add_argument("--seed", type=int, default=0, help="weight seed for --preset (default 0)")
+    ap.add_argument("--fp16", action="store_true", help="export weights and activations in float16 "
+                    "(inputs int64, pooled output float32); needs a CUDA device")
+    ap.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation traced")
+    ap.add_argument("--opset", type=int, default=17)
+    ap.add_argument("--max-length", type=int, default=MAX_RESIDUES, help="max residues per sequence (default 1022)")
+    ap.add_argument("--golden", help="FASTA whose PyTorch embeddings and HF token ids are written to --golden-out")
+    ap.add_argument("--golden-out", help="golden JSON path")
+    ap.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
+    args = ap.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.fp16 and device != "cuda":
+        sys.exit("--fp16 needs a CUDA device for export")
+    os.makedirs(args.out, exist_ok=True)
+    model, name = load_model(args)
+    pooled = Pooled(model).to(device)
+    if args.fp16:
+        pooled.esm.half()
+    path = os.path.join(args.out, "model.onnx")
+    export(pooled, path, "float16" if args.fp16 else "float32", args.opset, device)
+
+    rng = np.random.default_rng(args.seed)
+    parity = None if args.no_check else check_parity(pooled, path, device, args.fp16, rng)
+    if args.golden:
+        golden(pooled, device, args.golden, args.golden_out, args.out)
+        os.remove(os.path.join(args.out, "vocab.txt"))
+
+    cfg = model.config
+    manifest = {
+        "name": name,
+        "architecture": "esm2",
+        "source": args.hf or f"preset:{args.preset}:seed{args.seed}",
+        "model_file": "model.onnx",
+        "sha256": sha256(path),
+        "embedding_dim": cfg.hidden_size,
+        "num_layers": cfg.num_hidden_layers,
+        "num_heads": cfg.num_attention_heads,
+        "alphabet": "esm",
+        "residues": RESIDUES,
+        "tokens": {"cls": CLS, "pad": PAD, "eos": EOS, "mask": MASK, "unk": 3},
+        "max_length": args.max_length,
+        "inputs": ["input_ids", "attention_mask"],
+        "output": "embedding",
+        "pooling": "mean",
+        "dtype": "float16" if args.fp16 else "float32",
+        "opset": args.opset,
+        "parity": parity,
+        "exported": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    }
+    with open(os.path.join(args.out, "model.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    print(json.dumps({k: manifest[k] for k in ("name", "embedding_dim", "dtype", "sha256")}))
+
+
+if __name__ == "__main__":
+    main()
