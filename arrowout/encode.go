@@ -1,0 +1,391 @@
+package arrowout
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/bitutil"
+	"github.com/apache/arrow-go/v18/arrow/ipc"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+)
+
+// Batch is the plain-struct result of one inference batch. Row i is
+// IDs[i], StreamSeqs[i], Lengths[i], Truncated[i] and
+// Embeddings[i*Dim:(i+1)*Dim]. All slices must have len(IDs) rows.
+//
+// The caller owns every slice. The encoder only reads them during an
+// Encode/Split call (the bytes it returns are a copy) and never keeps them,
+// so the caller may reuse them as soon as the call returns.
+type Batch struct {
+	Seq        uint64    // batch number, used in error messages and nothing else
+	IDs        []string  // sequence ids; one per row
+	StreamSeqs []uint64  // input JetStream stream sequences; one per row
+	Lengths    []int32   // residues embedded (after truncation); one per row
+	Truncated  []bool    // whether the sequence was truncated; one per row
+	Embeddings []float32 // row-major, len(IDs)*Dim values
+}
+
+// Rows returns the number of rows of b (len(b.IDs)).
+func (b *Batch) Rows() int { return len(b.IDs) }
+
+// validate checks that every slice of b has one entry per row for dimension
+// dim. Errors wrap ErrInvalidBatch.
+func (b *Batch) validate(dim int) error {
+	n := len(b.IDs)
+	switch {
+	case len(b.StreamSeqs) != n:
+		return fmt.Errorf("%w: batch %d: %d ids but %d stream seqs", ErrInvalidBatch, b.Seq, n, len(b.StreamSeqs))
+	case len(b.Lengths) != n:
+		return fmt.Errorf("%w: batch %d: %d ids but %d lengths", ErrInvalidBatch, b.Seq, n, len(b.Lengths))
+	case len(b.Truncated) != n:
+		return fmt.Errorf("%w: batch %d: %d ids but %d truncated flags", ErrInvalidBatch, b.Seq, n, len(b.Truncated))
+	case len(b.Embeddings) != n*dim:
+		return fmt.Errorf("%w: batch %d: %d rows of dim %d need %d embedding values, got %d", ErrInvalidBatch, b.Seq, n, dim, n*dim, len(b.Embeddings))
+	}
+	return nil
+}
+
+// seqRange returns the smallest and largest stream sequence of rows [lo,hi)
+// (0, 0 for an empty range).
+func (b *Batch) seqRange(lo, hi int) (minSeq, maxSeq uint64) {
+	if lo >= hi {
+		return 0, 0
+	}
+	minSeq, maxSeq = b.StreamSeqs[lo], b.StreamSeqs[lo]
+	for _, s := range b.StreamSeqs[lo+1 : hi] {
+		minSeq, maxSeq = min(minSeq, s), max(maxSeq, s)
+	}
+	return minSeq, maxSeq
+}
+
+// EncoderOption configures an Encoder.
+type EncoderOption func(*encoderConfig) error
+
+type encoderConfig struct {
+	mem memory.Allocator
+}
+
+// WithAllocator sets the Arrow allocator used for the small per-call buffers
+// of the IPC writer (message metadata, sliced offsets and bitmaps). Default:
+// memory.DefaultAllocator. A memory.CheckedAllocator here lets tests prove
+// the encoder releases everything it allocates.
+func WithAllocator(mem memory.Allocator) EncoderOption {
+	return func(c *encoderConfig) error {
+		if mem == nil {
+			return fmt.Errorf("%w: WithAllocator(nil)", ErrOption)
+		}
+		c.mem = mem
+		return nil
+	}
+}
+
+// Encoder turns Batches into Arrow IPC streams of Schema(meta).
+//
+// The large columns (stream_seq, length, embedding) are handed to the IPC
+// writer as zero-copy views of the Batch slices, and the id and truncated
+// columns are built in scratch buffers the Encoder reuses, so the only
+// per-row copy is the one into the returned bytes. The serialized schema
+// message is computed once.
+//
+// An Encoder is NOT safe for concurrent use; use one per goroutine (they are
+// cheap) or guard it with a mutex.
+type Encoder struct {
+	meta      Meta
+	schema    *arrow.Schema
+	dim       int
+	mem       memory.Allocator
+	schemaMsg []byte // encapsulated schema message opening every stream
+	overhead  int    // size of a stream holding a zero-row record batch
+
+	// scratch, reused across calls
+	idOffsets []int32
+	idData    []byte
+	truncBits []byte
+	pending   []pendingPart
+}
+
+// pendingPart is a row range whose record-batch payload has been sized and
+// accepted by Split but not yet written out.
+type pendingPart struct {
+	lo, hi  int
+	payload ipc.Payload
+	size    int
+}
+
+// eos is the Arrow IPC end-of-stream marker.
+var eos = [8]byte{0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0}
+
+// NewEncoder returns an Encoder for m. It fails with ErrOption when m is
+// invalid (see Meta.Validate) or an option is.
+func NewEncoder(m Meta, opts ...EncoderOption) (*Encoder, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	cfg := encoderConfig{mem: memory.DefaultAllocator}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	e := &Encoder{meta: m, schema: Schema(m), dim: m.Dim, mem: cfg.mem}
+
+	sp := ipc.GetSchemaPayload(e.schema, e.mem)
+	defer sp.Release()
+	var buf bytes.Buffer
+	if _, err := sp.WritePayload(&buf); err != nil {
+		return nil, fmt.Errorf("arrowout: serialize schema: %w", err)
+	}
+	e.schemaMsg = buf.Bytes()
+
+	empty, err := e.Encode(nil, &Batch{}, 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("arrowout: encode empty batch: %w", err)
+	}
+	e.overhead = len(empty)
+	return e, nil
+}
+
+// Meta returns the Meta the Encoder was built with.
+func (e *Encoder) Meta() Meta { return e.meta }
+
+// Schema returns the schema of every stream the Encoder writes. Callers
+// must not modify it.
+func (e *Encoder) Schema() *arrow.Schema { return e.schema }
+
+// Encode writes rows [lo,hi) of b as one complete Arrow IPC stream (schema
+// message, one record batch, end-of-stream marker) appended to dst, which
+// may be nil, and returns the extended slice. An empty range yields a valid
+// stream with a zero-row batch. Errors wrap ErrInvalidBatch.
+func (e *Encoder) Encode(dst []byte, b *Batch, lo, hi int) ([]byte, error) {
+	if err := e.checkRange(b, lo, hi); err != nil {
+		return dst, err
+	}
+	rec, err := e.record(b, lo, hi)
+	if err != nil {
+		return dst, err
+	}
+	defer rec.Release()
+	p, size, err := e.payload(rec)
+	if err != nil {
+		return dst, fmt.Errorf("arrowout: batch %d rows [%d,%d): %w", b.Seq, lo, hi, err)
+	}
+	defer p.Release()
+	return e.appendStream(growBytes(dst, size), &p), nil
+}
+
+// Part is one IPC stream produced by Split: rows [Lo,Hi) of the batch.
+type Part struct {
+	Lo, Hi int
+	Data   []byte
+}
+
+// Split encodes b into one or more IPC streams of at most maxBytes bytes
+// each, returned in row order and covering every row exactly once. A row
+// range that does not fit is cut into k >= 2 equal row ranges, k estimated
+// from its encoded size so that each piece should fit, and any piece that
+// still does not fit is cut again (recursive halving with a better first
+// guess), so the result is close to the fewest parts possible. Sizing a
+// range does not serialize it, so rejected attempts are cheap. The split
+// depends only on b and maxBytes: re-splitting a batch gives identical
+// parts.
+//
+// An empty batch yields no parts. The parts' Data share one freshly
+// allocated backing array owned by the caller. A row that cannot fit alone
+// fails with ErrTooLarge naming the batch and row; invalid input fails with
+// ErrInvalidBatch or ErrOption.
+func (e *Encoder) Split(b *Batch, maxBytes int) ([]Part, error) {
+	_, parts, err := e.split(nil, nil, b, maxBytes)
+	return parts, err
+}
+
+// split is Split appending the encoded streams to buf and the parts to
+// parts; it returns both extended slices.
+func (e *Encoder) split(buf []byte, parts []Part, b *Batch, maxBytes int) ([]byte, []Part, error) {
+	if maxBytes <= 0 {
+		return buf, parts, fmt.Errorf("%w: batch %d: maxBytes %d must be > 0", ErrOption, b.Seq, maxBytes)
+	}
+	if err := b.validate(e.dim); err != nil {
+		return buf, parts, err
+	}
+	n := b.Rows()
+	if n == 0 {
+		return buf, parts, nil
+	}
+	rec, err := e.record(b, 0, n)
+	if err != nil {
+		return buf, parts, err
+	}
+	defer rec.Release()
+	defer func() {
+		for i := range e.pending {
+			e.pending[i].payload.Release()
+		}
+		clear(e.pending)
+		e.pending = e.pending[:0]
+	}()
+	if err := e.fit(rec, b, 0, n, maxBytes); err != nil {
+		return buf, parts, err
+	}
+
+	total := 0
+	for _, pp := range e.pending {
+		total += pp.size
+	}
+	buf = growBytes(buf, total)
+	for i := range e.pending {
+		pp := &e.pending[i]
+		start := len(buf)
+		buf = e.appendStream(buf, &pp.payload)
+		parts = append(parts, Part{Lo: pp.lo, Hi: pp.hi, Data: buf[start:len(buf):len(buf)]})
+	}
+	return buf, parts, nil
+}
+
+// fit sizes rows [lo,hi) of rec and either queues them as one part or
+// splits the range, recursively, in row order.
+func (e *Encoder) fit(rec arrow.RecordBatch, b *Batch, lo, hi, maxBytes int) error {
+	slice := rec.NewSlice(int64(lo), int64(hi))
+	p, size, err := e.payload(slice)
+	slice.Release()
+	if err != nil {
+		return fmt.Errorf("arrowout: batch %d rows [%d,%d): %w", b.Seq, lo, hi, err)
+	}
+	if size <= maxBytes {
+		e.pending = append(e.pending, pendingPart{lo: lo, hi: hi, payload: p, size: size})
+		return nil
+	}
+	p.Release()
+	n := hi - lo
+	if n == 1 {
+		return fmt.Errorf("%w: batch %d: row %d (id %q, stream seq %d) encodes to %d bytes, limit is %d",
+			ErrTooLarge, b.Seq, lo, b.IDs[lo], b.StreamSeqs[lo], size, maxBytes)
+	}
+	// Every part pays e.overhead plus up to 7 bytes of padding per buffer;
+	// size the pieces so that the body of each fits in what is left.
+	k := n
+	if room := maxBytes - e.overhead - 64; room > 0 {
+		k = min(n, max(2, (size-e.overhead+room-1)/room))
+	}
+	for i := range k {
+		if err := e.fit(rec, b, lo+n*i/k, lo+n*(i+1)/k, maxBytes); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkRange validates b and the row range [lo,hi).
+func (e *Encoder) checkRange(b *Batch, lo, hi int) error {
+	if err := b.validate(e.dim); err != nil {
+		return err
+	}
+	if lo < 0 || hi < lo || hi > b.Rows() {
+		return fmt.Errorf("%w: batch %d: row range [%d,%d) outside [0,%d)", ErrInvalidBatch, b.Seq, lo, hi, b.Rows())
+	}
+	return nil
+}
+
+// record assembles rows [lo,hi) of b as a record batch. stream_seq, length
+// and embedding are zero-copy views of b's slices; id and truncated live in
+// the Encoder's scratch buffers. The record is valid until b is modified or
+// the next call to record; the caller releases it.
+func (e *Encoder) record(b *Batch, lo, hi int) (arrow.RecordBatch, error) {
+	n := hi - lo
+
+	e.idOffsets = append(e.idOffsets[:0], 0)
+	e.idData = e.idData[:0]
+	for _, id := range b.IDs[lo:hi] {
+		e.idData = append(e.idData, id...)
+		if len(e.idData) > math.MaxInt32 {
+			return nil, fmt.Errorf("%w: batch %d: ids of rows [%d,%d) exceed 2 GiB", ErrInvalidBatch, b.Seq, lo, hi)
+		}
+		e.idOffsets = append(e.idOffsets, int32(len(e.idData)))
+	}
+
+	nb := int(bitutil.BytesForBits(int64(n)))
+	if cap(e.truncBits) < nb {
+		e.truncBits = make([]byte, nb)
+	}
+	e.truncBits = e.truncBits[:nb]
+	clear(e.truncBits)
+	for i, t := range b.Truncated[lo:hi] {
+		if t {
+			bitutil.SetBit(e.truncBits, i)
+		}
+	}
+
+	wrap := memory.NewBufferBytes
+	values := array.NewData(arrow.PrimitiveTypes.Float32, n*e.dim,
+		[]*memory.Buffer{nil, wrap(arrow.Float32Traits.CastToBytes(b.Embeddings[lo*e.dim : hi*e.dim]))}, nil, 0, 0)
+	defer values.Release()
+	datas := [...]*array.Data{
+		array.NewData(arrow.BinaryTypes.String, n,
+			[]*memory.Buffer{nil, wrap(arrow.Int32Traits.CastToBytes(e.idOffsets)), wrap(e.idData)}, nil, 0, 0),
+		array.NewData(arrow.PrimitiveTypes.Uint64, n,
+			[]*memory.Buffer{nil, wrap(arrow.Uint64Traits.CastToBytes(b.StreamSeqs[lo:hi]))}, nil, 0, 0),
+		array.NewData(arrow.PrimitiveTypes.Int32, n,
+			[]*memory.Buffer{nil, wrap(arrow.Int32Traits.CastToBytes(b.Lengths[lo:hi]))}, nil, 0, 0),
+		array.NewData(arrow.FixedWidthTypes.Boolean, n,
+			[]*memory.Buffer{nil, wrap(e.truncBits)}, nil, 0, 0),
+		array.NewData(e.schema.Field(4).Type, n,
+			[]*memory.Buffer{nil}, []arrow.ArrayData{values}, 0, 0),
+	}
+	var cols [len(datas)]arrow.Array
+	for i, d := range datas {
+		cols[i] = array.MakeFromData(d)
+		d.Release()
+	}
+	rec := array.NewRecordBatch(e.schema, cols[:], int64(n))
+	for _, c := range cols {
+		c.Release()
+	}
+	return rec, nil
+}
+
+// payload encodes rec as an IPC record-batch payload and returns it with
+// the size of the complete stream (schema + batch + EOS) it makes. The
+// caller releases the payload.
+func (e *Encoder) payload(rec arrow.RecordBatch) (ipc.Payload, int, error) {
+	p, err := ipc.GetRecordBatchPayload(rec, ipc.WithAllocator(e.mem))
+	if err != nil {
+		return ipc.Payload{}, 0, err
+	}
+	var c countWriter
+	if _, err := p.WritePayload(&c); err != nil {
+		p.Release()
+		return ipc.Payload{}, 0, err
+	}
+	return p, len(e.schemaMsg) + int(c) + len(eos), nil
+}
+
+// appendStream appends schema message, p and EOS to dst. Writing to an
+// appendWriter cannot fail.
+func (e *Encoder) appendStream(dst []byte, p *ipc.Payload) []byte {
+	dst = append(dst, e.schemaMsg...)
+	w := appendWriter{buf: dst}
+	_, _ = p.WritePayload(&w)
+	return append(w.buf, eos[:]...)
+}
+
+// growBytes returns dst with room for at least n more bytes.
+func growBytes(dst []byte, n int) []byte {
+	if cap(dst)-len(dst) >= n {
+		return dst
+	}
+	out := make([]byte, len(dst), len(dst)+n)
+	copy(out, dst)
+	return out
+}
+
+// countWriter counts the bytes written to it.
+type countWriter int
+
+func (c *countWriter) Write(p []byte) (int, error) { *c += countWriter(len(p)); return len(p), nil }
+
+// appendWriter appends what is written to it to buf.
+type appendWriter struct{ buf []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) { w.buf = append(w.buf, p...); return len(p), nil }

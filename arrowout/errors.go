@@ -1,0 +1,33 @@
+package arrowout
+
+import "errors"
+
+// Sentinel errors. Every error returned by this package that falls into one
+// of these classes wraps the matching value (test with errors.Is) together
+// with context: the batch number, the input stream sequences, the row or the
+// part concerned.
+var (
+	// ErrOption reports an invalid constructor argument or option value.
+	ErrOption = errors.New("arrowout: invalid option")
+
+	// ErrInvalidBatch reports a Batch whose slices disagree in length with
+	// its row count, or a row range outside the batch.
+	ErrInvalidBatch = errors.New("arrowout: invalid batch")
+
+	// ErrTooLarge reports a single row whose encoded IPC stream is larger
+	// than the size limit, so no split can make it fit.
+	ErrTooLarge = errors.New("arrowout: row too large")
+
+	// ErrPublish reports that at least one part of a batch was not stored by
+	// JetStream (publish error, negative PubAck, timeout, disconnect or
+	// cancelled context). Republishing the same batch is safe: the parts
+	// carry the same Nats-Msg-Id and the stream drops those already stored.
+	ErrPublish = errors.New("arrowout: publish failed")
+
+	// ErrDecode reports bytes that are not a seqembed Arrow IPC stream.
+	ErrDecode = errors.New("arrowout: decode failed")
+
+	// ErrSchemaMismatch reports an IPC message whose Meta differs from the
+	// one a ParquetSink was fixed to.
+	ErrSchemaMismatch = errors.New("arrowout: schema mismatch")
+)

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/arrowout"
+	"github.com/seqembed/seqembed/batcher"
+	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/telemetry"
+)
+
+// workerConfig is every setting of the pipeline; flags fill it (see register).
+type workerConfig struct {
+	ModelDir        string
+	Device          string
+	Threads         int
+	MaxBatchTokens  int
+	MaxBatchRows    int
+	MaxWait         time.Duration
+	Overlength      string
+	MaxRecordBytes  int
+	AckWait         time.Duration
+	MaxAckPending   int
+	MaxDeliver      int
+	Inflight        int
+	InStream        string
+	OutStream       string
+	ShutdownTimeout time.Duration
+}
+
+func (c *workerConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.ModelDir, "model", "testdata/esm2-tiny", "model directory holding model.onnx and model.json")
+	fs.StringVar(&c.Device, "device", "cpu", "where inference runs: cpu, cuda or cuda:N")
+	fs.IntVar(&c.Threads, "threads", 0, "ONNX Runtime intra-op threads on the CPU (0 = one per core)")
+	fs.IntVar(&c.MaxBatchTokens, "max-batch-tokens", 16384, "padded-token budget of one batch (rows × bucket length)")
+	fs.IntVar(&c.MaxBatchRows, "max-batch-rows", 256, "most sequences in one batch")
+	fs.DurationVar(&c.MaxWait, "max-wait", 50*time.Millisecond, "a bucket flushes once its oldest record has waited this long")
+	fs.StringVar(&c.Overlength, "overlength", "truncate", "sequences over the model's max length: truncate (flagged in the output) or reject (dead-lettered)")
+	fs.IntVar(&c.MaxRecordBytes, "max-record-bytes", 1<<20, "records with a larger body are dead-lettered")
+	fs.DurationVar(&c.AckWait, "ack-wait", 60*time.Second, "server redelivers a record not acked within this time")
+	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 4096, "unacked records allowed across all workers of the durable consumer")
+	fs.IntVar(&c.MaxDeliver, "max-deliver", 5, "deliveries of one record before it is given up")
+	fs.IntVar(&c.Inflight, "inflight", 2, "batches in flight at once (inference and publishing overlap)")
+	fs.StringVar(&c.InStream, "in-stream", "SEQS", "input stream (work queue, subjects seqs.>)")
+	fs.StringVar(&c.OutStream, "out-stream", arrowout.DefaultStreamName, "output stream (subjects embeddings.>)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time allowed to finish in-flight batches")
+}
+
+// worker is the whole pipeline of one process: consumer → batcher → gpurun → arrowout.
+type worker struct {
+	cfg     workerConfig
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	log     *zap.Logger
+	metrics *telemetry.Metrics
+	health  *telemetry.Health
+
+	runner *gpurun.Runner
+	alloc  *gpurun.HostAllocator
+	tok    *batcher.Tokenizer
+	bat    *batcher.Batcher
+	cons   *consumer.Consumer
+	pub    *arrowout.Publisher
+	model  string
+}
+
+// newWorker loads the model and sets up the streams; nothing is pulled until run.
+func newWorker(ctx context.Context, cfg workerConfig, nc *nats.Conn, log *zap.Logger, reg prometheus.Registerer, health *telemetry.Health) (*worker, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	w := &worker{cfg: cfg, nc: nc, js: js, log: log, health: health}
+	if err := w.init(ctx, reg); err != nil {
+		w.close()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
+	cfg := w.cfg
+	dev, err := gpurun.ParseDevice(cfg.Device)
+	if err != nil {
+		return err
+	}
+	overlength, err := consumer.ParseOverlength(cfg.Overlength)
+	if err != nil {
+		return err
+	}
+	if cfg.Inflight <= 0 {
+		return fmt.Errorf("--inflight %d must be > 0", cfg.Inflight)
+	}
+	if w.runner, err = gpurun.New(cfg.ModelDir, gpurun.WithDevice(dev), gpurun.WithThreads(cfg.Threads),
+		gpurun.WithMaxRows(cfg.MaxBatchRows)); err != nil {
+		return err
+	}
+	man := w.runner.Manifest()
+	w.model = man.Name
+	if w.metrics, err = telemetry.NewMetrics(reg, man.Name); err != nil {
+		return err
+	}
+	if w.tok, err = batcher.NewTokenizer(man.Residues); err != nil {
+		return err
+	}
+	if w.alloc, err = gpurun.NewHostAllocator(cfg.MaxBatchTokens); err != nil {
+		return err
+	}
+	if w.bat, err = batcher.New(man.MaxLength, batcher.WithTokenizer(w.tok), batcher.WithAllocator(w.alloc),
+		batcher.WithMaxBatchTokens(cfg.MaxBatchTokens), batcher.WithMaxBatchRows(cfg.MaxBatchRows),
+		batcher.WithMaxWait(cfg.MaxWait), batcher.WithOutputSize(cfg.Inflight)); err != nil {
+		return err
+	}
+	if w.cons, err = consumer.New(w.js, man.Name, w.tok.Validate, consumer.WithStream(cfg.InStream),
+		consumer.WithAckWait(cfg.AckWait), consumer.WithMaxAckPending(cfg.MaxAckPending),
+		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithMaxResidues(man.MaxLength),
+		consumer.WithOverlength(overlength), consumer.WithMaxRecordBytes(cfg.MaxRecordBytes),
+		consumer.WithLogger(w.log), consumer.WithObserver(w.metrics)); err != nil {
+		return err
+	}
+	if err := w.cons.Setup(ctx); err != nil {
+		return err
+	}
+	if _, err := arrowout.EnsureStream(ctx, w.js, arrowout.StreamConfig{Name: cfg.OutStream}); err != nil {
+		return err
+	}
+	meta := arrowout.Meta{Model: man.Name, ModelSHA256: man.SHA256, Pooling: man.Pooling, Dim: man.EmbeddingDim}
+	w.pub, err = arrowout.NewPublisher(w.js, "embeddings."+man.Name, meta,
+		arrowout.WithMaxPayload(int(w.nc.MaxPayload())-4096))
+	return err
+}
+
+func (w *worker) close() {
+	if w.runner != nil {
+		w.runner.Close()
+	}
+	if w.alloc != nil {
+		w.alloc.Close()
+	}
+}
+
+// run pulls and embeds until ctx is done, then shuts down gracefully: stop pulling, nak what the
+// client buffered, flush the batcher, finish in-flight batches (publish, ack), return.
+func (w *worker) run(ctx context.Context) error {
+	defer w.close()
+	// The pipeline runs on its own context so that finishing in-flight work outlives ctx.
+	pipeCtx, cancelPipe := context.WithCancel(context.Background())
+	defer cancelPipe()
+	ch, err := w.cons.Start(pipeCtx)
+	if err != nil {
+		return err
+	}
+	bh := w.bat.Start(pipeCtx)
+
+	// feeder: consumer records → batcher.
+	go func() {
+		for rec := range ch.Records() {
+			it := batcher.Item{ID: rec.ID, Residues: rec.Residues, StreamSeq: rec.StreamSeq, Truncated: rec.Truncated, Ref: rec.Msg}
+			if err := w.bat.Add(pipeCtx, it); err != nil {
+				_ = rec.Msg.Nak()
+			}
+		}
+		bh.Drain()
+	}()
+
+	var wg sync.WaitGroup
+	for range w.cfg.Inflight {
+		wg.Go(func() { w.process(pipeCtx) })
+	}
+	w.health.SetReady(true)
+	w.log.Info("worker ready", zap.String("model", w.model), zap.String("device", w.runner.Device().String()),
+		zap.String("subject", consumer.Subject(w.model)))
+
+	<-ctx.Done()
+	w.health.SetReady(false)
+	w.log.Info("shutting down: no more pulls, finishing in-flight batches")
+	ch.Stop()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.ShutdownTimeout):
+		w.log.Warn("shutdown timeout: cancelling in-flight batches (their records will be redelivered)")
+		cancelPipe()
+		<-done
+	}
+	<-bh.Done()
+	for _, it := range bh.Pending() {
+		_ = it.Ref.(jetstream.Msg).Nak()
+	}
+	w.log.Info("worker stopped")
+	return nil
+}
+
+// process takes batches off the batcher until it closes: embed, publish, then ack.
+func (w *worker) process(ctx context.Context) {
+	var emb []float32
+	var out arrowout.Batch
+	var msgs []jetstream.Msg
+	idleSince := time.Now()
+	for b := range w.bat.Out() {
+		w.metrics.ObserveRunnerIdle(time.Since(idleSince))
+		w.metrics.InflightAdd(1)
+		w.metrics.ObserveBatch(b.Reason, b.Rows, b.Rows*b.Cols, b.Tokens, time.Since(b.Oldest))
+		msgs = msgs[:0]
+		for _, it := range b.Items {
+			msgs = append(msgs, it.Ref.(jetstream.Msg))
+		}
+		emb = w.embedPublish(ctx, b, emb[:0], &out, msgs)
+		w.metrics.InflightAdd(-1)
+		idleSince = time.Now()
+	}
+}
+
+func (w *worker) embedPublish(ctx context.Context, b *batcher.Batch, emb []float32, out *arrowout.Batch, msgs []jetstream.Msg) []float32 {
+	t0 := time.Now()
+	emb, err := w.runner.Embed(ctx, gpurun.Input{IDs: b.InputIDs, Mask: b.Mask, Rows: b.Rows, Cols: b.Cols}, emb)
+	w.metrics.ObserveInference(time.Since(t0))
+	if err != nil {
+		b.Release()
+		w.log.Error("inference failed; records nak'd", zap.Uint64("batch", b.Seq), zap.Int("rows", b.Rows),
+			zap.Uint64("first_stream_seq", b.Items[0].StreamSeq), zap.Error(err))
+		consumer.NakAll(msgs, time.Second)
+		return emb
+	}
+	out.Seq = b.Seq
+	out.IDs, out.StreamSeqs, out.Lengths, out.Truncated = out.IDs[:0], out.StreamSeqs[:0], out.Lengths[:0], out.Truncated[:0]
+	for _, it := range b.Items {
+		out.IDs = append(out.IDs, it.ID)
+		out.StreamSeqs = append(out.StreamSeqs, it.StreamSeq)
+		out.Lengths = append(out.Lengths, int32(len(it.Residues)))
+		out.Truncated = append(out.Truncated, it.Truncated)
+	}
+	out.Embeddings = emb
+	b.Release() // residues and token buffers are no longer needed
+	t1 := time.Now()
+	if _, err := w.pub.Publish(ctx, out); err != nil {
+		w.log.Error("publish failed; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
+		consumer.NakAll(msgs, time.Second)
+		return emb
+	}
+	w.metrics.ObservePublish(time.Since(t1))
+	if err := consumer.AckAll(ctx, w.nc, msgs); err != nil {
+		// The outputs are stored; a redelivery is deduplicated downstream by id.
+		w.log.Warn("ack failed after publish", zap.Uint64("batch", b.Seq), zap.Error(err))
+		return emb
+	}
+	w.metrics.RecordsOut(len(msgs))
+	return emb
+}
+
+var errNoNATS = errors.New("no NATS URL: pass --nats")
+
+func runWorkerCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	var cfg workerConfig
+	cfg.register(fs)
+	natsURL := fs.String("nats", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	httpAddr := fs.String("http-addr", ":9090", "address of /metrics, /healthz and /readyz (empty = off)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "json", "json or console")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *natsURL == "" {
+		return errNoNATS
+	}
+	log, err := telemetry.NewLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	nc, err := connect(*natsURL, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Drain()
+	reg := prometheus.NewRegistry()
+	health := telemetry.NewHealth()
+	if *httpAddr != "" {
+		srv, err := telemetry.NewServer(*httpAddr, reg, health, log)
+		if err != nil {
+			return err
+		}
+		if err := srv.Start(); err != nil {
+			return err
+		}
+		defer srv.Shutdown(context.Background())
+		log.Info("telemetry", zap.String("addr", srv.Addr()))
+	}
+	w, err := newWorker(ctx, cfg, nc, log, reg, health)
+	if err != nil {
+		health.Fail(err)
+		return err
+	}
+	return w.run(ctx)
+}
+
+// connect dials NATS and reconnects forever; connection events are logged.
+func connect(url string, log *zap.Logger) (*nats.Conn, error) {
+	return nats.Connect(url,
+		nats.Name("seqembed"),
+		nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", zap.Error(err)) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", zap.String("url", nc.ConnectedUrl())) }),
+	)
+}

@@ -1,0 +1,258 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/internal/natstest"
+)
+
+// validate accepts uppercase standard residues (the real one is batcher.Tokenizer.Validate).
+func validate(b []byte) error {
+	for i, c := range b {
+		if !strings.ContainsRune("LAGVSERTIDPKQNFYMHWCXBUZO", rune(c)) {
+			return fmt.Errorf("byte %q at %d", c, i)
+		}
+	}
+	return nil
+}
+
+func hdr(id string) nats.Header {
+	h := nats.Header{}
+	if id != "" {
+		h.Set(consumer.HeaderID, id)
+	}
+	return h
+}
+
+func TestDecode(t *testing.T) {
+	p := consumer.Policy{MaxRecordBytes: 64, MaxResidues: 10, Validate: validate}
+	reject := p
+	reject.Overlength = consumer.Reject
+	cases := []struct {
+		name   string
+		id     string
+		body   string
+		p      consumer.Policy
+		reason string
+		want   string
+		trunc  bool
+	}{
+		{"ok", "P1", "MKTAY", p, "", "MKTAY", false},
+		{"whitespace inside", "P2", " MK\nTA\r\n Y\t", p, "", "MKTAY", false},
+		{"missing id", "", "MKT", p, consumer.ReasonMissingID, "", false},
+		{"id with space", "a b", "MKT", p, consumer.ReasonBadID, "", false},
+		{"id not utf8", "a\xffb", "MKT", p, consumer.ReasonBadID, "", false},
+		{"empty", "P3", "", p, consumer.ReasonEmpty, "", false},
+		{"only whitespace", "P4", " \n\n", p, consumer.ReasonEmpty, "", false},
+		{"lowercase", "P5", "MKta", p, consumer.ReasonInvalid, "", false},
+		{"stop codon", "P6", "MKT*", p, consumer.ReasonInvalid, "", false},
+		{"non-utf8", "P7", "MK\xc3\x28", p, consumer.ReasonInvalid, "", false},
+		{"too large", "P8", strings.Repeat("A", 65), p, consumer.ReasonTooLarge, "", false},
+		{"over length truncated", "P9", "MKTAYIAKQRQ", p, "", "MKTAYIAKQR", true},
+		{"over length rejected", "P10", "MKTAYIAKQRQ", reject, consumer.ReasonTooLong, "", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec, err := consumer.Decode(hdr(c.id), []byte(c.body), 7, c.p)
+			if c.reason != "" {
+				var rej *consumer.RejectError
+				if !errors.As(err, &rej) || rej.Reason != c.reason || rej.StreamSeq != 7 {
+					t.Fatalf("err = %v, want reason %s", err, c.reason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(rec.Residues) != c.want || rec.Truncated != c.trunc || rec.ID != c.id {
+				t.Fatalf("got %+v", rec)
+			}
+		})
+	}
+}
+
+func publish(t *testing.T, js jetstream.JetStream, id, body string) {
+	t.Helper()
+	m := nats.NewMsg(consumer.Subject("m"))
+	if id != "" {
+		m.Header.Set(consumer.HeaderID, id)
+	}
+	m.Data = []byte(body)
+	if _, err := js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDeadLetterAndDeliver runs the pull loop against a real server: valid records come out,
+// every bad one is in the DLQ with its reason, and the work queue holds only the DLQ copies.
+func TestDeadLetterAndDeliver(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, js := natstest.Connect(t, natstest.Server(t, nil))
+	c, err := consumer.New(js, "m", validate, consumer.WithMaxResidues(8), consumer.WithOverlength(consumer.Reject),
+		consumer.WithMaxRecordBytes(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Setup(ctx); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	bad := map[string]string{ // id -> reason
+		"":     consumer.ReasonMissingID,
+		"E1":   consumer.ReasonEmpty,
+		"L1":   consumer.ReasonInvalid,
+		"S1":   consumer.ReasonInvalid,
+		"B1":   consumer.ReasonTooLarge,
+		"LONG": consumer.ReasonTooLong,
+	}
+	publish(t, js, "G1", "MKT")
+	publish(t, js, "", "MKT")
+	publish(t, js, "E1", "\n")
+	publish(t, js, "L1", "mkt")
+	publish(t, js, "S1", "MKT*")
+	publish(t, js, "B1", strings.Repeat("A", 101))
+	publish(t, js, "LONG", "MKTAYIAKQ")
+	publish(t, js, "G2", "MK\nTA")
+
+	h, err := c.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []consumer.Record
+	for len(got) < 2 {
+		select {
+		case r := <-h.Records():
+			got = append(got, r)
+		case <-ctx.Done():
+			t.Fatal("timed out waiting for records")
+		}
+	}
+	if got[0].ID != "G1" || got[1].ID != "G2" || string(got[1].Residues) != "MKTA" {
+		t.Fatalf("records %+v", got)
+	}
+	var msgs []jetstream.Msg
+	for _, r := range got {
+		msgs = append(msgs, r.Msg)
+	}
+	if err := consumer.AckAll(ctx, nc, msgs); err != nil {
+		t.Fatal(err)
+	}
+
+	// Every bad record is in the DLQ with its reason.
+	dlq, err := js.CreateOrUpdateConsumer(ctx, "SEQS", jetstream.ConsumerConfig{Durable: "dlq-reader",
+		FilterSubject: consumer.DLQSubject("m"), AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := dlq.Fetch(len(bad), jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	for m := range batch.Messages() {
+		seen[m.Headers().Get(consumer.HeaderID)] = m.Headers().Get(consumer.HeaderReason)
+		if m.Headers().Get(consumer.HeaderError) == "" {
+			t.Errorf("DLQ copy of %q has no error text", m.Headers().Get(consumer.HeaderID))
+		}
+		m.Ack()
+	}
+	for id, reason := range bad {
+		if seen[id] != reason {
+			t.Errorf("DLQ %q: reason %q, want %q", id, seen[id], reason)
+		}
+	}
+	h.Stop()
+	<-h.Done()
+	// The work queue ends empty (records acked, bad ones terminated, DLQ copies consumed).
+	waitEmpty(t, js)
+}
+
+func waitEmpty(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, err := js.Stream(context.Background(), "SEQS")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("work queue still holds %d messages", info.State.Msgs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestStopNaksBuffered: records pulled but not handed out are nak'd on Stop and redelivered.
+func TestStopNaksBuffered(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, js := natstest.Connect(t, natstest.Server(t, nil))
+	c, err := consumer.New(js, "m", validate, consumer.WithBuffer(1), consumer.WithPullBatch(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		publish(t, js, fmt.Sprint("P", i), "MKT")
+	}
+	h, _ := c.Start(ctx)
+	first := <-h.Records()
+	h.Stop()
+	<-h.Done()
+	for r := range h.Records() { // whatever was in the channel: nak it like a worker would
+		r.Msg.Nak()
+	}
+	first.Msg.Nak()
+	// A second worker gets all 10 again, promptly (nak, not AckWait).
+	c2, _ := consumer.New(js, "m", validate, consumer.WithAckWait(time.Minute))
+	if err := c2.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h2, _ := c2.Start(ctx)
+	defer h2.Stop()
+	ids := map[string]bool{}
+	for len(ids) < 10 {
+		select {
+		case r := <-h2.Records():
+			ids[r.ID] = true
+			r.Msg.Ack()
+		case <-time.After(15 * time.Second):
+			t.Fatalf("only %d of 10 records redelivered after Stop", len(ids))
+		}
+	}
+}
+
+func TestOptions(t *testing.T) {
+	for _, opt := range []consumer.Option{consumer.WithAckWait(0), consumer.WithMaxDeliver(-1), consumer.WithStream("a.b"), consumer.WithLogger(nil)} {
+		if _, err := consumer.New(nil, "m", validate, opt); !errors.Is(err, consumer.ErrOption) {
+			t.Errorf("err = %v, want ErrOption", err)
+		}
+	}
+	if _, err := consumer.New(nil, "a.b", validate); !errors.Is(err, consumer.ErrOption) {
+		t.Errorf("dotted model: err = %v", err)
+	}
+	if _, err := consumer.ParseOverlength("cut"); !errors.Is(err, consumer.ErrOption) {
+		t.Errorf("ParseOverlength: err = %v", err)
+	}
+}

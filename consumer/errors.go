@@ -1,0 +1,59 @@
+package consumer
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	// ErrMissingID: the record has no Seq-Id header (ids are required, never synthesised).
+	ErrMissingID = errors.New("missing Seq-Id header")
+	// ErrBadID: the Seq-Id is not a usable id (whitespace, control bytes, invalid UTF-8, too long).
+	ErrBadID = errors.New("bad Seq-Id")
+	// ErrEmpty: the body holds no residues.
+	ErrEmpty = errors.New("empty sequence")
+	// ErrTooLarge: the body is over the record size limit.
+	ErrTooLarge = errors.New("record over the size limit")
+	// ErrTooLong: the sequence is over the model's max length and the policy is reject.
+	ErrTooLong = errors.New("sequence over the max length")
+	// ErrInvalid: the sequence has characters outside the model's alphabet.
+	ErrInvalid = errors.New("invalid residues")
+	// ErrDeadLetter: copying a bad record to the dead-letter subject failed (it was nak'd instead).
+	ErrDeadLetter = errors.New("consumer: dead-letter publish failed")
+	// ErrOption: an option value is invalid.
+	ErrOption = errors.New("consumer: invalid option")
+	// ErrSetup: creating or updating the stream or the durable consumer failed.
+	ErrSetup = errors.New("consumer: setup")
+	// ErrAck: acknowledging messages failed.
+	ErrAck = errors.New("consumer: ack")
+)
+
+// Reason codes carried in the Seqembed-Reason header of dead-lettered records and in metrics.
+const (
+	ReasonMissingID     = "missing_id"
+	ReasonBadID         = "bad_id"
+	ReasonEmpty         = "empty"
+	ReasonTooLarge      = "too_large"
+	ReasonTooLong       = "too_long"
+	ReasonInvalid       = "invalid_residue"
+	ReasonMaxDeliveries = "max_deliveries"
+	ReasonModelError    = "model_error"
+)
+
+// RejectError says why a record cannot be embedded. Reason is one of the Reason* codes.
+type RejectError struct {
+	Reason    string
+	ID        string // the record's id, when it has one
+	StreamSeq uint64
+	Err       error
+}
+
+func (e *RejectError) Error() string {
+	id := e.ID
+	if id == "" {
+		id = "(no id)"
+	}
+	return fmt.Sprintf("record %s at stream seq %d rejected (%s): %v", id, e.StreamSeq, e.Reason, e.Err)
+}
+
+func (e *RejectError) Unwrap() error { return e.Err }

@@ -1,0 +1,97 @@
+package gpurun
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// Manifest is model.json, written by tools/export_esm2.py beside model.onnx.
+type Manifest struct {
+	Name         string           `json:"name"`
+	Architecture string           `json:"architecture"`
+	Source       string           `json:"source"`
+	ModelFile    string           `json:"model_file"`
+	SHA256       string           `json:"sha256"`
+	EmbeddingDim int              `json:"embedding_dim"`
+	NumLayers    int              `json:"num_layers"`
+	Alphabet     string           `json:"alphabet"`
+	Residues     string           `json:"residues"`
+	Tokens       map[string]int64 `json:"tokens"`
+	MaxLength    int              `json:"max_length"`
+	Inputs       []string         `json:"inputs"`
+	Output       string           `json:"output"`
+	Pooling      string           `json:"pooling"`
+	DType        string           `json:"dtype"`
+
+	// Dir is the directory the manifest was read from (not in the JSON).
+	Dir string `json:"-"`
+}
+
+// LoadManifest reads DIR/model.json and checks that it describes a model seqembed can run:
+// the ESM alphabet, two int64 inputs, one pooled output, a positive dimension and max length.
+func LoadManifest(dir string) (*Manifest, error) {
+	path := filepath.Join(dir, "model.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrManifest, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrManifest, path, err)
+	}
+	m.Dir = dir
+	if m.ModelFile == "" {
+		m.ModelFile = "model.onnx"
+	}
+	switch {
+	case m.Name == "":
+		return nil, fmt.Errorf("%w: %s: name is empty", ErrManifest, path)
+	case m.EmbeddingDim <= 0:
+		return nil, fmt.Errorf("%w: %s: embedding_dim %d", ErrManifest, path, m.EmbeddingDim)
+	case m.MaxLength <= 0:
+		return nil, fmt.Errorf("%w: %s: max_length %d", ErrManifest, path, m.MaxLength)
+	case m.Alphabet != "esm":
+		return nil, fmt.Errorf("%w: %s: alphabet %q (only \"esm\" is supported)", ErrManifest, path, m.Alphabet)
+	case len(m.Inputs) != 2 || m.Output == "":
+		return nil, fmt.Errorf("%w: %s: want inputs [input_ids, attention_mask] and one output, got %v -> %q",
+			ErrManifest, path, m.Inputs, m.Output)
+	case m.Pooling != "mean":
+		return nil, fmt.Errorf("%w: %s: pooling %q (only mean is supported)", ErrManifest, path, m.Pooling)
+	}
+	return &m, nil
+}
+
+// ModelPath is the ONNX file's path.
+func (m *Manifest) ModelPath() string { return filepath.Join(m.Dir, m.ModelFile) }
+
+// VerifySHA256 hashes the model file (and its external data file, if any) and compares the digest
+// with the manifest's. It reads the whole model: call it once at start-up.
+func (m *Manifest) VerifySHA256() error {
+	if m.SHA256 == "" {
+		return nil
+	}
+	h := sha256.New()
+	for _, p := range []string{m.ModelPath(), m.ModelPath() + ".data"} {
+		f, err := os.Open(p)
+		if os.IsNotExist(err) && p != m.ModelPath() {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrManifest, err)
+		}
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%w: hashing %s: %v", ErrManifest, p, err)
+		}
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != m.SHA256 {
+		return fmt.Errorf("%w: %s has sha256 %s, manifest says %s", ErrManifest, m.ModelPath(), got, m.SHA256)
+	}
+	return nil
+}

@@ -1,0 +1,401 @@
+package gpurun
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// ORTVersion is the ONNX Runtime release seqembed is built and tested against.
+const ORTVersion = "1.29.0"
+
+// LibraryPath returns the ONNX Runtime shared library to load: $ONNXRUNTIME_SHARED_LIBRARY_PATH if
+// set, else the copy scripts/fetch-ort.sh caches under ~/.cache/seqembed/onnxruntime-1.29.0/.
+func LibraryPath() string {
+	if p := os.Getenv("ONNXRUNTIME_SHARED_LIBRARY_PATH"); p != "" {
+		return p
+	}
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(cache, "seqembed", "onnxruntime-"+ORTVersion, "libonnxruntime.so")
+}
+
+var (
+	envMu   sync.Mutex
+	envRefs int
+)
+
+// acquireEnv initialises ORT's process-wide environment on first use.
+func acquireEnv(lib string) error {
+	envMu.Lock()
+	defer envMu.Unlock()
+	if envRefs == 0 {
+		if _, err := os.Stat(lib); err != nil {
+			return fmt.Errorf("%w: %v (run scripts/fetch-ort.sh or set ONNXRUNTIME_SHARED_LIBRARY_PATH)", ErrLibrary, err)
+		}
+		ort.SetSharedLibraryPath(lib)
+		if err := ort.InitializeEnvironment(ort.WithLogLevelWarning()); err != nil {
+			return fmt.Errorf("%w: loading %s: %v", ErrLibrary, lib, err)
+		}
+	}
+	envRefs++
+	return nil
+}
+
+func releaseEnv() {
+	envMu.Lock()
+	defer envMu.Unlock()
+	envRefs--
+	if envRefs == 0 {
+		_ = ort.DestroyEnvironment()
+	}
+}
+
+// Device names where inference runs: "cpu" or "cuda:N".
+type Device struct {
+	Kind  string // "cpu" or "cuda"
+	Index int
+}
+
+func (d Device) String() string {
+	if d.Kind == "cuda" {
+		return "cuda:" + strconv.Itoa(d.Index)
+	}
+	return "cpu"
+}
+
+// ParseDevice reads "cpu", "cuda" (= cuda:0) or "cuda:N".
+func ParseDevice(s string) (Device, error) {
+	switch {
+	case s == "cpu":
+		return Device{Kind: "cpu"}, nil
+	case s == "cuda":
+		return Device{Kind: "cuda"}, nil
+	case strings.HasPrefix(s, "cuda:"):
+		n, err := strconv.Atoi(s[len("cuda:"):])
+		if err != nil || n < 0 {
+			return Device{}, fmt.Errorf("%w: device %q: want cpu, cuda or cuda:N", ErrOption, s)
+		}
+		return Device{Kind: "cuda", Index: n}, nil
+	}
+	return Device{}, fmt.Errorf("%w: device %q: want cpu, cuda or cuda:N", ErrOption, s)
+}
+
+type options struct {
+	device     Device
+	lib        string
+	threads    int
+	maxRows    int
+	gpuMemGiB  float64
+	verifyHash bool
+}
+
+// Option configures a Runner.
+type Option func(*options) error
+
+// WithDevice selects where inference runs. Default "cpu".
+func WithDevice(d Device) Option {
+	return func(o *options) error {
+		if d.Kind != "cpu" && d.Kind != "cuda" {
+			return fmt.Errorf("%w: device kind %q", ErrOption, d.Kind)
+		}
+		o.device = d
+		return nil
+	}
+}
+
+// WithLibrary sets the ONNX Runtime shared library path. Default LibraryPath().
+func WithLibrary(path string) Option {
+	return func(o *options) error {
+		if path == "" {
+			return fmt.Errorf("%w: empty library path", ErrOption)
+		}
+		o.lib = path
+		return nil
+	}
+}
+
+// WithThreads sets ORT's intra-op thread count on the CPU. Default 0: one per core.
+func WithThreads(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("%w: threads %d must be >= 0", ErrOption, n)
+		}
+		o.threads = n
+		return nil
+	}
+}
+
+// WithMaxRows sizes the pooled output buffers (rows × dim float32). Default 256; larger batches
+// still run, with a one-off buffer.
+func WithMaxRows(n int) Option {
+	return func(o *options) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: max rows %d must be > 0", ErrOption, n)
+		}
+		o.maxRows = n
+		return nil
+	}
+}
+
+// WithGPUMemLimit caps the CUDA arena in GiB. Default 0: ORT's default (no cap).
+func WithGPUMemLimit(gib float64) Option {
+	return func(o *options) error {
+		if gib < 0 {
+			return fmt.Errorf("%w: gpu memory limit %v GiB must be >= 0", ErrOption, gib)
+		}
+		o.gpuMemGiB = gib
+		return nil
+	}
+}
+
+// WithVerifyHash checks the model file against the manifest's sha256 at start. Default true.
+func WithVerifyHash(v bool) Option {
+	return func(o *options) error { o.verifyHash = v; return nil }
+}
+
+// Input is one tokenised batch: Rows × Cols int64 ids and mask, row-major. The slices should be
+// C memory (HostAllocator); they are read during Embed only.
+type Input struct {
+	IDs, Mask  []int64
+	Rows, Cols int
+}
+
+// Runner runs one ONNX model on one device. Embed is safe for concurrent use: each concurrent call
+// is its own ORT Run (on CUDA, its own stream). Close waits for nothing: callers stop calling
+// Embed first.
+type Runner struct {
+	man     *Manifest
+	opts    options
+	session *ort.DynamicAdvancedSession
+
+	mu      sync.Mutex
+	outs    []*floatBuf
+	allOuts []*floatBuf
+	closed  bool
+}
+
+// New loads DIR/model.json and DIR/model.onnx and creates an ORT session on the chosen device.
+func New(modelDir string, opts ...Option) (*Runner, error) {
+	o := options{device: Device{Kind: "cpu"}, maxRows: 256, verifyHash: true}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	if o.lib == "" {
+		o.lib = LibraryPath()
+	}
+	man, err := LoadManifest(modelDir)
+	if err != nil {
+		return nil, err
+	}
+	if o.verifyHash {
+		if err := man.VerifySHA256(); err != nil {
+			return nil, err
+		}
+	}
+	if err := acquireEnv(o.lib); err != nil {
+		return nil, err
+	}
+	r := &Runner{man: man, opts: o}
+	so, err := r.sessionOptions()
+	if err != nil {
+		releaseEnv()
+		return nil, err
+	}
+	defer so.Destroy()
+	r.session, err = ort.NewDynamicAdvancedSession(man.ModelPath(), man.Inputs, []string{man.Output}, so)
+	if err != nil {
+		releaseEnv()
+		return nil, fmt.Errorf("%w: loading %s on %s: %v", ErrSession, man.ModelPath(), o.device, err)
+	}
+	return r, nil
+}
+
+func (r *Runner) sessionOptions() (*ort.SessionOptions, error) {
+	so, err := ort.NewSessionOptions()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSession, err)
+	}
+	fail := func(what string, err error) (*ort.SessionOptions, error) {
+		so.Destroy()
+		return nil, fmt.Errorf("%w: %s: %v", ErrSession, what, err)
+	}
+	if err := so.SetGraphOptimizationLevel(ort.GraphOptimizationLevelEnableAll); err != nil {
+		return fail("graph optimisation level", err)
+	}
+	if r.opts.threads > 0 {
+		if err := so.SetIntraOpNumThreads(r.opts.threads); err != nil {
+			return fail("intra-op threads", err)
+		}
+	}
+	if r.opts.device.Kind == "cuda" {
+		cuda, err := ort.NewCUDAProviderOptions()
+		if err != nil {
+			return fail("CUDA provider options", err)
+		}
+		defer cuda.Destroy()
+		cfg := map[string]string{
+			"device_id":                 strconv.Itoa(r.opts.device.Index),
+			"arena_extend_strategy":     "kSameAsRequested",
+			"cudnn_conv_algo_search":    "HEURISTIC",
+			"do_copy_in_default_stream": "0",
+		}
+		if r.opts.gpuMemGiB > 0 {
+			cfg["gpu_mem_limit"] = strconv.FormatInt(int64(r.opts.gpuMemGiB*(1<<30)), 10)
+		}
+		if err := cuda.Update(cfg); err != nil {
+			return fail("CUDA provider options", err)
+		}
+		if err := so.AppendExecutionProviderCUDA(cuda); err != nil {
+			return fail(fmt.Sprintf("CUDA execution provider on %s", r.opts.device), fmt.Errorf("%w: %v", ErrDevice, err))
+		}
+	}
+	return so, nil
+}
+
+// Manifest returns the model's manifest. The caller must not modify it.
+func (r *Runner) Manifest() *Manifest { return r.man }
+
+// Dim is the embedding dimension.
+func (r *Runner) Dim() int { return r.man.EmbeddingDim }
+
+// Device is where the runner runs.
+func (r *Runner) Device() Device { return r.opts.device }
+
+func (r *Runner) getOut(n int) *floatBuf {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n <= r.opts.maxRows*r.man.EmbeddingDim && len(r.outs) > 0 {
+		b := r.outs[len(r.outs)-1]
+		r.outs = r.outs[:len(r.outs)-1]
+		return b
+	}
+	b := newFloatBuf(max(n, r.opts.maxRows*r.man.EmbeddingDim))
+	r.allOuts = append(r.allOuts, b)
+	return b
+}
+
+func (r *Runner) putOut(b *floatBuf) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(b.buf) == r.opts.maxRows*r.man.EmbeddingDim {
+		r.outs = append(r.outs, b)
+		return
+	}
+	for i, x := range r.allOuts {
+		if x == b {
+			r.allOuts = append(r.allOuts[:i], r.allOuts[i+1:]...)
+			break
+		}
+	}
+	b.free()
+}
+
+// Embed runs one batch and appends Rows × Dim float32 embeddings (row-major) to dst. It returns
+// when the run is done or ctx is cancelled (the run is then terminated).
+func (r *Runner) Embed(ctx context.Context, in Input, dst []float32) ([]float32, error) {
+	n := in.Rows * in.Cols
+	if in.Rows <= 0 || in.Cols <= 0 || len(in.IDs) < n || len(in.Mask) < n {
+		return dst, fmt.Errorf("%w: batch %d×%d with %d ids and %d mask values", ErrShape, in.Rows, in.Cols, len(in.IDs), len(in.Mask))
+	}
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		return dst, ErrClosed
+	}
+	shape := ort.NewShape(int64(in.Rows), int64(in.Cols))
+	ids, err := ort.NewTensor(shape, in.IDs[:n])
+	if err != nil {
+		return dst, fmt.Errorf("%w: input tensor: %v", ErrRun, err)
+	}
+	defer ids.Destroy()
+	mask, err := ort.NewTensor(shape, in.Mask[:n])
+	if err != nil {
+		return dst, fmt.Errorf("%w: mask tensor: %v", ErrRun, err)
+	}
+	defer mask.Destroy()
+	dim := r.man.EmbeddingDim
+	ob := r.getOut(in.Rows * dim)
+	defer r.putOut(ob)
+	out, err := ort.NewTensor(ort.NewShape(int64(in.Rows), int64(dim)), ob.buf[:in.Rows*dim])
+	if err != nil {
+		return dst, fmt.Errorf("%w: output tensor: %v", ErrRun, err)
+	}
+	defer out.Destroy()
+
+	var ro *ort.RunOptions
+	if ctx.Done() != nil {
+		if ro, err = ort.NewRunOptions(); err != nil {
+			return dst, fmt.Errorf("%w: run options: %v", ErrRun, err)
+		}
+		defer ro.Destroy()
+		stop := context.AfterFunc(ctx, func() { _ = ro.Terminate() })
+		defer stop()
+	}
+	if err := r.session.RunWithOptions([]ort.Value{ids, mask}, []ort.Value{out}, ro); err != nil {
+		if ctx.Err() != nil {
+			return dst, fmt.Errorf("%w: batch %d×%d on %s: %w", ErrRun, in.Rows, in.Cols, r.opts.device, ctx.Err())
+		}
+		return dst, fmt.Errorf("%w: batch %d×%d on %s: %v", ErrRun, in.Rows, in.Cols, r.opts.device, err)
+	}
+	runtime.KeepAlive(in)
+	return append(dst, ob.buf[:in.Rows*dim]...), nil
+}
+
+// Warmup runs one all-<cls>/<eos> batch of each given shape ({rows, cols} pairs), so that no real
+// batch pays for kernel selection or arena growth; it returns how long that took.
+func (r *Runner) Warmup(ctx context.Context, shapes [][2]int, alloc *HostAllocator) (time.Duration, error) {
+	start := time.Now()
+	var out []float32
+	for _, s := range shapes {
+		ids, mask := alloc.Alloc(s[0] * s[1])
+		for i := range ids {
+			ids[i], mask[i] = 1, 0
+		}
+		for row := 0; row < s[0]; row++ {
+			ids[row*s[1]], ids[row*s[1]+1] = 0, 2
+			mask[row*s[1]], mask[row*s[1]+1] = 1, 1
+		}
+		var err error
+		out, err = r.Embed(ctx, Input{IDs: ids, Mask: mask, Rows: s[0], Cols: s[1]}, out[:0])
+		alloc.Free(ids, mask)
+		if err != nil {
+			return time.Since(start), fmt.Errorf("warm-up %d×%d: %w", s[0], s[1], err)
+		}
+	}
+	return time.Since(start), nil
+}
+
+// Close destroys the session and frees the output buffers. Embed must not be running.
+func (r *Runner) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	err := r.session.Destroy()
+	for _, b := range r.allOuts {
+		b.free()
+	}
+	r.allOuts, r.outs = nil, nil
+	releaseEnv()
+	if err != nil {
+		return fmt.Errorf("%w: destroying session: %v", ErrSession, err)
+	}
+	return nil
+}

@@ -1,0 +1,208 @@
+package gpurun_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"os"
+	"testing"
+
+	"github.com/seqembed/seqembed/batcher"
+	"github.com/seqembed/seqembed/gpurun"
+)
+
+const tinyModel = "../testdata/esm2-tiny"
+
+type golden struct {
+	Records []struct {
+		ID        string    `json:"id"`
+		Sequence  string    `json:"sequence"`
+		TokenIDs  []int64   `json:"token_ids"`
+		Embedding []float32 `json:"embedding"`
+	} `json:"records"`
+}
+
+func loadGolden(t testing.TB) golden {
+	data, err := os.ReadFile(tinyModel + "/golden.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g golden
+	if err := json.Unmarshal(data, &g); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// requireORT skips where the ORT library is absent, except in CI (make test fetches it).
+func requireORT(t testing.TB) {
+	t.Helper()
+	if _, err := os.Stat(gpurun.LibraryPath()); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("ONNX Runtime library missing in CI: %v", err)
+		}
+		t.Skipf("ONNX Runtime library not found (%v): run scripts/fetch-ort.sh", err)
+	}
+}
+
+func newRunner(t testing.TB, opts ...gpurun.Option) *gpurun.Runner {
+	t.Helper()
+	requireORT(t)
+	r, err := gpurun.New(tinyModel, append([]gpurun.Option{gpurun.WithThreads(2)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// TestGoldenParity runs the 20 golden sequences as padded batches (bucket 64-multiples, several
+// rows per batch) and matches PyTorch's unpadded embeddings within 1e-4 max-abs.
+func TestGoldenParity(t *testing.T) {
+	g := loadGolden(t)
+	r := newRunner(t)
+	tok, err := batcher.NewTokenizer("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alloc, err := gpurun.NewHostAllocator(16384)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alloc.Close()
+	// Batches of 4 records, padded to the longest record's 64-multiple.
+	for lo := 0; lo < len(g.Records); lo += 4 {
+		recs := g.Records[lo:min(lo+4, len(g.Records))]
+		cols := 0
+		for _, rec := range recs {
+			cols = max(cols, (len(rec.Sequence)+2+63)/64*64)
+		}
+		ids, mask := alloc.Alloc(len(recs) * cols)
+		for i, rec := range recs {
+			row := ids[i*cols : (i+1)*cols]
+			tok.Encode(row, []byte(rec.Sequence))
+			n := len(rec.Sequence) + 2
+			for j := range row {
+				if j >= n {
+					row[j] = batcher.PadID
+				}
+				mask[i*cols+j] = int64(min(1, max(0, n-j)))
+			}
+			for j, want := range rec.TokenIDs {
+				if row[j] != want {
+					t.Fatalf("%s: token %d = %d, HF EsmTokenizer says %d", rec.ID, j, row[j], want)
+				}
+			}
+		}
+		out, err := r.Embed(context.Background(), gpurun.Input{IDs: ids, Mask: mask, Rows: len(recs), Cols: cols}, nil)
+		alloc.Free(ids, mask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dim := r.Dim()
+		for i, rec := range recs {
+			worst := 0.0
+			for j, want := range rec.Embedding {
+				worst = math.Max(worst, math.Abs(float64(out[i*dim+j]-want)))
+			}
+			if worst > 1e-4 {
+				t.Errorf("%s (%d residues): max abs diff %.3g > 1e-4", rec.ID, len(rec.Sequence), worst)
+			}
+		}
+	}
+}
+
+func TestEmbedShapeErrors(t *testing.T) {
+	r := newRunner(t)
+	_, err := r.Embed(context.Background(), gpurun.Input{IDs: make([]int64, 3), Mask: make([]int64, 3), Rows: 2, Cols: 2}, nil)
+	if !errors.Is(err, gpurun.ErrShape) {
+		t.Fatalf("err = %v, want ErrShape", err)
+	}
+}
+
+func TestManifestErrors(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := gpurun.LoadManifest(dir); !errors.Is(err, gpurun.ErrManifest) {
+		t.Fatalf("missing manifest: err = %v", err)
+	}
+	os.WriteFile(dir+"/model.json", []byte(`{"name":"x","embedding_dim":8,"max_length":10,"alphabet":"esm","inputs":["a","b"],"output":"o","pooling":"cls"}`), 0o644)
+	if _, err := gpurun.LoadManifest(dir); !errors.Is(err, gpurun.ErrManifest) {
+		t.Fatalf("cls pooling: err = %v", err)
+	}
+	os.WriteFile(dir+"/model.json", []byte(`{"name":"x","embedding_dim":8,"max_length":10,"alphabet":"esm","inputs":["a","b"],"output":"o","pooling":"mean","sha256":"00"}`), 0o644)
+	os.WriteFile(dir+"/model.onnx", []byte("not a model"), 0o644)
+	m, err := gpurun.LoadManifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.VerifySHA256(); !errors.Is(err, gpurun.ErrManifest) {
+		t.Fatalf("hash mismatch: err = %v", err)
+	}
+}
+
+func TestBrokenModelFailsAtStart(t *testing.T) {
+	requireORT(t)
+	dir := t.TempDir()
+	os.WriteFile(dir+"/model.json", []byte(`{"name":"x","embedding_dim":8,"max_length":10,"alphabet":"esm","inputs":["input_ids","attention_mask"],"output":"embedding","pooling":"mean"}`), 0o644)
+	os.WriteFile(dir+"/model.onnx", []byte("not a model"), 0o644)
+	if _, err := gpurun.New(dir); !errors.Is(err, gpurun.ErrSession) {
+		t.Fatalf("err = %v, want ErrSession", err)
+	}
+}
+
+func TestParseDevice(t *testing.T) {
+	for in, want := range map[string]string{"cpu": "cpu", "cuda": "cuda:0", "cuda:3": "cuda:3"} {
+		d, err := gpurun.ParseDevice(in)
+		if err != nil || d.String() != want {
+			t.Errorf("ParseDevice(%q) = %v, %v", in, d, err)
+		}
+	}
+	for _, in := range []string{"gpu", "cuda:-1", "cuda:x", ""} {
+		if _, err := gpurun.ParseDevice(in); !errors.Is(err, gpurun.ErrOption) {
+			t.Errorf("ParseDevice(%q) err = %v", in, err)
+		}
+	}
+}
+
+func TestHostAllocatorReuse(t *testing.T) {
+	a, err := gpurun.NewHostAllocator(128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ids, mask := a.Alloc(100)
+	if len(ids) != 100 || len(mask) != 100 {
+		t.Fatalf("lens %d %d", len(ids), len(mask))
+	}
+	ids[99], mask[99] = 7, 1
+	p := &ids[0]
+	a.Free(ids, mask)
+	ids2, mask2 := a.Alloc(64)
+	if &ids2[0] != p {
+		t.Error("pooled buffer was not reused")
+	}
+	big, bigMask := a.Alloc(1000) // one-off, larger than the pool's capacity
+	big[999], bigMask[999] = 1, 1
+	a.Free(big, bigMask)
+	a.Free(ids2, mask2)
+}
+
+func BenchmarkEmbedTiny(b *testing.B) {
+	r := newRunner(b)
+	alloc, _ := gpurun.NewHostAllocator(16 * 256)
+	defer alloc.Close()
+	ids, mask := alloc.Alloc(16 * 256)
+	for i := range ids {
+		ids[i], mask[i] = int64(4+i%20), 1
+	}
+	b.ReportAllocs()
+	b.SetBytes(16 * 256)
+	var out []float32
+	for b.Loop() {
+		var err error
+		if out, err = r.Embed(context.Background(), gpurun.Input{IDs: ids, Mask: mask, Rows: 16, Cols: 256}, out[:0]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,33 @@
+// Package telemetry provides the observability plumbing of the seqembed
+// worker: a zap logger factory, Prometheus metrics, liveness/readiness state
+// with an HTTP server that exposes it, and a terminal progress bar.
+//
+// The package deliberately imports none of seqembed's other packages. Every
+// hook takes primitive arguments (counts, durations, short reason codes) so
+// that cmd/seqembed can wire the pipeline stages to it without the stages
+// depending on telemetry or on each other.
+package telemetry
+
+import "errors"
+
+var (
+	// ErrOption reports an invalid constructor argument or option value,
+	// such as an unknown log level or a nil registry.
+	ErrOption = errors.New("telemetry: invalid option")
+
+	// ErrRegister reports that a metric could not be registered, typically
+	// because NewMetrics was called twice on the same registry with the same
+	// model label. The underlying prometheus error is wrapped as well.
+	ErrRegister = errors.New("telemetry: register metric")
+
+	// ErrNotLive is the liveness error reported by /healthz after
+	// Health.SetLive(false) or Health.Fail(nil).
+	ErrNotLive = errors.New("telemetry: not live")
+
+	// ErrServerStarted is returned by Server.Start when the server was
+	// already started.
+	ErrServerStarted = errors.New("telemetry: server already started")
+
+	// ErrServerClosed is returned by Server.Start after Server.Shutdown.
+	ErrServerClosed = errors.New("telemetry: server closed")
+)
