@@ -104,7 +104,18 @@ func embeddingType(dim int) *arrow.FixedSizeListType {
 // metaFromSchema recovers the Meta of a schema and checks that its columns
 // are exactly those of Schema(meta). Errors wrap ErrDecode.
 func metaFromSchema(s *arrow.Schema) (Meta, error) {
-	md := s.Metadata()
+	m, err := metaFromMetadata(s.Metadata())
+	if err != nil {
+		return Meta{}, err
+	}
+	if want := Schema(m); !want.Equal(s) {
+		return Meta{}, fmt.Errorf("%w: columns %s do not match the seqembed layout for dim %d", ErrDecode, fieldList(s), m.Dim)
+	}
+	return m, nil
+}
+
+// metaFromMetadata reads and validates the Meta keys. Errors wrap ErrDecode.
+func metaFromMetadata(md arrow.Metadata) (Meta, error) {
 	get := func(k string) string { v, _ := md.GetValue(k); return v }
 	m := Meta{
 		Model:       get(MetaKeyModel),
@@ -121,9 +132,6 @@ func metaFromSchema(s *arrow.Schema) (Meta, error) {
 	}
 	if v, ok := md.GetValue(MetaKeyVersion); ok && v != strconv.Itoa(FormatVersion) {
 		return Meta{}, fmt.Errorf("%w: unsupported %s=%q (want %d)", ErrDecode, MetaKeyVersion, v, FormatVersion)
-	}
-	if want := Schema(m); !want.Equal(s) {
-		return Meta{}, fmt.Errorf("%w: columns %s do not match the seqembed layout for dim %d", ErrDecode, fieldList(s), m.Dim)
 	}
 	return m, nil
 }

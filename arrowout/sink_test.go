@@ -5,46 +5,37 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 )
 
-// readParquet reads a sink's file back with pqarrow.
+// readParquet reads a sink's file back with pqarrow: its Arrow schema, rows and file reader.
 func readParquet(t *testing.T, path string) (*arrow.Schema, []Row, *file.Reader) {
 	t.Helper()
+	_, rows, err := ReadParquet(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	rdr, err := file.OpenParquetFile(path, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdr.Close() })
-	fr, err := pqarrow.NewFileReader(rdr, pqarrow.ArrowReadProperties{BatchSize: 1 << 20}, memory.DefaultAllocator)
+	fr, err := pqarrow.NewFileReader(rdr, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tbl, err := fr.ReadTable(context.Background())
+	schema, err := fr.Schema()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tbl.Release()
-	tr := array.NewTableReader(tbl, -1)
-	defer tr.Release()
-	var rows []Row
-	for tr.Next() {
-		c := columnsOf(tr.RecordBatch())
-		for i := range c.len() {
-			rows = append(rows, Row{ID: c.id.Value(i), StreamSeq: c.seq.Value(i), Length: c.length.Value(i),
-				Truncated: c.truncated.Value(i), Embedding: slices.Clone(c.embedding(i))})
-		}
-	}
-	return tbl.Schema(), rows, rdr
+	return schema, rows, rdr
 }
 
 func encodeRange(t *testing.T, e *Encoder, b *Batch, lo, hi int) []byte {

@@ -339,14 +339,14 @@ func (c *Consumer) loop(h *Handle, it jetstream.MessagesContext) {
 // deadLetter copies msg to the dead-letter subject with the reason, waits for the PubAck, then
 // terminates msg. If the copy fails, msg is nak'd with a delay so it is never lost.
 func (c *Consumer) deadLetter(ctx context.Context, msg jetstream.Msg, rej *RejectError) error {
-	return DeadLetter(ctx, c.js, c.model, msg, rej, c.opts.obs, c.opts.log)
+	return DeadLetterMsg(ctx, c.js, c.model, msg, rej, c.opts.obs, c.opts.log)
 }
 
-// DeadLetter copies msg to model's dead-letter subject with headers Seqembed-Error (the message),
+// DeadLetterMsg copies msg to model's dead-letter subject with headers Seqembed-Error (the message),
 // Seqembed-Reason (the code) and Seqembed-Stream-Seq, waits for the PubAck, then terminates msg.
 // The copy's Nats-Msg-Id is derived from the stream sequence, so a retry is deduplicated. If the
 // copy fails, msg is nak'd with a 5 s delay and the error is returned: a record is never dropped.
-func DeadLetter(ctx context.Context, js jetstream.JetStream, model string, msg jetstream.Msg, rej *RejectError, obs Observer, log *zap.Logger) error {
+func DeadLetterMsg(ctx context.Context, js jetstream.JetStream, model string, msg jetstream.Msg, rej *RejectError, obs Observer, log *zap.Logger) error {
 	out := nats.NewMsg(DLQSubject(model))
 	out.Data = msg.Data()
 	for k, v := range msg.Headers() {

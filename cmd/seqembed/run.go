@@ -140,22 +140,12 @@ func runJob(ctx context.Context, fastaPath, out string, cfg workerConfig, progre
 
 // readDeadLetters fills the summary's reasons and errors from the dead-letter subject.
 func readDeadLetters(ctx context.Context, js jetstream.JetStream, stream, model string, sum *runSummary) error {
-	if sum.DeadLettered == 0 {
-		return nil
+	dls, err := consumer.ReadDeadLetters(ctx, js, stream, model, 0)
+	for _, d := range dls {
+		sum.Reasons[d.Reason]++
+		sum.Errors = append(sum.Errors, d.Error)
 	}
-	oc, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{consumer.DLQSubject(model)}})
-	if err != nil {
-		return err
-	}
-	for range sum.DeadLettered {
-		m, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second))
-		if err != nil {
-			return fmt.Errorf("reading dead letters: %w", err)
-		}
-		sum.Reasons[m.Headers().Get(consumer.HeaderReason)]++
-		sum.Errors = append(sum.Errors, m.Headers().Get(consumer.HeaderError))
-	}
-	return nil
+	return err
 }
 
 func (s runSummary) print(w io.Writer, out string) {

@@ -1,0 +1,34 @@
+# seqembed — the two commands that matter: `make demo` and `make test`.
+GO ?= go
+BIN := bin/seqembed
+# ONNX Runtime's CPU library, fetched once from the npm registry (onnxruntime-node@1.29.0).
+ORT_LIB = $(shell scripts/fetch-ort.sh)
+
+.PHONY: demo test build ort vet bench bench-data clean
+
+## demo: fetch ONNX Runtime, build, embed the 500 sample proteins with the tiny model on the CPU
+demo: build ort
+	@mkdir -p out
+	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) ./$(BIN) run testdata/sample/query500.fasta.gz --out out/demo.parquet
+
+## test: go vet and every test (race detector) with a real in-process NATS server and ORT
+test: ort
+	$(GO) vet ./...
+	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) $(GO) test -race -count=1 ./...
+
+build:
+	$(GO) build -o $(BIN) ./cmd/seqembed
+
+ort:
+	@scripts/fetch-ort.sh >/dev/null
+
+## bench: tokeniser, batcher, encoder and runner benchmarks (CPU)
+bench: ort
+	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) $(GO) test -run XXX -bench . -benchtime 1s ./batcher ./arrowout ./fasta ./gpurun
+
+## bench-data: 20,000 real proteins (Debian mmseqs2-examples) and an 8,000-record xz subset
+bench-data:
+	scripts/bench-data.sh bench-data
+
+clean:
+	rm -rf bin out

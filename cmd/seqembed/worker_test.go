@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/arrowout"
+	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/telemetry"
+)
+
+const tinyModel = "../../testdata/esm2-tiny"
+
+type goldenRec struct {
+	ID        string    `json:"id"`
+	Sequence  string    `json:"sequence"`
+	Embedding []float32 `json:"embedding"`
+}
+
+// loadGolden returns the 20 golden records by id (sequences truncated at 1022 by the exporter).
+func loadGolden(t *testing.T) map[string]goldenRec {
+	data, err := os.ReadFile(tinyModel + "/golden.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g struct{ Records []goldenRec }
+	if err := json.Unmarshal(data, &g); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]goldenRec{}
+	for _, r := range g.Records {
+		out[r.ID] = r
+	}
+	return out
+}
+
+func requireORT(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(gpurun.LibraryPath()); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("ONNX Runtime library missing in CI: %v", err)
+		}
+		t.Skipf("ONNX Runtime library not found: %v", err)
+	}
+}
+
+func testConfig(t *testing.T) workerConfig {
+	var cfg workerConfig
+	cfg.register(flag.NewFlagSet("test", flag.ContinueOnError))
+	cfg.ModelDir, cfg.Threads, cfg.MaxWait = tinyModel, 2, 10*time.Millisecond
+	return cfg
+}
+
+func checkEmbedding(t *testing.T, id string, got, want []float32) {
+	t.Helper()
+	worst := 0.0
+	for i := range want {
+		worst = math.Max(worst, math.Abs(float64(got[i]-want[i])))
+	}
+	if len(got) != len(want) || worst > 1e-4 {
+		t.Errorf("%s: embedding differs from PyTorch golden by %.3g (len %d vs %d)", id, worst, len(got), len(want))
+	}
+}
+
+// TestWorkerEndToEnd: records (good and bad) → worker → every valid id exactly once on the
+// output with PyTorch-matching embeddings, every bad one dead-lettered with its reason, and the
+// work queue ends empty.
+func TestWorkerEndToEnd(t *testing.T) {
+	requireORT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv := natstest.Server(t, nil)
+	nc, js := natstest.Connect(t, srv)
+	w, err := newWorker(ctx, testConfig(t), nc, zap.NewNop(), prometheus.NewRegistry(), telemetry.NewHealth())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.run(wctx) }()
+
+	golden := loadGolden(t)
+	pub := func(id, body string) {
+		m := nats.NewMsg(consumer.Subject(w.model))
+		if id != "" {
+			m.Header.Set(consumer.HeaderID, id)
+		}
+		m.Data = []byte(body)
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := map[string]bool{}
+	for id, r := range golden {
+		body := r.Sequence
+		if len(body) == 1022 { // the exporter truncated it: publish the full-length original
+			body += strings.Repeat("A", 300)
+			long[id] = true
+		}
+		pub(id, body[:len(body)/2]+"\n"+body[len(body)/2:]) // a newline inside is ignored
+	}
+	bad := map[string]string{
+		"bad-lower": consumer.ReasonInvalid, "bad-stop": consumer.ReasonInvalid,
+		"bad-empty": consumer.ReasonEmpty, "bad-bytes": consumer.ReasonInvalid,
+	}
+	pub("bad-lower", "MKTayia")
+	pub("bad-stop", "MKTAY*")
+	pub("bad-empty", "  \n")
+	pub("bad-bytes", "MK\xff\xfeT")
+	pub("", "MKTAYIAK") // no id: never synthesised
+
+	// Read the output stream until every valid id is there.
+	oc, err := js.OrderedConsumer(ctx, arrowout.DefaultStreamName, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for len(seen) < len(golden) {
+		m, err := oc.Next(jetstream.FetchMaxWait(30 * time.Second))
+		if err != nil {
+			t.Fatalf("waiting for output (%d of %d ids): %v", len(seen), len(golden), err)
+		}
+		meta, rows, err := arrowout.Decode(m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if meta.Model != "esm2-tiny" || meta.Dim != 64 || meta.Pooling != "mean" {
+			t.Fatalf("meta %+v", meta)
+		}
+		for _, r := range rows {
+			seen[r.ID]++
+			g, ok := golden[r.ID]
+			if !ok {
+				t.Fatalf("output has id %q that was never published", r.ID)
+			}
+			if r.Truncated != long[r.ID] || int(r.Length) != len(g.Sequence) {
+				t.Errorf("%s: truncated=%v length=%d, want %v %d", r.ID, r.Truncated, r.Length, long[r.ID], len(g.Sequence))
+			}
+			checkEmbedding(t, r.ID, r.Embedding, g.Embedding)
+		}
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s appears %d times", id, n)
+		}
+	}
+
+	// Dead letters: every bad record with its reason.
+	got := map[string]string{}
+	for deadline := time.Now().Add(10 * time.Second); len(got) < len(bad)+1 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		dls, err := consumer.ReadDeadLetters(ctx, js, "SEQS", w.model, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range dls {
+			got[d.ID] = d.Reason
+			if d.Error == "" || (d.ID != "" && d.StreamSeq == 0) {
+				t.Errorf("dead letter %+v lacks its error or stream seq", d)
+			}
+		}
+	}
+	bad[""] = consumer.ReasonMissingID
+	for id, reason := range bad {
+		if got[id] != reason {
+			t.Errorf("dead letter %q: reason %q, want %q", id, got[id], reason)
+		}
+	}
+
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// The input subject is empty and nothing is pending on the durable consumer.
+	waitQueueEmpty(t, js, w.model)
+}
+
+func waitQueueEmpty(t *testing.T, js jetstream.JetStream, model string) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		s, err := js.Stream(ctx, "SEQS")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(consumer.Subject(model)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ci, err := js.Consumer(ctx, "SEQS", consumer.Durable(model))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cinfo, err := ci.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := info.State.Subjects[consumer.Subject(model)]
+		if left == 0 && cinfo.NumPending == 0 && cinfo.NumAckPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("work queue: %d input messages left, %d pending, %d unacked", left, cinfo.NumPending, cinfo.NumAckPending)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRunJob is `seqembed run` on the golden FASTA plus a header with no id: the Parquet file
+// holds one row per valid record with PyTorch-matching embeddings; the bad record is dead-lettered.
+func TestRunJob(t *testing.T) {
+	requireORT(t)
+	dir := t.TempDir()
+	in, err := os.ReadFile("../../testdata/golden-input.fasta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fastaPath := filepath.Join(dir, "in.fasta")
+	os.WriteFile(fastaPath, append(in, []byte(">\nMKTAYIAK\n>dup-free-bad lowercase\nMKTaa\n")...), 0o644)
+	out := filepath.Join(dir, "out.parquet")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sum, err := runJob(ctx, fastaPath, out, testConfig(t), nil, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Published.Records != 22 || sum.Embedded != 20 || sum.DeadLettered != 2 {
+		t.Fatalf("summary %+v", sum)
+	}
+	if sum.Reasons[consumer.ReasonMissingID] != 1 || sum.Reasons[consumer.ReasonInvalid] != 1 {
+		t.Errorf("reasons %v", sum.Reasons)
+	}
+	meta, rows, err := arrowout.ReadParquet(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if meta.Model != "esm2-tiny" || len(rows) != 20 {
+		t.Fatalf("meta %+v, %d rows", meta, len(rows))
+	}
+	golden := loadGolden(t)
+	for _, r := range rows {
+		checkEmbedding(t, r.ID, r.Embedding, golden[r.ID].Embedding)
+	}
+}

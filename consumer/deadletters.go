@@ -1,0 +1,45 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DeadLetter is one record on a model's dead-letter subject.
+type DeadLetter struct {
+	ID        string // Seq-Id, "" when the record had none
+	Reason    string // one of the Reason* codes
+	Error     string // the full error message
+	StreamSeq uint64 // the input's stream sequence (0 for records dead-lettered by the publisher)
+	DLQSeq    uint64 // the copy's own stream sequence
+	Data      []byte // the original body
+}
+
+// ReadDeadLetters returns up to max dead letters of model from stream, oldest first, without
+// consuming them (direct gets: the DLQ shares the work-queue stream, where reading through a
+// consumer would remove them). max <= 0 means all.
+func ReadDeadLetters(ctx context.Context, js jetstream.JetStream, stream, model string, max int) ([]DeadLetter, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("reading dead letters of %s: %w", model, err)
+	}
+	var out []DeadLetter
+	for seq := uint64(1); max <= 0 || len(out) < max; {
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(DLQSubject(model)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return out, fmt.Errorf("reading dead letters of %s from seq %d: %w", model, seq, err)
+		}
+		in, _ := strconv.ParseUint(m.Header.Get(HeaderStreamSeq), 10, 64)
+		out = append(out, DeadLetter{ID: m.Header.Get(HeaderID), Reason: m.Header.Get(HeaderReason),
+			Error: m.Header.Get(HeaderError), StreamSeq: in, DLQSeq: m.Sequence, Data: m.Data})
+		seq = m.Sequence + 1
+	}
+	return out, nil
+}
