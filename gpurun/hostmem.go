@@ -18,6 +18,7 @@ import (
 // when they come back.
 type HostAllocator struct {
 	capacity int
+	mem      hostMem
 	mu       sync.Mutex
 	free     [][2]unsafe.Pointer
 	out      map[unsafe.Pointer]int // ids pointer -> element capacity, for buffers handed out
@@ -25,12 +26,30 @@ type HostAllocator struct {
 }
 
 // NewHostAllocator pools buffer pairs of capacity elements each (normally the batch token budget).
-func NewHostAllocator(capacity int) (*HostAllocator, error) {
+// With pinned, buffers are page-locked by cudaHostAlloc (the CUDA runtime is loaded on demand;
+// an error if it is missing) and the first buffer is checked to really be pinned.
+func NewHostAllocator(capacity int, pinned bool) (*HostAllocator, error) {
 	if capacity <= 0 {
 		return nil, fmt.Errorf("%w: host allocator capacity %d must be > 0", ErrOption, capacity)
 	}
-	return &HostAllocator{capacity: capacity, out: map[unsafe.Pointer]int{}}, nil
+	a := &HostAllocator{capacity: capacity, mem: hostMem{pinned: pinned}, out: map[unsafe.Pointer]int{}}
+	if pinned {
+		if err := loadCudart(); err != nil {
+			return nil, err
+		}
+		ids, mask := a.Alloc(capacity)
+		ok, err := isPinned(unsafe.Pointer(unsafe.SliceData(ids)))
+		a.Free(ids, mask)
+		if err != nil || !ok {
+			a.Close()
+			return nil, fmt.Errorf("%w: cudaHostAlloc memory is not reported as pinned (%v)", ErrDevice, err)
+		}
+	}
+	return a, nil
 }
+
+// Pinned says whether buffers are page-locked.
+func (a *HostAllocator) Pinned() bool { return a.mem.pinned }
 
 // Capacity is the pooled buffers' size in elements.
 func (a *HostAllocator) Capacity() int { return a.capacity }
@@ -44,7 +63,7 @@ func (a *HostAllocator) Alloc(n int) (ids, mask []int64) {
 		pair = a.free[len(a.free)-1]
 		a.free = a.free[:len(a.free)-1]
 	} else {
-		pair = [2]unsafe.Pointer{cMalloc(c * 8), cMalloc(c * 8)}
+		pair = [2]unsafe.Pointer{a.mem.alloc(c * 8), a.mem.alloc(c * 8)}
 	}
 	a.out[pair[0]] = c
 	a.mu.Unlock()
@@ -68,8 +87,8 @@ func (a *HostAllocator) Free(ids, mask []int64) {
 		a.free = append(a.free, [2]unsafe.Pointer{p, q})
 		return
 	}
-	C.free(p)
-	C.free(q)
+	a.mem.free(p)
+	a.mem.free(q)
 }
 
 // Close frees the pooled buffers.
@@ -78,8 +97,8 @@ func (a *HostAllocator) Close() {
 	defer a.mu.Unlock()
 	a.closed = true
 	for _, pair := range a.free {
-		C.free(pair[0])
-		C.free(pair[1])
+		a.mem.free(pair[0])
+		a.mem.free(pair[1])
 	}
 	a.free = nil
 }
@@ -94,13 +113,14 @@ func cMalloc(bytes int) unsafe.Pointer {
 
 // floatBuf is an output buffer in C memory.
 type floatBuf struct {
+	mem hostMem
 	p   unsafe.Pointer
 	buf []float32
 }
 
-func newFloatBuf(n int) *floatBuf {
-	p := cMalloc(n * 4)
-	return &floatBuf{p: p, buf: unsafe.Slice((*float32)(p), n)}
+func newFloatBuf(mem hostMem, n int) *floatBuf {
+	p := mem.alloc(n * 4)
+	return &floatBuf{mem: mem, p: p, buf: unsafe.Slice((*float32)(p), n)}
 }
 
-func (f *floatBuf) free() { C.free(f.p) }
+func (f *floatBuf) free() { f.mem.free(f.p) }

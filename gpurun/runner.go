@@ -283,7 +283,7 @@ func (r *Runner) getOut(n int) *floatBuf {
 		r.outs = r.outs[:len(r.outs)-1]
 		return b
 	}
-	b := newFloatBuf(max(n, r.opts.maxRows*r.man.EmbeddingDim))
+	b := newFloatBuf(hostMem{pinned: r.opts.device.Kind == "cuda"}, max(n, r.opts.maxRows*r.man.EmbeddingDim))
 	r.allOuts = append(r.allOuts, b)
 	return b
 }

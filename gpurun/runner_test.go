@@ -23,8 +23,8 @@ type golden struct {
 	} `json:"records"`
 }
 
-func loadGolden(t testing.TB) golden {
-	data, err := os.ReadFile(tinyModel + "/golden.json")
+func loadGolden(t testing.TB, dir string) golden {
+	data, err := os.ReadFile(dir + "/golden.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,8 +48,13 @@ func requireORT(t testing.TB) {
 
 func newRunner(t testing.TB, opts ...gpurun.Option) *gpurun.Runner {
 	t.Helper()
+	return newRunnerDir(t, tinyModel, opts...)
+}
+
+func newRunnerDir(t testing.TB, dir string, opts ...gpurun.Option) *gpurun.Runner {
+	t.Helper()
 	requireORT(t)
-	r, err := gpurun.New(tinyModel, append([]gpurun.Option{gpurun.WithThreads(2)}, opts...)...)
+	r, err := gpurun.New(dir, append([]gpurun.Option{gpurun.WithThreads(2)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,21 +62,16 @@ func newRunner(t testing.TB, opts ...gpurun.Option) *gpurun.Runner {
 	return r
 }
 
-// TestGoldenParity runs the 20 golden sequences as padded batches (bucket 64-multiples, several
-// rows per batch) and matches PyTorch's unpadded embeddings within 1e-4 max-abs.
-func TestGoldenParity(t *testing.T) {
-	g := loadGolden(t)
-	r := newRunner(t)
+// embedGolden runs the golden sequences as padded batches of 4 (each padded to its longest
+// record's 64-multiple), checking the tokeniser against HF's ids on the way, and returns one
+// embedding per record.
+func embedGolden(t testing.TB, r *gpurun.Runner, g golden, alloc *gpurun.HostAllocator) [][]float32 {
+	t.Helper()
 	tok, err := batcher.NewTokenizer("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	alloc, err := gpurun.NewHostAllocator(16384)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer alloc.Close()
-	// Batches of 4 records, padded to the longest record's 64-multiple.
+	var embs [][]float32
 	for lo := 0; lo < len(g.Records); lo += 4 {
 		recs := g.Records[lo:min(lo+4, len(g.Records))]
 		cols := 0
@@ -100,17 +100,43 @@ func TestGoldenParity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dim := r.Dim()
-		for i, rec := range recs {
-			worst := 0.0
-			for j, want := range rec.Embedding {
-				worst = math.Max(worst, math.Abs(float64(out[i*dim+j]-want)))
-			}
-			if worst > 1e-4 {
-				t.Errorf("%s (%d residues): max abs diff %.3g > 1e-4", rec.ID, len(rec.Sequence), worst)
-			}
+		for i := range recs {
+			embs = append(embs, out[i*r.Dim():(i+1)*r.Dim()])
 		}
 	}
+	return embs
+}
+
+// compareGolden checks each embedding against PyTorch's: max-abs (when maxAbs > 0) and cosine.
+func compareGolden(t testing.TB, g golden, embs [][]float32, maxAbs, minCos float64) (worstAbs, worstCos float64) {
+	t.Helper()
+	worstCos = 1
+	for i, rec := range g.Records {
+		var dot, na, nb, abs float64
+		for j, want := range rec.Embedding {
+			got := float64(embs[i][j])
+			dot, na, nb = dot+got*float64(want), na+got*got, nb+float64(want)*float64(want)
+			abs = math.Max(abs, math.Abs(got-float64(want)))
+		}
+		cos := dot / math.Sqrt(na*nb)
+		worstAbs, worstCos = math.Max(worstAbs, abs), math.Min(worstCos, cos)
+		if (maxAbs > 0 && abs > maxAbs) || cos < minCos {
+			t.Errorf("%s (%d residues): max abs %.3g, cosine %.7f (limits %.g, %.5f)", rec.ID, len(rec.Sequence), abs, cos, maxAbs, minCos)
+		}
+	}
+	return worstAbs, worstCos
+}
+
+// TestGoldenParity: padded CPU batches match PyTorch's unpadded embeddings within 1e-4 max-abs.
+func TestGoldenParity(t *testing.T) {
+	g := loadGolden(t, tinyModel)
+	r := newRunner(t)
+	alloc, err := gpurun.NewHostAllocator(16384, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alloc.Close()
+	compareGolden(t, g, embedGolden(t, r, g, alloc), 1e-4, 0.99999)
 }
 
 func TestEmbedShapeErrors(t *testing.T) {
@@ -166,7 +192,7 @@ func TestParseDevice(t *testing.T) {
 }
 
 func TestHostAllocatorReuse(t *testing.T) {
-	a, err := gpurun.NewHostAllocator(128)
+	a, err := gpurun.NewHostAllocator(128, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +216,7 @@ func TestHostAllocatorReuse(t *testing.T) {
 
 func BenchmarkEmbedTiny(b *testing.B) {
 	r := newRunner(b)
-	alloc, _ := gpurun.NewHostAllocator(16 * 256)
+	alloc, _ := gpurun.NewHostAllocator(16*256, false)
 	defer alloc.Close()
 	ids, mask := alloc.Alloc(16 * 256)
 	for i := range ids {

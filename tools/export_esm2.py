@@ -191,7 +191,7 @@ def read_fasta(path):
 
 
 def golden(model, device, fasta, out_path, tmpdir):
-    """Token ids from HF EsmTokenizer and PyTorch embeddings (one sequence at a time, unpadded)."""
+    """Token ids from HF EsmTokenizer and float32 PyTorch embeddings (one sequence at a time, unpadded)."""
     from transformers import EsmTokenizer
     vocab = os.path.join(tmpdir, "vocab.txt")
     with open(vocab, "w") as f:
@@ -233,6 +233,10 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     model, name = load_model(args)
     pooled = Pooled(model).to(device)
+    if args.golden:
+        # Golden vectors always come from the float32 model: the reference an fp16 export is held to.
+        golden(pooled, device, args.golden, args.golden_out, args.out)
+        os.remove(os.path.join(args.out, "vocab.txt"))
     if args.fp16:
         pooled.esm.half()
     path = os.path.join(args.out, "model.onnx")
@@ -240,9 +244,6 @@ def main():
 
     rng = np.random.default_rng(args.seed)
     parity = None if args.no_check else check_parity(pooled, path, device, args.fp16, rng)
-    if args.golden:
-        golden(pooled, device, args.golden, args.golden_out, args.out)
-        os.remove(os.path.join(args.out, "vocab.txt"))
 
     cfg = model.config
     manifest = {

@@ -114,7 +114,7 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	if w.tok, err = batcher.NewTokenizer(man.Residues); err != nil {
 		return err
 	}
-	if w.alloc, err = gpurun.NewHostAllocator(cfg.MaxBatchTokens); err != nil {
+	if w.alloc, err = gpurun.NewHostAllocator(cfg.MaxBatchTokens, dev.Kind == "cuda"); err != nil {
 		return err
 	}
 	if w.bat, err = batcher.New(man.MaxLength, batcher.WithTokenizer(w.tok), batcher.WithAllocator(w.alloc),
