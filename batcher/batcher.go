@@ -268,10 +268,7 @@ func (l *loop) run() {
 			}
 		case <-l.timer.C:
 			l.armed, l.stale = time.Time{}, true // re-arm even if nothing was due
-			now := time.Now()
-			if !l.flushBuckets(ReasonLinger, func(bk *bucket) bool {
-				return !now.Before(bk.items[0].Arrived.Add(l.b.maxWait))
-			}) {
+			if !l.linger() {
 				return
 			}
 		case <-l.h.drain:
@@ -309,6 +306,47 @@ func (l *loop) add(it Item) bool {
 		}
 	}
 	return true
+}
+
+// lingerRetry is how soon a linger flush is tried again while Out is full.
+const lingerRetry = time.Millisecond
+
+// linger runs when the earliest deadline passes. Linger exists to bound latency when input is
+// slow, not to cut batches short under load: it first takes in every item already queued, and
+// while Out is full (the runners are busy) it flushes nothing and looks again shortly, so the
+// buckets keep filling. Otherwise it emits one batch, from the overdue bucket with the oldest
+// item; the timer brings it back at once for the next overdue bucket. With an unbuffered Out it
+// flushes every time. It returns false if the loop must exit.
+func (l *loop) linger() bool {
+	for range cap(l.b.in) {
+		select {
+		case it := <-l.b.in:
+			if !l.add(it) {
+				return false
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if c := cap(l.b.out); c > 0 && len(l.b.out) >= c {
+		l.arm(time.Now().Add(lingerRetry))
+		l.stale = false
+		return true
+	}
+	now := time.Now()
+	var oldest *bucket
+	for i := range l.buckets {
+		bk := &l.buckets[i]
+		if len(bk.items) > 0 && !now.Before(bk.items[0].Arrived.Add(l.b.maxWait)) &&
+			(oldest == nil || bk.items[0].Arrived.Before(oldest.items[0].Arrived)) {
+			oldest = bk
+		}
+	}
+	if oldest == nil {
+		return true
+	}
+	return l.emit(oldest, min(len(oldest.items), oldest.Rows), ReasonLinger)
 }
 
 // drain moves everything still queued into the buckets, then empties every
