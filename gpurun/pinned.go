@@ -8,7 +8,9 @@ package gpurun
 // The CUDA runtime is loaded at run time (dlopen), so seqembed builds and runs without CUDA.
 typedef int (*se_host_alloc_t)(void **, size_t, unsigned int);
 typedef int (*se_free_host_t)(void *);
-typedef struct { int type; int device; void *devicePointer; void *hostPointer; } se_ptr_attr;
+// cudaPointerAttributes starts with the memory type; newer CUDA releases add fields after it, so
+// the callee gets a buffer much larger than any known layout.
+typedef struct { int type; int device; void *devicePointer; void *hostPointer; char reserved[512]; } se_ptr_attr;
 typedef int (*se_ptr_attr_t)(se_ptr_attr *, const void *);
 typedef const char *(*se_err_str_t)(int);
 
