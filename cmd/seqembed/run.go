@@ -50,8 +50,11 @@ type runSummary struct {
 	Embedded     int
 	DeadLettered int
 	Reasons      map[string]int
-	Errors       []string // the dead-letter errors, in stream order
-	Elapsed      time.Duration
+	Errors       []string      // the dead-letter errors, in stream order
+	Elapsed      time.Duration // everything, model load included
+	Processing   time.Duration // first publish to last record done
+	Warmup       time.Duration
+	Stats        *workerStats
 }
 
 // runJob is `seqembed run`: an embedded JetStream server, one worker, publish the file, sink
@@ -77,6 +80,8 @@ func runJob(ctx context.Context, fastaPath, out string, cfg workerConfig, progre
 	if err != nil {
 		return sum, err
 	}
+	w.stats.collect = cfg.collectLatency
+	sum.Stats, sum.Warmup = w.stats, w.warmup
 	workerCtx, stopWorker := context.WithCancel(ctx)
 	workerDone := make(chan error, 1)
 	go func() { workerDone <- w.run(workerCtx) }()
@@ -88,6 +93,7 @@ func runJob(ctx context.Context, fastaPath, out string, cfg workerConfig, progre
 	}
 	defer sink.finish()
 
+	procStart := time.Now()
 	if sum.Published, err = publishFASTA(ctx, nc, fastaPath, w.model, progress, log); err != nil {
 		return sum, err
 	}
@@ -121,6 +127,7 @@ func runJob(ctx context.Context, fastaPath, out string, cfg workerConfig, progre
 		case <-tick.C:
 		}
 	}
+	sum.Processing = time.Since(procStart)
 	bar.Finish()
 	stopWorker()
 	if err := <-workerDone; err != nil {

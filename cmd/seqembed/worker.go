@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,6 +38,8 @@ type workerConfig struct {
 	InStream        string
 	OutStream       string
 	ShutdownTimeout time.Duration
+
+	collectLatency bool // keep per-record latencies (bench); not a flag
 }
 
 func (c *workerConfig) register(fs *flag.FlagSet) {
@@ -73,6 +76,43 @@ type worker struct {
 	cons   *consumer.Consumer
 	pub    *arrowout.Publisher
 	model  string
+
+	warmup time.Duration // how long the bucket-shape warm-up took (CUDA only)
+	stats  *workerStats
+	queued atomic.Int64 // records taken from the consumer and not yet acked or nak'd
+}
+
+// workerStats are the counters the bench harness reads; latencies are kept only if collect.
+type workerStats struct {
+	busy    *gpurun.BusyMeter
+	collect bool
+
+	mu           sync.Mutex
+	batches      int
+	rows         int
+	realTokens   int64
+	paddedTokens int64
+	latencies    []time.Duration // arrival at the worker → inputs acked, per record
+}
+
+func (s *workerStats) batch(b *batcher.Batch) {
+	s.mu.Lock()
+	s.batches++
+	s.rows += b.Rows
+	s.realTokens += int64(b.Tokens)
+	s.paddedTokens += int64(b.Rows * b.Cols)
+	s.mu.Unlock()
+}
+
+func (s *workerStats) acked(items []batcher.Item, at time.Time) {
+	if !s.collect {
+		return
+	}
+	s.mu.Lock()
+	for _, it := range items {
+		s.latencies = append(s.latencies, at.Sub(it.Arrived))
+	}
+	s.mu.Unlock()
 }
 
 // newWorker loads the model and sets up the streams; nothing is pulled until run.
@@ -81,7 +121,7 @@ func newWorker(ctx context.Context, cfg workerConfig, nc *nats.Conn, log *zap.Lo
 	if err != nil {
 		return nil, err
 	}
-	w := &worker{cfg: cfg, nc: nc, js: js, log: log, health: health}
+	w := &worker{cfg: cfg, nc: nc, js: js, log: log, health: health, stats: &workerStats{busy: gpurun.NewBusyMeter()}}
 	if err := w.init(ctx, reg); err != nil {
 		w.close()
 		return nil, err
@@ -129,6 +169,18 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 		consumer.WithLogger(w.log), consumer.WithObserver(w.metrics)); err != nil {
 		return err
 	}
+	if dev.Kind == "cuda" {
+		// Every bucket shape at its full row count runs once before the worker is ready, so
+		// no real batch pays for kernel selection or arena growth.
+		var shapes [][2]int
+		for _, b := range w.bat.Buckets() {
+			shapes = append(shapes, [2]int{b.Rows, b.Cols})
+		}
+		if w.warmup, err = w.runner.Warmup(ctx, shapes, w.alloc); err != nil {
+			return err
+		}
+		w.log.Info("warm-up done", zap.Int("shapes", len(shapes)), zap.Duration("took", w.warmup))
+	}
 	if err := w.cons.Setup(ctx); err != nil {
 		return err
 	}
@@ -167,13 +219,19 @@ func (w *worker) run(ctx context.Context) error {
 	go func() {
 		for rec := range ch.Records() {
 			it := batcher.Item{ID: rec.ID, Residues: rec.Residues, StreamSeq: rec.StreamSeq, Truncated: rec.Truncated, Ref: rec.Msg}
+			w.queued.Add(1)
 			if err := w.bat.Add(pipeCtx, it); err != nil {
+				w.queued.Add(-1)
 				_ = rec.Msg.Nak()
 			}
 		}
 		bh.Drain()
 	}()
 
+	if w.runner.Device().Kind == "cuda" {
+		stopGPU := w.watchGPU(pipeCtx)
+		defer stopGPU()
+	}
 	var wg sync.WaitGroup
 	for range w.cfg.Inflight {
 		wg.Go(func() { w.process(pipeCtx) })
@@ -198,6 +256,7 @@ func (w *worker) run(ctx context.Context) error {
 	<-bh.Done()
 	for _, it := range bh.Pending() {
 		_ = it.Ref.(jetstream.Msg).Nak()
+		w.queued.Add(-1)
 	}
 	w.log.Info("worker stopped")
 	return nil
@@ -213,11 +272,13 @@ func (w *worker) process(ctx context.Context) {
 		w.metrics.ObserveRunnerIdle(time.Since(idleSince))
 		w.metrics.InflightAdd(1)
 		w.metrics.ObserveBatch(b.Reason, b.Rows, b.Rows*b.Cols, b.Tokens, time.Since(b.Oldest))
+		w.stats.batch(b)
 		msgs = msgs[:0]
 		for _, it := range b.Items {
 			msgs = append(msgs, it.Ref.(jetstream.Msg))
 		}
 		emb = w.embedPublish(ctx, b, emb[:0], &out, msgs)
+		w.queued.Add(-int64(len(msgs)))
 		w.metrics.InflightAdd(-1)
 		idleSince = time.Now()
 	}
@@ -225,7 +286,9 @@ func (w *worker) process(ctx context.Context) {
 
 func (w *worker) embedPublish(ctx context.Context, b *batcher.Batch, emb []float32, out *arrowout.Batch, msgs []jetstream.Msg) []float32 {
 	t0 := time.Now()
+	end := w.stats.busy.Begin()
 	emb, err := w.runner.Embed(ctx, gpurun.Input{IDs: b.InputIDs, Mask: b.Mask, Rows: b.Rows, Cols: b.Cols}, emb)
+	end()
 	w.metrics.ObserveInference(time.Since(t0))
 	if err != nil {
 		b.Release()
@@ -257,7 +320,33 @@ func (w *worker) embedPublish(ctx context.Context, b *batcher.Batch, emb []float
 		return emb
 	}
 	w.metrics.RecordsOut(len(msgs))
+	w.stats.acked(b.Items, time.Now())
 	return emb
+}
+
+// watchGPU samples the worker's GPU every second through NVML (when the library is there) and
+// exports utilisation, memory and the bottleneck tier; it logs when the GPU starves.
+func (w *worker) watchGPU(ctx context.Context) (stop func()) {
+	idx := w.runner.Device().Index
+	s, err := gpurun.NewNVMLSampler([]int{idx},
+		gpurun.WithQueued(func() bool { return w.queued.Load() > 0 }),
+		gpurun.WithReport(func(g gpurun.GPUSample, tier gpurun.Tier) {
+			w.metrics.SetGPU(g.Index, g.Util, g.MemUsed, int(tier))
+			if tier == gpurun.TierSevere || tier == gpurun.TierMild {
+				w.log.Warn("GPU waiting for input", zap.Int("gpu", g.Index), zap.Float64("busy", g.Util),
+					zap.String("tier", tier.String()))
+			}
+		}))
+	if err != nil {
+		w.log.Warn("no GPU telemetry", zap.Error(err))
+		return func() {}
+	}
+	if !s.Available() {
+		w.log.Warn("no GPU telemetry: NVML unavailable", zap.String("reason", s.Reason()))
+		return func() { s.Close() }
+	}
+	h := s.Start(ctx)
+	return func() { h.Stop(); <-h.Done(); s.Close() }
 }
 
 var errNoNATS = errors.New("no NATS URL: pass --nats")

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/batcher"
+	"github.com/seqembed/seqembed/fasta"
+	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/telemetry"
+)
+
+// benchResult is one bench run, printed as one JSON line.
+type benchResult struct {
+	Mode              string  `json:"mode"` // "e2e" (JetStream → worker → Arrow) or "raw" (ORT alone)
+	Device            string  `json:"device"`
+	Model             string  `json:"model"`
+	DType             string  `json:"dtype"`
+	Inflight          int     `json:"inflight"`
+	MaxBatchTokens    int     `json:"max_batch_tokens"`
+	Sequences         int     `json:"sequences"`
+	Residues          int64   `json:"residues"`
+	Seconds           float64 `json:"seconds"`
+	ResiduesPerSec    float64 `json:"residues_per_s"`
+	SequencesPerSec   float64 `json:"sequences_per_s"`
+	Batches           int     `json:"batches"`
+	PaddingEfficiency float64 `json:"padding_efficiency"`
+	RunnerBusy        float64 `json:"runner_busy"`        // fraction of wall time with >= 1 run in flight
+	MeanGapMs         float64 `json:"runner_mean_gap_ms"` // runner's wait for its next batch
+	GPUUtil           float64 `json:"gpu_util"`           // NVML mean over the run; -1 without NVML
+	LatencyP50Ms      float64 `json:"latency_p50_ms"`     // e2e: arrival at the worker → acked
+	LatencyP99Ms      float64 `json:"latency_p99_ms"`
+	WarmupSeconds     float64 `json:"warmup_seconds"`
+}
+
+func runBenchCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var cfg workerConfig
+	cfg.register(fs)
+	fastaPath := fs.String("fasta", "", "FASTA file (plain or .gz) to embed (required)")
+	raw := fs.Bool("raw", false, "run the same batches through ONNX Runtime alone (no NATS, no Arrow), to price the pipeline")
+	jsonOut := fs.String("json-out", "", "append the result as one JSON line to this file")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *fastaPath == "" {
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	log, err := telemetry.NewLogger("warn", "console")
+	if err != nil {
+		return err
+	}
+	gpu := startGPUMeter(cfg.Device)
+	var res benchResult
+	if *raw {
+		res, err = benchRaw(ctx, cfg, *fastaPath, gpu)
+	} else {
+		res, err = benchE2E(ctx, cfg, *fastaPath, log, gpu)
+	}
+	gpu.close()
+	if err != nil {
+		return err
+	}
+	line, _ := json.Marshal(res)
+	fmt.Println(string(line))
+	util := "n/a"
+	if res.GPUUtil >= 0 {
+		util = fmt.Sprintf("%.1f%%", 100*res.GPUUtil)
+	}
+	fmt.Fprintf(os.Stderr, "bench %s %s inflight=%d: %.0f residues/s, %.1f seq/s, padding %.3f, runner busy %.1f%%, GPU util %s, p50 %.0f ms, p99 %.0f ms\n",
+		res.Mode, res.Device, res.Inflight, res.ResiduesPerSec, res.SequencesPerSec, res.PaddingEfficiency,
+		100*res.RunnerBusy, util, res.LatencyP50Ms, res.LatencyP99Ms)
+	if *jsonOut != "" {
+		f, err := os.OpenFile(*jsonOut, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = fmt.Fprintln(f, string(line))
+		return err
+	}
+	return nil
+}
+
+func benchE2E(ctx context.Context, cfg workerConfig, path string, log *zap.Logger, gpu *gpuMeter) (benchResult, error) {
+	dir, err := os.MkdirTemp("", "seqembed-bench-")
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer os.RemoveAll(dir)
+	cfg.collectLatency = true
+	sum, err := runJob(ctx, path, filepath.Join(dir, "out.parquet"), cfg, nil, log)
+	if err != nil {
+		return benchResult{}, err
+	}
+	st := sum.Stats
+	busy, _, gap := st.busy.Snapshot(false)
+	// Residues embedded (after truncation), the same count raw mode reports.
+	res := benchResult{Mode: "e2e", Sequences: sum.Embedded, Residues: st.realTokens - 2*int64(st.rows),
+		Seconds: sum.Processing.Seconds(), Batches: st.batches, RunnerBusy: busy,
+		MeanGapMs: float64(gap.Microseconds()) / 1000, WarmupSeconds: sum.Warmup.Seconds()}
+	res.PaddingEfficiency = float64(st.realTokens) / float64(max(1, st.paddedTokens))
+	res.LatencyP50Ms, res.LatencyP99Ms = percentileMs(st.latencies, 0.50), percentileMs(st.latencies, 0.99)
+	res.GPUUtil = gpu.mean(time.Now().Add(-sum.Processing), time.Now())
+	return finish(res, cfg)
+}
+
+// benchRaw batches the file exactly as the worker's batcher does (every bucket filled, then
+// drained) and times only the ORT runs, with cfg.Inflight runs in flight.
+func benchRaw(ctx context.Context, cfg workerConfig, path string, gpu *gpuMeter) (benchResult, error) {
+	dev, err := gpurun.ParseDevice(cfg.Device)
+	if err != nil {
+		return benchResult{}, err
+	}
+	r, err := gpurun.New(cfg.ModelDir, gpurun.WithDevice(dev), gpurun.WithThreads(cfg.Threads), gpurun.WithMaxRows(cfg.MaxBatchRows))
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer r.Close()
+	man := r.Manifest()
+	alloc, err := gpurun.NewHostAllocator(cfg.MaxBatchTokens, dev.Kind == "cuda")
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer alloc.Close()
+	tok, err := batcher.NewTokenizer(man.Residues)
+	if err != nil {
+		return benchResult{}, err
+	}
+	bat, err := batcher.New(man.MaxLength, batcher.WithTokenizer(tok), batcher.WithAllocator(alloc),
+		batcher.WithMaxBatchTokens(cfg.MaxBatchTokens), batcher.WithMaxBatchRows(cfg.MaxBatchRows),
+		batcher.WithMaxWait(time.Hour), batcher.WithQueueSize(1<<16), batcher.WithOutputSize(1<<14))
+	if err != nil {
+		return benchResult{}, err
+	}
+	res := benchResult{Mode: "raw"}
+	h := bat.Start(ctx)
+	rd, closer, err := fasta.Open(path)
+	if err != nil {
+		return res, err
+	}
+	for {
+		rec, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if fasta.Recoverable(err) {
+				continue
+			}
+			closer.Close()
+			return res, err
+		}
+		if tok.Validate(rec.Seq) != nil {
+			continue // the worker dead-letters these
+		}
+		seq := slices.Clone(rec.Seq[:min(len(rec.Seq), man.MaxLength)])
+		if err := bat.Add(ctx, batcher.Item{ID: rec.ID, Residues: seq}); err != nil {
+			closer.Close()
+			return res, err
+		}
+		res.Sequences++
+		res.Residues += int64(len(seq))
+	}
+	closer.Close()
+	h.Drain()
+	var batches []*batcher.Batch
+	var shapes [][2]int
+	for b := range bat.Out() {
+		batches = append(batches, b)
+		res.Batches++
+		res.PaddingEfficiency += float64(b.Tokens)
+	}
+	padded := 0
+	for _, b := range batches {
+		padded += b.Rows * b.Cols
+	}
+	res.PaddingEfficiency /= float64(max(1, padded))
+	if dev.Kind == "cuda" {
+		for _, b := range bat.Buckets() {
+			shapes = append(shapes, [2]int{b.Rows, b.Cols})
+		}
+		d, err := r.Warmup(ctx, shapes, alloc)
+		if err != nil {
+			return res, err
+		}
+		res.WarmupSeconds = d.Seconds()
+	}
+	busy := gpurun.NewBusyMeter()
+	next := make(chan *batcher.Batch, len(batches))
+	for _, b := range batches {
+		next <- b
+	}
+	close(next)
+	var wg sync.WaitGroup
+	var firstErr error
+	var mu sync.Mutex
+	start := time.Now()
+	for range cfg.Inflight {
+		wg.Go(func() {
+			var out []float32
+			for b := range next {
+				end := busy.Begin()
+				var err error
+				out, err = r.Embed(ctx, gpurun.Input{IDs: b.InputIDs, Mask: b.Mask, Rows: b.Rows, Cols: b.Cols}, out[:0])
+				end()
+				if err != nil {
+					mu.Lock()
+					firstErr = errors.Join(firstErr, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	for _, b := range batches {
+		b.Release()
+	}
+	if firstErr != nil {
+		return res, firstErr
+	}
+	res.Seconds = elapsed.Seconds()
+	b, _, gap := busy.Snapshot(false)
+	res.RunnerBusy, res.MeanGapMs = b, float64(gap.Microseconds())/1000
+	res.GPUUtil = gpu.mean(start, start.Add(elapsed))
+	res.Model, res.DType = man.Name, man.DType
+	return finish(res, cfg)
+}
+
+func finish(res benchResult, cfg workerConfig) (benchResult, error) {
+	res.Device, res.Inflight, res.MaxBatchTokens = cfg.Device, cfg.Inflight, cfg.MaxBatchTokens
+	if res.Model == "" {
+		if man, err := gpurun.LoadManifest(cfg.ModelDir); err == nil {
+			res.Model, res.DType = man.Name, man.DType
+		}
+	}
+	if res.Seconds > 0 {
+		res.ResiduesPerSec = float64(res.Residues) / res.Seconds
+		res.SequencesPerSec = float64(res.Sequences) / res.Seconds
+	}
+	return res, nil
+}
+
+func percentileMs(d []time.Duration, p float64) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return float64(s[min(len(s)-1, int(p*float64(len(s))))].Microseconds()) / 1000
+}
+
+// gpuMeter samples NVML utilisation during a bench run (nothing on the CPU or without NVML).
+type gpuMeter struct {
+	mu      sync.Mutex
+	samples []gpurun.GPUSample
+	stop    func()
+}
+
+func startGPUMeter(device string) *gpuMeter {
+	g := &gpuMeter{stop: func() {}}
+	dev, err := gpurun.ParseDevice(device)
+	if err != nil || dev.Kind != "cuda" {
+		return g
+	}
+	s, err := gpurun.NewNVMLSampler([]int{dev.Index}, gpurun.WithInterval(200*time.Millisecond),
+		gpurun.WithReport(func(x gpurun.GPUSample, _ gpurun.Tier) {
+			g.mu.Lock()
+			g.samples = append(g.samples, x)
+			g.mu.Unlock()
+		}))
+	if err != nil || !s.Available() {
+		return g
+	}
+	h := s.Start(context.Background())
+	g.stop = func() { h.Stop(); <-h.Done(); s.Close() }
+	return g
+}
+
+func (g *gpuMeter) close() { g.stop() }
+
+// mean is the mean NVML utilisation of samples taken in [from, to], or -1 if there are none.
+func (g *gpuMeter) mean(from, to time.Time) float64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	sum, n := 0.0, 0
+	for _, s := range g.samples {
+		if !s.Time.Before(from) && !s.Time.After(to) {
+			sum += s.Util
+			n++
+		}
+	}
+	if n == 0 {
+		return -1
+	}
+	return sum / float64(n)
+}
