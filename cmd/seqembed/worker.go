@@ -77,6 +77,8 @@ type worker struct {
 	pub    *arrowout.Publisher
 	model  string
 
+	// embed runs one batch; runner.Embed unless a test wraps it.
+	embed  func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error)
 	warmup time.Duration // how long the bucket-shape warm-up took (CUDA only)
 	stats  *workerStats
 	queued atomic.Int64 // records taken from the consumer and not yet acked or nak'd
@@ -146,6 +148,7 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 		gpurun.WithMaxRows(cfg.MaxBatchRows)); err != nil {
 		return err
 	}
+	w.embed = w.runner.Embed
 	man := w.runner.Manifest()
 	w.model = man.Name
 	if w.metrics, err = telemetry.NewMetrics(reg, man.Name); err != nil {
@@ -284,44 +287,116 @@ func (w *worker) process(ctx context.Context) {
 	}
 }
 
+// rowError is one batch row that failed on its own.
+type rowError struct {
+	row int
+	err error
+}
+
+// embedPublish embeds one batch, publishes the rows that worked and acks their inputs. A failed
+// run is split in halves and retried, so a CUDA out-of-memory shrinks the batch and a record that
+// breaks the model is isolated: a row that fails alone while other rows of its batch succeed is
+// dead-lettered (reason model_error); if no row succeeds, every input is nak'd for redelivery
+// (a failing device is not the records' fault). While the batch is in flight its inputs get
+// InProgress every AckWait/3, so a long batch is never redelivered.
 func (w *worker) embedPublish(ctx context.Context, b *batcher.Batch, emb []float32, out *arrowout.Batch, msgs []jetstream.Msg) []float32 {
+	defer heartbeat(msgs, w.cfg.AckWait/3)()
 	t0 := time.Now()
-	end := w.stats.busy.Begin()
-	emb, err := w.runner.Embed(ctx, gpurun.Input{IDs: b.InputIDs, Mask: b.Mask, Rows: b.Rows, Cols: b.Cols}, emb)
-	end()
+	emb, failed := w.embedRows(ctx, b, 0, b.Rows, emb, nil)
 	w.metrics.ObserveInference(time.Since(t0))
-	if err != nil {
-		b.Release()
+	b.Release() // token buffers are no longer needed; Items stay readable
+	if len(failed) == b.Rows || ctx.Err() != nil {
 		w.log.Error("inference failed; records nak'd", zap.Uint64("batch", b.Seq), zap.Int("rows", b.Rows),
-			zap.Uint64("first_stream_seq", b.Items[0].StreamSeq), zap.Error(err))
+			zap.Uint64("first_stream_seq", b.Items[0].StreamSeq), zap.Error(failed[0].err))
 		consumer.NakAll(msgs, time.Second)
 		return emb
 	}
 	out.Seq = b.Seq
 	out.IDs, out.StreamSeqs, out.Lengths, out.Truncated = out.IDs[:0], out.StreamSeqs[:0], out.Lengths[:0], out.Truncated[:0]
-	for _, it := range b.Items {
+	okMsgs := make([]jetstream.Msg, 0, len(msgs))
+	okItems := make([]batcher.Item, 0, len(b.Items))
+	next := 0
+	for r, it := range b.Items {
+		if next < len(failed) && failed[next].row == r {
+			rej := &consumer.RejectError{Reason: consumer.ReasonModelError, ID: it.ID, StreamSeq: it.StreamSeq,
+				Err: fmt.Errorf("the model fails on this record alone (batch %d): %w", b.Seq, failed[next].err)}
+			if err := consumer.DeadLetterMsg(ctx, w.js, w.model, msgs[r], rej, w.metrics, w.log); err != nil {
+				w.log.Error("dead-letter", zap.Error(err))
+			}
+			next++
+			continue
+		}
+		okMsgs, okItems = append(okMsgs, msgs[r]), append(okItems, it)
 		out.IDs = append(out.IDs, it.ID)
 		out.StreamSeqs = append(out.StreamSeqs, it.StreamSeq)
 		out.Lengths = append(out.Lengths, int32(len(it.Residues)))
 		out.Truncated = append(out.Truncated, it.Truncated)
 	}
 	out.Embeddings = emb
-	b.Release() // residues and token buffers are no longer needed
 	t1 := time.Now()
 	if _, err := w.pub.Publish(ctx, out); err != nil {
 		w.log.Error("publish failed; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
-		consumer.NakAll(msgs, time.Second)
+		consumer.NakAll(okMsgs, time.Second)
 		return emb
 	}
 	w.metrics.ObservePublish(time.Since(t1))
-	if err := consumer.AckAll(ctx, w.nc, msgs); err != nil {
+	if err := consumer.AckAll(ctx, w.nc, okMsgs); err != nil {
 		// The outputs are stored; a redelivery is deduplicated downstream by id.
 		w.log.Warn("ack failed after publish", zap.Uint64("batch", b.Seq), zap.Error(err))
 		return emb
 	}
-	w.metrics.RecordsOut(len(msgs))
-	w.stats.acked(b.Items, time.Now())
+	w.metrics.RecordsOut(len(okMsgs))
+	w.stats.acked(okItems, time.Now())
 	return emb
+}
+
+// embedRows embeds rows [lo, hi) of b, appending their embeddings to emb in row order; a failed
+// run is split in halves down to single rows. Rows that failed are returned in row order.
+func (w *worker) embedRows(ctx context.Context, b *batcher.Batch, lo, hi int, emb []float32, failed []rowError) ([]float32, []rowError) {
+	c := b.Cols
+	in := gpurun.Input{IDs: b.InputIDs[lo*c : hi*c], Mask: b.Mask[lo*c : hi*c], Rows: hi - lo, Cols: c}
+	n0 := len(emb)
+	end := w.stats.busy.Begin()
+	emb, err := w.embed(ctx, in, emb)
+	end()
+	if err == nil {
+		return emb, failed
+	}
+	emb = emb[:n0]
+	if hi-lo == 1 || ctx.Err() != nil {
+		for r := lo; r < hi; r++ {
+			failed = append(failed, rowError{r, err})
+		}
+		return emb, failed
+	}
+	w.log.Warn("batch failed; retrying in halves", zap.Uint64("batch", b.Seq), zap.Int("rows", hi-lo),
+		zap.Int("cols", c), zap.Uint64("first_stream_seq", b.Items[lo].StreamSeq), zap.Error(err))
+	mid := (lo + hi) / 2
+	emb, failed = w.embedRows(ctx, b, lo, mid, emb, failed)
+	return w.embedRows(ctx, b, mid, hi, emb, failed)
+}
+
+// heartbeat sends InProgress for msgs every interval until the returned stop is called.
+func heartbeat(msgs []jetstream.Msg, interval time.Duration) (stop func()) {
+	if interval <= 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // watchGPU samples the worker's GPU every second through NVML (when the library is there) and

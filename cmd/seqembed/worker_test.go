@@ -3,11 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -255,4 +259,142 @@ func TestRunJob(t *testing.T) {
 	for _, r := range rows {
 		checkEmbedding(t, r.ID, r.Embedding, golden[r.ID].Embedding)
 	}
+}
+
+// startWorker runs a worker for the test (the tiny model on the CPU); wrap, if given, wraps
+// the real ORT run. It returns the worker and a stop function that waits for it.
+func startWorker(t *testing.T, ctx context.Context, cfg workerConfig, nc *nats.Conn, wrap func(next func(context.Context, gpurun.Input, []float32) ([]float32, error)) func(context.Context, gpurun.Input, []float32) ([]float32, error)) (*worker, func()) {
+	t.Helper()
+	w, err := newWorker(ctx, cfg, nc, zap.NewNop(), prometheus.NewRegistry(), telemetry.NewHealth())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wrap != nil {
+		w.embed = wrap(w.embed)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.run(wctx) }()
+	return w, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func publishRecords(t *testing.T, js jetstream.JetStream, model string, recs map[string]string) {
+	t.Helper()
+	for id, seq := range recs {
+		m := nats.NewMsg(consumer.Subject(model))
+		m.Header.Set(consumer.HeaderID, id)
+		m.Data = []byte(seq)
+		if _, err := js.PublishMsg(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// outputIDs reads the output stream until want distinct ids have arrived and returns the count
+// of each id seen.
+func outputIDs(t *testing.T, js jetstream.JetStream, want int) map[string]int {
+	t.Helper()
+	oc, err := js.OrderedConsumer(context.Background(), arrowout.DefaultStreamName, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for len(seen) < want {
+		m, err := oc.Next(jetstream.FetchMaxWait(30 * time.Second))
+		if err != nil {
+			t.Fatalf("waiting for output (%d of %d ids): %v", len(seen), want, err)
+		}
+		_, rows, err := arrowout.Decode(m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			seen[r.ID]++
+		}
+	}
+	return seen
+}
+
+// TestPoisonRecordIsolated: a record that makes the model fail is found by splitting its batch,
+// dead-lettered with reason model_error; its batch-mates are embedded once each.
+func TestPoisonRecordIsolated(t *testing.T) {
+	requireORT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	nc, js := natstest.Connect(t, natstest.Server(t, nil))
+	cfg := testConfig(t)
+	cfg.MaxWait = 200 * time.Millisecond // one batch for all records
+	var runs atomic.Int64
+	w, stop := startWorker(t, ctx, cfg, nc, func(next func(context.Context, gpurun.Input, []float32) ([]float32, error)) func(context.Context, gpurun.Input, []float32) ([]float32, error) {
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+			runs.Add(1)
+			if slices.Contains(in.IDs[:in.Rows*in.Cols], 28) { // 'O' (pyrrolysine) poisons this test's model
+				return dst, errors.New("injected model failure")
+			}
+			return next(ctx, in, dst)
+		}
+	})
+	recs := map[string]string{"poison": "MKTAYOAK"}
+	for i := range 10 {
+		recs[fmt.Sprint("ok", i)] = "MKTAYIAKQRQISFVKSHFSRQ"[:10+i]
+	}
+	publishRecords(t, js, w.model, recs)
+	seen := outputIDs(t, js, 10)
+	for id, n := range seen {
+		if n != 1 || id == "poison" {
+			t.Errorf("output %s ×%d", id, n)
+		}
+	}
+	var dls []consumer.DeadLetter
+	for deadline := time.Now().Add(10 * time.Second); len(dls) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var err error
+		if dls, err = consumer.ReadDeadLetters(ctx, js, "SEQS", w.model, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(dls) != 1 || dls[0].ID != "poison" || dls[0].Reason != consumer.ReasonModelError || !strings.Contains(dls[0].Error, "injected") {
+		t.Fatalf("dead letters %+v", dls)
+	}
+	if runs.Load() < 3 {
+		t.Errorf("only %d runs: the batch was not split", runs.Load())
+	}
+	stop()
+	waitQueueEmpty(t, js, w.model)
+}
+
+// TestLongBatchNotRedelivered: a batch that takes longer than AckWait is kept alive with
+// InProgress and never redelivered.
+func TestLongBatchNotRedelivered(t *testing.T) {
+	requireORT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	nc, js := natstest.Connect(t, natstest.Server(t, nil))
+	cfg := testConfig(t)
+	cfg.AckWait = time.Second
+	w, stop := startWorker(t, ctx, cfg, nc, func(next func(context.Context, gpurun.Input, []float32) ([]float32, error)) func(context.Context, gpurun.Input, []float32) ([]float32, error) {
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+			time.Sleep(2500 * time.Millisecond) // 2.5 × AckWait
+			return next(ctx, in, dst)
+		}
+	})
+	publishRecords(t, js, w.model, map[string]string{"a": "MKTAYIAK", "b": "MKTAYIAKQ"})
+	seen := outputIDs(t, js, 2)
+	ci, err := js.Consumer(ctx, "SEQS", consumer.Durable(w.model))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := ci.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumRedelivered != 0 || seen["a"] != 1 || seen["b"] != 1 {
+		t.Fatalf("redelivered %d, outputs %v", info.NumRedelivered, seen)
+	}
+	stop()
+	waitQueueEmpty(t, js, w.model)
 }
