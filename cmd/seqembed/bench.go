@@ -141,7 +141,8 @@ func benchRaw(ctx context.Context, cfg workerConfig, path string, gpu *gpuMeter)
 	}
 	bat, err := batcher.New(man.MaxLength, batcher.WithTokenizer(tok), batcher.WithAllocator(alloc),
 		batcher.WithMaxBatchTokens(cfg.MaxBatchTokens), batcher.WithMaxBatchRows(cfg.MaxBatchRows),
-		batcher.WithMaxWait(time.Hour), batcher.WithQueueSize(1<<16), batcher.WithOutputSize(1<<14))
+		batcher.WithMaxWait(time.Hour), batcher.WithQueueSize(1<<16), batcher.WithOutputSize(1<<14),
+		batcher.WithBucketStep(cfg.BucketStep))
 	if err != nil {
 		return benchResult{}, err
 	}

@@ -29,6 +29,7 @@ type workerConfig struct {
 	MaxBatchTokens  int
 	MaxBatchRows    int
 	MaxWait         time.Duration
+	BucketStep      int
 	Overlength      string
 	MaxRecordBytes  int
 	AckWait         time.Duration
@@ -49,6 +50,7 @@ func (c *workerConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxBatchTokens, "max-batch-tokens", 16384, "padded-token budget of one batch (rows × bucket length)")
 	fs.IntVar(&c.MaxBatchRows, "max-batch-rows", 256, "most sequences in one batch")
 	fs.DurationVar(&c.MaxWait, "max-wait", 50*time.Millisecond, "a bucket flushes once its oldest record has waited this long")
+	fs.IntVar(&c.BucketStep, "bucket-step", 64, "bucket lengths are multiples of this many tokens: smaller pads less but makes more shapes to warm up")
 	fs.StringVar(&c.Overlength, "overlength", "truncate", "sequences over the model's max length: truncate (flagged in the output) or reject (dead-lettered)")
 	fs.IntVar(&c.MaxRecordBytes, "max-record-bytes", 1<<20, "records with a larger body are dead-lettered")
 	fs.DurationVar(&c.AckWait, "ack-wait", 60*time.Second, "server redelivers a record not acked within this time")
@@ -162,7 +164,7 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	}
 	if w.bat, err = batcher.New(man.MaxLength, batcher.WithTokenizer(w.tok), batcher.WithAllocator(w.alloc),
 		batcher.WithMaxBatchTokens(cfg.MaxBatchTokens), batcher.WithMaxBatchRows(cfg.MaxBatchRows),
-		batcher.WithMaxWait(cfg.MaxWait), batcher.WithOutputSize(cfg.Inflight)); err != nil {
+		batcher.WithMaxWait(cfg.MaxWait), batcher.WithOutputSize(cfg.Inflight), batcher.WithBucketStep(cfg.BucketStep)); err != nil {
 		return err
 	}
 	if w.cons, err = consumer.New(w.js, man.Name, w.tok.Validate, consumer.WithStream(cfg.InStream),
