@@ -154,7 +154,8 @@ func deadLetterParseError(ctx context.Context, js jetstream.JetStream, model, pa
 
 func runPublishCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
-	natsURL := fs.String("nats", nats.DefaultURL, "NATS server URL(s)")
+	var nf natsFlags
+	nf.register(fs)
 	model := fs.String("model", "", "model name the records are for (the worker's model.json name)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	fs.Usage = func() {
@@ -172,7 +173,7 @@ func runPublishCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	nc, err := connect(*natsURL, log)
+	nc, err := nf.connect("seqembed publish", log)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/seqembed/seqembed/arrowout"
@@ -61,7 +60,8 @@ func (s *sinkRun) finish() error {
 
 func runSinkCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
-	natsURL := fs.String("nats", nats.DefaultURL, "NATS server URL(s)")
+	var nf natsFlags
+	nf.register(fs)
 	out := fs.String("out", "", "Parquet file to write (required)")
 	model := fs.String("model", "", "only this model's embeddings (default: every model in the stream)")
 	stream := fs.String("stream", arrowout.DefaultStreamName, "embeddings stream")
@@ -74,7 +74,11 @@ func runSinkCmd(ctx context.Context, args []string) error {
 		fs.Usage()
 		return flag.ErrHelp
 	}
-	nc, err := nats.Connect(*natsURL, nats.MaxReconnects(-1))
+	log, err := telemetry.NewLogger("warn", "console")
+	if err != nil {
+		return err
+	}
+	nc, err := nf.connect("seqembed sink", log)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"sync"
@@ -426,28 +425,24 @@ func (w *worker) watchGPU(ctx context.Context) (stop func()) {
 	return func() { h.Stop(); <-h.Done(); s.Close() }
 }
 
-var errNoNATS = errors.New("no NATS URL: pass --nats")
-
 func runWorkerCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	var cfg workerConfig
 	cfg.register(fs)
-	natsURL := fs.String("nats", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	var nf natsFlags
+	nf.register(fs)
 	httpAddr := fs.String("http-addr", ":9090", "address of /metrics, /healthz and /readyz (empty = off)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "json", "json or console")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *natsURL == "" {
-		return errNoNATS
-	}
 	log, err := telemetry.NewLogger(*logLevel, *logFormat)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
-	nc, err := connect(*natsURL, log)
+	nc, err := nf.connect("seqembed worker", log)
 	if err != nil {
 		return err
 	}
@@ -471,14 +466,4 @@ func runWorkerCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	return w.run(ctx)
-}
-
-// connect dials NATS and reconnects forever; connection events are logged.
-func connect(url string, log *zap.Logger) (*nats.Conn, error) {
-	return nats.Connect(url,
-		nats.Name("seqembed"),
-		nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", zap.Error(err)) }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", zap.String("url", nc.ConnectedUrl())) }),
-	)
 }
