@@ -347,15 +347,7 @@ func (c *Consumer) deadLetter(ctx context.Context, msg jetstream.Msg, rej *Rejec
 // The copy's Nats-Msg-Id is derived from the stream sequence, so a retry is deduplicated. If the
 // copy fails, msg is nak'd with a 5 s delay and the error is returned: a record is never dropped.
 func DeadLetterMsg(ctx context.Context, js jetstream.JetStream, model string, msg jetstream.Msg, rej *RejectError, obs Observer, log *zap.Logger) error {
-	out := nats.NewMsg(DLQSubject(model))
-	out.Data = msg.Data()
-	for k, v := range msg.Headers() {
-		out.Header[k] = v
-	}
-	out.Header.Set(HeaderError, rej.Error())
-	out.Header.Set(HeaderReason, rej.Reason)
-	out.Header.Set(HeaderStreamSeq, strconv.FormatUint(rej.StreamSeq, 10))
-	out.Header.Set(nats.MsgIdHdr, fmt.Sprintf("dlq:%s:%d", model, rej.StreamSeq))
+	out := dlqCopy(model, msg.Data(), msg.Headers(), rej.Reason, rej.Error(), rej.StreamSeq)
 	if _, err := js.PublishMsg(ctx, out); err != nil {
 		_ = msg.NakWithDelay(5 * time.Second)
 		return fmt.Errorf("%w: record %q at stream seq %d (%s): %w", ErrDeadLetter, rej.ID, rej.StreamSeq, rej.Reason, err)
@@ -371,6 +363,25 @@ func DeadLetterMsg(ctx context.Context, js jetstream.JetStream, model string, ms
 
 // ackFlushTimeout bounds AckAll's flush when ctx has no deadline.
 const ackFlushTimeout = 10 * time.Second
+
+// dlqCopy builds the dead-letter copy of a record: its body and headers (Seq-Id included; Nats-*
+// headers dropped: they are server-set or publish controls such as expected-sequence checks),
+// Seqembed-Error, Seqembed-Reason, Seqembed-Stream-Seq, and the Nats-Msg-Id "dlq:<model>:<seq>"
+// that makes a repeated copy of the same input a duplicate.
+func dlqCopy(model string, data []byte, hdr nats.Header, reason, errText string, seq uint64) *nats.Msg {
+	out := nats.NewMsg(DLQSubject(model))
+	out.Data = data
+	for k, v := range hdr {
+		if !strings.HasPrefix(strings.ToLower(k), "nats-") {
+			out.Header[k] = v
+		}
+	}
+	out.Header.Set(HeaderError, errText)
+	out.Header.Set(HeaderReason, reason)
+	out.Header.Set(HeaderStreamSeq, strconv.FormatUint(seq, 10))
+	out.Header.Set(nats.MsgIdHdr, fmt.Sprintf("dlq:%s:%d", model, seq))
+	return out
+}
 
 // AckAll acknowledges every message and flushes the connection, so the acks have reached the
 // server when it returns nil. Call it only after the records' outputs have their PubAcks.

@@ -20,6 +20,12 @@ var (
 	ErrInvalid = errors.New("invalid residues")
 	// ErrDeadLetter: copying a bad record to the dead-letter subject failed (it was nak'd instead).
 	ErrDeadLetter = errors.New("consumer: dead-letter publish failed")
+	// ErrAdvisory: a max-deliveries advisory could not be acted on (bad advisory, or the record
+	// could not be read back from the stream). The record, if any, stays in the stream.
+	ErrAdvisory = errors.New("consumer: max-deliveries advisory")
+	// ErrDelete: a record was copied to the dead-letter subject but deleting the original from the
+	// work queue failed (it stays; a retry is harmless since the copy is deduplicated).
+	ErrDelete = errors.New("consumer: delete of dead-lettered original")
 	// ErrOption: an option value is invalid.
 	ErrOption = errors.New("consumer: invalid option")
 	// ErrSetup: creating or updating the stream or the durable consumer failed.

@@ -108,7 +108,7 @@ func Decode(h nats.Header, body []byte, seq uint64, p Policy) (Record, error) {
 		if p.Overlength == Reject {
 			return rej(ReasonTooLong, fmt.Errorf("%w: %d residues > %d (overlength policy reject)", ErrTooLong, len(res), p.MaxResidues), id)
 		}
-		r.Residues, r.Truncated = res[:p.MaxResidues], true
+		r.Residues, r.Truncated = res[:p.MaxResidues:p.MaxResidues], true
 	}
 	return r, nil
 }

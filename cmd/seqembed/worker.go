@@ -218,6 +218,14 @@ func (w *worker) run(ctx context.Context) error {
 		return err
 	}
 	bh := w.bat.Start(pipeCtx)
+	// Records that exhaust MaxDeliver go to the dead-letter subject (every worker watches; the
+	// copies are deduplicated).
+	adv, err := w.cons.WatchMaxDeliveries(pipeCtx)
+	if err != nil {
+		ch.Stop()
+		return err
+	}
+	defer func() { adv.Stop(); <-adv.Done() }()
 
 	// feeder: consumer records → batcher.
 	go func() {
