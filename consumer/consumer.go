@@ -39,6 +39,7 @@ type options struct {
 	policy         Policy
 	log            *zap.Logger
 	obs            Observer
+	updateStream   bool
 }
 
 // Option configures a Consumer.
@@ -111,6 +112,12 @@ func WithMaxResidues(n int) Option {
 // WithOverlength chooses truncate (default) or reject for sequences over the max length.
 func WithOverlength(p Overlength) Option {
 	return func(o *options) error { o.policy.Overlength = p; return nil }
+}
+
+// WithUpdateStream makes Setup apply the stream settings to an existing input stream. Default
+// false: workers create the stream when it is missing but never reset an operator's limits.
+func WithUpdateStream(v bool) Option {
+	return func(o *options) error { o.updateStream = v; return nil }
 }
 
 // WithLogger sets the logger. Default: no logging.
@@ -217,9 +224,17 @@ func (c *Consumer) ConsumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
-// Setup creates or updates the input stream and the durable consumer (idempotent).
+// Setup creates the input stream if it is missing (or updates it, WithUpdateStream) and creates
+// or updates the durable consumer. Idempotent.
 func (c *Consumer) Setup(ctx context.Context) error {
-	if _, err := c.js.CreateOrUpdateStream(ctx, c.StreamConfig()); err != nil {
+	_, err := c.js.Stream(ctx, c.opts.stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		_, err = c.js.CreateStream(ctx, c.StreamConfig())
+	case err == nil && c.opts.updateStream:
+		_, err = c.js.UpdateStream(ctx, c.StreamConfig())
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		return fmt.Errorf("%w: stream %s: %w", ErrSetup, c.opts.stream, err)
 	}
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, c.opts.stream, c.ConsumerConfig())

@@ -25,7 +25,7 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cf
 	// Setup only uses the stream and consumer settings; records are validated by workers.
 	cons, err := consumer.New(js, model, func([]byte) error { return nil }, consumer.WithStream(cfg.InStream),
 		consumer.WithAckWait(cfg.AckWait), consumer.WithMaxAckPending(cfg.MaxAckPending),
-		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithOverlength(overlength))
+		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithOverlength(overlength), consumer.WithUpdateStream(true))
 	if err != nil {
 		return err
 	}

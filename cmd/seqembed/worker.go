@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"sync"
@@ -188,8 +189,14 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	if err := w.cons.Setup(ctx); err != nil {
 		return err
 	}
-	if _, err := arrowout.EnsureStream(ctx, w.js, arrowout.StreamConfig{Name: cfg.OutStream}); err != nil {
-		return err
+	// Create the output stream if it is missing, but never reset an existing one's limits
+	// (seqembed streams is the command that changes them).
+	if _, err := w.js.Stream(ctx, cfg.OutStream); errors.Is(err, jetstream.ErrStreamNotFound) {
+		if _, err := arrowout.EnsureStream(ctx, w.js, arrowout.StreamConfig{Name: cfg.OutStream}); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return fmt.Errorf("output stream %s: %w", cfg.OutStream, err)
 	}
 	meta := arrowout.Meta{Model: man.Name, ModelSHA256: man.SHA256, Pooling: man.Pooling, Dim: man.EmbeddingDim}
 	w.pub, err = arrowout.NewPublisher(w.js, "embeddings."+man.Name, meta,
@@ -313,8 +320,13 @@ func (w *worker) embedPublish(ctx context.Context, b *batcher.Batch, emb []float
 	t0 := time.Now()
 	emb, failed := w.embedRows(ctx, b, 0, b.Rows, emb, nil)
 	w.metrics.ObserveInference(time.Since(t0))
-	b.Release() // token buffers are no longer needed; Items stay readable
-	if len(failed) == b.Rows || ctx.Err() != nil {
+	b.Release()           // token buffers are no longer needed; Items stay readable
+	if ctx.Err() != nil { // shutdown timeout: hand the records to another worker now
+		w.log.Warn("batch abandoned at shutdown; records nak'd", zap.Uint64("batch", b.Seq), zap.Int("rows", b.Rows))
+		consumer.NakAll(msgs, 0)
+		return emb
+	}
+	if len(failed) == b.Rows {
 		w.log.Error("inference failed; records nak'd", zap.Uint64("batch", b.Seq), zap.Int("rows", b.Rows),
 			zap.Uint64("first_stream_seq", b.Items[0].StreamSeq), zap.Error(failed[0].err))
 		consumer.NakAll(msgs, time.Second)
@@ -343,9 +355,9 @@ func (w *worker) embedPublish(ctx context.Context, b *batcher.Batch, emb []float
 	}
 	out.Embeddings = emb
 	t1 := time.Now()
-	if _, err := w.pub.Publish(ctx, out); err != nil {
-		w.log.Error("publish failed; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
-		consumer.NakAll(okMsgs, time.Second)
+	if err := w.publish(ctx, out); err != nil {
+		w.log.Warn("publish abandoned at shutdown; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
+		consumer.NakAll(okMsgs, 0)
 		return emb
 	}
 	w.metrics.ObservePublish(time.Since(t1))
@@ -357,6 +369,33 @@ func (w *worker) embedPublish(ctx context.Context, b *batcher.Batch, emb []float
 	w.metrics.RecordsOut(len(okMsgs))
 	w.stats.acked(okItems, time.Now())
 	return emb
+}
+
+// publish stores a batch's outputs, retrying with backoff (100 ms doubling to 5 s) for as long
+// as it takes: the output stream may be full or the connection down. The inputs stay in flight
+// (InProgress keeps them) instead of being nak'd, which would spend their MaxDeliver on a fault
+// that is not theirs. It gives up only when ctx ends (shutdown timeout).
+func (w *worker) publish(ctx context.Context, out *arrowout.Batch) error {
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		_, err := w.pub.Publish(ctx, out)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			w.log.Error("publish failed; retrying (inputs held, not nak'd)", zap.Uint64("batch", out.Seq),
+				zap.Int("attempt", attempt), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
 }
 
 // embedRows embeds rows [lo, hi) of b, appending their embeddings to emb in row order; a failed
@@ -385,13 +424,15 @@ func (w *worker) embedRows(ctx context.Context, b *batcher.Batch, lo, hi int, em
 	return w.embedRows(ctx, b, mid, hi, emb, failed)
 }
 
-// heartbeat sends InProgress for msgs every interval until the returned stop is called.
+// heartbeat sends InProgress for msgs every interval until the returned stop is called; stop
+// returns once the heartbeat goroutine has finished with msgs.
 func heartbeat(msgs []jetstream.Msg, interval time.Duration) (stop func()) {
 	if interval <= 0 {
 		return func() {}
 	}
-	done := make(chan struct{})
+	done, finished := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(finished)
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
@@ -405,7 +446,7 @@ func heartbeat(msgs []jetstream.Msg, interval time.Duration) (stop func()) {
 			}
 		}
 	}()
-	return func() { close(done) }
+	return func() { close(done); <-finished }
 }
 
 // watchGPU samples the worker's GPU every second through NVML (when the library is there) and
