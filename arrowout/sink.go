@@ -124,6 +124,13 @@ func NewParquetSink(path string, opts ...SinkOption) (*ParquetSink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("arrowout: parquet sink %s: %w", path, err)
 	}
+	// CreateTemp makes 0600 files; the result is an ordinary output file (umask applies to none
+	// of this, so use the usual 0644).
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return nil, fmt.Errorf("arrowout: parquet sink %s: %w", path, err)
+	}
 	s := &ParquetSink{
 		path: path,
 		cfg:  cfg,
