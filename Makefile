@@ -14,6 +14,7 @@ demo: build ort
 ## test: go vet and every test (race detector) with a real in-process NATS server and ORT
 test: ort
 	$(GO) vet ./...
+	scripts/check-compose.sh
 	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) $(GO) test -race -count=1 ./...
 
 build:
