@@ -142,6 +142,9 @@ func TestWorkerEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if dir := os.Getenv("SEQEMBED_DUMP_IPC"); dir != "" { // real messages for cross-language checks
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("msg%d.arrows", len(seen))), m.Data(), 0o644)
+		}
 		if meta.Model != "esm2-tiny" || meta.Dim != 64 || meta.Pooling != "mean" {
 			t.Fatalf("meta %+v", meta)
 		}
