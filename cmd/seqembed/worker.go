@@ -354,6 +354,7 @@ func (w *worker) embedPublish(ctx context.Context, b *batcher.Batch, emb []float
 		out.Truncated = append(out.Truncated, it.Truncated)
 	}
 	out.Embeddings = emb
+	crashPoint("before-publish")
 	t1 := time.Now()
 	if err := w.publish(ctx, out); err != nil {
 		w.log.Warn("publish abandoned at shutdown; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
@@ -361,6 +362,10 @@ func (w *worker) embedPublish(ctx context.Context, b *batcher.Batch, emb []float
 		return emb
 	}
 	w.metrics.ObservePublish(time.Since(t1))
+	crashPoint("after-publish")
+	if crashAt == "partial-ack" {
+		ackHalfThenCrash(ctx, w.nc, okMsgs)
+	}
 	if err := consumer.AckAll(ctx, w.nc, okMsgs); err != nil {
 		// The outputs are stored; a redelivery is deduplicated downstream by id.
 		w.log.Warn("ack failed after publish", zap.Uint64("batch", b.Seq), zap.Error(err))
