@@ -13,12 +13,14 @@ typedef int (*se_free_host_t)(void *);
 typedef struct { int type; int device; void *devicePointer; void *hostPointer; char reserved[512]; } se_ptr_attr;
 typedef int (*se_ptr_attr_t)(se_ptr_attr *, const void *);
 typedef const char *(*se_err_str_t)(int);
+typedef int (*se_dev_count_t)(int *);
 
 static void *se_cudart;
 static se_host_alloc_t se_host_alloc_fn;
 static se_free_host_t se_free_host_fn;
 static se_ptr_attr_t se_ptr_attr_fn;
 static se_err_str_t se_err_str_fn;
+static se_dev_count_t se_dev_count_fn;
 
 static int se_cudart_load(const char *name) {
 	if (se_cudart) return 0;
@@ -28,7 +30,8 @@ static int se_cudart_load(const char *name) {
 	se_free_host_fn = (se_free_host_t)dlsym(h, "cudaFreeHost");
 	se_ptr_attr_fn = (se_ptr_attr_t)dlsym(h, "cudaPointerGetAttributes");
 	se_err_str_fn = (se_err_str_t)dlsym(h, "cudaGetErrorString");
-	if (!se_host_alloc_fn || !se_free_host_fn || !se_ptr_attr_fn || !se_err_str_fn) { dlclose(h); return -2; }
+	se_dev_count_fn = (se_dev_count_t)dlsym(h, "cudaGetDeviceCount");
+	if (!se_host_alloc_fn || !se_free_host_fn || !se_ptr_attr_fn || !se_err_str_fn || !se_dev_count_fn) { dlclose(h); return -2; }
 	se_cudart = h;
 	return 0;
 }
@@ -42,6 +45,7 @@ static int se_ptr_type(const void *p) {
 	return rc ? -1 - rc : a.type;
 }
 static const char *se_err(int rc) { return se_err_str_fn(rc); }
+static int se_dev_count(int *n) { return se_dev_count_fn(n); }
 */
 import "C"
 
@@ -107,4 +111,16 @@ func isPinned(p unsafe.Pointer) (bool, error) {
 		return false, fmt.Errorf("%w: cudaPointerGetAttributes: %s", ErrDevice, C.GoString(C.se_err(-1-t)))
 	}
 	return t == 1, nil
+}
+
+// CUDADeviceCount is the number of CUDA devices the process can see (CUDA_VISIBLE_DEVICES applies).
+func CUDADeviceCount() (int, error) {
+	if err := loadCudart(); err != nil {
+		return 0, err
+	}
+	var n C.int
+	if rc := C.se_dev_count(&n); rc != 0 {
+		return 0, fmt.Errorf("%w: cudaGetDeviceCount: %s", ErrDevice, C.GoString(C.se_err(rc)))
+	}
+	return int(n), nil
 }

@@ -92,6 +92,37 @@ func ParseDevice(s string) (Device, error) {
 	return Device{}, fmt.Errorf("%w: device %q: want cpu, cuda or cuda:N", ErrOption, s)
 }
 
+// ParseDevices reads a comma-separated device list ("cuda:0,cuda:1", "cpu,cpu") or "cuda:all"
+// (every visible CUDA device). One runner is made per entry; mixing cpu and cuda is refused.
+func ParseDevices(s string) ([]Device, error) {
+	if s == "cuda:all" {
+		n, err := CUDADeviceCount()
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("%w: cuda:all: no CUDA device visible", ErrDevice)
+		}
+		devs := make([]Device, n)
+		for i := range devs {
+			devs[i] = Device{Kind: "cuda", Index: i}
+		}
+		return devs, nil
+	}
+	var devs []Device
+	for _, part := range strings.Split(s, ",") {
+		d, err := ParseDevice(strings.TrimSpace(part))
+		if err != nil {
+			return nil, err
+		}
+		if len(devs) > 0 && devs[0].Kind != d.Kind {
+			return nil, fmt.Errorf("%w: devices %q mix cpu and cuda", ErrOption, s)
+		}
+		devs = append(devs, d)
+	}
+	return devs, nil
+}
+
 type options struct {
 	device     Device
 	lib        string

@@ -232,3 +232,18 @@ func BenchmarkEmbedTiny(b *testing.B) {
 		}
 	}
 }
+
+func TestParseDevices(t *testing.T) {
+	devs, err := gpurun.ParseDevices("cuda:0, cuda:1")
+	if err != nil || len(devs) != 2 || devs[1].String() != "cuda:1" {
+		t.Fatalf("got %v, %v", devs, err)
+	}
+	if devs, err := gpurun.ParseDevices("cpu,cpu"); err != nil || len(devs) != 2 {
+		t.Fatalf("cpu,cpu: %v, %v", devs, err)
+	}
+	for _, bad := range []string{"cpu,cuda:0", "cuda:0,", "gpu"} {
+		if _, err := gpurun.ParseDevices(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -45,7 +45,7 @@ type workerConfig struct {
 
 func (c *workerConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ModelDir, "model", "testdata/esm2-tiny", "model directory holding model.onnx and model.json")
-	fs.StringVar(&c.Device, "device", "cpu", "where inference runs: cpu, cuda or cuda:N")
+	fs.StringVar(&c.Device, "device", "cpu", "where inference runs: cpu, cuda:N, a list (cuda:0,cuda:1: one runner per GPU fed by one batcher) or cuda:all")
 	fs.IntVar(&c.Threads, "threads", 0, "ONNX Runtime intra-op threads on the CPU (0 = one per core)")
 	fs.IntVar(&c.MaxBatchTokens, "max-batch-tokens", 16384, "padded-token budget of one batch (rows × bucket length)")
 	fs.IntVar(&c.MaxBatchRows, "max-batch-rows", 256, "most sequences in one batch")
@@ -56,7 +56,7 @@ func (c *workerConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AckWait, "ack-wait", 60*time.Second, "server redelivers a record not acked within this time")
 	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 4096, "unacked records allowed across all workers of the durable consumer")
 	fs.IntVar(&c.MaxDeliver, "max-deliver", 5, "deliveries of one record before it is given up")
-	fs.IntVar(&c.Inflight, "inflight", 2, "batches in flight at once (inference and publishing overlap)")
+	fs.IntVar(&c.Inflight, "inflight", 2, "batches in flight at once per device (inference and publishing overlap)")
 	fs.StringVar(&c.InStream, "in-stream", "SEQS", "input stream (work queue, subjects seqs.>)")
 	fs.StringVar(&c.OutStream, "out-stream", arrowout.DefaultStreamName, "output stream (subjects embeddings.>)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, time allowed to finish in-flight batches")
@@ -71,13 +71,16 @@ type worker struct {
 	metrics *telemetry.Metrics
 	health  *telemetry.Health
 
-	runner *gpurun.Runner
-	alloc  *gpurun.HostAllocator
-	tok    *batcher.Tokenizer
-	bat    *batcher.Batcher
-	cons   *consumer.Consumer
-	pub    *arrowout.Publisher
-	model  string
+	runner  *gpurun.Runner   // runners[0]: the model's manifest
+	runners []*gpurun.Runner // one per device
+	slots   chan *gpurun.Runner
+	runs    []atomic.Int64 // batches run per device
+	alloc   *gpurun.HostAllocator
+	tok     *batcher.Tokenizer
+	bat     *batcher.Batcher
+	cons    *consumer.Consumer
+	pub     *arrowout.Publisher
+	model   string
 
 	// embed runs one batch; runner.Embed unless a test wraps it.
 	embed  func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error)
@@ -97,6 +100,7 @@ type workerStats struct {
 	realTokens   int64
 	paddedTokens int64
 	latencies    []time.Duration // arrival at the worker → inputs acked, per record
+	timeline     []batchPoint    // per batch, kept only if collect (bench --report; report.go)
 }
 
 func (s *workerStats) batch(b *batcher.Batch) {
@@ -105,6 +109,7 @@ func (s *workerStats) batch(b *batcher.Batch) {
 	s.rows += b.Rows
 	s.realTokens += int64(b.Tokens)
 	s.paddedTokens += int64(b.Rows * b.Cols)
+	s.recordBatchLocked(b)
 	s.mu.Unlock()
 }
 
@@ -135,10 +140,11 @@ func newWorker(ctx context.Context, cfg workerConfig, nc *nats.Conn, log *zap.Lo
 
 func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	cfg := w.cfg
-	dev, err := gpurun.ParseDevice(cfg.Device)
+	devs, err := gpurun.ParseDevices(cfg.Device)
 	if err != nil {
 		return err
 	}
+	cuda := devs[0].Kind == "cuda"
 	overlength, err := consumer.ParseOverlength(cfg.Overlength)
 	if err != nil {
 		return err
@@ -146,11 +152,25 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	if cfg.Inflight <= 0 {
 		return fmt.Errorf("--inflight %d must be > 0", cfg.Inflight)
 	}
-	if w.runner, err = gpurun.New(cfg.ModelDir, gpurun.WithDevice(dev), gpurun.WithThreads(cfg.Threads),
-		gpurun.WithMaxRows(cfg.MaxBatchRows)); err != nil {
-		return err
+	// One runner per device, each with Inflight slots in a pool: a batch runs on whichever
+	// device has a free slot first.
+	w.slots = make(chan *gpurun.Runner, cfg.Inflight*len(devs))
+	w.runs = make([]atomic.Int64, len(devs))
+	for _, dev := range devs {
+		r, err := gpurun.New(cfg.ModelDir, gpurun.WithDevice(dev), gpurun.WithThreads(cfg.Threads),
+			gpurun.WithMaxRows(cfg.MaxBatchRows))
+		if err != nil {
+			return err
+		}
+		w.runners = append(w.runners, r)
 	}
-	w.embed = w.runner.Embed
+	for range cfg.Inflight {
+		for _, r := range w.runners {
+			w.slots <- r
+		}
+	}
+	w.runner = w.runners[0]
+	w.embed = w.embedOnFreeDevice
 	man := w.runner.Manifest()
 	w.model = man.Name
 	if w.metrics, err = telemetry.NewMetrics(reg, man.Name); err != nil {
@@ -159,12 +179,12 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	if w.tok, err = batcher.NewTokenizer(man.Residues); err != nil {
 		return err
 	}
-	if w.alloc, err = gpurun.NewHostAllocator(cfg.MaxBatchTokens, dev.Kind == "cuda"); err != nil {
+	if w.alloc, err = gpurun.NewHostAllocator(cfg.MaxBatchTokens, cuda); err != nil {
 		return err
 	}
 	if w.bat, err = batcher.New(man.MaxLength, batcher.WithTokenizer(w.tok), batcher.WithAllocator(w.alloc),
 		batcher.WithMaxBatchTokens(cfg.MaxBatchTokens), batcher.WithMaxBatchRows(cfg.MaxBatchRows),
-		batcher.WithMaxWait(cfg.MaxWait), batcher.WithOutputSize(cfg.Inflight), batcher.WithBucketStep(cfg.BucketStep)); err != nil {
+		batcher.WithMaxWait(cfg.MaxWait), batcher.WithOutputSize(cfg.Inflight*len(devs)), batcher.WithBucketStep(cfg.BucketStep)); err != nil {
 		return err
 	}
 	if w.cons, err = consumer.New(w.js, man.Name, w.tok.Validate, consumer.WithStream(cfg.InStream),
@@ -174,17 +194,21 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 		consumer.WithLogger(w.log), consumer.WithObserver(w.metrics)); err != nil {
 		return err
 	}
-	if dev.Kind == "cuda" {
-		// Every bucket shape at its full row count runs once before the worker is ready, so
-		// no real batch pays for kernel selection or arena growth.
+	if cuda {
+		// Every bucket shape at its full row count runs once on every device before the worker
+		// is ready, so no real batch pays for kernel selection or arena growth.
 		var shapes [][2]int
 		for _, b := range w.bat.Buckets() {
 			shapes = append(shapes, [2]int{b.Rows, b.Cols})
 		}
-		if w.warmup, err = w.runner.Warmup(ctx, shapes, w.alloc); err != nil {
-			return err
+		for _, r := range w.runners {
+			d, err := r.Warmup(ctx, shapes, w.alloc)
+			if err != nil {
+				return fmt.Errorf("%s: %w", r.Device(), err)
+			}
+			w.warmup += d
 		}
-		w.log.Info("warm-up done", zap.Int("shapes", len(shapes)), zap.Duration("took", w.warmup))
+		w.log.Info("warm-up done", zap.Int("shapes", len(shapes)), zap.Int("devices", len(w.runners)), zap.Duration("took", w.warmup))
 	}
 	if err := w.cons.Setup(ctx); err != nil {
 		return err
@@ -204,9 +228,26 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	return err
 }
 
+// embedOnFreeDevice runs a batch on the first device with a free slot.
+func (w *worker) embedOnFreeDevice(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+	var r *gpurun.Runner
+	select {
+	case r = <-w.slots:
+	case <-ctx.Done():
+		return dst, ctx.Err()
+	}
+	defer func() { w.slots <- r }()
+	for i, x := range w.runners {
+		if x == r {
+			w.runs[i].Add(1)
+		}
+	}
+	return r.Embed(ctx, in, dst)
+}
+
 func (w *worker) close() {
-	if w.runner != nil {
-		w.runner.Close()
+	for _, r := range w.runners {
+		r.Close()
 	}
 	if w.alloc != nil {
 		w.alloc.Close()
@@ -252,11 +293,11 @@ func (w *worker) run(ctx context.Context) error {
 		defer stopGPU()
 	}
 	var wg sync.WaitGroup
-	for range w.cfg.Inflight {
+	for range w.cfg.Inflight * len(w.runners) {
 		wg.Go(func() { w.process(pipeCtx) })
 	}
 	w.health.SetReady(true)
-	w.log.Info("worker ready", zap.String("model", w.model), zap.String("device", w.runner.Device().String()),
+	w.log.Info("worker ready", zap.String("model", w.model), zap.String("device", w.cfg.Device),
 		zap.String("subject", consumer.Subject(w.model)))
 
 	<-ctx.Done()
@@ -457,8 +498,12 @@ func heartbeat(msgs []jetstream.Msg, interval time.Duration) (stop func()) {
 // watchGPU samples the worker's GPU every second through NVML (when the library is there) and
 // exports utilisation, memory and the bottleneck tier; it logs when the GPU starves.
 func (w *worker) watchGPU(ctx context.Context) (stop func()) {
-	idx := w.runner.Device().Index
-	s, err := gpurun.NewNVMLSampler([]int{idx},
+	// NVML numbers GPUs in PCI order, CUDA by CUDA_VISIBLE_DEVICES: equal unless that is set.
+	var idx []int
+	for _, r := range w.runners {
+		idx = append(idx, r.Device().Index)
+	}
+	s, err := gpurun.NewNVMLSampler(idx,
 		gpurun.WithQueued(func() bool { return w.queued.Load() > 0 }),
 		gpurun.WithReport(func(g gpurun.GPUSample, tier gpurun.Tier) {
 			w.metrics.SetGPU(g.Index, g.Util, g.MemUsed, int(tier))

@@ -401,3 +401,34 @@ func TestLongBatchNotRedelivered(t *testing.T) {
 	stop()
 	waitQueueEmpty(t, js, w.model)
 }
+
+// TestMultiDevice: with two devices (two CPU sessions here; cuda:0,cuda:1 on a GPU host) one
+// batcher feeds both runners, every record is embedded once and both runners take batches.
+func TestMultiDevice(t *testing.T) {
+	requireORT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	nc, js := natstest.Connect(t, natstest.Server(t, nil))
+	cfg := testConfig(t)
+	cfg.Device, cfg.Threads, cfg.MaxBatchRows = "cpu,cpu", 1, 4
+	w, stop := startWorker(t, ctx, cfg, nc, nil)
+	if len(w.runners) != 2 {
+		t.Fatalf("%d runners", len(w.runners))
+	}
+	recs := map[string]string{}
+	for i := range 200 {
+		recs[fmt.Sprint("m", i)] = strings.Repeat("MKTAYIAKQRQISFVKSHFSRQ", 1+i%10)
+	}
+	publishRecords(t, js, w.model, recs)
+	seen := outputIDs(t, js, len(recs))
+	stop()
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s ×%d", id, n)
+		}
+	}
+	if w.runs[0].Load() == 0 || w.runs[1].Load() == 0 {
+		t.Errorf("batches per device %d, %d: one device idle", w.runs[0].Load(), w.runs[1].Load())
+	}
+	waitQueueEmpty(t, js, w.model)
+}
