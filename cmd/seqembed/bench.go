@@ -51,6 +51,7 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	fastaPath := fs.String("fasta", "", "FASTA file (plain or .gz) to embed (required)")
 	raw := fs.Bool("raw", false, "run the same batches through ONNX Runtime alone (no NATS, no Arrow), to price the pipeline")
 	jsonOut := fs.String("json-out", "", "append the result as one JSON line to this file")
+	report := fs.String("report", "", "write PNG plots (throughput over time, batch padding, GPU busy, batch rows) and summary.md into this directory")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -64,10 +65,11 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	}
 	gpu := startGPUMeter(cfg.Device)
 	var res benchResult
+	var series benchSeries
 	if *raw {
-		res, err = benchRaw(ctx, cfg, *fastaPath, gpu)
+		res, err = benchRaw(ctx, cfg, *fastaPath, gpu, &series)
 	} else {
-		res, err = benchE2E(ctx, cfg, *fastaPath, log, gpu)
+		res, err = benchE2E(ctx, cfg, *fastaPath, log, gpu, &series)
 	}
 	gpu.close()
 	if err != nil {
@@ -82,6 +84,13 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	fmt.Fprintf(os.Stderr, "bench %s %s inflight=%d: %.0f residues/s, %.1f seq/s, padding %.3f, runner busy %.1f%%, GPU util %s, p50 %.0f ms, p99 %.0f ms\n",
 		res.Mode, res.Device, res.Inflight, res.ResiduesPerSec, res.SequencesPerSec, res.PaddingEfficiency,
 		100*res.RunnerBusy, util, res.LatencyP50Ms, res.LatencyP99Ms)
+	if *report != "" {
+		series.GPU = gpu.samplesIn(series.Start, series.End)
+		if err := writeBenchReport(*report, res, &series, reportMeta{Date: time.Now(), Input: *fastaPath, Args: args}); err != nil {
+			return fmt.Errorf("bench report: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "bench report: %s\n", filepath.Join(*report, reportSummary))
+	}
 	if *jsonOut != "" {
 		f, err := os.OpenFile(*jsonOut, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 		if err != nil {
@@ -94,7 +103,7 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	return nil
 }
 
-func benchE2E(ctx context.Context, cfg workerConfig, path string, log *zap.Logger, gpu *gpuMeter) (benchResult, error) {
+func benchE2E(ctx context.Context, cfg workerConfig, path string, log *zap.Logger, gpu *gpuMeter, series *benchSeries) (benchResult, error) {
 	dir, err := os.MkdirTemp("", "seqembed-bench-")
 	if err != nil {
 		return benchResult{}, err
@@ -106,6 +115,7 @@ func benchE2E(ctx context.Context, cfg workerConfig, path string, log *zap.Logge
 		return benchResult{}, err
 	}
 	st := sum.Stats
+	*series = e2eSeries(st, sum.Processing, time.Now())
 	busy, _, gap := st.busy.Snapshot(false)
 	// Residues embedded (after truncation), the same count raw mode reports.
 	res := benchResult{Mode: "e2e", Sequences: sum.Embedded, Residues: st.realTokens - 2*int64(st.rows),
@@ -119,7 +129,7 @@ func benchE2E(ctx context.Context, cfg workerConfig, path string, log *zap.Logge
 
 // benchRaw batches the file exactly as the worker's batcher does (every bucket filled, then
 // drained) and times only the ORT runs, with cfg.Inflight runs in flight.
-func benchRaw(ctx context.Context, cfg workerConfig, path string, gpu *gpuMeter) (benchResult, error) {
+func benchRaw(ctx context.Context, cfg workerConfig, path string, gpu *gpuMeter, series *benchSeries) (benchResult, error) {
 	dev, err := gpurun.ParseDevice(cfg.Device)
 	if err != nil {
 		return benchResult{}, err
@@ -217,16 +227,18 @@ func benchRaw(ctx context.Context, cfg workerConfig, path string, gpu *gpuMeter)
 				var err error
 				out, err = r.Embed(ctx, gpurun.Input{IDs: b.InputIDs, Mask: b.Mask, Rows: b.Rows, Cols: b.Cols}, out[:0])
 				end()
+				mu.Lock()
+				series.Batches = append(series.Batches, batchPoint{At: time.Now(), Rows: b.Rows, Tokens: b.Tokens, Padded: b.Rows * b.Cols})
 				if err != nil {
-					mu.Lock()
 					firstErr = errors.Join(firstErr, err)
-					mu.Unlock()
 				}
+				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	series.Start, series.End, series.BatchTime = start, start.Add(elapsed), "when the batch's ORT run returned"
 	for _, b := range batches {
 		b.Release()
 	}
