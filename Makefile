@@ -4,7 +4,7 @@ BIN := bin/seqembed
 # ONNX Runtime's CPU library, fetched once from the npm registry (onnxruntime-node@1.29.0).
 ORT_LIB = $(shell scripts/fetch-ort.sh)
 
-.PHONY: demo test build ort vet bench bench-data clean
+.PHONY: demo test build ort vet bench bench-data clean soak
 
 ## demo: fetch ONNX Runtime, build, embed the 500 sample proteins with the tiny model on the CPU
 demo: build ort
@@ -26,6 +26,11 @@ ort:
 ## bench: tokeniser, batcher, encoder and runner benchmarks (CPU)
 bench: ort
 	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) $(GO) test -run XXX -bench . -benchtime 1s ./batcher ./arrowout ./fasta ./gpurun
+
+## soak: chaos soak (not part of test): 3-node in-process cluster, worker SIGKILLs, a node
+## shutdown, a consumer stepdown; 1,000,000 records with the tiny model; fails if anything is lost
+soak: build ort
+	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) ./$(BIN) soak --records 1000000
 
 ## bench-data: 20,000 real proteins (Debian mmseqs2-examples) and an 8,000-record xz subset
 bench-data:

@@ -31,6 +31,7 @@ var commands = []command{
 	{"sink", "write the embeddings stream to a Parquet file", runSinkCmd},
 	{"run", "embed a FASTA file end to end with an embedded JetStream server", runRunCmd},
 	{"streams", "create or update the streams and a model's consumer (idempotent) and print their state", runStreamsCmd},
+	{"soak", "chaos soak: 3-node cluster, worker SIGKILLs, node and leader faults; prints a loss ledger", runSoakCmd},
 	{"bench", "measure throughput end to end (or --raw: ONNX Runtime alone) on a FASTA file", runBenchCmd},
 	{"version", "print the version", func(context.Context, []string) error { fmt.Println("seqembed", version); return nil }},
 }
