@@ -3,6 +3,7 @@ package arrowout
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -104,21 +105,9 @@ func readStream(data []byte, mem memory.Allocator, fn func(Meta, columns) error)
 		return Meta{}, err
 	}
 	for batch := 0; r.Next(); batch++ {
-		rec := r.RecordBatch()
-		if err := array.ValidateRecordFull(rec); err != nil {
-			return m, fmt.Errorf("%w: record batch %d: %w", ErrDecode, batch, err)
-		}
-		for i, col := range rec.Columns() {
-			if int64(col.Len()) != rec.NumRows() {
-				return m, fmt.Errorf("%w: record batch %d: column %q has %d rows, batch has %d", ErrDecode, batch, rec.ColumnName(i), col.Len(), rec.NumRows())
-			}
-			if col.NullN() != 0 {
-				return m, fmt.Errorf("%w: record batch %d: column %q has %d nulls", ErrDecode, batch, rec.ColumnName(i), col.NullN())
-			}
-		}
-		c := columnsOf(rec)
-		if c.emb.ListValues().NullN() != 0 {
-			return m, fmt.Errorf("%w: record batch %d: embedding values contain nulls", ErrDecode, batch)
+		c, err := checkedColumns(r.RecordBatch(), batch)
+		if err != nil {
+			return m, err
 		}
 		if err := fn(m, c); err != nil {
 			return m, err
@@ -128,4 +117,36 @@ func readStream(data []byte, mem memory.Allocator, fn func(Meta, columns) error)
 		return m, fmt.Errorf("%w: %w", ErrDecode, err)
 	}
 	return m, nil
+}
+
+// checkedColumns fully validates record batch number batch, whose schema
+// metaFromSchema accepted, rejects nulls, and returns its typed columns.
+// Errors wrap ErrDecode.
+func checkedColumns(rec arrow.RecordBatch, batch int) (columns, error) {
+	if err := array.ValidateRecordFull(rec); err != nil {
+		return columns{}, fmt.Errorf("%w: record batch %d: %w", ErrDecode, batch, err)
+	}
+	for i, col := range rec.Columns() {
+		if int64(col.Len()) != rec.NumRows() {
+			return columns{}, fmt.Errorf("%w: record batch %d: column %q has %d rows, batch has %d", ErrDecode, batch, rec.ColumnName(i), col.Len(), rec.NumRows())
+		}
+		if col.NullN() != 0 {
+			return columns{}, fmt.Errorf("%w: record batch %d: column %q has %d nulls", ErrDecode, batch, rec.ColumnName(i), col.NullN())
+		}
+	}
+	c := columnsOf(rec)
+	if c.emb.ListValues().NullN() != 0 {
+		return columns{}, fmt.Errorf("%w: record batch %d: embedding values contain nulls", ErrDecode, batch)
+	}
+	return c, nil
+}
+
+// appendRows appends the rows of c to rows, copying everything (nothing
+// aliases c's memory).
+func appendRows(rows []Row, c columns) []Row {
+	for i := range c.len() {
+		rows = append(rows, Row{ID: strings.Clone(c.id.Value(i)), StreamSeq: c.seq.Value(i), Length: c.length.Value(i),
+			Truncated: c.truncated.Value(i), Embedding: slices.Clone(c.embedding(i))})
+	}
+	return rows
 }

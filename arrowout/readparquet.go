@@ -3,7 +3,6 @@ package arrowout
 import (
 	"context"
 	"fmt"
-	"slices"
 
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -40,11 +39,7 @@ func ReadParquet(path string) (Meta, []Row, error) {
 	defer tr.Release()
 	var rows []Row
 	for tr.Next() {
-		c := columnsOf(tr.RecordBatch())
-		for i := range c.len() {
-			rows = append(rows, Row{ID: c.id.Value(i), StreamSeq: c.seq.Value(i), Length: c.length.Value(i),
-				Truncated: c.truncated.Value(i), Embedding: slices.Clone(c.embedding(i))})
-		}
+		rows = appendRows(rows, columnsOf(tr.RecordBatch()))
 	}
 	return meta, rows, nil
 }

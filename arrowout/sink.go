@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 
+	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet"
@@ -27,7 +29,7 @@ const DefaultRowGroupRows = 8192
 // exceed the largest message (NATS caps max_payload at 64 MiB).
 const sinkPullMaxBytes = 64 << 20
 
-// SinkOption configures a ParquetSink.
+// SinkOption configures a ParquetSink or an ArrowFileSink.
 type SinkOption func(*sinkConfig) error
 
 type sinkConfig struct {
@@ -36,9 +38,9 @@ type sinkConfig struct {
 	meta         *Meta
 }
 
-// WithRowGroupRows sets the number of rows per Parquet row group; the sink
-// buffers up to that many rows in memory. n must be > 0. Default
-// DefaultRowGroupRows (8192).
+// WithRowGroupRows sets the number of rows per Parquet row group (per record
+// batch for an ArrowFileSink); the sink buffers up to that many rows in
+// memory. n must be > 0. Default DefaultRowGroupRows (8192).
 func WithRowGroupRows(n int) SinkOption {
 	return func(c *sinkConfig) error {
 		if n <= 0 {
@@ -49,9 +51,10 @@ func WithRowGroupRows(n int) SinkOption {
 	}
 }
 
-// WithCompression sets the Parquet compression codec, e.g.
-// compress.Codecs.Snappy or compress.Codecs.Uncompressed. Default
-// compress.Codecs.Zstd.
+// WithCompression sets the compression codec. For a ParquetSink any Parquet
+// codec, e.g. compress.Codecs.Snappy or compress.Codecs.Uncompressed; default
+// compress.Codecs.Zstd. For an ArrowFileSink compress.Codecs.Uncompressed
+// (the default) or compress.Codecs.Zstd (Arrow IPC body compression).
 func WithCompression(codec compress.Compression) SinkOption {
 	return func(c *sinkConfig) error {
 		if _, err := compress.GetCodec(codec); err != nil {
@@ -90,14 +93,70 @@ func WithMeta(m Meta) SinkOption {
 //
 // A ParquetSink is safe for concurrent use.
 type ParquetSink struct {
+	fileSink
+}
+
+// NewParquetSink creates the sink for path. It creates the temporary file
+// at once, so an unwritable directory fails here. Invalid options fail with
+// ErrOption.
+func NewParquetSink(path string, opts ...SinkOption) (*ParquetSink, error) {
+	cfg, err := newSinkConfig(compress.Codecs.Zstd, opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &ParquetSink{}
+	if err := s.init("parquet", path, cfg, openParquet); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// openParquet is ParquetSink's recordWriter.
+func openParquet(cfg sinkConfig, schema *arrow.Schema, w io.Writer) (recordWriter, error) {
+	props := parquet.NewWriterProperties(
+		parquet.WithCompression(cfg.codec),
+		parquet.WithMaxRowGroupLength(int64(cfg.rowGroupRows)),
+		parquet.WithDictionaryDefault(false),
+		parquet.WithCreatedBy("seqembed"),
+	)
+	return pqarrow.NewFileWriter(schema, w, props, pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
+}
+
+// newSinkConfig applies opts over the defaults, with codec as the default
+// compression.
+func newSinkConfig(codec compress.Compression, opts []SinkOption) (sinkConfig, error) {
+	cfg := sinkConfig{rowGroupRows: DefaultRowGroupRows, codec: codec}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return sinkConfig{}, err
+		}
+	}
+	return cfg, nil
+}
+
+// recordWriter writes the record batches of one output file format
+// (*pqarrow.FileWriter, *ipc.FileWriter); Close finishes the file.
+type recordWriter interface {
+	Write(rec arrow.RecordBatch) error
+	Close() error
+}
+
+// fileSink is what ParquetSink and ArrowFileSink share, everything but the
+// file format: decoding messages, deduplicating by id, fixing the Meta,
+// buffering rows into record batches of cfg.rowGroupRows rows, the counts,
+// and the temporary file that Close renames into place. The format is the
+// recordWriter that open returns once the Meta is fixed.
+type fileSink struct {
 	mu     sync.Mutex
+	kind   string // "parquet" or "arrow", for messages
 	path   string
 	cfg    sinkConfig
+	open   func(cfg sinkConfig, schema *arrow.Schema, w io.Writer) (recordWriter, error)
 	tmp    *os.File
 	bw     *bufio.Writer
 	meta   Meta
 	fixed  bool // meta, fw and rb are set
-	fw     *pqarrow.FileWriter
+	fw     recordWriter
 	rb     *array.RecordBuilder
 	seen   map[string]struct{}
 	rows   int // unique rows accepted
@@ -107,49 +166,39 @@ type ParquetSink struct {
 	closed bool
 }
 
-// NewParquetSink creates the sink for path. It creates the temporary file
-// at once, so an unwritable directory fails here. Invalid options fail with
-// ErrOption.
-func NewParquetSink(path string, opts ...SinkOption) (*ParquetSink, error) {
+// init sets up s for path and creates the temporary file; with WithMeta it
+// also fixes the Meta.
+func (s *fileSink) init(kind, path string, cfg sinkConfig, open func(sinkConfig, *arrow.Schema, io.Writer) (recordWriter, error)) error {
 	if path == "" {
-		return nil, fmt.Errorf("%w: empty parquet path", ErrOption)
-	}
-	cfg := sinkConfig{rowGroupRows: DefaultRowGroupRows, codec: compress.Codecs.Zstd}
-	for _, o := range opts {
-		if err := o(&cfg); err != nil {
-			return nil, err
-		}
+		return fmt.Errorf("%w: empty %s path", ErrOption, kind)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
-		return nil, fmt.Errorf("arrowout: parquet sink %s: %w", path, err)
+		return fmt.Errorf("arrowout: %s sink %s: %w", kind, path, err)
 	}
 	// CreateTemp makes 0600 files; the result is an ordinary output file (umask applies to none
 	// of this, so use the usual 0644).
 	if err := tmp.Chmod(0o644); err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
-		return nil, fmt.Errorf("arrowout: parquet sink %s: %w", path, err)
+		return fmt.Errorf("arrowout: %s sink %s: %w", kind, path, err)
 	}
-	s := &ParquetSink{
-		path: path,
-		cfg:  cfg,
-		tmp:  tmp,
-		bw:   bufio.NewWriterSize(tmp, 1<<20),
-		seen: make(map[string]struct{}),
-	}
+	s.kind, s.path, s.cfg, s.open = kind, path, cfg, open
+	s.tmp = tmp
+	s.bw = bufio.NewWriterSize(tmp, 1<<20)
+	s.seen = make(map[string]struct{})
 	if cfg.meta != nil {
 		if err := s.accept(*cfg.meta); err != nil {
 			s.abort()
-			return nil, err
+			return err
 		}
 	}
-	return s, nil
+	return nil
 }
 
-// accept fixes the sink's Meta on first use (creating the Parquet writer)
+// accept fixes the sink's Meta on first use (creating the format's writer)
 // and afterwards checks that m matches it. Caller holds s.mu.
-func (s *ParquetSink) accept(m Meta) error {
+func (s *fileSink) accept(m Meta) error {
 	if s.fixed {
 		if m != s.meta {
 			return fmt.Errorf("%w: %s: message meta %+v, sink has %+v", ErrSchemaMismatch, s.path, m, s.meta)
@@ -157,15 +206,9 @@ func (s *ParquetSink) accept(m Meta) error {
 		return nil
 	}
 	schema := Schema(m)
-	props := parquet.NewWriterProperties(
-		parquet.WithCompression(s.cfg.codec),
-		parquet.WithMaxRowGroupLength(int64(s.cfg.rowGroupRows)),
-		parquet.WithDictionaryDefault(false),
-		parquet.WithCreatedBy("seqembed"),
-	)
-	fw, err := pqarrow.NewFileWriter(schema, s.bw, props, pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
+	fw, err := s.open(s.cfg, schema, s.bw)
 	if err != nil {
-		return fmt.Errorf("arrowout: parquet sink %s: %w", s.path, err)
+		return fmt.Errorf("arrowout: %s sink %s: %w", s.kind, s.path, err)
 	}
 	s.meta, s.fw, s.fixed = m, fw, true
 	s.rb = array.NewRecordBuilder(memory.DefaultAllocator, schema)
@@ -174,7 +217,7 @@ func (s *ParquetSink) accept(m Meta) error {
 }
 
 // reserve sizes the builders for one row group.
-func (s *ParquetSink) reserve() {
+func (s *fileSink) reserve() {
 	s.rb.Reserve(s.cfg.rowGroupRows)
 	s.rb.Field(4).(*array.FixedSizeListBuilder).ValueBuilder().Reserve(s.cfg.rowGroupRows * s.meta.Dim)
 }
@@ -186,12 +229,12 @@ func (s *ParquetSink) reserve() {
 // ErrSchemaMismatch and adds nothing. Undecodable data fails with
 // ErrDecode. Rows of earlier record batches of the same stream may have
 // been added when a later one fails (seqembed messages hold one batch).
-// A Parquet write error is sticky: every later call returns it.
-func (s *ParquetSink) WriteIPC(data []byte) (added, dups int, err error) {
+// A write error is sticky: every later call returns it.
+func (s *fileSink) WriteIPC(data []byte) (added, dups int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return 0, 0, fmt.Errorf("arrowout: parquet sink %s: write after Close", s.path)
+		return 0, 0, fmt.Errorf("arrowout: %s sink %s: write after Close", s.kind, s.path)
 	}
 	if s.err != nil {
 		return 0, 0, s.err
@@ -215,7 +258,7 @@ func (s *ParquetSink) WriteIPC(data []byte) (added, dups int, err error) {
 
 // appendColumns appends the unseen rows of c, flushing full row groups.
 // Caller holds s.mu and has accepted c's Meta.
-func (s *ParquetSink) appendColumns(c columns) (added, dups int, err error) {
+func (s *fileSink) appendColumns(c columns) (added, dups int, err error) {
 	var (
 		ids   = s.rb.Field(0).(*array.StringBuilder)
 		seqs  = s.rb.Field(1).(*array.Uint64Builder)
@@ -250,15 +293,16 @@ func (s *ParquetSink) appendColumns(c columns) (added, dups int, err error) {
 	return added, dups, nil
 }
 
-// flush writes the buffered rows as one row group. Caller holds s.mu.
-func (s *ParquetSink) flush() error {
+// flush writes the buffered rows as one row group (record batch). Caller
+// holds s.mu.
+func (s *fileSink) flush() error {
 	rec := s.rb.NewRecordBatch()
 	defer rec.Release()
 	if rec.NumRows() == 0 {
 		return nil
 	}
 	if err := s.fw.Write(rec); err != nil {
-		s.err = fmt.Errorf("arrowout: parquet sink %s: write row group: %w", s.path, err)
+		s.err = fmt.Errorf("arrowout: %s sink %s: write row group: %w", s.kind, s.path, err)
 		return s.err
 	}
 	s.reserve()
@@ -267,7 +311,7 @@ func (s *ParquetSink) flush() error {
 
 // Rows returns the number of unique rows accepted so far (written or
 // buffered for the current row group).
-func (s *ParquetSink) Rows() int {
+func (s *fileSink) Rows() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.rows
@@ -275,21 +319,21 @@ func (s *ParquetSink) Rows() int {
 
 // Duplicates returns the number of rows dropped because their id was
 // already seen.
-func (s *ParquetSink) Duplicates() int {
+func (s *fileSink) Duplicates() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.dups
 }
 
 // Messages returns the number of IPC messages successfully written.
-func (s *ParquetSink) Messages() int {
+func (s *fileSink) Messages() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.msgs
 }
 
 // Has reports whether a row with this id was accepted.
-func (s *ParquetSink) Has(id string) bool {
+func (s *fileSink) Has(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, ok := s.seen[id]
@@ -297,18 +341,18 @@ func (s *ParquetSink) Has(id string) bool {
 }
 
 // Meta returns the sink's Meta and whether it is fixed yet.
-func (s *ParquetSink) Meta() (Meta, bool) {
+func (s *fileSink) Meta() (Meta, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.meta, s.fixed
 }
 
-// Close writes the buffered rows and the Parquet footer, syncs the file and
+// Close writes the buffered rows and the file footer, syncs the file and
 // renames it to the target path. If the Meta was never fixed (no message
 // and no WithMeta) there is nothing to describe the file with: the
 // temporary file is removed and no file is created. On error the temporary
 // file is removed too. Close is idempotent; later calls return nil.
-func (s *ParquetSink) Close() error {
+func (s *fileSink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -341,29 +385,43 @@ func (s *ParquetSink) Close() error {
 	}
 	if err != nil {
 		s.abort()
-		return fmt.Errorf("arrowout: parquet sink %s: close: %w", s.path, err)
+		return fmt.Errorf("arrowout: %s sink %s: close: %w", s.kind, s.path, err)
 	}
 	return nil
 }
 
 // abort closes and removes the temporary file, ignoring errors (it may be
 // closed already).
-func (s *ParquetSink) abort() {
+func (s *fileSink) abort() {
 	_ = s.tmp.Close()
 	_ = os.Remove(s.tmp.Name())
 }
+
+// MessageWriter is what Sink writes to: *ParquetSink and *ArrowFileSink.
+// WriteIPC takes one published message (an Arrow IPC stream) and returns
+// how many rows it added and how many were duplicates; Rows is the number
+// of unique rows accepted so far.
+type MessageWriter interface {
+	WriteIPC(data []byte) (added, dups int, err error)
+	Rows() int
+}
+
+var (
+	_ MessageWriter = (*ParquetSink)(nil)
+	_ MessageWriter = (*ArrowFileSink)(nil)
+)
 
 // Sink reads the output stream with an ordered consumer (all messages of
 // stream, filtered to subject unless it is empty, from the first) and
 // feeds each message to s.WriteIPC, until stop(s.Rows()) returns true or
 // ctx is done. stop may be nil (run until ctx is done) and is checked once
-// before the first message. The counts are on s (Rows, Duplicates,
-// Messages). Sink does not close s.
+// before the first message. The counts are on s (for a ParquetSink or an
+// ArrowFileSink: Rows, Duplicates, Messages). Sink does not close s.
 //
 // It returns nil when stop returned true, an error wrapping ctx.Err() when
 // ctx ended first, and otherwise the consumer or WriteIPC error naming the
 // message's stream sequence. The consumer buffers at most 64 MiB.
-func Sink(ctx context.Context, js jetstream.JetStream, stream, subject string, s *ParquetSink, stop func(rows int) bool) error {
+func Sink(ctx context.Context, js jetstream.JetStream, stream, subject string, s MessageWriter, stop func(rows int) bool) error {
 	done := func() bool { return stop != nil && stop(s.Rows()) }
 	if done() {
 		return nil

@@ -47,12 +47,20 @@ func encodeRange(t *testing.T, e *Encoder, b *Batch, lo, hi int) []byte {
 	return data
 }
 
-func TestParquetSinkDedupAndReadBack(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out.parquet")
-	s, err := NewParquetSink(path, WithRowGroupRows(4))
-	if err != nil {
-		t.Fatal(err)
-	}
+// testSink is the API that ParquetSink and ArrowFileSink share.
+type testSink interface {
+	MessageWriter
+	Duplicates() int
+	Messages() int
+	Has(id string) bool
+	Close() error
+}
+
+// dedupAndClose writes two overlapping messages of testMeta rows to s, whose target is path;
+// checks the counts, that the target appears only at Close (mode 0644, no temporary file
+// left) and that Close is idempotent; and returns the rows the file must hold, in order.
+func dedupAndClose(t *testing.T, s testSink, path string) []Row {
+	t.Helper()
 	e, _ := NewEncoder(testMeta)
 	b := makeBatch(1, 10, testMeta.Dim, 100)
 
@@ -88,9 +96,21 @@ func TestParquetSinkDedupAndReadBack(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*.tmp")); len(left) != 0 {
 		t.Fatalf("temporary files left: %v", left)
 	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("target after Close: %v, %v (want mode 0644)", fi, err)
+	}
+	return append(wantRows(b, testMeta.Dim, 0, 6), wantRows(b2, testMeta.Dim, 6, 10)...)
+}
+
+func TestParquetSinkDedupAndReadBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out.parquet")
+	s, err := NewParquetSink(path, WithRowGroupRows(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := dedupAndClose(t, s, path)
 
 	schema, rows, rdr := readParquet(t, path)
-	want := append(wantRows(b, testMeta.Dim, 0, 6), wantRows(b2, testMeta.Dim, 6, 10)...)
 	equalRows(t, rows, want)
 	if rdr.NumRowGroups() != 3 {
 		t.Errorf("%d row groups, want 3 of at most 4 rows", rdr.NumRowGroups())

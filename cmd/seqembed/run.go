@@ -87,7 +87,7 @@ func runJob(ctx context.Context, fastaPath, out string, cfg workerConfig, progre
 	go func() { workerDone <- w.run(workerCtx) }()
 	defer func() { stopWorker(); <-workerDone }()
 
-	sink, err := startSink(ctx, js, cfg.OutStream, "embeddings."+w.model, out, nil)
+	sink, err := startSink(ctx, js, cfg.OutStream, "embeddings."+w.model, out, "", nil)
 	if err != nil {
 		return sum, err
 	}
@@ -184,7 +184,7 @@ func runRunCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	var cfg workerConfig
 	cfg.register(fs)
-	out := fs.String("out", "embeddings.parquet", "Parquet file to write")
+	out := fs.String("out", "embeddings.parquet", "file to write: an Arrow IPC file if it ends in .arrow, .arrows, .feather or .ipc, else Parquet")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
 	quiet := fs.Bool("quiet", false, "no progress bars")
 	fs.Usage = func() {

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,10 +18,53 @@ import (
 	"github.com/seqembed/seqembed/telemetry"
 )
 
-// sinkRun reads the embeddings stream into a Parquet sink in the background. Rows is safe to
-// read while it runs; stop ends it and returns Sink's error (nil when stopped by stop()).
+// Output formats of startSink (seqembed sink --format).
+const (
+	formatParquet = "parquet"
+	formatArrow   = "arrow"
+)
+
+// sinkFormat resolves a --format value for the output path out: parquet or arrow as given, or
+// when empty, arrow for the Arrow IPC file extensions .arrow, .arrows, .feather and .ipc and
+// parquet for anything else.
+func sinkFormat(format, out string) (string, error) {
+	switch f := strings.ToLower(format); f {
+	case formatParquet, formatArrow:
+		return f, nil
+	case "":
+		switch strings.ToLower(filepath.Ext(out)) {
+		case ".arrow", ".arrows", ".feather", ".ipc":
+			return formatArrow, nil
+		}
+		return formatParquet, nil
+	}
+	return "", fmt.Errorf("--format %q: want %s or %s", format, formatParquet, formatArrow)
+}
+
+// outputSink is an *arrowout.ParquetSink or an *arrowout.ArrowFileSink.
+type outputSink interface {
+	arrowout.MessageWriter
+	Duplicates() int
+	Close() error
+}
+
+// newOutputSink creates the sink writing out in format (see sinkFormat; empty = by extension).
+func newOutputSink(format, out string) (outputSink, error) {
+	format, err := sinkFormat(format, out)
+	if err != nil {
+		return nil, err
+	}
+	if format == formatArrow {
+		return arrowout.NewArrowFileSink(out)
+	}
+	return arrowout.NewParquetSink(out)
+}
+
+// sinkRun reads the embeddings stream into a Parquet or Arrow IPC file sink in the background.
+// Rows is safe to read while it runs; stop ends it and returns Sink's error (nil when stopped
+// by stop()).
 type sinkRun struct {
-	sink   *arrowout.ParquetSink
+	sink   outputSink
 	cancel context.CancelFunc
 	done   chan error
 	rows   atomic.Int64
@@ -28,8 +73,10 @@ type sinkRun struct {
 	err  error
 }
 
-func startSink(ctx context.Context, js jetstream.JetStream, stream, subject, out string, until func(rows int) bool) (*sinkRun, error) {
-	sink, err := arrowout.NewParquetSink(out)
+// startSink starts reading stream (filtered to subject unless empty) into the file out, in
+// format (see sinkFormat; empty = by out's extension), until until(rows) returns true.
+func startSink(ctx context.Context, js jetstream.JetStream, stream, subject, out, format string, until func(rows int) bool) (*sinkRun, error) {
+	sink, err := newOutputSink(format, out)
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +91,7 @@ func startSink(ctx context.Context, js jetstream.JetStream, stream, subject, out
 	return s, nil
 }
 
-// finish stops reading (if still running), closes the Parquet file and returns the first error.
+// finish stops reading (if still running), closes the output file and returns the first error.
 // It is idempotent.
 func (s *sinkRun) finish() error {
 	s.once.Do(func() {
@@ -62,7 +109,8 @@ func runSinkCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
 	var nf natsFlags
 	nf.register(fs)
-	out := fs.String("out", "", "Parquet file to write (required)")
+	out := fs.String("out", "", "Parquet or Arrow IPC file to write (required)")
+	format := fs.String("format", "", "output format, parquet or arrow (Arrow IPC file) (default: arrow if --out ends in .arrow, .arrows, .feather or .ipc, else parquet)")
 	model := fs.String("model", "", "only this model's embeddings (default: every model in the stream)")
 	stream := fs.String("stream", arrowout.DefaultStreamName, "embeddings stream")
 	expect := fs.Int("expect", 0, "stop after this many distinct rows (0 = until interrupted or idle)")
@@ -73,6 +121,9 @@ func runSinkCmd(ctx context.Context, args []string) error {
 	if *out == "" {
 		fs.Usage()
 		return flag.ErrHelp
+	}
+	if _, err := sinkFormat(*format, *out); err != nil {
+		return err
 	}
 	log, err := telemetry.NewLogger("warn", "console")
 	if err != nil {
@@ -93,7 +144,7 @@ func runSinkCmd(ctx context.Context, args []string) error {
 	}
 	bar := telemetry.NewProgress(int64(*expect), "sink", os.Stderr, *expect > 0)
 	last := 0
-	s, err := startSink(ctx, js, *stream, subject, *out, func(rows int) bool {
+	s, err := startSink(ctx, js, *stream, subject, *out, *format, func(rows int) bool {
 		bar.Add(rows - last)
 		last = rows
 		return *expect > 0 && rows >= *expect
