@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,162 +23,9 @@ import (
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/internal/jscluster"
 	"github.com/seqembed/seqembed/telemetry"
 )
-
-// ---------------------------------------------------------------------------------------------
-// A small in-process JetStream cluster (the natstest one needs testing.TB).
-
-// soakCluster is n routed JetStream servers on loopback; a node can be stopped and restarted
-// with the same ports and store directory.
-type soakCluster struct {
-	mu   sync.Mutex
-	opts []*server.Options
-	srvs []*server.Server
-}
-
-func startSoakCluster(dir string, n int) (*soakCluster, error) {
-	var ls []net.Listener
-	var ports []int
-	for range 2 * n { // client ports, then cluster ports
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	c := &soakCluster{opts: make([]*server.Options, n), srvs: make([]*server.Server, n)}
-	for i := range n {
-		var routes []string
-		for j := range n {
-			if j != i {
-				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[n+j]))
-			}
-		}
-		store := filepath.Join(dir, fmt.Sprintf("n%d", i+1))
-		if err := os.MkdirAll(store, 0o755); err != nil {
-			return nil, err
-		}
-		c.opts[i] = &server.Options{
-			ServerName: fmt.Sprintf("n%d", i+1),
-			Host:       "127.0.0.1", Port: ports[i],
-			JetStream: true, StoreDir: store,
-			NoSigs: true, NoLog: true,
-			Cluster: server.ClusterOpts{Name: "seqembed-soak", Host: "127.0.0.1", Port: ports[n+i]},
-			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
-		}
-	}
-	for i := range n {
-		s, err := server.NewServer(c.opts[i].Clone())
-		if err != nil {
-			c.close()
-			return nil, err
-		}
-		c.srvs[i] = s
-		go s.Start()
-	}
-	for i, s := range c.srvs {
-		if !s.ReadyForConnections(30 * time.Second) {
-			c.close()
-			return nil, fmt.Errorf("nats-server n%d not ready in 30s", i+1)
-		}
-	}
-	for deadline := time.Now().Add(60 * time.Second); c.metaLeader() < 0; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			c.close()
-			return nil, errors.New("JetStream cluster has no meta leader after 60s")
-		}
-	}
-	return c, nil
-}
-
-func (c *soakCluster) urls() string {
-	u := make([]string, len(c.opts))
-	for i, o := range c.opts {
-		u[i] = fmt.Sprintf("nats://%s:%d", o.Host, o.Port)
-	}
-	return strings.Join(u, ",")
-}
-
-func (c *soakCluster) metaLeader() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, s := range c.srvs {
-		if s != nil && s.JetStreamIsLeader() {
-			return i
-		}
-	}
-	return -1
-}
-
-func (c *soakCluster) streamLeader(stream string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, s := range c.srvs {
-		if s != nil && s.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream) {
-			return i
-		}
-	}
-	return -1
-}
-
-func (c *soakCluster) shutdown(i int) {
-	c.mu.Lock()
-	s := c.srvs[i]
-	c.srvs[i] = nil
-	c.mu.Unlock()
-	if s != nil {
-		s.Shutdown()
-		s.WaitForShutdown()
-	}
-}
-
-func (c *soakCluster) restart(i int) error {
-	s, err := server.NewServer(c.opts[i].Clone())
-	if err != nil {
-		return err
-	}
-	go s.Start()
-	if !s.ReadyForConnections(60 * time.Second) {
-		return fmt.Errorf("nats-server n%d not ready in 60s after restart", i+1)
-	}
-	c.mu.Lock()
-	c.srvs[i] = s
-	c.mu.Unlock()
-	return nil
-}
-
-func (c *soakCluster) close() {
-	for i := range c.srvs {
-		c.shutdown(i)
-	}
-}
-
-// consumerStepDown asks a consumer's leader to step down through the JetStream API.
-func consumerStepDown(nc *nats.Conn, stream, durable string) error {
-	subj := fmt.Sprintf("$JS.API.CONSUMER.LEADER.STEPDOWN.%s.%s", stream, durable)
-	m, err := nc.Request(subj, nil, 5*time.Second)
-	if err != nil {
-		return fmt.Errorf("%s: %w", subj, err)
-	}
-	var r struct {
-		Success bool `json:"success"`
-		Error   *struct {
-			Description string `json:"description"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &r); err != nil {
-		return fmt.Errorf("%s: %w", subj, err)
-	}
-	if r.Error != nil || !r.Success {
-		return fmt.Errorf("%s: %s", subj, m.Data)
-	}
-	return nil
-}
 
 // ---------------------------------------------------------------------------------------------
 // Producing with retries (shared with the cluster test).
@@ -440,13 +285,13 @@ func runSoakCmd(ctx context.Context, args []string) error {
 		fmt.Fprintf(os.Stderr, "[%7s] %s\n", time.Since(start).Round(time.Second), fmt.Sprintf(format, a...))
 	}
 
-	cl, err := startSoakCluster(*dir, 3)
+	cl, err := jscluster.Config{Name: "seqembed-soak"}.Start(*dir, 3)
 	if err != nil {
 		return err
 	}
-	defer cl.close()
-	say("3-node JetStream cluster up: %s (stores under %s)", cl.urls(), *dir)
-	nf := natsFlags{URL: cl.urls()}
+	defer cl.Close()
+	say("3-node JetStream cluster up: %s (stores under %s)", cl.URLs(), *dir)
+	nf := natsFlags{URL: cl.URLs()}
 	nc, err := nf.connect("seqembed soak", log)
 	if err != nil {
 		return err
@@ -470,7 +315,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 		return err
 	}
 
-	run := &soakRun{exe: exe, urls: cl.urls(), logDir: *dir, workerArgs: []string{
+	run := &soakRun{exe: exe, urls: cl.URLs(), logDir: *dir, workerArgs: []string{
 		"--model", *modelDir, "--http-addr", "", "--log-format", "console", "--log-level", "warn",
 		"--threads", strconv.Itoa(*threads), "--ack-wait", ackWait.String(), "--shutdown-timeout", "20s",
 	}}
@@ -549,23 +394,23 @@ func runSoakCmd(ctx context.Context, args []string) error {
 			}
 			switch tick {
 			case 2:
-				n := cl.streamLeader(cons.StreamConfig().Name)
+				n := cl.StreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, cons.StreamConfig().Name)
 				if n < 0 {
 					n = rng.IntN(3)
 				}
-				cl.shutdown(n)
+				cl.Shutdown(n)
 				nodeDowns++
 				msg += fmt.Sprintf("; node n%d (SEQS leader) shut down for %s", n+1, *nodeDown)
 				nodeWG.Go(func() {
 					time.Sleep(*nodeDown)
-					if err := cl.restart(n); err != nil {
+					if err := cl.Restart(n); err != nil {
 						say("restarting n%d: %v", n+1, err)
 						return
 					}
 					say("node n%d restarted", n+1)
 				})
 			case 3:
-				if err := consumerStepDown(nc, cons.StreamConfig().Name, consumer.Durable(model)); err != nil {
+				if err := jscluster.ConsumerStepDown(nc, cons.StreamConfig().Name, consumer.Durable(model)); err != nil {
 					msg += "; consumer stepdown failed: " + err.Error()
 				} else {
 					stepdowns++
