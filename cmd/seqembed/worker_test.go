@@ -432,3 +432,38 @@ func TestMultiDevice(t *testing.T) {
 	}
 	waitQueueEmpty(t, js, w.model)
 }
+
+// TestOOMHalvesBatch: a device that runs out of memory above 2 rows gets halved batches; every
+// record is embedded, none dead-lettered.
+func TestOOMHalvesBatch(t *testing.T) {
+	requireORT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	nc, js := natstest.Connect(t, natstest.Server(t, nil))
+	cfg := testConfig(t)
+	cfg.MaxWait = 200 * time.Millisecond
+	w, stop := startWorker(t, ctx, cfg, nc, func(next func(context.Context, gpurun.Input, []float32) ([]float32, error)) func(context.Context, gpurun.Input, []float32) ([]float32, error) {
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+			if in.Rows > 2 {
+				return dst, errors.New("CUDA failure 2: out of memory (injected)")
+			}
+			return next(ctx, in, dst)
+		}
+	})
+	recs := map[string]string{}
+	for i := range 12 {
+		recs[fmt.Sprint("o", i)] = "MKTAYIAKQRQISFVKSHFSRQ"[:8+i]
+	}
+	publishRecords(t, js, w.model, recs)
+	seen := outputIDs(t, js, len(recs))
+	stop()
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s ×%d", id, n)
+		}
+	}
+	if dls, _ := consumer.ReadDeadLetters(ctx, js, "SEQS", w.model, 0); len(dls) != 0 {
+		t.Errorf("dead letters %+v", dls)
+	}
+	waitQueueEmpty(t, js, w.model)
+}
