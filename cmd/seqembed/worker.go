@@ -273,6 +273,7 @@ func (w *worker) run(ctx context.Context) error {
 	adv, err := w.cons.WatchMaxDeliveries(pipeCtx)
 	if err != nil {
 		ch.Stop()
+		bh.Stop()
 		return err
 	}
 	defer func() { adv.Stop(); <-adv.Done() }()
