@@ -9,7 +9,10 @@ import (
 	"os"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/telemetry"
 )
 
 // natsFlags are the connection settings every command shares. Secrets may come from the
@@ -115,4 +118,23 @@ func (f *natsFlags) connect(name string, log *zap.Logger) (*nats.Conn, error) {
 		return nil, fmt.Errorf("connecting to NATS: %w", err)
 	}
 	return nc, nil
+}
+
+// dial is connect plus a JetStream context, for the commands that only talk to JetStream; it
+// logs connection events at warn level to stderr. The caller closes the connection.
+func (f *natsFlags) dial(name string, opts ...jetstream.JetStreamOpt) (*nats.Conn, jetstream.JetStream, error) {
+	log, err := telemetry.NewLogger("warn", "console")
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := f.connect(name, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc, opts...)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }

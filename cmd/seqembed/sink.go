@@ -125,19 +125,11 @@ func runSinkCmd(ctx context.Context, args []string) error {
 	if _, err := sinkFormat(*format, *out); err != nil {
 		return err
 	}
-	log, err := telemetry.NewLogger("warn", "console")
-	if err != nil {
-		return err
-	}
-	nc, err := nf.connect("seqembed sink", log)
+	nc, js, err := nf.dial("seqembed sink")
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	subject := ""
 	if *model != "" {
 		subject = "embeddings." + *model

@@ -24,7 +24,6 @@ import (
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
 	"github.com/seqembed/seqembed/internal/jscluster"
-	"github.com/seqembed/seqembed/telemetry"
 )
 
 // ---------------------------------------------------------------------------------------------
@@ -276,10 +275,6 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	log, err := telemetry.NewLogger("warn", "console")
-	if err != nil {
-		return err
-	}
 	start := time.Now()
 	say := func(format string, a ...any) {
 		fmt.Fprintf(os.Stderr, "[%7s] %s\n", time.Since(start).Round(time.Second), fmt.Sprintf(format, a...))
@@ -292,16 +287,12 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	defer cl.Close()
 	say("3-node JetStream cluster up: %s (stores under %s)", cl.URLs(), *dir)
 	nf := natsFlags{URL: cl.URLs()}
-	nc, err := nf.connect("seqembed soak", log)
+	// Without an async timeout a PubAck lost with a node would leave its future pending forever.
+	nc, js, err := nf.dial("seqembed soak", jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	// Without an async timeout a PubAck lost with a node would leave its future pending forever.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(10*time.Second))
-	if err != nil {
-		return err
-	}
 	// R3 streams, created before any worker starts (workers never change an existing stream).
 	cons, err := consumer.New(js, model, func([]byte) error { return nil }, consumer.WithReplicas(3),
 		consumer.WithStreamMaxBytes(8<<30))

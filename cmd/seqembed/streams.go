@@ -12,7 +12,6 @@ import (
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
-	"github.com/seqembed/seqembed/telemetry"
 )
 
 // ensureStreams creates or updates the input stream, model's durable consumer and the output
@@ -94,19 +93,11 @@ func runStreamsCmd(ctx context.Context, args []string) error {
 		fs.Usage()
 		return flag.ErrHelp
 	}
-	log, err := telemetry.NewLogger("warn", "console")
-	if err != nil {
-		return err
-	}
-	nc, err := nf.connect("seqembed streams", log)
+	nc, js, err := nf.dial("seqembed streams")
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	return ensureStreams(ctx, js, *model, cfg, os.Stdout)
