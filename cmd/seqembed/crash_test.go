@@ -1,21 +1,13 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"os/exec"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/seqembed/seqembed/arrowout"
-	"github.com/seqembed/seqembed/internal/natstest"
 )
 
 // TestCrashPoints SIGKILLs a `seqembed worker` process (SEQEMBED_CRASH_AT, see worker.go) on its
@@ -30,21 +22,10 @@ func TestCrashPoints(t *testing.T) {
 }
 
 func testCrashPoint(t *testing.T, point string, seed uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	srv := natstest.Server(t, nil)
-	nc, js := natstest.Connect(t, srv)
+	ctx, srv, nc, js := ortServer(t, 60*time.Second)
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "SEQEMBED_CRASH_AT="+point, "SEQEMBED_CRASH_AFTER=2",
-		"SEQEMBED_TEST_MAIN=worker --nats "+srv.ClientURL()+" --model "+tinyModel+
-			" --ack-wait 2s --max-batch-rows 8 --threads 1 --http-addr 127.0.0.1:0 --log-level warn")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	cmd, exited := startWorkerProcess(t, srv, "--ack-wait 2s --max-batch-rows 8 --threads 1 --http-addr 127.0.0.1:0 --log-level warn",
+		"SEQEMBED_CRASH_AT="+point, "SEQEMBED_CRASH_AFTER=2")
 	reaped := false
 	defer func() {
 		if !reaped {
@@ -54,30 +35,14 @@ func testCrashPoint(t *testing.T, point string, seed uint64) {
 	}()
 
 	rng := rand.New(rand.NewPCG(seed, 0xc0a5))
-	const aminoAcids = "ACDEFGHIKLMNPQRSTVWY"
 	recs := map[string]string{}
 	for i := range 120 {
-		b := make([]byte, 20+rng.IntN(181))
-		for j := range b {
-			b[j] = aminoAcids[rng.IntN(len(aminoAcids))]
-		}
-		recs[fmt.Sprint("c", i)] = string(b)
+		recs[fmt.Sprint("c", i)] = string(randomProtein(rng, 20, 200))
 	}
 	// The child creates the streams; wait for them before publishing.
-	for {
-		if _, err := js.Stream(ctx, "SEQS"); err == nil {
-			if _, err := js.Stream(ctx, arrowout.DefaultStreamName); err == nil {
-				break
-			}
-		}
-		select {
-		case err := <-exited:
-			reaped = true
-			t.Fatalf("worker exited before it was ready: %v", err)
-		case <-ctx.Done():
-			t.Fatal("streams never appeared")
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err, gone := waitForStreams(t, ctx, js, exited); gone {
+		reaped = true
+		t.Fatalf("worker exited before it was ready: %v", err)
 	}
 	publishRecords(t, js, "esm2-tiny", recs)
 
@@ -129,36 +94,4 @@ func testCrashPoint(t *testing.T, point string, seed uint64) {
 	t.Logf("%s: %d output messages, %d rows, %d distinct ids, %d raw duplicate rows %v",
 		point, msgs, rows, len(seen), rows-len(seen), dupIDs)
 	waitQueueEmpty(t, js, w.model)
-}
-
-// readAllOutput reads the whole output stream until no message arrives for idle: the count of
-// each id, the rows and the messages. An id that was never published is an error.
-func readAllOutput(t *testing.T, ctx context.Context, js jetstream.JetStream, recs map[string]string, idle time.Duration) (seen map[string]int, rows, msgs int) {
-	t.Helper()
-	oc, err := js.OrderedConsumer(ctx, arrowout.DefaultStreamName, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen = map[string]int{}
-	for {
-		m, err := oc.Next(jetstream.FetchMaxWait(idle))
-		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) {
-			return seen, rows, msgs
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs++
-		_, rs, err := arrowout.Decode(m.Data())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rs {
-			if _, ok := recs[r.ID]; !ok {
-				t.Errorf("output has id %q that was never published", r.ID)
-			}
-			seen[r.ID]++
-			rows++
-		}
-	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,8 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/seqembed/seqembed/internal/natstest"
 )
 
 // TestMain lets a test run the real command in a child process: with SEQEMBED_TEST_MAIN set to
@@ -28,40 +25,17 @@ func TestMain(m *testing.M) {
 // TestSIGTERM runs `seqembed worker` as a process, sends it SIGTERM mid-stream and checks that it
 // exits 0 promptly and loses nothing: a second worker finishes the rest, every id is output.
 func TestSIGTERM(t *testing.T) {
-	requireORT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	srv := natstest.Server(t, nil)
-	nc, js := natstest.Connect(t, srv)
+	ctx, srv, nc, js := ortServer(t, 90*time.Second)
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "SEQEMBED_TEST_MAIN=worker --nats "+srv.ClientURL()+
-		" --model "+tinyModel+" --threads 1 --http-addr 127.0.0.1:0 --log-level warn --max-batch-rows 8")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	cmd, exited := startWorkerProcess(t, srv, "--threads 1 --http-addr 127.0.0.1:0 --log-level warn --max-batch-rows 8")
 
 	recs := map[string]string{}
 	for i := range 300 {
 		recs[fmt.Sprint("s", i)] = strings.Repeat("MKTAYIAKQRQISFVKSHFSRQ", 1+i%20)
 	}
 	// The child creates the streams; wait for them before publishing.
-	for {
-		if _, err := js.Stream(ctx, "SEQS"); err == nil {
-			if _, err := js.Stream(ctx, "EMBEDDINGS"); err == nil {
-				break
-			}
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("worker exited early: %v", err)
-		case <-ctx.Done():
-			t.Fatal("streams never appeared")
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err, gone := waitForStreams(t, ctx, js, exited); gone {
+		t.Fatalf("worker exited early: %v", err)
 	}
 	publishRecords(t, js, "esm2-tiny", recs)
 	outputIDs(t, js, 1) // mid-stream

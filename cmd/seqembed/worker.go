@@ -210,16 +210,18 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 		}
 		w.log.Info("warm-up done", zap.Int("shapes", len(shapes)), zap.Int("devices", len(w.runners)), zap.Duration("took", w.warmup))
 	}
-	if err := w.cons.Setup(ctx); err != nil {
+	if err := startupRetry(ctx, func(ctx context.Context) error { return w.cons.Setup(ctx) }); err != nil {
 		return err
 	}
 	// Create the output stream if it is missing, but never reset an existing one's limits
 	// (seqembed streams is the command that changes them).
-	if _, err := w.js.Stream(ctx, cfg.OutStream); errors.Is(err, jetstream.ErrStreamNotFound) {
-		if _, err := arrowout.EnsureStream(ctx, w.js, arrowout.StreamConfig{Name: cfg.OutStream}); err != nil {
-			return err
+	if err := startupRetry(ctx, func(ctx context.Context) error {
+		_, err := w.js.Stream(ctx, cfg.OutStream)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			_, err = arrowout.EnsureStream(ctx, w.js, arrowout.StreamConfig{Name: cfg.OutStream})
 		}
-	} else if err != nil {
+		return err
+	}); err != nil {
 		return fmt.Errorf("output stream %s: %w", cfg.OutStream, err)
 	}
 	meta := arrowout.Meta{Model: man.Name, ModelSHA256: man.SHA256, Pooling: man.Pooling, Dim: man.EmbeddingDim}
@@ -227,6 +229,22 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	// in seconds rather than after the 30 s default; measured in the 3-node cluster test.
 	w.pub, err = arrowout.NewPublisher(w.js, "embeddings."+man.Name, meta,
 		arrowout.WithMaxPayload(int(w.nc.MaxPayload())-4096), arrowout.WithAckTimeout(5*time.Second))
+	return err
+}
+
+// startupRetry runs a JetStream set-up call with a 10 s limit per try, up to 6 tries: in a
+// cluster that is electing leaders a request can go unanswered (seen in the cluster test: a
+// stream lookup waited out the whole context), and a worker must not hang at start.
+func startupRetry(ctx context.Context, call func(context.Context) error) error {
+	var err error
+	for try := 1; try <= 6; try++ {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = call(tctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+	}
 	return err
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"math"
 	"os"
@@ -15,19 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
-	"github.com/seqembed/seqembed/internal/natstest"
-	"github.com/seqembed/seqembed/telemetry"
 )
-
-const tinyModel = "../../testdata/esm2-tiny"
 
 type goldenRec struct {
 	ID        string    `json:"id"`
@@ -52,23 +45,6 @@ func loadGolden(t *testing.T) map[string]goldenRec {
 	return out
 }
 
-func requireORT(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat(gpurun.LibraryPath()); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("ONNX Runtime library missing in CI: %v", err)
-		}
-		t.Skipf("ONNX Runtime library not found: %v", err)
-	}
-}
-
-func testConfig(t *testing.T) workerConfig {
-	var cfg workerConfig
-	cfg.register(flag.NewFlagSet("test", flag.ContinueOnError))
-	cfg.ModelDir, cfg.Threads, cfg.MaxWait = tinyModel, 2, 10*time.Millisecond
-	return cfg
-}
-
 func checkEmbedding(t *testing.T, id string, got, want []float32) {
 	t.Helper()
 	worst := 0.0
@@ -84,27 +60,13 @@ func checkEmbedding(t *testing.T, id string, got, want []float32) {
 // output with PyTorch-matching embeddings, every bad one dead-lettered with its reason, and the
 // work queue ends empty.
 func TestWorkerEndToEnd(t *testing.T) {
-	requireORT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	srv := natstest.Server(t, nil)
-	nc, js := natstest.Connect(t, srv)
-	w, err := newWorker(ctx, testConfig(t), nc, zap.NewNop(), prometheus.NewRegistry(), telemetry.NewHealth())
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.run(wctx) }()
+	ctx, _, nc, js := ortServer(t, 60*time.Second)
+	w := newTestWorker(t, ctx, testConfig(t), nc)
+	rw := runWorker(t, ctx, w)
 
 	golden := loadGolden(t)
 	pub := func(id, body string) {
-		m := nats.NewMsg(consumer.Subject(w.model))
-		if id != "" {
-			m.Header.Set(consumer.HeaderID, id)
-		}
-		m.Data = []byte(body)
-		if _, err := js.PublishMsg(ctx, m); err != nil {
+		if _, err := js.PublishMsg(ctx, inputMsg(w.model, id, body)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -128,10 +90,7 @@ func TestWorkerEndToEnd(t *testing.T) {
 	pub("", "MKTAYIAK") // no id: never synthesised
 
 	// Read the output stream until every valid id is there.
-	oc, err := js.OrderedConsumer(ctx, arrowout.DefaultStreamName, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	oc := outputConsumer(t, ctx, js)
 	seen := map[string]int{}
 	for len(seen) < len(golden) {
 		m, err := oc.Next(jetstream.FetchMaxWait(30 * time.Second))
@@ -187,44 +146,11 @@ func TestWorkerEndToEnd(t *testing.T) {
 		}
 	}
 
-	stop()
-	if err := <-done; err != nil {
+	if err := rw.wait(); err != nil {
 		t.Fatal(err)
 	}
 	// The input subject is empty and nothing is pending on the durable consumer.
 	waitQueueEmpty(t, js, w.model)
-}
-
-func waitQueueEmpty(t *testing.T, js jetstream.JetStream, model string) {
-	t.Helper()
-	ctx := context.Background()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		s, err := js.Stream(ctx, "SEQS")
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := s.Info(ctx, jetstream.WithSubjectFilter(consumer.Subject(model)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ci, err := js.Consumer(ctx, "SEQS", consumer.Durable(model))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cinfo, err := ci.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		left := info.State.Subjects[consumer.Subject(model)]
-		if left == 0 && cinfo.NumPending == 0 && cinfo.NumAckPending == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("work queue: %d input messages left, %d pending, %d unacked", left, cinfo.NumPending, cinfo.NumAckPending)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // TestRunJob is `seqembed run` on the golden FASTA plus a header with no id: the Parquet file
@@ -264,84 +190,20 @@ func TestRunJob(t *testing.T) {
 	}
 }
 
-// startWorker runs a worker for the test (the tiny model on the CPU); wrap, if given, wraps
-// the real ORT run. It returns the worker and a stop function that waits for it.
-func startWorker(t *testing.T, ctx context.Context, cfg workerConfig, nc *nats.Conn, wrap func(next func(context.Context, gpurun.Input, []float32) ([]float32, error)) func(context.Context, gpurun.Input, []float32) ([]float32, error)) (*worker, func()) {
-	t.Helper()
-	w, err := newWorker(ctx, cfg, nc, zap.NewNop(), prometheus.NewRegistry(), telemetry.NewHealth())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if wrap != nil {
-		w.embed = wrap(w.embed)
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.run(wctx) }()
-	return w, func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}
-}
-
-func publishRecords(t *testing.T, js jetstream.JetStream, model string, recs map[string]string) {
-	t.Helper()
-	for id, seq := range recs {
-		m := nats.NewMsg(consumer.Subject(model))
-		m.Header.Set(consumer.HeaderID, id)
-		m.Data = []byte(seq)
-		if _, err := js.PublishMsg(context.Background(), m); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// outputIDs reads the output stream until want distinct ids have arrived and returns the count
-// of each id seen.
-func outputIDs(t *testing.T, js jetstream.JetStream, want int) map[string]int {
-	t.Helper()
-	oc, err := js.OrderedConsumer(context.Background(), arrowout.DefaultStreamName, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]int{}
-	for len(seen) < want {
-		m, err := oc.Next(jetstream.FetchMaxWait(30 * time.Second))
-		if err != nil {
-			t.Fatalf("waiting for output (%d of %d ids): %v", len(seen), want, err)
-		}
-		_, rows, err := arrowout.Decode(m.Data())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			seen[r.ID]++
-		}
-	}
-	return seen
-}
-
 // TestPoisonRecordIsolated: a record that makes the model fail is found by splitting its batch,
 // dead-lettered with reason model_error; its batch-mates are embedded once each.
 func TestPoisonRecordIsolated(t *testing.T) {
-	requireORT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	nc, js := natstest.Connect(t, natstest.Server(t, nil))
+	ctx, _, nc, js := ortServer(t, 60*time.Second)
 	cfg := testConfig(t)
 	cfg.MaxWait = 200 * time.Millisecond // one batch for all records
 	var runs atomic.Int64
-	w, stop := startWorker(t, ctx, cfg, nc, func(next func(context.Context, gpurun.Input, []float32) ([]float32, error)) func(context.Context, gpurun.Input, []float32) ([]float32, error) {
-		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
-			runs.Add(1)
-			if slices.Contains(in.IDs[:in.Rows*in.Cols], 28) { // 'O' (pyrrolysine) poisons this test's model
-				return dst, errors.New("injected model failure")
-			}
-			return next(ctx, in, dst)
+	w, stop := startWorker(t, ctx, cfg, nc, beforeEmbed(func(in gpurun.Input) error {
+		runs.Add(1)
+		if slices.Contains(in.IDs[:in.Rows*in.Cols], 28) { // 'O' (pyrrolysine) poisons this test's model
+			return errors.New("injected model failure")
 		}
-	})
+		return nil
+	}))
 	recs := map[string]string{"poison": "MKTAYOAK"}
 	for i := range 10 {
 		recs[fmt.Sprint("ok", i)] = "MKTAYIAKQRQISFVKSHFSRQ"[:10+i]
@@ -373,28 +235,16 @@ func TestPoisonRecordIsolated(t *testing.T) {
 // TestLongBatchNotRedelivered: a batch that takes longer than AckWait is kept alive with
 // InProgress and never redelivered.
 func TestLongBatchNotRedelivered(t *testing.T) {
-	requireORT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	nc, js := natstest.Connect(t, natstest.Server(t, nil))
+	ctx, _, nc, js := ortServer(t, 60*time.Second)
 	cfg := testConfig(t)
 	cfg.AckWait = time.Second
-	w, stop := startWorker(t, ctx, cfg, nc, func(next func(context.Context, gpurun.Input, []float32) ([]float32, error)) func(context.Context, gpurun.Input, []float32) ([]float32, error) {
-		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
-			time.Sleep(2500 * time.Millisecond) // 2.5 × AckWait
-			return next(ctx, in, dst)
-		}
-	})
+	w, stop := startWorker(t, ctx, cfg, nc, beforeEmbed(func(gpurun.Input) error {
+		time.Sleep(2500 * time.Millisecond) // 2.5 × AckWait
+		return nil
+	}))
 	publishRecords(t, js, w.model, map[string]string{"a": "MKTAYIAK", "b": "MKTAYIAKQ"})
 	seen := outputIDs(t, js, 2)
-	ci, err := js.Consumer(ctx, "SEQS", consumer.Durable(w.model))
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := ci.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	info := durableInfo(t, ctx, js, w.model)
 	if info.NumRedelivered != 0 || seen["a"] != 1 || seen["b"] != 1 {
 		t.Fatalf("redelivered %d, outputs %v", info.NumRedelivered, seen)
 	}
@@ -405,10 +255,7 @@ func TestLongBatchNotRedelivered(t *testing.T) {
 // TestMultiDevice: with two devices (two CPU sessions here; cuda:0,cuda:1 on a GPU host) one
 // batcher feeds both runners, every record is embedded once and both runners take batches.
 func TestMultiDevice(t *testing.T) {
-	requireORT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	nc, js := natstest.Connect(t, natstest.Server(t, nil))
+	ctx, _, nc, js := ortServer(t, 60*time.Second)
 	cfg := testConfig(t)
 	cfg.Device, cfg.Threads, cfg.MaxBatchRows = "cpu,cpu", 1, 4
 	w, stop := startWorker(t, ctx, cfg, nc, nil)
@@ -422,11 +269,7 @@ func TestMultiDevice(t *testing.T) {
 	publishRecords(t, js, w.model, recs)
 	seen := outputIDs(t, js, len(recs))
 	stop()
-	for id, n := range seen {
-		if n != 1 {
-			t.Errorf("%s ×%d", id, n)
-		}
-	}
+	checkEachOnce(t, seen)
 	if w.runs[0].Load() == 0 || w.runs[1].Load() == 0 {
 		t.Errorf("batches per device %d, %d: one device idle", w.runs[0].Load(), w.runs[1].Load())
 	}
@@ -436,20 +279,15 @@ func TestMultiDevice(t *testing.T) {
 // TestOOMHalvesBatch: a device that runs out of memory above 2 rows gets halved batches; every
 // record is embedded, none dead-lettered.
 func TestOOMHalvesBatch(t *testing.T) {
-	requireORT(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	nc, js := natstest.Connect(t, natstest.Server(t, nil))
+	ctx, _, nc, js := ortServer(t, 60*time.Second)
 	cfg := testConfig(t)
 	cfg.MaxWait = 200 * time.Millisecond
-	w, stop := startWorker(t, ctx, cfg, nc, func(next func(context.Context, gpurun.Input, []float32) ([]float32, error)) func(context.Context, gpurun.Input, []float32) ([]float32, error) {
-		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
-			if in.Rows > 2 {
-				return dst, errors.New("CUDA failure 2: out of memory (injected)")
-			}
-			return next(ctx, in, dst)
+	w, stop := startWorker(t, ctx, cfg, nc, beforeEmbed(func(in gpurun.Input) error {
+		if in.Rows > 2 {
+			return errors.New("CUDA failure 2: out of memory (injected)")
 		}
-	})
+		return nil
+	}))
 	recs := map[string]string{}
 	for i := range 12 {
 		recs[fmt.Sprint("o", i)] = "MKTAYIAKQRQISFVKSHFSRQ"[:8+i]
@@ -457,11 +295,7 @@ func TestOOMHalvesBatch(t *testing.T) {
 	publishRecords(t, js, w.model, recs)
 	seen := outputIDs(t, js, len(recs))
 	stop()
-	for id, n := range seen {
-		if n != 1 {
-			t.Errorf("%s ×%d", id, n)
-		}
-	}
+	checkEachOnce(t, seen)
 	if dls, _ := consumer.ReadDeadLetters(ctx, js, "SEQS", w.model, 0); len(dls) != 0 {
 		t.Errorf("dead letters %+v", dls)
 	}

@@ -127,11 +127,36 @@ func (cfg Config) Start(dir string, n int) (*Cluster, error) {
 			return nil, fmt.Errorf("nats-server n%d not ready in %s", i+1, cfg.ReadyTimeout)
 		}
 	}
-	if _, err := c.WaitMetaLeader(cfg.LeaderTimeout); err != nil {
+	if err := c.waitPeers(cfg.LeaderTimeout); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// waitPeers waits for a meta leader that sees every node online with JetStream: before that,
+// creating an R3 stream can fail with "no suitable peers for placement".
+func (c *Cluster) waitPeers(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		i, err := c.WaitMetaLeader(time.Until(deadline))
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		peers := 0
+		if s := c.srvs[i]; s != nil {
+			peers = len(s.JetStreamClusterPeers())
+		}
+		c.mu.Unlock()
+		if peers == len(c.srvs) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("jscluster: meta leader sees %d of %d nodes after %s", peers, len(c.srvs), timeout)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
 }
 
 // Close shuts every running node down and waits until they have stopped.
