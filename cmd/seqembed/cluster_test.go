@@ -142,7 +142,7 @@ func TestClusterFailover(t *testing.T) {
 	// An ack lost in a failover is redelivered after 10 s; MaxDeliver (5) × 10 s stays far above
 	// the longest failover stall (~10 s), so held records are never taken for poison.
 	cfg.AckWait = 10 * time.Second
-	cfg.MaxBatchRows = 10         // ~10 batches a wave, each ≥ 100 ms: faults land mid-wave
+	cfg.MaxBatchRows = 10 // ~10 batches a wave, each ≥ 100 ms: faults land mid-wave
 	_, stop := startWorker(t, ctx, cfg, nc, beforeEmbed(func(gpurun.Input) error {
 		time.Sleep(100 * time.Millisecond)
 		return nil
