@@ -113,25 +113,7 @@ func TestArrowFileSinkSchemaMismatch(t *testing.T) {
 
 func TestArrowFileSinkEmptyAndOptions(t *testing.T) {
 	dir := t.TempDir()
-	s, err := NewArrowFileSink(filepath.Join(dir, "none.arrow"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
-		t.Fatalf("sink without meta or rows left %v", ents)
-	}
-
-	path := filepath.Join(dir, "empty.arrow")
-	s, err = NewArrowFileSink(path, WithMeta(testMeta))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path := emptySinks(t, dir, "arrow", func(p string, o ...SinkOption) (testSink, error) { return NewArrowFileSink(p, o...) })
 	if _, batches, rows := readArrowFile(t, path, testMeta); batches != 0 || len(rows) != 0 {
 		t.Fatalf("empty file has %d batches, %d rows", batches, len(rows))
 	}

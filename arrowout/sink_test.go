@@ -159,9 +159,12 @@ func TestParquetSinkSchemaMismatch(t *testing.T) {
 	}
 }
 
-func TestParquetSinkEmpty(t *testing.T) {
-	dir := t.TempDir()
-	s, err := NewParquetSink(filepath.Join(dir, "none.parquet"))
+// emptySinks checks that a sink closed without meta or rows leaves no file, then writes a sink
+// closed with meta but no rows to dir/empty.<ext> and returns its path for the caller to read.
+// open is NewParquetSink or NewArrowFileSink; extra options go to the second sink.
+func emptySinks(t *testing.T, dir, ext string, open func(string, ...SinkOption) (testSink, error), extra ...SinkOption) string {
+	t.Helper()
+	s, err := open(filepath.Join(dir, "none."+ext))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,15 +174,20 @@ func TestParquetSinkEmpty(t *testing.T) {
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("sink without meta or rows left %v", ents)
 	}
-
-	path := filepath.Join(dir, "empty.parquet")
-	s, err = NewParquetSink(path, WithMeta(testMeta), WithCompression(0))
-	if err != nil {
+	path := filepath.Join(dir, "empty."+ext)
+	if s, err = open(path, append([]SinkOption{WithMeta(testMeta)}, extra...)...); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	return path
+}
+
+func TestParquetSinkEmpty(t *testing.T) {
+	dir := t.TempDir()
+	path := emptySinks(t, dir, "parquet", func(p string, o ...SinkOption) (testSink, error) { return NewParquetSink(p, o...) },
+		WithCompression(0))
 	_, rows, rdr := readParquet(t, path)
 	if len(rows) != 0 || rdr.NumRows() != 0 {
 		t.Fatalf("empty file has %d rows", len(rows))
