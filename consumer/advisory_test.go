@@ -107,15 +107,12 @@ func deadLetters(t *testing.T, js jetstream.JetStream) []consumer.DeadLetter {
 	return dl
 }
 
-// TestMaxDeliveriesDeadLetter: a record nak'd on every delivery is dead-lettered with reason
-// max_deliveries after MaxDeliver deliveries, and the input subject ends empty.
-func TestMaxDeliveriesDeadLetter(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	_, js := natstest.Connect(t, natstest.Server(t, nil))
-	obs := &countObs{}
-	c, err := consumer.New(js, "m", validate, consumer.WithMaxDeliver(2),
-		consumer.WithAckWait(300*time.Millisecond), consumer.WithObserver(obs))
+// startWatched starts a consumer of model "m" with MaxDeliver 2 and a 300 ms AckWait (plus
+// opts), its max-deliveries watcher and its pull loop.
+func startWatched(t *testing.T, ctx context.Context, js jetstream.JetStream, opts ...consumer.Option) (*consumer.AdvisoryHandle, *consumer.Handle) {
+	t.Helper()
+	c, err := consumer.New(js, "m", validate, append([]consumer.Option{consumer.WithMaxDeliver(2),
+		consumer.WithAckWait(300 * time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +127,17 @@ func TestMaxDeliveriesDeadLetter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return w, h
+}
+
+// TestMaxDeliveriesDeadLetter: a record nak'd on every delivery is dead-lettered with reason
+// max_deliveries after MaxDeliver deliveries, and the input subject ends empty.
+func TestMaxDeliveriesDeadLetter(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, js := natstest.Connect(t, natstest.Server(t, nil))
+	obs := &countObs{}
+	w, h := startWatched(t, ctx, js, consumer.WithObserver(obs))
 	wait := nakAll(h)
 	seqG1 := publishSeq(t, js, "G1", "MKT")
 	seqG2 := publishSeq(t, js, "G2", "MKTAY")
@@ -189,22 +197,7 @@ func TestMaxDeliveriesTwoWatchers(t *testing.T) {
 		js = wjs
 		core, lg := observer.New(zapcore.DebugLevel)
 		logs = append(logs, lg)
-		c, err := consumer.New(wjs, "m", validate, consumer.WithMaxDeliver(2),
-			consumer.WithAckWait(300*time.Millisecond), consumer.WithObserver(obs), consumer.WithLogger(zap.New(core)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Setup(ctx); err != nil {
-			t.Fatal(err)
-		}
-		w, err := c.WatchMaxDeliveries(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h, err := c.Start(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		w, h := startWatched(t, ctx, wjs, consumer.WithObserver(obs), consumer.WithLogger(zap.New(core)))
 		watchers, loops, waits = append(watchers, w), append(loops, h), append(waits, nakAll(h))
 	}
 	for i := range records {
