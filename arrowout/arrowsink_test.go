@@ -3,7 +3,6 @@ package arrowout
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -199,26 +198,7 @@ func TestArrowFileSinkConcurrent(t *testing.T) {
 func TestSinkToArrowFile(t *testing.T) {
 	ctx := testCtx(t)
 	_, js := natstest.Connect(t, natstest.Server(t, nil))
-	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	meta := testMeta
-	meta.Dim = 320
-	p, err := NewPublisher(js, "embeddings.a", meta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want []Row
-	for i := range 3 {
-		b := makeBatch(uint64(i), 100, meta.Dim, uint64(1000*i))
-		for j := range b.IDs {
-			b.IDs[j] = fmt.Sprintf("b%d-%s", i, b.IDs[j])
-		}
-		if _, err := p.Publish(ctx, b); err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, wantRows(b, meta.Dim, 0, b.Rows())...)
-	}
+	meta, want := publishThreeBatches(t, ctx, js)
 	// A redelivered batch published again without a message id (so JetStream keeps it): its
 	// rows, with other embeddings, are duplicates that lose to the first copy.
 	dup := makeBatch(9, 100, meta.Dim, 0)

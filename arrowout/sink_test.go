@@ -13,6 +13,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // readParquet reads a sink's file back with pqarrow: its Arrow schema, rows and file reader.
@@ -203,9 +204,10 @@ func TestParquetSinkEmpty(t *testing.T) {
 	}
 }
 
-func TestSinkFromStream(t *testing.T) {
-	ctx := testCtx(t)
-	_, _, js := runJetStream(t, smallPayload)
+// publishThreeBatches creates the output stream and publishes three 100-row, 320-dim batches
+// with distinct ids to embeddings.a; it returns their meta and rows.
+func publishThreeBatches(t *testing.T, ctx context.Context, js jetstream.JetStream) (Meta, []Row) {
+	t.Helper()
 	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
@@ -226,6 +228,13 @@ func TestSinkFromStream(t *testing.T) {
 		}
 		want = append(want, wantRows(b, meta.Dim, 0, b.Rows())...)
 	}
+	return meta, want
+}
+
+func TestSinkFromStream(t *testing.T) {
+	ctx := testCtx(t)
+	_, _, js := runJetStream(t, smallPayload)
+	_, want := publishThreeBatches(t, ctx, js)
 	// Noise on another subject of the same stream must be filtered out.
 	if _, err := js.Publish(ctx, "embeddings.other", []byte("not arrow")); err != nil {
 		t.Fatal(err)
