@@ -27,6 +27,12 @@ type Manifest struct {
 	Output       string           `json:"output"`
 	Pooling      string           `json:"pooling"`
 	DType        string           `json:"dtype"`
+	// Attention is how the export wrote attention: "traced" (TorchScript export), "mha" or
+	// "packed" (tools/esm2_graph.py fused graphs). Informational; empty in older manifests.
+	Attention string `json:"attention,omitempty"`
+	// Requires lists execution providers the graph cannot run without ("cuda" for packed
+	// graphs, whose RemovePadding/PackedMultiHeadAttention ops have no CPU kernels).
+	Requires []string `json:"requires,omitempty"`
 
 	// Dir is the directory the manifest was read from (not in the JSON).
 	Dir string `json:"-"`
@@ -62,6 +68,11 @@ func LoadManifest(dir string) (*Manifest, error) {
 			ErrManifest, path, m.Inputs, m.Output)
 	case m.Pooling != "mean":
 		return nil, fmt.Errorf("%w: %s: pooling %q (only mean is supported)", ErrManifest, path, m.Pooling)
+	}
+	for _, req := range m.Requires {
+		if req != "cuda" {
+			return nil, fmt.Errorf("%w: %s: requires %q (only \"cuda\" is known)", ErrManifest, path, req)
+		}
 	}
 	return &m, nil
 }

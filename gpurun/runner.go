@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -231,6 +232,11 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 	man, err := LoadManifest(modelDir)
 	if err != nil {
 		return nil, err
+	}
+	if slices.Contains(man.Requires, "cuda") && o.device.Kind != "cuda" {
+		return nil, fmt.Errorf("%w: model %s (attention %q) runs on the CUDA execution provider only, not on %s; "+
+			"use --device cuda:N, or export a CPU-capable graph (tools/export_esm2.py without --fused packed)",
+			ErrDevice, man.Name, man.Attention, o.device)
 	}
 	if o.verifyHash {
 		if err := man.VerifySHA256(); err != nil {

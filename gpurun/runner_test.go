@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/seqembed/seqembed/batcher"
@@ -65,15 +66,15 @@ func newRunnerDir(t testing.TB, dir string, opts ...gpurun.Option) *gpurun.Runne
 // embedGolden runs the golden sequences as padded batches of 4 (each padded to its longest
 // record's 64-multiple), checking the tokeniser against HF's ids on the way, and returns one
 // embedding per record.
-func embedGolden(t testing.TB, r *gpurun.Runner, g golden, alloc *gpurun.HostAllocator) [][]float32 {
+func embedGolden(t testing.TB, r *gpurun.Runner, g golden, alloc *gpurun.HostAllocator, batch int) [][]float32 {
 	t.Helper()
 	tok, err := batcher.NewTokenizer("")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var embs [][]float32
-	for lo := 0; lo < len(g.Records); lo += 4 {
-		recs := g.Records[lo:min(lo+4, len(g.Records))]
+	for lo := 0; lo < len(g.Records); lo += batch {
+		recs := g.Records[lo:min(lo+batch, len(g.Records))]
 		cols := 0
 		for _, rec := range recs {
 			cols = max(cols, (len(rec.Sequence)+2+63)/64*64)
@@ -136,7 +137,7 @@ func TestGoldenParity(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer alloc.Close()
-	compareGolden(t, g, embedGolden(t, r, g, alloc), 1e-4, 0.99999)
+	compareGolden(t, g, embedGolden(t, r, g, alloc, 4), 1e-4, 0.99999)
 }
 
 func TestEmbedShapeErrors(t *testing.T) {
@@ -174,6 +175,24 @@ func TestBrokenModelFailsAtStart(t *testing.T) {
 	os.WriteFile(dir+"/model.onnx", []byte("not a model"), 0o644)
 	if _, err := gpurun.New(dir); !errors.Is(err, gpurun.ErrSession) {
 		t.Fatalf("err = %v, want ErrSession", err)
+	}
+}
+
+// TestCUDAOnlyModelOnCPU: a manifest that requires CUDA (packed attention) is refused on the CPU
+// with ErrDevice naming the way out, before ORT tries to load ops it has no CPU kernels for;
+// an unknown requirement is a manifest error.
+func TestCUDAOnlyModelOnCPU(t *testing.T) {
+	dir := t.TempDir()
+	const base = `"name":"esm2-packed","embedding_dim":8,"max_length":10,"alphabet":"esm","inputs":["input_ids","attention_mask"],"output":"embedding","pooling":"mean"`
+	os.WriteFile(dir+"/model.json", []byte(`{`+base+`,"attention":"packed","requires":["cuda"]}`), 0o644)
+	os.WriteFile(dir+"/model.onnx", []byte("not loaded"), 0o644)
+	_, err := gpurun.New(dir)
+	if !errors.Is(err, gpurun.ErrDevice) || !strings.Contains(err.Error(), "--device cuda:N") {
+		t.Fatalf("err = %v, want ErrDevice naming --device cuda:N", err)
+	}
+	os.WriteFile(dir+"/model.json", []byte(`{`+base+`,"requires":["tpu"]}`), 0o644)
+	if _, err := gpurun.LoadManifest(dir); !errors.Is(err, gpurun.ErrManifest) {
+		t.Fatalf("unknown requirement: err = %v, want ErrManifest", err)
 	}
 }
 

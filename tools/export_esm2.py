@@ -11,6 +11,13 @@ machine with no network. The script writes ``OUT/model.onnx`` (plus ``model.onnx
 weights do not fit a 2 GB protobuf) and ``OUT/model.json``, the manifest the Go worker reads, then
 checks ONNX Runtime against PyTorch at several lengths and batch sizes before it reports success.
 
+``--fused mha|packed`` writes the graph directly from the weights with ONNX Runtime's fused
+operators instead of tracing (tools/esm2_graph.py: fused attention, rotary, SkipLayerNorm,
+BiasGelu; ``packed`` also removes padding inside the graph and needs the CUDA EP). Its CPU check
+runs an float32 twin of the same graph (the ``mha`` form with a 2-D key mask, which the CPU EP
+runs) against PyTorch; the written fp16 / packed file itself is checked on the GPU by
+gpurun's TestGPUGoldenParity against the float32 golden vectors.
+
     python3 tools/export_esm2.py --preset tiny --out testdata/esm2-tiny \
         --golden testdata/golden-input.fasta --golden-out testdata/esm2-tiny/golden.json
 """
@@ -149,6 +156,22 @@ def optimize(path, num_heads, hidden, fp16):
     return {k: v for k, v in stats.items() if v}
 
 
+def check_fused_twin(model, device, rng, max_bytes=1_800_000_000):
+    """CPU check of the fused graph builder: a float32 'mha' twin with a 2-D key mask (the form the
+    CPU EP runs) against PyTorch. Models whose float32 weights exceed max_bytes are skipped (the
+    twin would need external data); the GPU golden test covers them."""
+    import onnxruntime as ort
+    import esm2_graph
+    nbytes = sum(p.numel() for p in model.esm.parameters()) * 4
+    if nbytes > max_bytes:
+        print(f"parity: float32 twin ({nbytes / 2**30:.1f} GiB) not checked on the CPU; "
+              "run gpurun's TestGPUGoldenParity on the written file", file=sys.stderr)
+        return None
+    twin = esm2_graph.build(model.esm, fp16=False, attention="mha", mask_form="2d")
+    sess = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"])
+    return compare_cases(model, sess, device, rng, "fused float32 twin")
+
+
 def sha256(path):
     h = hashlib.sha256()
     for p in [path, path + ".data"]:
@@ -177,6 +200,12 @@ def check_parity(model, path, device, fp16, rng):
         return None
     so = ort.SessionOptions()
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return compare_cases(model, sess, device, rng, "export")
+
+
+def compare_cases(model, sess, device, rng, what):
+    """ORT session vs PyTorch (one sequence at a time, unpadded) at batch sizes 1..8, lengths
+    5..1022, padded to 64-multiples; exits on a miss (max abs > 1e-3 or cosine < 0.9999)."""
     worst_abs, worst_cos = 0.0, 1.0
     for n, lo, hi in [(1, 5, 5), (3, 10, 60), (8, 30, 200), (4, 300, 600), (2, 1000, 1022)]:
         seqs = random_seqs(rng, n, lo, hi)
@@ -186,9 +215,9 @@ def check_parity(model, path, device, fp16, rng):
         worst_abs = max(worst_abs, float(np.abs(got - want).max()))
         cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
         worst_cos = min(worst_cos, float(cos.min()))
-    print(f"parity: max abs {worst_abs:.3g}, min cosine {worst_cos:.8f}", file=sys.stderr)
+    print(f"parity ({what}): max abs {worst_abs:.3g}, min cosine {worst_cos:.8f}", file=sys.stderr)
     if worst_abs > 1e-3 or worst_cos < 0.9999:
-        sys.exit(f"parity check failed: max abs {worst_abs}, min cosine {worst_cos}")
+        sys.exit(f"parity check failed ({what}): max abs {worst_abs}, min cosine {worst_cos}")
     return {"max_abs": worst_abs, "min_cosine": worst_cos}
 
 
@@ -245,11 +274,16 @@ def main():
     ap.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
     ap.add_argument("--optimize", action="store_true", help="run ORT's transformer optimizer (LayerNorm and "
                     "GELU fusions; rotary fusion off) on the exported graph")
+    ap.add_argument("--fused", choices=["mha", "packed"], help="write the fused graph from the weights "
+                    "(tools/esm2_graph.py) instead of tracing: fused attention with key lengths ('mha', CPU "
+                    "and CUDA) or padding removed inside the graph ('packed', CUDA only)")
     args = ap.parse_args()
+    if args.fused and args.optimize:
+        sys.exit("--fused graphs are already fused; drop --optimize")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.fp16 and device != "cuda":
-        sys.exit("--fp16 needs a CUDA device for export")
+    if args.fp16 and device != "cuda" and not args.fused:
+        sys.exit("--fp16 needs a CUDA device for the traced export (or use --fused)")
     os.makedirs(args.out, exist_ok=True)
     model, name = load_model(args)
     pooled = Pooled(model).to(device)
@@ -257,16 +291,29 @@ def main():
         # Golden vectors always come from the float32 model: the reference an fp16 export is held to.
         golden(pooled, device, args.golden, args.golden_out, args.out)
         os.remove(os.path.join(args.out, "vocab.txt"))
-    if args.fp16:
-        pooled.esm.half()
     path = os.path.join(args.out, "model.onnx")
-    export(pooled, path, "float16" if args.fp16 else "float32", args.opset, device)
-    fused = None
-    if args.optimize:
-        fused = optimize(path, model.config.num_attention_heads, model.config.hidden_size, args.fp16)
-
     rng = np.random.default_rng(args.seed)
-    parity = None if args.no_check else check_parity(pooled, path, device, args.fp16, rng)
+    fused, parity = None, None
+    if args.fused:
+        import esm2_graph
+        t0 = time.time()
+        graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused)
+        esm2_graph.save(graph, path)
+        fused = {}
+        for n in graph.graph.node:
+            if n.domain == "com.microsoft" or n.op_type in ("LayerNormalization", "MatMul"):
+                fused[n.op_type] = fused.get(n.op_type, 0) + 1
+        print(f"fused graph ({args.fused}): {path} in {time.time() - t0:.1f}s, ops {fused}", file=sys.stderr)
+        del graph
+        if not args.no_check:
+            parity = check_fused_twin(pooled, device, rng)
+    else:
+        if args.fp16:
+            pooled.esm.half()
+        export(pooled, path, "float16" if args.fp16 else "float32", args.opset, device)
+        if args.optimize:
+            fused = optimize(path, model.config.num_attention_heads, model.config.hidden_size, args.fp16)
+        parity = None if args.no_check else check_parity(pooled, path, device, args.fp16, rng)
 
     cfg = model.config
     manifest = {
@@ -289,6 +336,9 @@ def main():
         "opset": args.opset,
         "parity": parity,
         "optimized": fused,
+        "attention": args.fused or "traced",
+        # Packed graphs use CUDA-only contrib ops (RemovePadding, PackedMultiHeadAttention).
+        "requires": ["cuda"] if args.fused == "packed" else [],
         "exported": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
     with open(os.path.join(args.out, "model.json"), "w") as f:

@@ -38,10 +38,14 @@ type benchResult struct {
 	PaddingEfficiency float64 `json:"padding_efficiency"`
 	RunnerBusy        float64 `json:"runner_busy"`        // fraction of wall time with >= 1 run in flight
 	MeanGapMs         float64 `json:"runner_mean_gap_ms"` // runner's wait for its next batch
-	GPUUtil           float64 `json:"gpu_util"`           // NVML mean over the run; -1 without NVML
-	LatencyP50Ms      float64 `json:"latency_p50_ms"`     // e2e: arrival at the worker → acked
-	LatencyP99Ms      float64 `json:"latency_p99_ms"`
-	WarmupSeconds     float64 `json:"warmup_seconds"`
+	GPUUtil           float64 `json:"gpu_util"`           // NVML mean over the run (all devices); -1 without NVML
+	// GPUUtilPerDevice is the NVML mean of each device of --device, in that order (multi-GPU runs).
+	GPUUtilPerDevice []float64 `json:"gpu_util_per_device,omitempty"`
+	// WorkerProcs is the number of worker processes (--worker-procs: one per device); 0 = in-process.
+	WorkerProcs   int     `json:"worker_procs,omitempty"`
+	LatencyP50Ms  float64 `json:"latency_p50_ms"` // e2e: arrival at the worker → acked
+	LatencyP99Ms  float64 `json:"latency_p99_ms"`
+	WarmupSeconds float64 `json:"warmup_seconds"`
 }
 
 func runBenchCmd(ctx context.Context, args []string) error {
@@ -52,12 +56,17 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	raw := fs.Bool("raw", false, "run the same batches through ONNX Runtime alone (no NATS, no Arrow), to price the pipeline")
 	jsonOut := fs.String("json-out", "", "append the result as one JSON line to this file")
 	report := fs.String("report", "", "write PNG plots (throughput over time, batch padding, GPU busy, batch rows) and summary.md into this directory")
+	procs := fs.Bool("worker-procs", false, "end to end with one `seqembed worker` process per device of --device "+
+		"(each given one device, sharing the durable consumer) instead of one worker driving all of them")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *fastaPath == "" {
 		fs.Usage()
 		return flag.ErrHelp
+	}
+	if *procs && (*raw || *report != "") {
+		return fmt.Errorf("bench: --worker-procs measures end to end only, without --raw or --report")
 	}
 	log, err := telemetry.NewLogger("warn", "console")
 	if err != nil {
@@ -66,9 +75,12 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	gpu := startGPUMeter(cfg.Device)
 	var res benchResult
 	var series benchSeries
-	if *raw {
+	switch {
+	case *raw:
 		res, err = benchRaw(ctx, cfg, *fastaPath, gpu, &series)
-	} else {
+	case *procs:
+		res, err = benchProcs(ctx, cfg, workerFlagArgs(fs), *fastaPath, log, gpu)
+	default:
 		res, err = benchE2E(ctx, cfg, *fastaPath, log, gpu, &series)
 	}
 	gpu.close()
@@ -84,6 +96,9 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	fmt.Fprintf(os.Stderr, "bench %s %s inflight=%d: %.0f residues/s, %.1f seq/s, padding %.3f, runner busy %.1f%%, GPU util %s, p50 %.0f ms, p99 %.0f ms\n",
 		res.Mode, res.Device, res.Inflight, res.ResiduesPerSec, res.SequencesPerSec, res.PaddingEfficiency,
 		100*res.RunnerBusy, util, res.LatencyP50Ms, res.LatencyP99Ms)
+	if len(res.GPUUtilPerDevice) > 0 {
+		fmt.Fprintf(os.Stderr, "bench: GPU util per device %v, worker processes %d\n", res.GPUUtilPerDevice, res.WorkerProcs)
+	}
 	if *report != "" {
 		series.GPU = gpu.samplesIn(series.Start, series.End)
 		if err := writeBenchReport(*report, res, &series, reportMeta{Date: time.Now(), Input: *fastaPath, Args: args}); err != nil {
@@ -124,6 +139,7 @@ func benchE2E(ctx context.Context, cfg workerConfig, path string, log *zap.Logge
 	res.PaddingEfficiency = float64(st.realTokens) / float64(max(1, st.paddedTokens))
 	res.LatencyP50Ms, res.LatencyP99Ms = percentileMs(st.latencies, 0.50), percentileMs(st.latencies, 0.99)
 	res.GPUUtil = gpu.mean(time.Now().Add(-sum.Processing), time.Now())
+	res.GPUUtilPerDevice = gpu.perDevice(time.Now().Add(-sum.Processing), time.Now())
 	return finish(res, cfg)
 }
 
@@ -280,16 +296,20 @@ func percentileMs(d []time.Duration, p float64) float64 {
 type gpuMeter struct {
 	mu      sync.Mutex
 	samples []gpurun.GPUSample
+	indices []int // NVML indices sampled, in --device order
 	stop    func()
 }
 
 func startGPUMeter(device string) *gpuMeter {
 	g := &gpuMeter{stop: func() {}}
-	dev, err := gpurun.ParseDevice(device)
-	if err != nil || dev.Kind != "cuda" {
+	devs, err := gpurun.ParseDevices(device)
+	if err != nil || len(devs) == 0 || devs[0].Kind != "cuda" {
 		return g
 	}
-	s, err := gpurun.NewNVMLSampler([]int{dev.Index}, gpurun.WithInterval(200*time.Millisecond),
+	for _, d := range devs {
+		g.indices = append(g.indices, d.Index)
+	}
+	s, err := gpurun.NewNVMLSampler(g.indices, gpurun.WithInterval(200*time.Millisecond),
 		gpurun.WithReport(func(x gpurun.GPUSample, _ gpurun.Tier) {
 			g.mu.Lock()
 			g.samples = append(g.samples, x)
@@ -305,13 +325,17 @@ func startGPUMeter(device string) *gpuMeter {
 
 func (g *gpuMeter) close() { g.stop() }
 
-// mean is the mean NVML utilisation of samples taken in [from, to], or -1 if there are none.
-func (g *gpuMeter) mean(from, to time.Time) float64 {
+// mean is the mean NVML utilisation of samples taken in [from, to] on every device, or -1 if
+// there are none.
+func (g *gpuMeter) mean(from, to time.Time) float64 { return g.meanOf(from, to, -1) }
+
+// meanOf is mean for NVML device index (all devices when index < 0).
+func (g *gpuMeter) meanOf(from, to time.Time, index int) float64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	sum, n := 0.0, 0
 	for _, s := range g.samples {
-		if !s.Time.Before(from) && !s.Time.After(to) {
+		if !s.Time.Before(from) && !s.Time.After(to) && (index < 0 || s.Index == index) {
 			sum += s.Util
 			n++
 		}
@@ -320,4 +344,16 @@ func (g *gpuMeter) mean(from, to time.Time) float64 {
 		return -1
 	}
 	return sum / float64(n)
+}
+
+// perDevice is meanOf for each sampled device, in --device order; nil for fewer than two devices.
+func (g *gpuMeter) perDevice(from, to time.Time) []float64 {
+	if len(g.indices) < 2 {
+		return nil
+	}
+	out := make([]float64, len(g.indices))
+	for i, idx := range g.indices {
+		out[i] = g.meanOf(from, to, idx)
+	}
+	return out
 }

@@ -4,18 +4,12 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"image/color"
-	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"time"
-
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
 
 	"github.com/seqembed/seqembed/batcher"
 	"github.com/seqembed/seqembed/gpurun"
@@ -32,8 +26,12 @@ const (
 	reportSummary    = "summary.md"
 )
 
-// Plot size: 600 × 300 pt is 800 × 400 pixels at gonum/plot's 96 dpi.
-const reportW, reportH = 600 * vg.Length(1), 300 * vg.Length(1)
+// reportPlot draws one PNG of the report at path; ok false (with a note) when there was nothing
+// to draw.
+type reportPlot struct {
+	name string
+	draw func(path string, res benchResult, s *benchSeries) (ok bool, note string, err error)
+}
 
 // batchPoint is one batch of a bench run.
 type batchPoint struct {
@@ -162,150 +160,13 @@ func writeBenchReport(dir string, res benchResult, s *benchSeries, meta reportMe
 		}
 		plotted[name], notes[name] = ok && err == nil, note
 	}
-	try(reportThroughput, func(p string) (bool, string, error) { return plotThroughput(p, res, s) })
-	try(reportPadding, func(p string) (bool, string, error) { return plotPadding(p, res, s) })
-	try(reportGPU, func(p string) (bool, string, error) { return plotGPU(p, res, s) })
-	try(reportRows, func(p string) (bool, string, error) { return plotRows(p, s) })
+	for _, rp := range reportPlots {
+		try(rp.name, func(p string) (bool, string, error) { return rp.draw(p, res, s) })
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, reportSummary), []byte(summaryMarkdown(res, s, meta, plotted, notes)), 0o644)
-}
-
-func newPlot(title, x, y string) *plot.Plot {
-	p := plot.New()
-	p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, x, y
-	p.Add(plotter.NewGrid())
-	p.Legend.Top = true
-	return p
-}
-
-// hline adds a dashed horizontal line at y, with a legend entry.
-func hline(p *plot.Plot, y float64, label string, c color.Color) {
-	f := plotter.NewFunction(func(float64) float64 { return y })
-	f.Color, f.Width, f.Dashes = c, vg.Points(1.5), []vg.Length{vg.Points(6), vg.Points(3)}
-	p.Add(f)
-	p.Legend.Add(label, f)
-}
-
-var (
-	reportBlue = color.RGBA{R: 31, G: 119, B: 180, A: 255}
-	reportRed  = color.RGBA{R: 214, G: 39, B: 40, A: 255}
-)
-
-func plotThroughput(path string, res benchResult, s *benchSeries) (bool, string, error) {
-	w := throughputWindow(s.End.Sub(s.Start))
-	starts, rates := throughputWindows(s, w)
-	if len(rates) == 0 {
-		return false, "No batches were recorded: throughput plot skipped.", nil
-	}
-	// A post-step line: each window's rate held across the window.
-	xys := make(plotter.XYs, 0, len(rates)+1)
-	for i := range rates {
-		xys = append(xys, plotter.XY{X: starts[i], Y: rates[i]})
-	}
-	end := max(s.End.Sub(s.Start).Seconds(), starts[len(starts)-1]+w.Seconds()/4)
-	xys = append(xys, plotter.XY{X: end, Y: rates[len(rates)-1]})
-	p := newPlot(fmt.Sprintf("Throughput (%s, %s windows)", res.Mode, w),
-		"seconds since the timed part began", "residues/s")
-	l, err := plotter.NewLine(xys)
-	if err != nil {
-		return false, "", err
-	}
-	l.StepStyle, l.Color, l.Width = plotter.PostStep, reportBlue, vg.Points(1.5)
-	p.Add(l)
-	p.Legend.Add("per window", l)
-	hline(p, res.ResiduesPerSec, fmt.Sprintf("whole run %.0f", res.ResiduesPerSec), reportRed)
-	p.Y.Min, p.Y.Max = 0, 1.15*max(slices.Max(rates), res.ResiduesPerSec) // room for the legend
-	note := ""
-	if w != time.Second {
-		note = fmt.Sprintf("The run is under 10 s, so throughput is binned in %s windows instead of 1 s.", w)
-	}
-	return true, note, p.Save(reportW, reportH, path)
-}
-
-func plotPadding(path string, res benchResult, s *benchSeries) (bool, string, error) {
-	if len(s.Batches) == 0 {
-		return false, "", nil
-	}
-	xys := make(plotter.XYs, len(s.Batches))
-	lo := res.PaddingEfficiency
-	for i, b := range s.Batches {
-		xys[i] = plotter.XY{X: float64(i + 1), Y: b.efficiency()}
-		lo = min(lo, xys[i].Y)
-	}
-	p := newPlot(fmt.Sprintf("Padding efficiency per batch (%s, %d batches)", res.Mode, len(s.Batches)),
-		"batch (in time order)", "real / padded tokens")
-	sc, err := plotter.NewScatter(xys)
-	if err != nil {
-		return false, "", err
-	}
-	sc.GlyphStyle.Color, sc.GlyphStyle.Radius = reportBlue, vg.Points(2)
-	if len(xys) > 500 {
-		sc.GlyphStyle.Radius = vg.Points(1)
-	}
-	p.Add(sc)
-	p.Legend.Add("batch", sc)
-	hline(p, res.PaddingEfficiency, fmt.Sprintf("token-weighted mean %.3f", res.PaddingEfficiency), reportRed)
-	p.Y.Min, p.Y.Max = max(0, lo-0.02), 1.01
-	p.X.Min, p.X.Max = 0, float64(len(xys)+1)
-	p.Legend.Left = true
-	p.Legend.Top = false
-	return true, "", p.Save(reportW, reportH, path)
-}
-
-func plotGPU(path string, res benchResult, s *benchSeries) (bool, string, error) {
-	if len(s.GPU) == 0 {
-		return false, "No NVML samples (CPU run, or NVML unavailable): GPU busy plot skipped.", nil
-	}
-	samples := slices.SortedFunc(slices.Values(s.GPU), func(a, b gpurun.GPUSample) int { return a.Time.Compare(b.Time) })
-	xys := make(plotter.XYs, len(samples))
-	sum := 0.0
-	for i, g := range samples {
-		xys[i] = plotter.XY{X: g.Time.Sub(s.Start).Seconds(), Y: 100 * g.Util}
-		sum += g.Util
-	}
-	mean := sum / float64(len(samples))
-	if res.GPUUtil >= 0 {
-		mean = res.GPUUtil
-	}
-	p := newPlot(fmt.Sprintf("GPU busy, NVML every 200 ms (%s)", cmp.Or(samples[0].Name, res.Device)),
-		"seconds since the timed part began", "GPU busy (%)")
-	l, err := plotter.NewLine(xys)
-	if err != nil {
-		return false, "", err
-	}
-	l.Color, l.Width = reportBlue, vg.Points(1.5)
-	p.Add(l)
-	p.Legend.Add("NVML utilisation", l)
-	hline(p, 100*mean, fmt.Sprintf("mean %.1f %%", 100*mean), reportRed)
-	p.Y.Min, p.Y.Max = 0, 105
-	p.X.Min = math.Min(0, xys[0].X)
-	p.Legend.Top, p.Legend.Left = false, true
-	return true, "", p.Save(reportW, reportH, path)
-}
-
-// plotRows is a histogram of batch rows, binned on whole rows (at most 40 bins).
-func plotRows(path string, s *benchSeries) (bool, string, error) {
-	if len(s.Batches) == 0 {
-		return false, "", nil
-	}
-	lo, hi := s.Batches[0].Rows, s.Batches[0].Rows
-	for _, b := range s.Batches {
-		lo, hi = min(lo, b.Rows), max(hi, b.Rows)
-	}
-	width := max(1, (hi-lo+40)/40)
-	bins := make([]plotter.HistogramBin, (hi-lo)/width+1)
-	for i := range bins {
-		bins[i] = plotter.HistogramBin{Min: float64(lo+i*width) - 0.5, Max: float64(lo+(i+1)*width) - 0.5}
-	}
-	for _, b := range s.Batches {
-		bins[(b.Rows-lo)/width].Weight++
-	}
-	h := &plotter.Histogram{Bins: bins, Width: float64(width), FillColor: reportBlue, LineStyle: plotter.DefaultLineStyle}
-	p := newPlot(fmt.Sprintf("Rows per batch (%d batches)", len(s.Batches)), "rows (sequences) in the batch", "batches")
-	p.Add(h)
-	return true, "", p.Save(reportW, reportH, path)
 }
 
 // summaryMarkdown is summary.md: the run, benchResult as a table, and the plots; notes are the

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -138,5 +140,39 @@ func TestReportThroughputWindows(t *testing.T) {
 	}
 	if w := throughputWindow(2 * time.Second); w != 200*time.Millisecond {
 		t.Errorf("window for 2 s: %v", w)
+	}
+}
+
+// TestBenchWorkerProcs runs `seqembed bench --worker-procs --device cpu,cpu`: two worker processes
+// share the durable consumer; every golden record is embedded once and the JSON line says so.
+func TestBenchWorkerProcs(t *testing.T) {
+	requireORT(t)
+	defer func(orig func(...string) (*exec.Cmd, error)) { workerCommand = orig }(workerCommand)
+	workerCommand = func(args ...string) (*exec.Cmd, error) {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "SEQEMBED_TEST_MAIN="+strings.Join(args, " "))
+		return cmd, nil
+	}
+	out := filepath.Join(t.TempDir(), "bench.jsonl")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err := runBenchCmd(ctx, []string{"--model", tinyModel, "--threads", "1", "--max-batch-rows", "4",
+		"--device", "cpu,cpu", "--worker-procs", "--fasta", "../../testdata/golden-input.fasta", "--json-out", out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res benchResult
+	if err := json.Unmarshal(data, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.WorkerProcs != 2 || res.Sequences != 20 || res.Residues <= 0 || res.ResiduesPerSec <= 0 {
+		t.Fatalf("result %+v: want 2 worker processes, 20 sequences, residues and a rate", res)
+	}
+	if err := runBenchCmd(ctx, []string{"--worker-procs", "--raw", "--fasta", "x"}); err == nil {
+		t.Error("--worker-procs with --raw: no error")
 	}
 }

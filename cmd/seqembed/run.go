@@ -98,34 +98,9 @@ func runJob(ctx context.Context, fastaPath, out string, cfg workerConfig, progre
 		return sum, err
 	}
 	expected := sum.Published.Stored + sum.Published.DeadLettered
-	in, err := js.Stream(ctx, cfg.InStream)
-	if err != nil {
-		return sum, err
-	}
 	bar := telemetry.NewProgress(int64(expected), "embed", progress, progress != nil)
-	shown := 0
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		info, err := in.Info(ctx, jetstream.WithSubjectFilter(consumer.DLQSubject(w.model)))
-		if err != nil {
-			return sum, err
-		}
-		sum.DeadLettered = int(info.State.Subjects[consumer.DLQSubject(w.model)])
-		sum.Embedded = int(sink.rows.Load())
-		bar.Add(sum.Embedded + sum.DeadLettered - shown)
-		shown = sum.Embedded + sum.DeadLettered
-		if shown >= expected {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return sum, ctx.Err()
-		case err := <-workerDone:
-			workerDone <- err
-			return sum, fmt.Errorf("worker stopped with %d of %d records done: %v", shown, expected, err)
-		case <-tick.C:
-		}
+	if sum.Embedded, sum.DeadLettered, err = waitAllDone(ctx, js, cfg.InStream, w.model, sink, expected, bar, workerDone); err != nil {
+		return sum, err
 	}
 	sum.Processing = time.Since(procStart)
 	bar.Finish()
@@ -143,6 +118,41 @@ func runJob(ctx context.Context, fastaPath, out string, cfg workerConfig, progre
 	}
 	sum.Elapsed = time.Since(start)
 	return sum, nil
+}
+
+// waitAllDone polls (every 50 ms) until all expected records are embedded (rows the sink wrote)
+// or dead-lettered, advancing bar. A value on died (a worker stopped) ends it with an error; the
+// value is put back for the caller's own shutdown.
+func waitAllDone(ctx context.Context, js jetstream.JetStream, stream, model string, sink *sinkRun, expected int,
+	bar *telemetry.Progress, died chan error) (embedded, deadLettered int, err error) {
+	in, err := js.Stream(ctx, stream)
+	if err != nil {
+		return 0, 0, err
+	}
+	dlq := consumer.DLQSubject(model)
+	shown := 0
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		info, err := in.Info(ctx, jetstream.WithSubjectFilter(dlq))
+		if err != nil {
+			return embedded, deadLettered, err
+		}
+		deadLettered, embedded = int(info.State.Subjects[dlq]), int(sink.rows.Load())
+		bar.Add(embedded + deadLettered - shown)
+		shown = embedded + deadLettered
+		if shown >= expected {
+			return embedded, deadLettered, nil
+		}
+		select {
+		case <-ctx.Done():
+			return embedded, deadLettered, ctx.Err()
+		case err := <-died:
+			died <- err
+			return embedded, deadLettered, fmt.Errorf("worker stopped with %d of %d records done: %v", shown, expected, err)
+		case <-tick.C:
+		}
+	}
 }
 
 // readDeadLetters fills the summary's reasons and errors from the dead-letter subject.

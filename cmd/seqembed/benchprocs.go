@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/batcher"
+	"github.com/seqembed/seqembed/fasta"
+	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/telemetry"
+)
+
+// benchProcs is `bench --worker-procs`: the bench process hosts the embedded JetStream server,
+// the publisher and the sink, and starts one `seqembed worker` process per device of --device,
+// each given that device alone, all pulling from the one durable consumer: the one-process-per-GPU
+// deployment, to compare with one worker process driving every device (--device cuda:0,cuda:1).
+// workerArgs are the worker flags the bench was given. Timing starts at the first publish, after
+// every worker reports ready (model loaded, shapes warmed up).
+func benchProcs(ctx context.Context, cfg workerConfig, workerArgs []string, path string, log *zap.Logger, gpu *gpuMeter) (benchResult, error) {
+	devs, err := gpurun.ParseDevices(cfg.Device)
+	if err != nil {
+		return benchResult{}, err
+	}
+	man, err := gpurun.LoadManifest(cfg.ModelDir)
+	if err != nil {
+		return benchResult{}, err
+	}
+	residues, err := truncatedResidues(path, man)
+	if err != nil {
+		return benchResult{}, err
+	}
+	dir, err := os.MkdirTemp("", "seqembed-bench-")
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer os.RemoveAll(dir)
+	srv, stopServer, err := embeddedServer()
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer stopServer()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return benchResult{}, err
+	}
+
+	died := make(chan error, len(devs))
+	var procs []*exec.Cmd
+	defer func() { stopProcs(procs, died, 30*time.Second) }()
+	// One at a time: the first creates the streams and the durable consumer; the others find them.
+	for _, d := range devs {
+		addr, err := freeLoopbackAddr()
+		if err != nil {
+			return benchResult{}, err
+		}
+		args := append([]string{"worker", "--nats", srv.ClientURL(), "--http-addr", addr,
+			"--log-level", "warn", "--log-format", "console"}, workerArgs...)
+		cmd, err := workerCommand(append(args, "--device", d.String())...)
+		if err != nil {
+			return benchResult{}, err
+		}
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return benchResult{}, err
+		}
+		procs = append(procs, cmd)
+		go func() { died <- fmt.Errorf("worker on %s exited: %v", d, cmd.Wait()) }()
+		if err := waitReady(ctx, "http://"+addr+"/readyz", died, 5*time.Minute); err != nil {
+			return benchResult{}, fmt.Errorf("worker on %s: %w", d, err)
+		}
+	}
+
+	sink, err := startSink(ctx, js, cfg.OutStream, "embeddings."+man.Name, filepath.Join(dir, "out.parquet"), "", nil)
+	if err != nil {
+		return benchResult{}, err
+	}
+	defer sink.finish()
+	start := time.Now()
+	pub, err := publishFASTA(ctx, nc, path, man.Name, nil, log)
+	if err != nil {
+		return benchResult{}, err
+	}
+	embedded, _, err := waitAllDone(ctx, js, cfg.InStream, man.Name, sink, pub.Stored+pub.DeadLettered,
+		telemetry.NewProgress(0, "", nil, false), died)
+	if err != nil {
+		return benchResult{}, err
+	}
+	end := time.Now()
+	res := benchResult{Mode: "e2e", WorkerProcs: len(devs), Sequences: embedded, Residues: residues,
+		Seconds: end.Sub(start).Seconds(), Batches: -1, RunnerBusy: -1, Model: man.Name, DType: man.DType}
+	res.GPUUtil, res.GPUUtilPerDevice = gpu.mean(start, end), gpu.perDevice(start, end)
+	return finish(res, cfg)
+}
+
+// workerCommand is the command that runs `seqembed ARGS...` (this executable); tests replace it.
+var workerCommand = func(args ...string) (*exec.Cmd, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return exec.Command(exe, args...), nil
+}
+
+// workerFlagArgs turns the worker flags set on the bench's command line (fs) into arguments for
+// `seqembed worker`; bench-only flags are left out.
+func workerFlagArgs(fs *flag.FlagSet) []string {
+	wfs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	var cfg workerConfig
+	cfg.register(wfs)
+	var args []string
+	fs.Visit(func(f *flag.Flag) {
+		if wfs.Lookup(f.Name) != nil {
+			args = append(args, "--"+f.Name+"="+f.Value.String())
+		}
+	})
+	return args
+}
+
+// truncatedResidues counts the residues a worker embeds from path: valid records, each cut at the
+// model's max length (what the worker's own statistics and raw mode report).
+func truncatedResidues(path string, man *gpurun.Manifest) (int64, error) {
+	tok, err := batcher.NewTokenizer(man.Residues)
+	if err != nil {
+		return 0, err
+	}
+	rd, closer, err := fasta.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer closer.Close()
+	var n int64
+	for {
+		rec, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			if fasta.Recoverable(err) {
+				continue
+			}
+			return n, err
+		}
+		if tok.Validate(rec.Seq) == nil {
+			n += int64(min(len(rec.Seq), man.MaxLength))
+		}
+	}
+}
+
+// freeLoopbackAddr is a loopback address with a port that was free a moment ago.
+func freeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// waitReady polls url until it answers 200, a process dies (died) or timeout passes.
+func waitReady(ctx context.Context, url string, died chan error, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not ready: %w", ctx.Err())
+		case err := <-died:
+			died <- err
+			return err
+		case <-tick.C:
+		}
+	}
+}
+
+// stopProcs SIGTERMs the worker processes and waits for all to exit (each sends on died), killing
+// those still running after grace.
+func stopProcs(procs []*exec.Cmd, died chan error, grace time.Duration) {
+	for _, p := range procs {
+		_ = p.Process.Signal(syscall.SIGTERM)
+	}
+	deadline := time.After(grace)
+	for range procs {
+		select {
+		case <-died:
+		case <-deadline:
+			for _, p := range procs {
+				_ = p.Process.Kill()
+			}
+			deadline = nil // every process now dies; keep collecting
+		}
+	}
+}

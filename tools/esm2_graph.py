@@ -1,0 +1,205 @@
+"""Build a fused ONNX graph for an ESM-2 model directly from its weights (no tracing).
+
+The graph has the same interface as the TorchScript export of tools/export_esm2.py: int64
+``input_ids`` and ``attention_mask`` [batch, length] in, float32 ``embedding`` [batch, dim] out
+(mean over residue positions, computed in float32), so the Go worker runs either unchanged.
+
+Every transformer block is written with ONNX Runtime's fused operators:
+
+    LayerNormalization / SkipLayerNormalization (residual + bias + LayerNorm in one kernel),
+    MatMul (+ Add for the query/key biases), com.microsoft.RotaryEmbedding (rotate-half form,
+    any batch size), fused attention, MatMul + com.microsoft.BiasGelu (erf GELU, as ESM).
+
+Two attention forms:
+
+``mha``     padded [batch, length, dim] activations and com.microsoft.MultiHeadAttention with the
+            key lengths (int32 [batch]) as its mask. Runs on the CPU and CUDA EPs. On CUDA,
+            key lengths allow cuDNN flash attention (ORT_ENABLE_CUDNN_FLASH_ATTENTION=1 or the
+            provider option sdpa_kernel) or the unfused kernel.
+``packed``  com.microsoft.RemovePadding right after the embedding: every block runs on the real
+            tokens only ([tokens, 1, dim]), attention is com.microsoft.PackedMultiHeadAttention
+            (cumulative sequence lengths; fused memory-efficient / flash kernels), rotary
+            positions come from the token offsets, and RestorePadding puts rows back before
+            pooling. Padding costs nothing past the embedding. CUDA only (RemovePadding,
+            RestorePadding and PackedMultiHeadAttention have no CPU kernels).
+
+Algebra used (exact up to rounding): ESM scales q by head_size^-0.5 before the rotary step;
+the attention op's default scale 1/sqrt(head_size) does the same after it. Attention rows sum
+to one, so the value bias is folded into the output projection's bias (bo + Wo·bv).
+"""
+import numpy as np
+
+CLS, EOS = 0, 2
+MS = "com.microsoft"
+
+
+class _Graph:
+    def __init__(self, fp16):
+        import onnx
+        self.onnx = onnx
+        self.TP = onnx.TensorProto
+        self.np_dt = np.float16 if fp16 else np.float32
+        self.dt = self.TP.FLOAT16 if fp16 else self.TP.FLOAT
+        self.nodes, self.inits, self.n = [], [], 0
+
+    def w(self, name, arr, dtype=None):
+        """Initializer; float weights in the graph's dtype unless dtype is given."""
+        a = np.ascontiguousarray(np.asarray(arr, dtype=dtype or self.np_dt))
+        self.inits.append(self.onnx.numpy_helper.from_array(a, name))
+        return name
+
+    def op(self, op, inputs, outputs=1, domain=None, skip=(), **attrs):
+        """Append a node; returns its output name (or list of names). Outputs whose index is in
+        skip are left unnamed (optional outputs nobody reads)."""
+        self.n += 1
+        base = f"{op}_{self.n}"
+        outs = ["" if i in skip else f"{base}_{i}" for i in range(outputs)]
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, outs, name=base, domain=domain or "", **attrs))
+        return outs[0] if outputs == 1 else outs
+
+
+def _np(t):
+    return t.detach().float().cpu().numpy()
+
+
+def check_supported(cfg):
+    bad = []
+    if getattr(cfg, "position_embedding_type", "") != "rotary":
+        bad.append(f"position_embedding_type={cfg.position_embedding_type!r} (want rotary)")
+    if getattr(cfg, "emb_layer_norm_before", False):
+        bad.append("emb_layer_norm_before=True")
+    if getattr(cfg, "hidden_act", "gelu") != "gelu":
+        bad.append(f"hidden_act={cfg.hidden_act!r}")
+    if cfg.hidden_size % cfg.num_attention_heads:
+        bad.append("hidden_size not a multiple of num_attention_heads")
+    if bad:
+        raise ValueError("fused export supports ESM-2 (rotary, post-embedding LayerNorm off, erf GELU) only: "
+                         + ", ".join(bad))
+
+
+def build(esm, fp16, attention, mask_form="lengths"):
+    """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
+    float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
+    "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
+    [batch, length] key padding mask; used for the CPU parity twin)."""
+    if attention not in ("mha", "packed"):
+        raise ValueError(f"attention {attention!r}: want mha or packed")
+    cfg = esm.config
+    check_supported(cfg)
+    D, H, L = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers
+    hd, eps = D // H, float(cfg.layer_norm_eps)
+    g = _Graph(fp16)
+    onnx, TP = g.onnx, g.TP
+    i64 = lambda name, v: g.w(name, np.array(v, dtype=np.int64), np.int64)  # noqa: E731
+    f32 = lambda name, v: g.w(name, np.array(v, dtype=np.float32), np.float32)  # noqa: E731
+    ax_last, ax1 = i64("axes_last", [-1]), i64("axes_1", [1])
+    ids, mask = "input_ids", "attention_mask"
+
+    # Embeddings, as HF EsmEmbeddings with token_dropout: zero <mask> rows, scale by
+    # (1 - 0.15*0.8) / (1 - observed mask ratio), then zero padded rows.
+    x = g.op("Gather", [g.w("word_embeddings", _np(esm.embeddings.word_embeddings.weight)), ids], axis=0)
+    if getattr(cfg, "token_dropout", False):
+        is_mask = g.op("Equal", [ids, i64("mask_token_id", cfg.mask_token_id)])
+        x = g.op("Where", [g.op("Unsqueeze", [is_mask, ax_last]), g.w("zero", 0.0), x])
+        n_mask = g.op("ReduceSum", [g.op("Cast", [is_mask], to=TP.FLOAT), ax_last], keepdims=1)
+        n_tok = g.op("ReduceSum", [g.op("Cast", [mask], to=TP.FLOAT), ax_last], keepdims=1)
+        ratio = g.op("Div", [n_mask, n_tok])
+        scale = g.op("Div", [f32("keep_ratio_train", 1.0 - 0.15 * 0.8), g.op("Sub", [f32("one_f32", 1.0), ratio])])
+        x = g.op("Mul", [x, g.op("Cast", [g.op("Unsqueeze", [scale, ax_last])], to=g.dt)])
+    x = g.op("Mul", [x, g.op("Cast", [g.op("Unsqueeze", [mask, ax_last])], to=g.dt)])
+    lengths = g.op("Cast", [g.op("ReduceSum", [mask, ax1], keepdims=0)], to=TP.INT32)  # [batch]
+
+    # Rotary tables (rotate-half form: cos/sin of position × inv_freq, half a head wide).
+    inv_freq = 1.0 / (10000 ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    ang = np.outer(np.arange(cfg.max_position_embeddings, dtype=np.float64), inv_freq)
+    cos, sin = g.w("rotary_cos", np.cos(ang)), g.w("rotary_sin", np.sin(ang))
+
+    if attention == "packed":
+        # Packed activations are [tokens, 1, D]: a "batch" of one-token rows, so RotaryEmbedding
+        # takes one position per token (position_ids [tokens, 1]) and its cos/sin cache need only
+        # cover max_position_embeddings (its sequence length is 1, not the token count).
+        xp, offs, cu, _ = g.op("RemovePadding", [x, lengths], outputs=4, domain=MS)  # [tokens, D]
+        x = g.op("Unsqueeze", [xp, ax1])  # [tokens, 1, D]
+        # Position of each packed token = its offset in the padded batch modulo the padded length.
+        ntok = g.op("Shape", [xp], start=0, end=1)
+        width = g.op("Cast", [g.op("Shape", [ids], start=1, end=2)], to=TP.INT32)
+        first = g.op("Slice", [g.op("Reshape", [offs, i64("flat", [-1])]), i64("start0", [0]), ntok])
+        pos = g.op("Unsqueeze", [g.op("Cast", [g.op("Mod", [first, width])], to=TP.INT64), ax1])  # [tokens, 1]
+    else:
+        pos = i64("position_start", [0])  # positions 0..length-1 in every row
+        if mask_form == "2d":
+            key_mask = g.op("Cast", [mask], to=TP.INT32)
+        elif mask_form == "lengths":
+            key_mask = lengths
+        else:
+            raise ValueError(f"mask_form {mask_form!r}")
+
+    def lin_w(lin):
+        return _np(lin.weight).T  # MatMul wants [in, out]
+
+    layers = esm.encoder.layer
+    ln = g.op("LayerNormalization", [x, g.w("l0_ln1_g", _np(layers[0].attention.LayerNorm.weight)),
+                                     g.w("l0_ln1_b", _np(layers[0].attention.LayerNorm.bias))], axis=-1, epsilon=eps)
+    resid = x
+    for i, lay in enumerate(layers):
+        att, p = lay.attention, f"l{i}_"
+        q = g.op("Add", [g.op("MatMul", [ln, g.w(p + "wq", lin_w(att.self.query))]), g.w(p + "bq", _np(att.self.query.bias))])
+        k = g.op("Add", [g.op("MatMul", [ln, g.w(p + "wk", lin_w(att.self.key))]), g.w(p + "bk", _np(att.self.key.bias))])
+        v = g.op("MatMul", [ln, g.w(p + "wv", lin_w(att.self.value))])
+        q = g.op("RotaryEmbedding", [q, pos, cos, sin], domain=MS, interleaved=0)
+        k = g.op("RotaryEmbedding", [k, pos, cos, sin], domain=MS, interleaved=0)
+        if attention == "packed":
+            sq = [g.op("Squeeze", [t, ax1]) for t in (q, k, v)]
+            ctx = g.op("Unsqueeze", [g.op("PackedMultiHeadAttention", sq + ["", offs, cu], domain=MS, num_heads=H), ax1])
+        else:
+            ctx = g.op("MultiHeadAttention", [q, k, v, "", key_mask], domain=MS, num_heads=H)
+        wo = _np(att.output.dense.weight)  # [out, in]
+        bo = _np(att.output.dense.bias) + wo @ _np(att.self.value.bias)  # value bias folded in
+        o = g.op("MatMul", [ctx, g.w(p + "wo", wo.T)])
+        ln2, _, _, resid = g.op("SkipLayerNormalization", [o, resid, g.w(p + "ln2_g", _np(lay.LayerNorm.weight)),
+                                                            g.w(p + "ln2_b", _np(lay.LayerNorm.bias)), g.w(p + "bo", bo)],
+                                outputs=4, skip=(1, 2), domain=MS, epsilon=eps)
+        h = g.op("BiasGelu", [g.op("MatMul", [ln2, g.w(p + "w1", lin_w(lay.intermediate.dense))]),
+                              g.w(p + "b1", _np(lay.intermediate.dense.bias))], domain=MS)
+        y = g.op("MatMul", [h, g.w(p + "w2", lin_w(lay.output.dense))])
+        if i + 1 < L:
+            nxt = layers[i + 1].attention.LayerNorm
+            gname, bname = f"l{i + 1}_ln1_g", f"l{i + 1}_ln1_b"
+        else:
+            nxt, gname, bname = esm.encoder.emb_layer_norm_after, "final_ln_g", "final_ln_b"
+        # The last block's residual sum is not needed: leave that output unnamed.
+        ln, _, _, resid = g.op("SkipLayerNormalization", [y, resid, g.w(gname, _np(nxt.weight)), g.w(bname, _np(nxt.bias)),
+                                                          g.w(p + "b2", _np(lay.output.dense.bias))],
+                               outputs=4, skip=(1, 2) if i + 1 < L else (1, 2, 3), domain=MS, epsilon=eps)
+    hidden = ln
+    if attention == "packed":
+        hidden = g.op("RestorePadding", [g.op("Squeeze", [ln, ax1]), offs], domain=MS)  # [B, S, D], zero rows
+
+    # Mean over residues (not <cls>, <eos> or padding), in float32.
+    keep = g.op("And", [g.op("Cast", [mask], to=TP.BOOL),
+                        g.op("And", [g.op("Not", [g.op("Equal", [ids, i64("cls_id", CLS)])]),
+                                     g.op("Not", [g.op("Equal", [ids, i64("eos_id", EOS)])])])])
+    wt = g.op("Unsqueeze", [g.op("Cast", [keep], to=TP.FLOAT), ax_last])
+    total = g.op("ReduceSum", [g.op("Mul", [g.op("Cast", [hidden], to=TP.FLOAT), wt]), ax1], keepdims=0)
+    count = g.op("Max", [g.op("ReduceSum", [wt, ax1], keepdims=0), f32("one_count", 1.0)])
+    g.nodes.append(onnx.helper.make_node("Div", [total, count], ["embedding"], name="pool"))
+
+    inputs = [onnx.helper.make_tensor_value_info(n, TP.INT64, ["batch", "length"]) for n in (ids, mask)]
+    outputs = [onnx.helper.make_tensor_value_info("embedding", TP.FLOAT, ["batch", D])]
+    graph = onnx.helper.make_graph(g.nodes, f"esm2-{attention}", inputs, outputs, g.inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                         onnx.helper.make_opsetid(MS, 1)],
+                                   producer_name="seqembed tools/esm2_graph.py")
+    model.ir_version = 8
+    return model
+
+
+def save(model, path):
+    """Write model to path; weights over ~1.8 GB go to path + '.data' (protobuf's 2 GB limit)."""
+    import onnx
+    big = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
+    if big:
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.rsplit("/", 1)[-1] + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, path)
