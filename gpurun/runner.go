@@ -3,6 +3,7 @@ package gpurun
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -131,6 +132,7 @@ type options struct {
 	maxRows    int
 	gpuMemGiB  float64
 	verifyHash bool
+	cudaExtra  map[string]string
 }
 
 // Option configures a Runner.
@@ -190,6 +192,37 @@ func WithGPUMemLimit(gib float64) Option {
 		o.gpuMemGiB = gib
 		return nil
 	}
+}
+
+// WithCUDAProviderOptions passes extra CUDA execution provider options (ORT's names, e.g.
+// "sdpa_kernel", "tunable_op_enable") on top of seqembed's own; they win over them. Ignored on
+// the CPU. Default none. ParseProviderOptions reads the "k=v,k=v" form of the --cuda-options flag.
+func WithCUDAProviderOptions(opts map[string]string) Option {
+	return func(o *options) error {
+		for k := range opts {
+			if k == "" || k == "device_id" {
+				return fmt.Errorf("%w: CUDA provider option %q cannot be set (use WithDevice for device_id)", ErrOption, k)
+			}
+		}
+		o.cudaExtra = opts
+		return nil
+	}
+}
+
+// ParseProviderOptions parses "k=v,k=v" (empty: none).
+func ParseProviderOptions(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return nil, fmt.Errorf("%w: provider option %q: want key=value", ErrOption, kv)
+		}
+		out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	return out, nil
 }
 
 // WithVerifyHash checks the model file against the manifest's sha256 at start. Default true.
@@ -293,6 +326,7 @@ func (r *Runner) sessionOptions() (*ort.SessionOptions, error) {
 		if r.opts.gpuMemGiB > 0 {
 			cfg["gpu_mem_limit"] = strconv.FormatInt(int64(r.opts.gpuMemGiB*(1<<30)), 10)
 		}
+		maps.Copy(cfg, r.opts.cudaExtra)
 		if err := cuda.Update(cfg); err != nil {
 			return fail("CUDA provider options", err)
 		}

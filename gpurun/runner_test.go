@@ -266,3 +266,21 @@ func TestParseDevices(t *testing.T) {
 		}
 	}
 }
+
+func TestParseProviderOptions(t *testing.T) {
+	got, err := gpurun.ParseProviderOptions(" sdpa_kernel=1, tunable_op_enable = 1 ,")
+	if err != nil || len(got) != 2 || got["sdpa_kernel"] != "1" || got["tunable_op_enable"] != "1" {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	if got, err := gpurun.ParseProviderOptions(""); err != nil || len(got) != 0 {
+		t.Fatalf("empty: %v, %v", got, err)
+	}
+	for _, bad := range []string{"novalue", "=1"} {
+		if _, err := gpurun.ParseProviderOptions(bad); !errors.Is(err, gpurun.ErrOption) {
+			t.Errorf("%q: err = %v, want ErrOption", bad, err)
+		}
+	}
+	if _, err := gpurun.New(tinyModel, gpurun.WithCUDAProviderOptions(map[string]string{"device_id": "1"})); !errors.Is(err, gpurun.ErrOption) {
+		t.Errorf("device_id override: err = %v, want ErrOption", err)
+	}
+}

@@ -77,11 +77,18 @@ def check_supported(cfg):
                          + ", ".join(bad))
 
 
-def build(esm, fp16, attention, mask_form="lengths"):
+# Largest number of real tokens in one batch of a packed graph with layout "sequence" (its
+# RotaryEmbedding sees one sequence of that many tokens, so the cos/sin cache needs that many rows).
+SEQUENCE_LAYOUT_MAX_TOKENS = 1 << 17
+
+
+def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows"):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
-    [batch, length] key padding mask; used for the CPU parity twin)."""
+    [batch, length] key padding mask; used for the CPU parity twin). packed_layout applies to
+    "packed": "rows" keeps packed activations as [tokens, 1, D] (one position per row, default);
+    "sequence" as [1, tokens, D] (one long sequence; up to SEQUENCE_LAYOUT_MAX_TOKENS tokens)."""
     if attention not in ("mha", "packed"):
         raise ValueError(f"attention {attention!r}: want mha or packed")
     cfg = esm.config
@@ -93,6 +100,9 @@ def build(esm, fp16, attention, mask_form="lengths"):
     i64 = lambda name, v: g.w(name, np.array(v, dtype=np.int64), np.int64)  # noqa: E731
     f32 = lambda name, v: g.w(name, np.array(v, dtype=np.float32), np.float32)  # noqa: E731
     ax_last, ax1 = i64("axes_last", [-1]), i64("axes_1", [1])
+    if packed_layout not in ("rows", "sequence"):
+        raise ValueError(f"packed_layout {packed_layout!r}: want rows or sequence")
+    tok_ax = ax1 if packed_layout == "rows" else i64("axes_0", [0])  # where packed tensors get their unit axis
     ids, mask = "input_ids", "attention_mask"
 
     # Embeddings, as HF EsmEmbeddings with token_dropout: zero <mask> rows, scale by
@@ -111,7 +121,10 @@ def build(esm, fp16, attention, mask_form="lengths"):
 
     # Rotary tables (rotate-half form: cos/sin of position × inv_freq, half a head wide).
     inv_freq = 1.0 / (10000 ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
-    ang = np.outer(np.arange(cfg.max_position_embeddings, dtype=np.float64), inv_freq)
+    rows = cfg.max_position_embeddings
+    if attention == "packed" and packed_layout == "sequence":
+        rows = max(rows, SEQUENCE_LAYOUT_MAX_TOKENS)  # ORT checks sequence length <= cache rows
+    ang = np.outer(np.arange(rows, dtype=np.float64), inv_freq)
     cos, sin = g.w("rotary_cos", np.cos(ang)), g.w("rotary_sin", np.sin(ang))
 
     if attention == "packed":
@@ -119,12 +132,12 @@ def build(esm, fp16, attention, mask_form="lengths"):
         # takes one position per token (position_ids [tokens, 1]) and its cos/sin cache need only
         # cover max_position_embeddings (its sequence length is 1, not the token count).
         xp, offs, cu, _ = g.op("RemovePadding", [x, lengths], outputs=4, domain=MS)  # [tokens, D]
-        x = g.op("Unsqueeze", [xp, ax1])  # [tokens, 1, D]
+        x = g.op("Unsqueeze", [xp, tok_ax])  # [tokens, 1, D] (rows) or [1, tokens, D] (sequence)
         # Position of each packed token = its offset in the padded batch modulo the padded length.
         ntok = g.op("Shape", [xp], start=0, end=1)
         width = g.op("Cast", [g.op("Shape", [ids], start=1, end=2)], to=TP.INT32)
         first = g.op("Slice", [g.op("Reshape", [offs, i64("flat", [-1])]), i64("start0", [0]), ntok])
-        pos = g.op("Unsqueeze", [g.op("Cast", [g.op("Mod", [first, width])], to=TP.INT64), ax1])  # [tokens, 1]
+        pos = g.op("Unsqueeze", [g.op("Cast", [g.op("Mod", [first, width])], to=TP.INT64), tok_ax])  # like x
     else:
         pos = i64("position_start", [0])  # positions 0..length-1 in every row
         if mask_form == "2d":
@@ -149,8 +162,8 @@ def build(esm, fp16, attention, mask_form="lengths"):
         q = g.op("RotaryEmbedding", [q, pos, cos, sin], domain=MS, interleaved=0)
         k = g.op("RotaryEmbedding", [k, pos, cos, sin], domain=MS, interleaved=0)
         if attention == "packed":
-            sq = [g.op("Squeeze", [t, ax1]) for t in (q, k, v)]
-            ctx = g.op("Unsqueeze", [g.op("PackedMultiHeadAttention", sq + ["", offs, cu], domain=MS, num_heads=H), ax1])
+            sq = [g.op("Squeeze", [t, tok_ax]) for t in (q, k, v)]
+            ctx = g.op("Unsqueeze", [g.op("PackedMultiHeadAttention", sq + ["", offs, cu], domain=MS, num_heads=H), tok_ax])
         else:
             ctx = g.op("MultiHeadAttention", [q, k, v, "", key_mask], domain=MS, num_heads=H)
         wo = _np(att.output.dense.weight)  # [out, in]
@@ -173,7 +186,7 @@ def build(esm, fp16, attention, mask_form="lengths"):
                                outputs=4, skip=(1, 2) if i + 1 < L else (1, 2, 3), domain=MS, epsilon=eps)
     hidden = ln
     if attention == "packed":
-        hidden = g.op("RestorePadding", [g.op("Squeeze", [ln, ax1]), offs], domain=MS)  # [B, S, D], zero rows
+        hidden = g.op("RestorePadding", [g.op("Squeeze", [ln, tok_ax]), offs], domain=MS)  # [B, S, D], zero rows
 
     # Mean over residues (not <cls>, <eos> or padding), in float32.
     keep = g.op("And", [g.op("Cast", [mask], to=TP.BOOL),

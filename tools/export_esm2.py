@@ -277,6 +277,8 @@ def main():
     ap.add_argument("--fused", choices=["mha", "packed"], help="write the fused graph from the weights "
                     "(tools/esm2_graph.py) instead of tracing: fused attention with key lengths ('mha', CPU "
                     "and CUDA) or padding removed inside the graph ('packed', CUDA only)")
+    ap.add_argument("--packed-layout", choices=["rows", "sequence"], default="rows", help="--fused packed: "
+                    "packed activations as [tokens, 1, dim] (rows, default) or [1, tokens, dim] (sequence)")
     args = ap.parse_args()
     if args.fused and args.optimize:
         sys.exit("--fused graphs are already fused; drop --optimize")
@@ -297,7 +299,7 @@ def main():
     if args.fused:
         import esm2_graph
         t0 = time.time()
-        graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused)
+        graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused, packed_layout=args.packed_layout)
         esm2_graph.save(graph, path)
         fused = {}
         for n in graph.graph.node:

@@ -150,7 +150,11 @@ func benchRaw(ctx context.Context, cfg workerConfig, path string, gpu *gpuMeter,
 	if err != nil {
 		return benchResult{}, err
 	}
-	r, err := gpurun.New(cfg.ModelDir, gpurun.WithDevice(dev), gpurun.WithThreads(cfg.Threads), gpurun.WithMaxRows(cfg.MaxBatchRows))
+	opts, err := cfg.runnerOptions(dev)
+	if err != nil {
+		return benchResult{}, err
+	}
+	r, err := gpurun.New(cfg.ModelDir, opts...)
 	if err != nil {
 		return benchResult{}, err
 	}

@@ -39,8 +39,19 @@ type workerConfig struct {
 	InStream        string
 	OutStream       string
 	ShutdownTimeout time.Duration
+	CUDAOptions     string
 
 	collectLatency bool // keep per-record latencies (bench); not a flag
+}
+
+// runnerOptions are the gpurun options for one runner on dev.
+func (c *workerConfig) runnerOptions(dev gpurun.Device) ([]gpurun.Option, error) {
+	cuda, err := gpurun.ParseProviderOptions(c.CUDAOptions)
+	if err != nil {
+		return nil, fmt.Errorf("--cuda-options: %w", err)
+	}
+	return []gpurun.Option{gpurun.WithDevice(dev), gpurun.WithThreads(c.Threads), gpurun.WithMaxRows(c.MaxBatchRows),
+		gpurun.WithCUDAProviderOptions(cuda)}, nil
 }
 
 func (c *workerConfig) register(fs *flag.FlagSet) {
@@ -56,6 +67,7 @@ func (c *workerConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AckWait, "ack-wait", 60*time.Second, "server redelivers a record not acked within this time")
 	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 4096, "unacked records allowed across all workers of the durable consumer")
 	fs.IntVar(&c.MaxDeliver, "max-deliver", 5, "deliveries of one record before it is given up")
+	fs.StringVar(&c.CUDAOptions, "cuda-options", "", "extra ONNX Runtime CUDA provider options, key=value,... (e.g. tunable_op_enable=1,tunable_op_tuning_enable=1); they override seqembed's own")
 	fs.IntVar(&c.Inflight, "inflight", 2, "batches in flight at once per device (inference and publishing overlap)")
 	fs.StringVar(&c.InStream, "in-stream", "SEQS", "input stream (work queue, subjects seqs.>)")
 	fs.StringVar(&c.OutStream, "out-stream", arrowout.DefaultStreamName, "output stream (subjects embeddings.>)")
@@ -157,8 +169,11 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	w.slots = make(chan *gpurun.Runner, cfg.Inflight*len(devs))
 	w.runs = make([]atomic.Int64, len(devs))
 	for _, dev := range devs {
-		r, err := gpurun.New(cfg.ModelDir, gpurun.WithDevice(dev), gpurun.WithThreads(cfg.Threads),
-			gpurun.WithMaxRows(cfg.MaxBatchRows))
+		opts, err := cfg.runnerOptions(dev)
+		if err != nil {
+			return err
+		}
+		r, err := gpurun.New(cfg.ModelDir, opts...)
 		if err != nil {
 			return err
 		}
