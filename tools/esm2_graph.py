@@ -7,8 +7,9 @@ The graph has the same interface as the TorchScript export of tools/export_esm2.
 Every transformer block is written with ONNX Runtime's fused operators:
 
     LayerNormalization / SkipLayerNormalization (residual + bias + LayerNorm in one kernel),
-    MatMul (+ Add for the query/key biases), com.microsoft.RotaryEmbedding (rotate-half form,
-    any batch size), fused attention, MatMul + com.microsoft.BiasGelu (erf GELU, as ESM).
+    MatMul (+ Add for the query/key biases), com.microsoft.RotaryEmbedding (any batch size; see
+    interleave_heads for how its fast form is used), fused attention, MatMul +
+    com.microsoft.BiasGelu (erf GELU, as ESM).
 
 Two attention forms:
 
@@ -60,6 +61,26 @@ class _Graph:
 
 def _np(t):
     return t.detach().float().cpu().numpy()
+
+
+def rotary_group(dim, head_size, max_threads=1024):
+    """Width of the 'heads' RotaryEmbedding is given: the widest multiple of head_size that
+    divides dim and fits one CUDA block (ORT's kernel runs one thread per element of a head, one
+    block per head and token, so real 64-wide heads make tiny blocks and a slow kernel)."""
+    best = head_size
+    for g in range(head_size, min(dim, max_threads) + 1, head_size):
+        if dim % g == 0:
+            best = g
+    return best
+
+
+def interleave_heads(dim, head_size):
+    """Column order that puts each head's rotate-half pairs (p, p + head_size/2) side by side
+    (2p, 2p + 1): ORT's interleaved rotary then rotates exactly ESM's pairs. Applied to both q and
+    k (weights and biases), it leaves every q·k product, and so attention, unchanged."""
+    half = head_size // 2
+    within = [k // 2 if k % 2 == 0 else half + k // 2 for k in range(head_size)]
+    return np.array([h * head_size + w for h in range(dim // head_size) for w in within])
 
 
 def check_supported(cfg):
@@ -119,12 +140,15 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows"):
     x = g.op("Mul", [x, g.op("Cast", [g.op("Unsqueeze", [mask, ax_last])], to=g.dt)])
     lengths = g.op("Cast", [g.op("ReduceSum", [mask, ax1], keepdims=0)], to=TP.INT32)  # [batch]
 
-    # Rotary tables (rotate-half form: cos/sin of position × inv_freq, half a head wide).
+    # Rotary: q and k columns are interleaved per head (interleave_heads) and RotaryEmbedding runs
+    # interleaved on groups of rotary_group(D, hd) columns; the cos/sin tables repeat the head's
+    # hd/2 frequencies once per real head in a group.
+    perm, group = interleave_heads(D, hd), rotary_group(D, hd)
     inv_freq = 1.0 / (10000 ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     rows = cfg.max_position_embeddings
     if attention == "packed" and packed_layout == "sequence":
         rows = max(rows, SEQUENCE_LAYOUT_MAX_TOKENS)  # ORT checks sequence length <= cache rows
-    ang = np.outer(np.arange(rows, dtype=np.float64), inv_freq)
+    ang = np.tile(np.outer(np.arange(rows, dtype=np.float64), inv_freq), group // hd)
     cos, sin = g.w("rotary_cos", np.cos(ang)), g.w("rotary_sin", np.sin(ang))
 
     if attention == "packed":
@@ -156,11 +180,13 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows"):
     resid = x
     for i, lay in enumerate(layers):
         att, p = lay.attention, f"l{i}_"
-        q = g.op("Add", [g.op("MatMul", [ln, g.w(p + "wq", lin_w(att.self.query))]), g.w(p + "bq", _np(att.self.query.bias))])
-        k = g.op("Add", [g.op("MatMul", [ln, g.w(p + "wk", lin_w(att.self.key))]), g.w(p + "bk", _np(att.self.key.bias))])
+        q = g.op("Add", [g.op("MatMul", [ln, g.w(p + "wq", lin_w(att.self.query)[:, perm])]),
+                         g.w(p + "bq", _np(att.self.query.bias)[perm])])
+        k = g.op("Add", [g.op("MatMul", [ln, g.w(p + "wk", lin_w(att.self.key)[:, perm])]),
+                         g.w(p + "bk", _np(att.self.key.bias)[perm])])
         v = g.op("MatMul", [ln, g.w(p + "wv", lin_w(att.self.value))])
-        q = g.op("RotaryEmbedding", [q, pos, cos, sin], domain=MS, interleaved=0)
-        k = g.op("RotaryEmbedding", [k, pos, cos, sin], domain=MS, interleaved=0)
+        q = g.op("RotaryEmbedding", [q, pos, cos, sin], domain=MS, interleaved=1)
+        k = g.op("RotaryEmbedding", [k, pos, cos, sin], domain=MS, interleaved=1)
         if attention == "packed":
             sq = [g.op("Squeeze", [t, tok_ax]) for t in (q, k, v)]
             ctx = g.op("Unsqueeze", [g.op("PackedMultiHeadAttention", sq + ["", offs, cu], domain=MS, num_heads=H), tok_ax])
