@@ -1,10 +1,13 @@
 # seqembed — the two commands that matter: `make demo` and `make test`.
 GO ?= go
+# Build with the toolchain go.mod names (a patched standard library; see scripts/govulncheck.sh),
+# downloading it through the module proxy where the installed Go is older.
+export GOTOOLCHAIN = auto
 BIN := bin/seqembed
 # ONNX Runtime's CPU library, fetched once from the npm registry (onnxruntime-node@1.29.0).
 ORT_LIB = $(shell scripts/fetch-ort.sh)
 
-.PHONY: demo test build ort vet bench bench-data clean soak
+.PHONY: demo test build ort vet vuln bench bench-data clean soak
 
 ## demo: fetch ONNX Runtime, build, embed the 500 sample proteins with the tiny model on the CPU
 demo: build ort
@@ -14,8 +17,13 @@ demo: build ort
 ## test: go vet and every test (race detector) with a real in-process NATS server and ORT
 test: ort
 	$(GO) vet ./...
+	scripts/govulncheck.sh
 	scripts/check-compose.sh
 	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) $(GO) test -race -count=1 ./...
+
+## vuln: govulncheck against the Go vulnerability database (built from golang.org/x/vulndb)
+vuln:
+	scripts/govulncheck.sh
 
 build:
 	$(GO) build -o $(BIN) ./cmd/seqembed
