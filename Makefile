@@ -3,6 +3,8 @@ GO ?= go
 # Build with the toolchain go.mod names (a patched standard library; see scripts/govulncheck.sh),
 # downloading it through the module proxy where the installed Go is older.
 export GOTOOLCHAIN = auto
+# go-nvml's header marks some NVML calls deprecated (CUDA 13); their cgo stubs warn on every build.
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 BIN := bin/seqembed
 # ONNX Runtime's CPU library, fetched once from the npm registry (onnxruntime-node@1.29.0).
 ORT_LIB = $(shell scripts/fetch-ort.sh)
