@@ -19,6 +19,7 @@ demo: build ort
 ## test: go vet and every test (race detector) with a real in-process NATS server and ORT
 test: ort
 	$(GO) vet ./...
+	$(GO) vet -tags noplot ./cmd/seqembed
 	scripts/govulncheck.sh
 	scripts/check-compose.sh
 	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) $(GO) test -race -count=1 ./...
