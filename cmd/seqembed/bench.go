@@ -93,11 +93,16 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	if res.GPUUtil >= 0 {
 		util = fmt.Sprintf("%.1f%%", 100*res.GPUUtil)
 	}
-	fmt.Fprintf(os.Stderr, "bench %s %s inflight=%d: %.0f residues/s, %.1f seq/s, padding %.3f, runner busy %.1f%%, GPU util %s, p50 %.0f ms, p99 %.0f ms\n",
-		res.Mode, res.Device, res.Inflight, res.ResiduesPerSec, res.SequencesPerSec, res.PaddingEfficiency,
-		100*res.RunnerBusy, util, res.LatencyP50Ms, res.LatencyP99Ms)
+	if res.WorkerProcs > 0 { // batches, padding, busy and latency live in the worker processes
+		fmt.Fprintf(os.Stderr, "bench %s %s inflight=%d, %d worker processes: %.0f residues/s, %.1f seq/s, GPU util %s\n",
+			res.Mode, res.Device, res.Inflight, res.WorkerProcs, res.ResiduesPerSec, res.SequencesPerSec, util)
+	} else {
+		fmt.Fprintf(os.Stderr, "bench %s %s inflight=%d: %.0f residues/s, %.1f seq/s, padding %.3f, runner busy %.1f%%, GPU util %s, p50 %.0f ms, p99 %.0f ms\n",
+			res.Mode, res.Device, res.Inflight, res.ResiduesPerSec, res.SequencesPerSec, res.PaddingEfficiency,
+			100*res.RunnerBusy, util, res.LatencyP50Ms, res.LatencyP99Ms)
+	}
 	if len(res.GPUUtilPerDevice) > 0 {
-		fmt.Fprintf(os.Stderr, "bench: GPU util per device %v, worker processes %d\n", res.GPUUtilPerDevice, res.WorkerProcs)
+		fmt.Fprintf(os.Stderr, "bench: GPU util per device %v\n", res.GPUUtilPerDevice)
 	}
 	if *report != "" {
 		series.GPU = gpu.samplesIn(series.Start, series.End)
