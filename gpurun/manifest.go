@@ -33,6 +33,9 @@ type Manifest struct {
 	// Requires lists execution providers the graph cannot run without ("cuda" for packed
 	// graphs, whose RemovePadding/PackedMultiHeadAttention ops have no CPU kernels).
 	Requires []string `json:"requires,omitempty"`
+	// CustomOps names the custom-operator library the graph needs (gpurun/ortops, built by
+	// scripts/build-ops.sh), relative to the model directory unless absolute; empty: none.
+	CustomOps string `json:"custom_ops,omitempty"`
 
 	// Dir is the directory the manifest was read from (not in the JSON).
 	Dir string `json:"-"`
@@ -69,12 +72,26 @@ func LoadManifest(dir string) (*Manifest, error) {
 	case m.Pooling != "mean":
 		return nil, fmt.Errorf("%w: %s: pooling %q (only mean is supported)", ErrManifest, path, m.Pooling)
 	}
+	if m.CustomOps != "" {
+		if _, err := os.Stat(m.CustomOpsPath()); err != nil {
+			return nil, fmt.Errorf("%w: %s: custom_ops library: %v (build it with scripts/build-ops.sh %s)",
+				ErrManifest, path, err, m.CustomOpsPath())
+		}
+	}
 	for _, req := range m.Requires {
 		if req != "cuda" {
 			return nil, fmt.Errorf("%w: %s: requires %q (only \"cuda\" is known)", ErrManifest, path, req)
 		}
 	}
 	return &m, nil
+}
+
+// CustomOpsPath is the custom-operator library's path ("" when the model needs none).
+func (m *Manifest) CustomOpsPath() string {
+	if m.CustomOps == "" || filepath.IsAbs(m.CustomOps) {
+		return m.CustomOps
+	}
+	return filepath.Join(m.Dir, m.CustomOps)
 }
 
 // ModelPath is the ONNX file's path.

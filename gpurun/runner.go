@@ -286,6 +286,12 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 		return nil, err
 	}
 	defer so.Destroy()
+	if man.CustomOps != "" {
+		if err := registerCustomOps(so, o.lib, man.CustomOpsPath()); err != nil {
+			releaseEnv()
+			return nil, err
+		}
+	}
 	r.session, err = ort.NewDynamicAdvancedSession(man.ModelPath(), man.Inputs, []string{man.Output}, so)
 	if err != nil {
 		releaseEnv()

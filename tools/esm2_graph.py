@@ -103,13 +103,22 @@ def check_supported(cfg):
 SEQUENCE_LAYOUT_MAX_TOKENS = 1 << 17
 
 
-def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows"):
+# seqembed's own operator domain (gpurun/ortops/seqembed_ops.cu, built by scripts/build-ops.sh).
+SEQEMBED_OPS = "ai.seqembed"
+CUSTOM_OPS_LIBRARY = "libseqembed_ops.so"
+
+
+def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
     [batch, length] key padding mask; used for the CPU parity twin). packed_layout applies to
     "packed": "rows" keeps packed activations as [tokens, 1, D] (one position per row, default);
-    "sequence" as [1, tokens, D] (one long sequence; up to SEQUENCE_LAYOUT_MAX_TOKENS tokens)."""
+    "sequence" as [1, tokens, D] (one long sequence; up to SEQUENCE_LAYOUT_MAX_TOKENS tokens).
+    custom_ops (packed, fp16 only) replaces each q/k bias Add + RotaryEmbedding with seqembed's
+    ai.seqembed.BiasRotary (one bandwidth-bound pass; CUDA only, needs CUSTOM_OPS_LIBRARY)."""
+    if custom_ops and (attention != "packed" or not fp16):
+        raise ValueError("custom_ops needs attention='packed' and fp16")
     if attention not in ("mha", "packed"):
         raise ValueError(f"attention {attention!r}: want mha or packed")
     cfg = esm.config
@@ -148,7 +157,9 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows"):
     rows = cfg.max_position_embeddings
     if attention == "packed" and packed_layout == "sequence":
         rows = max(rows, SEQUENCE_LAYOUT_MAX_TOKENS)  # ORT checks sequence length <= cache rows
-    ang = np.tile(np.outer(np.arange(rows, dtype=np.float64), inv_freq), group // hd)
+    ang = np.outer(np.arange(rows, dtype=np.float64), inv_freq)
+    if not custom_ops:  # BiasRotary takes pair j's angle from column j % (hd/2): no tiling
+        ang = np.tile(ang, group // hd)
     cos, sin = g.w("rotary_cos", np.cos(ang)), g.w("rotary_sin", np.sin(ang))
 
     if attention == "packed":
@@ -180,13 +191,16 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows"):
     resid = x
     for i, lay in enumerate(layers):
         att, p = lay.attention, f"l{i}_"
-        q = g.op("Add", [g.op("MatMul", [ln, g.w(p + "wq", lin_w(att.self.query)[:, perm])]),
-                         g.w(p + "bq", _np(att.self.query.bias)[perm])])
-        k = g.op("Add", [g.op("MatMul", [ln, g.w(p + "wk", lin_w(att.self.key)[:, perm])]),
-                         g.w(p + "bk", _np(att.self.key.bias)[perm])])
+        q = g.op("MatMul", [ln, g.w(p + "wq", lin_w(att.self.query)[:, perm])])
+        k = g.op("MatMul", [ln, g.w(p + "wk", lin_w(att.self.key)[:, perm])])
+        bq, bk = g.w(p + "bq", _np(att.self.query.bias)[perm]), g.w(p + "bk", _np(att.self.key.bias)[perm])
         v = g.op("MatMul", [ln, g.w(p + "wv", lin_w(att.self.value))])
-        q = g.op("RotaryEmbedding", [q, pos, cos, sin], domain=MS, interleaved=1)
-        k = g.op("RotaryEmbedding", [k, pos, cos, sin], domain=MS, interleaved=1)
+        if custom_ops:
+            q = g.op("BiasRotary", [q, bq, pos, cos, sin], domain=SEQEMBED_OPS)
+            k = g.op("BiasRotary", [k, bk, pos, cos, sin], domain=SEQEMBED_OPS)
+        else:
+            q = g.op("RotaryEmbedding", [g.op("Add", [q, bq]), pos, cos, sin], domain=MS, interleaved=1)
+            k = g.op("RotaryEmbedding", [g.op("Add", [k, bk]), pos, cos, sin], domain=MS, interleaved=1)
         if attention == "packed":
             sq = [g.op("Squeeze", [t, tok_ax]) for t in (q, k, v)]
             ctx = g.op("Unsqueeze", [g.op("PackedMultiHeadAttention", sq + ["", offs, cu], domain=MS, num_heads=H), tok_ax])
@@ -226,8 +240,10 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows"):
     inputs = [onnx.helper.make_tensor_value_info(n, TP.INT64, ["batch", "length"]) for n in (ids, mask)]
     outputs = [onnx.helper.make_tensor_value_info("embedding", TP.FLOAT, ["batch", D])]
     graph = onnx.helper.make_graph(g.nodes, f"esm2-{attention}", inputs, outputs, g.inits)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
-                                                         onnx.helper.make_opsetid(MS, 1)],
+    opsets = [onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid(MS, 1)]
+    if custom_ops:
+        opsets.append(onnx.helper.make_opsetid(SEQEMBED_OPS, 1))
+    model = onnx.helper.make_model(graph, opset_imports=opsets,
                                    producer_name="seqembed tools/esm2_graph.py")
     model.ir_version = 8
     return model

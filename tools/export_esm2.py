@@ -279,7 +279,12 @@ def main():
                     "and CUDA) or padding removed inside the graph ('packed', CUDA only)")
     ap.add_argument("--packed-layout", choices=["rows", "sequence"], default="rows", help="--fused packed: "
                     "packed activations as [tokens, 1, dim] (rows, default) or [1, tokens, dim] (sequence)")
+    ap.add_argument("--custom-ops", action="store_true", help="--fused packed --fp16: bias + rotary as seqembed's "
+                    "ai.seqembed.BiasRotary (build the library into --out with scripts/build-ops.sh "
+                    "OUT/libseqembed_ops.so)")
     args = ap.parse_args()
+    if args.custom_ops and (args.fused != "packed" or not args.fp16):
+        sys.exit("--custom-ops needs --fused packed --fp16")
     if args.fused and args.optimize:
         sys.exit("--fused graphs are already fused; drop --optimize")
 
@@ -299,11 +304,12 @@ def main():
     if args.fused:
         import esm2_graph
         t0 = time.time()
-        graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused, packed_layout=args.packed_layout)
+        graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused, packed_layout=args.packed_layout,
+                                 custom_ops=args.custom_ops)
         esm2_graph.save(graph, path)
         fused = {}
         for n in graph.graph.node:
-            if n.domain == "com.microsoft" or n.op_type in ("LayerNormalization", "MatMul"):
+            if n.domain in ("com.microsoft", "ai.seqembed") or n.op_type in ("LayerNormalization", "MatMul", "Add"):
                 fused[n.op_type] = fused.get(n.op_type, 0) + 1
         print(f"fused graph ({args.fused}): {path} in {time.time() - t0:.1f}s, ops {fused}", file=sys.stderr)
         del graph
@@ -341,6 +347,7 @@ def main():
         "attention": args.fused or "traced",
         # Packed graphs use CUDA-only contrib ops (RemovePadding, PackedMultiHeadAttention).
         "requires": ["cuda"] if args.fused == "packed" else [],
+        "custom_ops": "libseqembed_ops.so" if args.custom_ops else "",
         "exported": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
     with open(os.path.join(args.out, "model.json"), "w") as f:

@@ -1,0 +1,162 @@
+package gpurun
+
+import (
+	"errors"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	ort "github.com/yalue/onnxruntime_go"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// buildCPUOps builds the custom-op library's CPU-only form with scripts/build-ops.sh (g++).
+func buildCPUOps(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("g++"); err != nil {
+		t.Skip("g++ not installed: cannot build the custom-op library")
+	}
+	if _, err := os.Stat(LibraryPath()); err != nil {
+		t.Skipf("ONNX Runtime library not found (%v): run scripts/fetch-ort.sh", err)
+	}
+	lib := filepath.Join(t.TempDir(), "libseqembed_ops.so")
+	if out, err := exec.Command("../scripts/build-ops.sh", lib, "cpu").CombinedOutput(); err != nil {
+		t.Fatalf("build-ops.sh: %v\n%s", err, out)
+	}
+	return lib
+}
+
+// onnx protobuf field numbers (onnx.proto) for the few messages the test graph needs.
+func pbString(b []byte, field protowire.Number, s string) []byte {
+	b = protowire.AppendTag(b, field, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+func pbMessage(b []byte, field protowire.Number, msg []byte) []byte {
+	b = protowire.AppendTag(b, field, protowire.BytesType)
+	return protowire.AppendBytes(b, msg)
+}
+
+func pbVarint(b []byte, field protowire.Number, v int64) []byte {
+	b = protowire.AppendTag(b, field, protowire.VarintType)
+	return protowire.AppendVarint(b, uint64(v))
+}
+
+// valueInfo is an ONNX ValueInfoProto: a tensor of elemType with named (string) or fixed dims.
+func valueInfo(name string, elemType int64, dims ...any) []byte {
+	var shape []byte
+	for _, d := range dims {
+		var dim []byte
+		switch d := d.(type) {
+		case string:
+			dim = pbString(nil, 2, d)
+		case int:
+			dim = pbVarint(nil, 1, int64(d))
+		}
+		shape = pbMessage(shape, 1, dim)
+	}
+	tensor := pbMessage(pbVarint(nil, 1, elemType), 2, shape)
+	return pbMessage(pbString(nil, 1, name), 2, pbMessage(nil, 1, tensor))
+}
+
+// biasRotaryModel is a one-node ONNX model: y = ai.seqembed.BiasRotaryF32(x, bias, pos, cos, sin).
+func biasRotaryModel() []byte {
+	const float, int64 = 1, 7
+	node := pbString(nil, 4, "BiasRotaryF32")
+	for _, in := range []string{"x", "bias", "pos", "cos", "sin"} {
+		node = pbString(node, 1, in)
+	}
+	node = pbString(pbString(pbString(node, 2, "y"), 3, "bias_rotary"), 7, "ai.seqembed")
+	graph := pbString(pbMessage(nil, 1, node), 2, "bias-rotary-test")
+	graph = pbMessage(graph, 11, valueInfo("x", float, "rows", 1, "dim"))
+	graph = pbMessage(graph, 11, valueInfo("bias", float, "dim"))
+	graph = pbMessage(graph, 11, valueInfo("pos", int64, "rows", 1))
+	graph = pbMessage(graph, 11, valueInfo("cos", float, "positions", "half"))
+	graph = pbMessage(graph, 11, valueInfo("sin", float, "positions", "half"))
+	graph = pbMessage(graph, 12, valueInfo("y", float, "rows", 1, "dim"))
+	model := pbVarint(nil, 1, 8)
+	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, ""), 2, 17))
+	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, "ai.seqembed"), 2, 1))
+	return pbMessage(model, 7, graph)
+}
+
+// TestCustomOpsBiasRotaryCPU loads the custom-op library (CPU form) through registerCustomOps and
+// checks BiasRotaryF32 against the formula: pairs (2j, 2j+1) of x + bias rotated by the angle
+// cached for the row's position and column j % half. The CUDA op runs the same formula in float
+// on float16 data (checked on the GPU by the golden tests of models that use it).
+func TestCustomOpsBiasRotaryCPU(t *testing.T) {
+	lib := buildCPUOps(t)
+	if err := acquireEnv(LibraryPath()); err != nil {
+		t.Fatal(err)
+	}
+	defer releaseEnv()
+	so, err := ort.NewSessionOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer so.Destroy()
+	if err := registerCustomOps(so, LibraryPath(), filepath.Join(t.TempDir(), "missing.so")); !errors.Is(err, ErrSession) {
+		t.Fatalf("missing library: err = %v, want ErrSession", err)
+	}
+	if err := registerCustomOps(so, LibraryPath(), lib); err != nil {
+		t.Fatal(err)
+	}
+	sess, err := ort.NewDynamicAdvancedSessionWithONNXData(biasRotaryModel(),
+		[]string{"x", "bias", "pos", "cos", "sin"}, []string{"y"}, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Destroy()
+
+	const rows, dim, positions, half = 5, 16, 12, 4
+	x, bias := make([]float32, rows*dim), make([]float32, dim)
+	for i := range x {
+		x[i] = float32(math.Sin(float64(i) * 0.37))
+	}
+	for i := range bias {
+		bias[i] = float32(i%5) * 0.1
+	}
+	pos := []int64{0, 3, 11, 7, 3}
+	cos, sin := make([]float32, positions*half), make([]float32, positions*half)
+	for p := range positions {
+		for j := range half {
+			a := float64(p) / math.Pow(10000, float64(2*j)/float64(2*half))
+			cos[p*half+j], sin[p*half+j] = float32(math.Cos(a)), float32(math.Sin(a))
+		}
+	}
+	run := func(pos []int64) ([]float32, error) {
+		xt, _ := ort.NewTensor(ort.NewShape(rows, 1, dim), x)
+		bt, _ := ort.NewTensor(ort.NewShape(dim), bias)
+		pt, _ := ort.NewTensor(ort.NewShape(rows, 1), pos)
+		ct, _ := ort.NewTensor(ort.NewShape(positions, half), cos)
+		st, _ := ort.NewTensor(ort.NewShape(positions, half), sin)
+		yt, _ := ort.NewEmptyTensor[float32](ort.NewShape(rows, 1, dim))
+		defer func() {
+			for _, v := range []ort.Value{xt, bt, pt, ct, st, yt} {
+				v.Destroy()
+			}
+		}()
+		err := sess.Run([]ort.Value{xt, bt, pt, ct, st}, []ort.Value{yt})
+		return append([]float32(nil), yt.GetData()...), err
+	}
+	got, err := run(pos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := range rows {
+		for j := range dim / 2 {
+			c, s := cos[int(pos[r])*half+j%half], sin[int(pos[r])*half+j%half]
+			x0, x1 := x[r*dim+2*j]+bias[2*j], x[r*dim+2*j+1]+bias[2*j+1]
+			want0, want1 := x0*c-x1*s, x1*c+x0*s
+			if math.Abs(float64(got[r*dim+2*j]-want0)) > 1e-6 || math.Abs(float64(got[r*dim+2*j+1]-want1)) > 1e-6 {
+				t.Fatalf("row %d pair %d: got (%g, %g), want (%g, %g)", r, j, got[r*dim+2*j], got[r*dim+2*j+1], want0, want1)
+			}
+		}
+	}
+	if _, err := run([]int64{0, 1, 12, 0, 0}); err == nil || !strings.Contains(err.Error(), "outside the cos/sin cache") {
+		t.Errorf("position 12 of 12: err = %v, want the op's range error", err)
+	}
+}

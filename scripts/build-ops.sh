@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# build-ops.sh OUT.so [cpu]
+# Builds seqembed's custom ONNX Runtime operators (gpurun/ortops/seqembed_ops.cu: BiasRotary) into
+# OUT.so: with nvcc for the CUDA op (sm_80 and sm_90, or $SEQEMBED_OPS_ARCHS; on the GPU machine or in
+# Dockerfile.gpu's build stage) or, with "cpu", with g++ for the CPU op only (tests, no CUDA).
+# A model exported with `tools/export_esm2.py --fused packed --custom-ops` names the library in
+# its manifest; put OUT.so in the model directory as libseqembed_ops.so.
+set -euo pipefail
+out=${1:?usage: build-ops.sh OUT.so [cpu]}
+src=$(cd "$(dirname "$0")/../gpurun/ortops" && pwd)
+if [[ ${2:-} == cpu ]]; then
+  exec g++ -O2 -std=c++17 -shared -fPIC -x c++ -DSEQEMBED_OPS_CPU_ONLY -I "$src" "$src/seqembed_ops.cu" -o "$out"
+fi
+nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+gencode=()
+for a in ${SEQEMBED_OPS_ARCHS:-80 90}; do # SM versions to build for (default 80 90)
+  gencode+=(-gencode "arch=compute_$a,code=sm_$a")
+done
+exec "$nvcc" -O3 -std=c++17 --cudart shared -shared -Xcompiler -fPIC "${gencode[@]}" \
+  -I "$src" "$src/seqembed_ops.cu" -o "$out"
