@@ -160,3 +160,27 @@ func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 		t.Errorf("position 12 of 12: err = %v, want the op's range error", err)
 	}
 }
+
+// TestManifestCustomOps: a manifest naming a custom-op library loads only when the library is in
+// the model directory or SEQEMBED_CUSTOM_OPS points at one.
+func TestManifestCustomOps(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "model.json"), []byte(`{"name":"x","embedding_dim":8,"max_length":10,"alphabet":"esm",`+
+		`"inputs":["input_ids","attention_mask"],"output":"embedding","pooling":"mean","custom_ops":"libseqembed_ops.so"}`), 0o644)
+	t.Setenv("SEQEMBED_CUSTOM_OPS", "")
+	if _, err := LoadManifest(dir); !errors.Is(err, ErrManifest) || !strings.Contains(err.Error(), "build-ops.sh") {
+		t.Fatalf("missing library: err = %v, want ErrManifest naming build-ops.sh", err)
+	}
+	elsewhere := filepath.Join(t.TempDir(), "ops.so")
+	os.WriteFile(elsewhere, nil, 0o644)
+	t.Setenv("SEQEMBED_CUSTOM_OPS", elsewhere)
+	m, err := LoadManifest(dir)
+	if err != nil || m.CustomOpsPath() != elsewhere {
+		t.Fatalf("SEQEMBED_CUSTOM_OPS: %v, path %q", err, m.CustomOpsPath())
+	}
+	local := filepath.Join(dir, "libseqembed_ops.so")
+	os.WriteFile(local, nil, 0o644)
+	if m, err := LoadManifest(dir); err != nil || m.CustomOpsPath() != local {
+		t.Fatalf("library in the model directory wins: %v, path %q", err, m.CustomOpsPath())
+	}
+}

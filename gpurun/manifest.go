@@ -34,7 +34,8 @@ type Manifest struct {
 	// graphs, whose RemovePadding/PackedMultiHeadAttention ops have no CPU kernels).
 	Requires []string `json:"requires,omitempty"`
 	// CustomOps names the custom-operator library the graph needs (gpurun/ortops, built by
-	// scripts/build-ops.sh), relative to the model directory unless absolute; empty: none.
+	// scripts/build-ops.sh), relative to the model directory unless absolute; empty: none. Where
+	// that file does not exist, $SEQEMBED_CUSTOM_OPS names the library (the GPU image sets it).
 	CustomOps string `json:"custom_ops,omitempty"`
 
 	// Dir is the directory the manifest was read from (not in the JSON).
@@ -74,8 +75,8 @@ func LoadManifest(dir string) (*Manifest, error) {
 	}
 	if m.CustomOps != "" {
 		if _, err := os.Stat(m.CustomOpsPath()); err != nil {
-			return nil, fmt.Errorf("%w: %s: custom_ops library: %v (build it with scripts/build-ops.sh %s)",
-				ErrManifest, path, err, m.CustomOpsPath())
+			return nil, fmt.Errorf("%w: %s: custom_ops library: %v (build it with scripts/build-ops.sh %s, "+
+				"or point SEQEMBED_CUSTOM_OPS at one)", ErrManifest, path, err, m.CustomOpsPath())
 		}
 	}
 	for _, req := range m.Requires {
@@ -86,12 +87,22 @@ func LoadManifest(dir string) (*Manifest, error) {
 	return &m, nil
 }
 
-// CustomOpsPath is the custom-operator library's path ("" when the model needs none).
+// CustomOpsPath is the custom-operator library's path ("" when the model needs none): the
+// manifest's file if it exists, else $SEQEMBED_CUSTOM_OPS if set, else the manifest's file.
 func (m *Manifest) CustomOpsPath() string {
-	if m.CustomOps == "" || filepath.IsAbs(m.CustomOps) {
-		return m.CustomOps
+	p := m.CustomOps
+	if p == "" {
+		return ""
 	}
-	return filepath.Join(m.Dir, m.CustomOps)
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(m.Dir, p)
+	}
+	if _, err := os.Stat(p); err != nil {
+		if env := os.Getenv("SEQEMBED_CUSTOM_OPS"); env != "" {
+			return env
+		}
+	}
+	return p
 }
 
 // ModelPath is the ONNX file's path.
