@@ -8,24 +8,9 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 FA=/tmp/db8000.fasta
-step() { echo "== $(date +%T) $*"; }
+. bench/gpu_lib.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 xz -dc bench-data/db8000.fasta.xz >"$FA"
-export_m() { # dir args...
-  local d=$1
-  shift
-  timeout 200 python3 tools/export_esm2.py --out "$d" "$@" 2>&1 | grep -E '^(fused|optimize|parity|\{)|Error|error' | head -4
-}
-torch_b() { # preset
-  timeout 150 python3 bench/torch_baseline.py --preset "$1" --fasta "$FA" --max-batch-tokens 16384 \
-    --order sorted --json-out "$OUT/torch-$1.json" 2>&1 | grep -E '^ *sorted|Error' | tail -1
-}
-raw() { # label model [args...]
-  local label=$1 m=$2
-  shift 2
-  timeout 100 seqembed bench --raw --device cuda:0 --model "$m" --fasta "$FA" --inflight 2 \
-    --json-out "$OUT/bench.jsonl" "$@" 2>&1 | grep -E '^bench|rror' | sed "s|^|[$label] |"
-}
 step "export 650M packed rows (+ golden) and packed sequence"
 export_m /tmp/p650 --preset t33_650M --fp16 --fused packed --golden testdata/golden-input.fasta --golden-out /tmp/golden650.json
 export_m /tmp/s650 --preset t33_650M --fp16 --fused packed --packed-layout sequence --no-check

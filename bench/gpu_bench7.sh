@@ -6,7 +6,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 FA=/tmp/db8000.fasta M=/tmp/c650
-step() { echo "== $(date +%T) $*"; }
+. bench/gpu_lib.sh
 xz -dc bench-data/db8000.fasta.xz >"$FA"
 step "build the custom ops (nvcc, sm_90)"
 SEQEMBED_OPS_ARCHS=90 bash scripts/build-ops.sh /tmp/libseqembed_ops.so 2>&1 | grep -v Warning | tail -5

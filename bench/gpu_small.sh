@@ -7,21 +7,19 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 FA=/tmp/db8000.fasta
-step() { echo "== $(date +%T) $*"; }
+. bench/gpu_lib.sh
 xz -dc bench-data/db8000.fasta.xz >"$FA"
 SEQEMBED_OPS_ARCHS=90 bash scripts/build-ops.sh /tmp/libseqembed_ops.so 2>&1 | tail -3
 for p in t6_8M t12_35M; do
   m=/tmp/c-$p
   step "$p: export, parity"
-  timeout 120 python3 tools/export_esm2.py --out "$m" --preset $p --fp16 --fused packed --custom-ops \
-    --golden testdata/golden-input.fasta --golden-out "$m/golden.json" 2>&1 | grep -E '^(fused|\{)|rror'
+  export_m "$m" --preset $p --fp16 --fused packed --custom-ops --golden testdata/golden-input.fasta --golden-out "$m/golden.json"
   cp /tmp/libseqembed_ops.so "$m/"
   (cd gpurun && SEQEMBED_GPU_TESTS=1 SEQEMBED_GPU_MODEL=$m timeout 100 gpurun.test -test.run GPUGolden -test.v 2>&1) |
     grep -E '^(---|FAIL)|esm2-t|rror' | head -6
   step "$p: torch, raw, e2e"
-  timeout 120 python3 bench/torch_baseline.py --preset $p --fasta "$FA" --max-batch-tokens 16384 \
-    --order sorted --json-out "$OUT/torch-$p.json" 2>&1 | grep -E '^ *sorted|Error' | tail -1
-  timeout 100 seqembed bench --raw --device cuda:0 --model "$m" --fasta "$FA" --json-out "$OUT/bench.jsonl" 2>&1 | grep -E '^bench|rror'
+  torch_b $p
+  raw "$p" "$m"
   timeout 100 seqembed bench --device cuda:0 --model "$m" --fasta "$FA" --json-out "$OUT/bench.jsonl" 2>&1 | grep -E '^bench|rror'
 done
 step done
