@@ -67,7 +67,7 @@ func (c *workerConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AckWait, "ack-wait", 60*time.Second, "server redelivers a record not acked within this time")
 	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 4096, "unacked records allowed across all workers of the durable consumer")
 	fs.IntVar(&c.MaxDeliver, "max-deliver", 5, "deliveries of one record before it is given up")
-	fs.StringVar(&c.CUDAOptions, "cuda-options", "", "extra ONNX Runtime CUDA provider options, key=value,... (e.g. tunable_op_enable=1,tunable_op_tuning_enable=1); they override seqembed's own")
+	fs.StringVar(&c.CUDAOptions, "cuda-options", "", "extra ONNX Runtime CUDA provider options, key=value,... (e.g. sdpa_kernel=8 for cuDNN attention in mha graphs); they override seqembed's own")
 	fs.IntVar(&c.Inflight, "inflight", 2, "batches in flight at once per device (inference and publishing overlap)")
 	fs.StringVar(&c.InStream, "in-stream", "SEQS", "input stream (work queue, subjects seqs.>)")
 	fs.StringVar(&c.OutStream, "out-stream", arrowout.DefaultStreamName, "output stream (subjects embeddings.>)")
