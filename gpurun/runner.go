@@ -195,7 +195,7 @@ func WithGPUMemLimit(gib float64) Option {
 }
 
 // WithCUDAProviderOptions passes extra CUDA execution provider options (ORT's names, e.g.
-// "sdpa_kernel", "gpu_external_alloc") on top of seqembed's own; they win over them. Ignored on
+// "sdpa_kernel", "use_tf32") on top of seqembed's own; they win over them. Ignored on
 // the CPU. Default none. ParseProviderOptions reads the "k=v,k=v" form of the --cuda-options flag.
 func WithCUDAProviderOptions(opts map[string]string) Option {
 	return func(o *options) error {
