@@ -143,8 +143,8 @@ func benchE2E(ctx context.Context, cfg workerConfig, path string, log *zap.Logge
 		MeanGapMs: float64(gap.Microseconds()) / 1000, WarmupSeconds: sum.Warmup.Seconds()}
 	res.PaddingEfficiency = float64(st.realTokens) / float64(max(1, st.paddedTokens))
 	res.LatencyP50Ms, res.LatencyP99Ms = percentileMs(st.latencies, 0.50), percentileMs(st.latencies, 0.99)
-	res.GPUUtil = gpu.mean(time.Now().Add(-sum.Processing), time.Now())
-	res.GPUUtilPerDevice = gpu.perDevice(time.Now().Add(-sum.Processing), time.Now())
+	end := time.Now()
+	res.GPUUtil, res.GPUUtilPerDevice = gpu.mean(end.Add(-sum.Processing), end), gpu.perDevice(end.Add(-sum.Processing), end)
 	return finish(res, cfg)
 }
 
@@ -183,34 +183,14 @@ func benchRaw(ctx context.Context, cfg workerConfig, path string, gpu *gpuMeter,
 	}
 	res := benchResult{Mode: "raw"}
 	h := bat.Start(ctx)
-	rd, closer, err := fasta.Open(path)
+	err = eachEmbeddable(path, tok, man.MaxLength, func(id string, seq []byte) error {
+		res.Sequences++
+		res.Residues += int64(len(seq))
+		return bat.Add(ctx, batcher.Item{ID: id, Residues: slices.Clone(seq)})
+	})
 	if err != nil {
 		return res, err
 	}
-	for {
-		rec, err := rd.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			if fasta.Recoverable(err) {
-				continue
-			}
-			closer.Close()
-			return res, err
-		}
-		if tok.Validate(rec.Seq) != nil {
-			continue // the worker dead-letters these
-		}
-		seq := slices.Clone(rec.Seq[:min(len(rec.Seq), man.MaxLength)])
-		if err := bat.Add(ctx, batcher.Item{ID: rec.ID, Residues: seq}); err != nil {
-			closer.Close()
-			return res, err
-		}
-		res.Sequences++
-		res.Residues += int64(len(seq))
-	}
-	closer.Close()
 	h.Drain()
 	var batches []*batcher.Batch
 	var shapes [][2]int
@@ -276,6 +256,35 @@ func benchRaw(ctx context.Context, cfg workerConfig, path string, gpu *gpuMeter,
 	res.GPUUtil = gpu.mean(start, start.Add(elapsed))
 	res.Model, res.DType = man.Name, man.DType
 	return finish(res, cfg)
+}
+
+// eachEmbeddable calls fn with each record of path that a worker embeds (valid residues; records
+// the worker dead-letters are skipped), its residues cut at maxLen. seq aliases the reader's
+// buffer: valid only during the call.
+func eachEmbeddable(path string, tok *batcher.Tokenizer, maxLen int, fn func(id string, seq []byte) error) error {
+	rd, closer, err := fasta.Open(path)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	for {
+		rec, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if fasta.Recoverable(err) {
+				continue
+			}
+			return err
+		}
+		if tok.Validate(rec.Seq) != nil {
+			continue
+		}
+		if err := fn(rec.ID, rec.Seq[:min(len(rec.Seq), maxLen)]); err != nil {
+			return err
+		}
+	}
 }
 
 func finish(res benchResult, cfg workerConfig) (benchResult, error) {

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -19,7 +17,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/seqembed/seqembed/batcher"
-	"github.com/seqembed/seqembed/fasta"
 	"github.com/seqembed/seqembed/gpurun"
 	"github.com/seqembed/seqembed/telemetry"
 )
@@ -142,27 +139,12 @@ func truncatedResidues(path string, man *gpurun.Manifest) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	rd, closer, err := fasta.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer closer.Close()
 	var n int64
-	for {
-		rec, err := rd.Next()
-		if errors.Is(err, io.EOF) {
-			return n, nil
-		}
-		if err != nil {
-			if fasta.Recoverable(err) {
-				continue
-			}
-			return n, err
-		}
-		if tok.Validate(rec.Seq) == nil {
-			n += int64(min(len(rec.Seq), man.MaxLength))
-		}
-	}
+	err = eachEmbeddable(path, tok, man.MaxLength, func(_ string, seq []byte) error {
+		n += int64(len(seq))
+		return nil
+	})
+	return n, err
 }
 
 // freeLoopbackAddr is a loopback address with a port that was free a moment ago.
