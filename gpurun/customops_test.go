@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -71,12 +72,12 @@ func biasRotaryModel() []byte {
 	}
 	node = pbString(pbString(pbString(node, 2, "y"), 3, "bias_rotary"), 7, "ai.seqembed")
 	graph := pbString(pbMessage(nil, 1, node), 2, "bias-rotary-test")
-	graph = pbMessage(graph, 11, valueInfo("x", float, "rows", 1, "dim"))
+	graph = pbMessage(graph, 11, valueInfo("x", float, "batch", "length", "dim"))
 	graph = pbMessage(graph, 11, valueInfo("bias", float, "dim"))
-	graph = pbMessage(graph, 11, valueInfo("pos", int64, "rows", 1))
+	graph = pbMessage(graph, 11, valueInfo("pos", int64, "p0", "p1"))
 	graph = pbMessage(graph, 11, valueInfo("cos", float, "positions", "half"))
 	graph = pbMessage(graph, 11, valueInfo("sin", float, "positions", "half"))
-	graph = pbMessage(graph, 12, valueInfo("y", float, "rows", 1, "dim"))
+	graph = pbMessage(graph, 12, valueInfo("y", float, "batch", "length", "dim"))
 	model := pbVarint(nil, 1, 8)
 	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, ""), 2, 17))
 	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, "ai.seqembed"), 2, 1))
@@ -85,7 +86,8 @@ func biasRotaryModel() []byte {
 
 // TestCustomOpsBiasRotaryCPU loads the custom-op library (CPU form) through registerCustomOps and
 // checks BiasRotaryF32 against the formula: pairs (2j, 2j+1) of x + bias rotated by the angle
-// cached for the row's position and column j % half. The CUDA op runs the same formula in float
+// cached for the row's position and column j % half; a single position p0 puts row r of a
+// [batch, length, dim] input at p0 + r % length. The CUDA op runs the same formula in float
 // on float16 data (checked on the GPU by the golden tests of models that use it).
 func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 	lib := buildCPUOps(t)
@@ -127,13 +129,14 @@ func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 			cos[p*half+j], sin[p*half+j] = float32(math.Cos(a)), float32(math.Sin(a))
 		}
 	}
-	run := func(pos []int64) ([]float32, error) {
-		xt, _ := ort.NewTensor(ort.NewShape(rows, 1, dim), x)
+	// run treats x as [rows/length, length, dim] with positions pos ([rows, 1] or [1, 1]).
+	run := func(length int64, pos []int64) ([]float32, error) {
+		xt, _ := ort.NewTensor(ort.NewShape(rows/length, length, dim), x)
 		bt, _ := ort.NewTensor(ort.NewShape(dim), bias)
-		pt, _ := ort.NewTensor(ort.NewShape(rows, 1), pos)
+		pt, _ := ort.NewTensor(ort.NewShape(int64(len(pos)), 1), pos)
 		ct, _ := ort.NewTensor(ort.NewShape(positions, half), cos)
 		st, _ := ort.NewTensor(ort.NewShape(positions, half), sin)
-		yt, _ := ort.NewEmptyTensor[float32](ort.NewShape(rows, 1, dim))
+		yt, _ := ort.NewEmptyTensor[float32](ort.NewShape(rows/length, length, dim))
 		defer func() {
 			for _, v := range []ort.Value{xt, bt, pt, ct, st, yt} {
 				v.Destroy()
@@ -142,7 +145,7 @@ func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 		err := sess.Run([]ort.Value{xt, bt, pt, ct, st}, []ort.Value{yt})
 		return append([]float32(nil), yt.GetData()...), err
 	}
-	got, err := run(pos)
+	got, err := run(1, pos)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +159,14 @@ func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 			}
 		}
 	}
-	if _, err := run([]int64{0, 1, 12, 0, 0}); err == nil || !strings.Contains(err.Error(), "outside the cos/sin cache") {
+	seq, err := run(rows, []int64{6}) // one sequence of 5 at positions 6..10
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perRow, err := run(1, []int64{6, 7, 8, 9, 10}); err != nil || !slices.Equal(seq, perRow) {
+		t.Errorf("start position 6 over a length-5 sequence differs from positions 6..10 given per row (%v)", err)
+	}
+	if _, err := run(1, []int64{0, 1, 12, 0, 0}); err == nil || !strings.Contains(err.Error(), "outside the cos/sin cache") {
 		t.Errorf("position 12 of 12: err = %v, want the op's range error", err)
 	}
 }

@@ -115,10 +115,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     [batch, length] key padding mask; used for the CPU parity twin). packed_layout applies to
     "packed": "rows" keeps packed activations as [tokens, 1, D] (one position per row, default);
     "sequence" as [1, tokens, D] (one long sequence; up to SEQUENCE_LAYOUT_MAX_TOKENS tokens).
-    custom_ops (packed, fp16 only) replaces each q/k bias Add + RotaryEmbedding with seqembed's
-    ai.seqembed.BiasRotary (one bandwidth-bound pass; CUDA only, needs CUSTOM_OPS_LIBRARY)."""
-    if custom_ops and (attention != "packed" or not fp16):
-        raise ValueError("custom_ops needs attention='packed' and fp16")
+    custom_ops (fp16 only) replaces each q/k bias Add + RotaryEmbedding with seqembed's
+    ai.seqembed.BiasRotary (one bandwidth-bound pass; CUDA only, needs CUSTOM_OPS_LIBRARY): one
+    position per packed token, or one start position for the padded "mha" batch."""
+    if custom_ops and not fp16:
+        raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
         raise ValueError(f"attention {attention!r}: want mha or packed")
     cfg = esm.config

@@ -7,8 +7,10 @@
 // interleave_heads). ORT's RotaryEmbedding runs one block per (token, head) with one thread per
 // element plus a separate bias Add; this is one bandwidth-bound pass with 16-byte accesses.
 //
-//   inputs   x [..., D] (rows R = numel / D), bias [D], position_ids int64 (R values),
-//            cos_cache, sin_cache [P, C] (pair j of a row uses column j % C)
+//   inputs   x [..., D] (rows R = numel / D), bias [D], position_ids int64: R values (one per
+//            row) or 1 value p0 (row r is at position p0 + r % S, S = x's second-to-last
+//            dimension: padded [B, S, D] batches), cos_cache, sin_cache [P, C] (pair j of a row
+//            uses column j % C)
 //   output   y, same shape as x:  y[2j] = x0*c - x1*s,  y[2j+1] = x1*c + x0*s,
 //            with x0 = x[2j] + bias[2j], x1 = x[2j+1] + bias[2j+1], c|s = cache[position][j % C]
 // Positions outside [0, P) are clamped (the CPU op rejects them).
@@ -66,6 +68,7 @@ struct Args {
   Tensor x, bias, pos, cos, sin;
   void* y = nullptr;
   int64_t rows = 0, dim = 0, cache_rows = 0, cache_cols = 0;
+  int64_t seq = 0;  // > 0: one start position, row r at pos[0] + r % seq; 0: one position per row
 };
 
 // GatherArgs reads and checks the inputs and allocates the output.
@@ -83,7 +86,12 @@ OrtStatus* GatherArgs(OrtKernelContext* ctx, ONNXTensorElementDataType want, Arg
     return Fail("BiasRotary: x, bias, cos_cache and sin_cache must all have the op's float type");
   if (a->pos.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) return Fail("BiasRotary: position_ids must be int64");
   if (static_cast<int64_t>(a->bias.count) != a->dim) return Fail("BiasRotary: bias must have D values");
-  if (static_cast<int64_t>(a->pos.count) != a->rows) return Fail("BiasRotary: need one position per row of x");
+  if (a->pos.count == 1 && a->rows != 1) {
+    a->seq = a->x.dims.size() >= 2 ? a->x.dims[a->x.dims.size() - 2] : a->rows;
+    if (a->seq <= 0) return Fail("BiasRotary: x has an empty sequence dimension");
+  } else if (static_cast<int64_t>(a->pos.count) != a->rows) {
+    return Fail("BiasRotary: position_ids must hold one position per row of x, or one start position");
+  }
   if (a->cos.dims.size() != 2 || a->cos.dims != a->sin.dims || a->cos.dims[1] <= 0)
     return Fail("BiasRotary: cos_cache and sin_cache must both be [P, C]");
   a->cache_rows = a->cos.dims[0];
@@ -103,7 +111,7 @@ OrtStatus* ComputeCPU(OrtKernelContext* ctx) {
   const float* sc = static_cast<const float*>(a.sin.data);
   float* y = static_cast<float*>(a.y);
   for (int64_t r = 0; r < a.rows; r++) {
-    const int64_t p = pos[r];
+    const int64_t p = a.seq ? pos[0] + r % a.seq : pos[r];
     if (p < 0 || p >= a.cache_rows) return Fail("BiasRotary: position outside the cos/sin cache");
     for (int64_t j = 0; j < a.dim / 2; j++) {
       const float c = cc[p * a.cache_cols + j % a.cache_cols], s = sc[p * a.cache_cols + j % a.cache_cols];
@@ -120,11 +128,11 @@ OrtStatus* ComputeCPU(OrtKernelContext* ctx) {
 __global__ void BiasRotaryKernel(const uint4* __restrict__ x, const uint4* __restrict__ bias,
                                  const int64_t* __restrict__ pos, const __half* __restrict__ cc,
                                  const __half* __restrict__ sc, uint4* __restrict__ y, int64_t vectors,
-                                 int64_t vectors_per_row, int64_t cache_rows, int64_t cache_cols) {
+                                 int64_t vectors_per_row, int64_t seq, int64_t cache_rows, int64_t cache_cols) {
   const int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (v >= vectors) return;
   const int64_t r = v / vectors_per_row, col = v % vectors_per_row;
-  int64_t p = pos[r];
+  int64_t p = seq ? pos[0] + r % seq : pos[r];
   p = p < 0 ? 0 : (p >= cache_rows ? cache_rows - 1 : p);
   const uint4 xv = x[v], bv = bias[col];
   const __half2* xh = reinterpret_cast<const __half2*>(&xv);
@@ -156,7 +164,7 @@ OrtStatus* ComputeCUDA(OrtKernelContext* ctx) {
   BiasRotaryKernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(
       static_cast<const uint4*>(a.x.data), static_cast<const uint4*>(a.bias.data),
       static_cast<const int64_t*>(a.pos.data), static_cast<const __half*>(a.cos.data),
-      static_cast<const __half*>(a.sin.data), static_cast<uint4*>(a.y), vectors, per_row, a.cache_rows, a.cache_cols);
+      static_cast<const __half*>(a.sin.data), static_cast<uint4*>(a.y), vectors, per_row, a.seq, a.cache_rows, a.cache_cols);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION, cudaGetErrorString(err));
   return nullptr;
