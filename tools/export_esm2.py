@@ -47,7 +47,11 @@ VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", 
          "<mask>"]
 RESIDUES = "LAGVSERTIDPKQNFYMHWCXBUZO"
 CLS, PAD, EOS, MASK = 0, 1, 2, 32
-MAX_RESIDUES = 1022  # positions 1026 minus <cls>, <eos> and fair-esm's margin
+MAX_RESIDUES = 1022
+# --fused auto: up to this hidden size the padded "mha" graph with CUDA graphs beats the packed
+# graph (8M: 1.35x raw, 1.46x end to end; 35M: even raw, 1.07x end to end); above it packed wins
+# (650M: 1.08x over mha with graphs). bench/gpu_graphs.sh on an H200, docs/perf.md 2026-11-25.
+AUTO_MHA_MAX_HIDDEN = 480  # positions 1026 minus <cls>, <eos> and fair-esm's margin
 
 
 def esm_config(preset):
@@ -274,25 +278,30 @@ def main():
     ap.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
     ap.add_argument("--optimize", action="store_true", help="run ORT's transformer optimizer (LayerNorm and "
                     "GELU fusions; rotary fusion off) on the exported graph")
-    ap.add_argument("--fused", choices=["mha", "packed"], help="write the fused graph from the weights "
+    ap.add_argument("--fused", choices=["auto", "mha", "packed"], help="write the fused graph from the weights "
                     "(tools/esm2_graph.py) instead of tracing: fused attention with key lengths ('mha', CPU "
-                    "and CUDA) or padding removed inside the graph ('packed', CUDA only)")
+                    "and CUDA; static shapes, so the worker replays CUDA graphs), padding removed inside the "
+                    "graph ('packed', CUDA only), or 'auto': the faster on an H200 (docs/perf.md), mha up to "
+                    f"hidden size {AUTO_MHA_MAX_HIDDEN} (ESM-2 8M, 35M: launch-bound), packed above")
     ap.add_argument("--packed-layout", choices=["rows", "sequence"], default="rows", help="--fused packed: "
                     "packed activations as [tokens, 1, dim] (rows, default) or [1, tokens, dim] (sequence)")
-    ap.add_argument("--custom-ops", action="store_true", help="--fused packed --fp16: bias + rotary as seqembed's "
+    ap.add_argument("--custom-ops", action="store_true", help="--fused mha|packed --fp16: bias + rotary as seqembed's "
                     "ai.seqembed.BiasRotary (build the library into --out with scripts/build-ops.sh "
                     "OUT/libseqembed_ops.so)")
     args = ap.parse_args()
-    if args.custom_ops and (args.fused != "packed" or not args.fp16):
-        sys.exit("--custom-ops needs --fused packed --fp16")
+    if args.custom_ops and (not args.fused or not args.fp16):
+        sys.exit("--custom-ops needs --fused mha|packed --fp16")
     if args.fused and args.optimize:
         sys.exit("--fused graphs are already fused; drop --optimize")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, name = load_model(args)
+    if args.fused == "auto":
+        args.fused = "mha" if model.config.hidden_size <= AUTO_MHA_MAX_HIDDEN else "packed"
+        print(f"--fused auto: {args.fused} (hidden size {model.config.hidden_size})", file=sys.stderr)
     if args.fp16 and device != "cuda" and not args.fused:
         sys.exit("--fp16 needs a CUDA device for the traced export (or use --fused)")
     os.makedirs(args.out, exist_ok=True)
-    model, name = load_model(args)
     pooled = Pooled(model).to(device)
     if args.golden:
         # Golden vectors always come from the float32 model: the reference an fp16 export is held to.
@@ -346,7 +355,7 @@ def main():
         "optimized": fused,
         "attention": args.fused or "traced",
         # Packed graphs use CUDA-only contrib ops (RemovePadding, PackedMultiHeadAttention).
-        "requires": ["cuda"] if args.fused == "packed" else [],
+        "requires": ["cuda"] if args.fused == "packed" or args.custom_ops else [],
         "custom_ops": "libseqembed_ops.so" if args.custom_ops else "",
         "exported": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
