@@ -2,50 +2,8 @@ package gpurun
 
 /*
 #cgo LDFLAGS: -ldl
-#include <dlfcn.h>
 #include <stdlib.h>
-
-// The CUDA runtime is loaded at run time (dlopen), so seqembed builds and runs without CUDA.
-typedef int (*se_host_alloc_t)(void **, size_t, unsigned int);
-typedef int (*se_free_host_t)(void *);
-// cudaPointerAttributes starts with the memory type; newer CUDA releases add fields after it, so
-// the callee gets a buffer much larger than any known layout.
-typedef struct { int type; int device; void *devicePointer; void *hostPointer; char reserved[512]; } se_ptr_attr;
-typedef int (*se_ptr_attr_t)(se_ptr_attr *, const void *);
-typedef const char *(*se_err_str_t)(int);
-typedef int (*se_dev_count_t)(int *);
-
-static void *se_cudart;
-static se_host_alloc_t se_host_alloc_fn;
-static se_free_host_t se_free_host_fn;
-static se_ptr_attr_t se_ptr_attr_fn;
-static se_err_str_t se_err_str_fn;
-static se_dev_count_t se_dev_count_fn;
-
-static int se_cudart_load(const char *name) {
-	if (se_cudart) return 0;
-	void *h = dlopen(name, RTLD_NOW | RTLD_GLOBAL);
-	if (!h) return -1;
-	se_host_alloc_fn = (se_host_alloc_t)dlsym(h, "cudaHostAlloc");
-	se_free_host_fn = (se_free_host_t)dlsym(h, "cudaFreeHost");
-	se_ptr_attr_fn = (se_ptr_attr_t)dlsym(h, "cudaPointerGetAttributes");
-	se_err_str_fn = (se_err_str_t)dlsym(h, "cudaGetErrorString");
-	se_dev_count_fn = (se_dev_count_t)dlsym(h, "cudaGetDeviceCount");
-	if (!se_host_alloc_fn || !se_free_host_fn || !se_ptr_attr_fn || !se_err_str_fn || !se_dev_count_fn) { dlclose(h); return -2; }
-	se_cudart = h;
-	return 0;
-}
-// cudaHostAllocPortable = 1: pinned for every device.
-static int se_host_alloc(void **p, size_t n) { return se_host_alloc_fn(p, n, 1); }
-static int se_free_host(void *p) { return se_free_host_fn(p); }
-// Returns the cudaMemoryType of p (1 = host, pinned), or -1 - error code.
-static int se_ptr_type(const void *p) {
-	se_ptr_attr a = {0};
-	int rc = se_ptr_attr_fn(&a, p);
-	return rc ? -1 - rc : a.type;
-}
-static const char *se_err(int rc) { return se_err_str_fn(rc); }
-static int se_dev_count(int *n) { return se_dev_count_fn(n); }
+#include "se_cuda.h"
 */
 import "C"
 
@@ -87,7 +45,10 @@ func (m hostMem) alloc(bytes int) unsafe.Pointer {
 		return cMalloc(bytes)
 	}
 	var p unsafe.Pointer
-	if rc := C.se_host_alloc(&p, C.size_t(bytes)); rc != 0 {
+	captureMu.RLock() // cudaHostAlloc would break a CUDA graph capture running meanwhile
+	rc := C.se_host_alloc(&p, C.size_t(bytes))
+	captureMu.RUnlock()
+	if rc != 0 {
 		panic(fmt.Sprintf("gpurun: cudaHostAlloc(%d bytes): %s", bytes, C.GoString(C.se_err(rc))))
 	}
 	return p
@@ -95,7 +56,9 @@ func (m hostMem) alloc(bytes int) unsafe.Pointer {
 
 func (m hostMem) free(p unsafe.Pointer) {
 	if m.pinned {
+		captureMu.RLock()
 		C.se_free_host(p)
+		captureMu.RUnlock()
 		return
 	}
 	C.free(p)

@@ -133,6 +133,8 @@ type options struct {
 	gpuMemGiB  float64
 	verifyHash bool
 	cudaExtra  map[string]string
+	graphs     string
+	concurrent int
 }
 
 // Option configures a Runner.
@@ -225,6 +227,44 @@ func ParseProviderOptions(s string) (map[string]string, error) {
 	return out, nil
 }
 
+// WithCUDAGraphs sets when a CUDA runner captures CUDA graphs, one per batch shape given to
+// Warmup, and replays them (one launch per batch instead of one per kernel; small models are
+// launch-bound): GraphsAuto (default: for "mha" exports on CUDA), GraphsOn or GraphsOff. Batches
+// of a captured length with fewer rows are padded up to the captured shape; other shapes run
+// without a graph. ParseCUDAGraphs reads the --cuda-graphs flag.
+func WithCUDAGraphs(mode string) Option {
+	return func(o *options) error {
+		if _, err := ParseCUDAGraphs(mode); err != nil {
+			return err
+		}
+		o.graphs = mode
+		return nil
+	}
+}
+
+// ParseCUDAGraphs checks a CUDA graph mode: auto, on or off.
+func ParseCUDAGraphs(s string) (string, error) {
+	switch s {
+	case GraphsAuto, GraphsOn, GraphsOff:
+		return s, nil
+	}
+	return "", fmt.Errorf("%w: CUDA graph mode %q: want auto, on or off", ErrOption, s)
+}
+
+// WithConcurrentRuns sets how many Embed calls run at once. A CUDA-graph runner has this many
+// sessions (each with its own stream, captured graphs and copy of the weights; ORT runs one
+// batch at a time on such a session); other runners run any number at once and ignore it.
+// Default 2 (the worker passes --inflight).
+func WithConcurrentRuns(n int) Option {
+	return func(o *options) error {
+		if n <= 0 {
+			return fmt.Errorf("%w: concurrent runs %d must be > 0", ErrOption, n)
+		}
+		o.concurrent = n
+		return nil
+	}
+}
+
 // WithVerifyHash checks the model file against the manifest's sha256 at start. Default true.
 func WithVerifyHash(v bool) Option {
 	return func(o *options) error { o.verifyHash = v; return nil }
@@ -243,7 +283,8 @@ type Input struct {
 type Runner struct {
 	man     *Manifest
 	opts    options
-	session *ort.DynamicAdvancedSession
+	session *ort.DynamicAdvancedSession // nil with CUDA graphs
+	graphs  *graphPool                  // nil without
 
 	mu      sync.Mutex
 	outs    []*floatBuf
@@ -253,7 +294,7 @@ type Runner struct {
 
 // New loads DIR/model.json and DIR/model.onnx and creates an ORT session on the chosen device.
 func New(modelDir string, opts ...Option) (*Runner, error) {
-	o := options{device: Device{Kind: "cpu"}, maxRows: 256, verifyHash: true}
+	o := options{device: Device{Kind: "cpu"}, maxRows: 256, verifyHash: true, graphs: GraphsAuto, concurrent: 2}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -271,6 +312,10 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 			"use --device cuda:N, or export a CPU-capable graph (tools/export_esm2.py without --fused packed)",
 			ErrDevice, man.Name, man.Attention, o.device)
 	}
+	graphs, err := o.useGraphs(man)
+	if err != nil {
+		return nil, err
+	}
 	if o.verifyHash {
 		if err := man.VerifySHA256(); err != nil {
 			return nil, err
@@ -280,18 +325,19 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 		return nil, err
 	}
 	r := &Runner{man: man, opts: o}
-	so, err := r.sessionOptions()
+	if graphs {
+		if r.graphs, err = newGraphPool(r, o.concurrent); err != nil {
+			releaseEnv()
+			return nil, err
+		}
+		return r, nil
+	}
+	so, err := r.sessionOptions(nil)
 	if err != nil {
 		releaseEnv()
 		return nil, err
 	}
 	defer so.Destroy()
-	if man.CustomOps != "" {
-		if err := registerCustomOps(so, o.lib, man.CustomOpsPath()); err != nil {
-			releaseEnv()
-			return nil, err
-		}
-	}
 	r.session, err = ort.NewDynamicAdvancedSession(man.ModelPath(), man.Inputs, []string{man.Output}, so)
 	if err != nil {
 		releaseEnv()
@@ -300,7 +346,28 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 	return r, nil
 }
 
-func (r *Runner) sessionOptions() (*ort.SessionOptions, error) {
+// useGraphs resolves the CUDA graph mode for man.
+func (o *options) useGraphs(man *Manifest) (bool, error) {
+	switch {
+	case o.graphs == GraphsOff:
+		return false, nil
+	case o.graphs == GraphsAuto:
+		return o.device.Kind == "cuda" && man.Attention == "mha", nil
+	case o.device.Kind != "cuda":
+		return false, fmt.Errorf("%w: CUDA graphs need a CUDA device, not %s", ErrOption, o.device)
+	case man.Attention == "packed":
+		return false, fmt.Errorf("%w: model %s: CUDA graphs need static shapes, and packed attention's token count "+
+			"depends on the data; export with tools/export_esm2.py --fused mha", ErrOption, man.Name)
+	}
+	return true, nil
+}
+
+// CUDAGraphs says whether the runner replays CUDA graphs.
+func (r *Runner) CUDAGraphs() bool { return r.graphs != nil }
+
+// sessionOptions are the runner's ORT session options: device, threads, CUDA provider options
+// (seqembed's, then extra, then WithCUDAProviderOptions') and the model's custom ops.
+func (r *Runner) sessionOptions(extra map[string]string) (*ort.SessionOptions, error) {
 	so, err := ort.NewSessionOptions()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrSession, err)
@@ -332,12 +399,19 @@ func (r *Runner) sessionOptions() (*ort.SessionOptions, error) {
 		if r.opts.gpuMemGiB > 0 {
 			cfg["gpu_mem_limit"] = strconv.FormatInt(int64(r.opts.gpuMemGiB*(1<<30)), 10)
 		}
+		maps.Copy(cfg, extra)
 		maps.Copy(cfg, r.opts.cudaExtra)
 		if err := cuda.Update(cfg); err != nil {
 			return fail("CUDA provider options", err)
 		}
 		if err := so.AppendExecutionProviderCUDA(cuda); err != nil {
 			return fail(fmt.Sprintf("CUDA execution provider on %s", r.opts.device), fmt.Errorf("%w: %v", ErrDevice, err))
+		}
+	}
+	if r.man.CustomOps != "" {
+		if err := registerCustomOps(so, r.opts.lib, r.man.CustomOpsPath()); err != nil {
+			so.Destroy()
+			return nil, err
 		}
 	}
 	return so, nil
@@ -394,36 +468,16 @@ func (r *Runner) Embed(ctx context.Context, in Input, dst []float32) ([]float32,
 	if closed {
 		return dst, ErrClosed
 	}
-	shape := ort.NewShape(int64(in.Rows), int64(in.Cols))
-	ids, err := ort.NewTensor(shape, in.IDs[:n])
-	if err != nil {
-		return dst, fmt.Errorf("%w: input tensor: %v", ErrRun, err)
-	}
-	defer ids.Destroy()
-	mask, err := ort.NewTensor(shape, in.Mask[:n])
-	if err != nil {
-		return dst, fmt.Errorf("%w: mask tensor: %v", ErrRun, err)
-	}
-	defer mask.Destroy()
 	dim := r.man.EmbeddingDim
 	ob := r.getOut(in.Rows * dim)
 	defer r.putOut(ob)
-	out, err := ort.NewTensor(ort.NewShape(int64(in.Rows), int64(dim)), ob.buf[:in.Rows*dim])
+	var err error
+	if r.graphs != nil {
+		err = r.graphs.embed(ctx, in, ob.buf[:in.Rows*dim])
+	} else {
+		err = r.run(ctx, in, ob.buf[:in.Rows*dim])
+	}
 	if err != nil {
-		return dst, fmt.Errorf("%w: output tensor: %v", ErrRun, err)
-	}
-	defer out.Destroy()
-
-	var ro *ort.RunOptions
-	if ctx.Done() != nil {
-		if ro, err = ort.NewRunOptions(); err != nil {
-			return dst, fmt.Errorf("%w: run options: %v", ErrRun, err)
-		}
-		defer ro.Destroy()
-		stop := context.AfterFunc(ctx, func() { _ = ro.Terminate() })
-		defer stop()
-	}
-	if err := r.session.RunWithOptions([]ort.Value{ids, mask}, []ort.Value{out}, ro); err != nil {
 		if ctx.Err() != nil {
 			return dst, fmt.Errorf("%w: batch %d×%d on %s: %w", ErrRun, in.Rows, in.Cols, r.opts.device, ctx.Err())
 		}
@@ -433,20 +487,55 @@ func (r *Runner) Embed(ctx context.Context, in Input, dst []float32) ([]float32,
 	return append(dst, ob.buf[:in.Rows*dim]...), nil
 }
 
+// run is one ORT Run of in on the runner's session, into out (Rows × dim, C memory).
+func (r *Runner) run(ctx context.Context, in Input, out []float32) error {
+	n := in.Rows * in.Cols
+	shape := ort.NewShape(int64(in.Rows), int64(in.Cols))
+	ids, err := ort.NewTensor(shape, in.IDs[:n])
+	if err != nil {
+		return fmt.Errorf("input tensor: %v", err)
+	}
+	defer ids.Destroy()
+	mask, err := ort.NewTensor(shape, in.Mask[:n])
+	if err != nil {
+		return fmt.Errorf("mask tensor: %v", err)
+	}
+	defer mask.Destroy()
+	res, err := ort.NewTensor(ort.NewShape(int64(in.Rows), int64(r.man.EmbeddingDim)), out)
+	if err != nil {
+		return fmt.Errorf("output tensor: %v", err)
+	}
+	defer res.Destroy()
+	var ro *ort.RunOptions
+	if ctx.Done() != nil {
+		if ro, err = ort.NewRunOptions(); err != nil {
+			return fmt.Errorf("run options: %v", err)
+		}
+		defer ro.Destroy()
+		stop := context.AfterFunc(ctx, func() { _ = ro.Terminate() })
+		defer stop()
+	}
+	if r.opts.device.Kind == "cuda" {
+		captureMu.RLock()
+		defer captureMu.RUnlock()
+	}
+	return r.session.RunWithOptions([]ort.Value{ids, mask}, []ort.Value{res}, ro)
+}
+
 // Warmup runs one all-<cls>/<eos> batch of each given shape ({rows, cols} pairs), so that no real
-// batch pays for kernel selection or arena growth; it returns how long that took.
+// batch pays for kernel selection or arena growth; it returns how long that took. A CUDA-graph
+// runner instead captures each shape's graph on each of its sessions (one shape per cols: a
+// later shape with more rows replaces it), without other CUDA work of this process meanwhile;
+// call it before serving.
 func (r *Runner) Warmup(ctx context.Context, shapes [][2]int, alloc *HostAllocator) (time.Duration, error) {
+	if r.graphs != nil {
+		return r.graphWarmup(ctx, shapes)
+	}
 	start := time.Now()
 	var out []float32
 	for _, s := range shapes {
 		ids, mask := alloc.Alloc(s[0] * s[1])
-		for i := range ids {
-			ids[i], mask[i] = 1, 0
-		}
-		for row := 0; row < s[0]; row++ {
-			ids[row*s[1]], ids[row*s[1]+1] = 0, 2
-			mask[row*s[1]], mask[row*s[1]+1] = 1, 1
-		}
+		padRows(ids, mask, s[1])
 		var err error
 		out, err = r.Embed(ctx, Input{IDs: ids, Mask: mask, Rows: s[0], Cols: s[1]}, out[:0])
 		alloc.Free(ids, mask)
@@ -465,7 +554,12 @@ func (r *Runner) Close() error {
 		return nil
 	}
 	r.closed = true
-	err := r.session.Destroy()
+	var err error
+	if r.graphs != nil {
+		r.graphs.close()
+	} else {
+		err = r.session.Destroy()
+	}
 	for _, b := range r.allOuts {
 		b.free()
 	}

@@ -284,3 +284,30 @@ func TestParseProviderOptions(t *testing.T) {
 		t.Errorf("device_id override: err = %v, want ErrOption", err)
 	}
 }
+
+// TestCUDAGraphModes: auto leaves a CPU runner (and any non-"mha" export) without CUDA graphs;
+// "on" is refused on the CPU and for packed exports, whose token count depends on the data.
+func TestCUDAGraphModes(t *testing.T) {
+	r := newRunner(t, gpurun.WithCUDAGraphs(gpurun.GraphsAuto))
+	if r.CUDAGraphs() {
+		t.Error("auto mode on the CPU uses CUDA graphs")
+	}
+	if _, err := gpurun.New(tinyModel, gpurun.WithCUDAGraphs(gpurun.GraphsOn)); !errors.Is(err, gpurun.ErrOption) {
+		t.Errorf("graphs on for the CPU: err = %v, want ErrOption", err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(dir+"/model.json", []byte(`{"name":"esm2-packed","embedding_dim":8,"max_length":10,"alphabet":"esm",`+
+		`"inputs":["input_ids","attention_mask"],"output":"embedding","pooling":"mean","attention":"packed"}`), 0o644)
+	_, err := gpurun.New(dir, gpurun.WithDevice(gpurun.Device{Kind: "cuda"}), gpurun.WithCUDAGraphs(gpurun.GraphsOn))
+	if !errors.Is(err, gpurun.ErrOption) || !strings.Contains(err.Error(), "--fused mha") {
+		t.Errorf("graphs on for a packed export: err = %v, want ErrOption naming --fused mha", err)
+	}
+	for _, bad := range []string{"", "yes", "ON"} {
+		if _, err := gpurun.ParseCUDAGraphs(bad); !errors.Is(err, gpurun.ErrOption) {
+			t.Errorf("ParseCUDAGraphs(%q): err = %v, want ErrOption", bad, err)
+		}
+	}
+	if _, err := gpurun.New(tinyModel, gpurun.WithConcurrentRuns(0)); !errors.Is(err, gpurun.ErrOption) {
+		t.Errorf("0 concurrent runs: err = %v, want ErrOption", err)
+	}
+}

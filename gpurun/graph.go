@@ -1,0 +1,285 @@
+package gpurun
+
+/*
+#include <stdlib.h>
+#include "se_cuda.h"
+#include "se_graph.h"
+*/
+import "C"
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// CUDA graph modes (WithCUDAGraphs).
+const (
+	// GraphsAuto captures CUDA graphs where the model's shapes are static for a given batch
+	// shape: CUDA runners of "mha" exports (tools/export_esm2.py --fused mha). Packed exports
+	// have a data-dependent token count and traced exports run shape logic on the CPU.
+	GraphsAuto = "auto"
+	GraphsOn   = "on"  // capture on CUDA; an error for packed exports or on the CPU
+	GraphsOff  = "off" // plain ORT runs
+)
+
+// ESM special tokens of the padding rows a CUDA graph batch is filled up with.
+const (
+	clsID, padID, eosID = 0, 1, 2
+)
+
+// padRows fills ids and mask (rows of cols tokens) with <cls> <eos> <pad>... rows.
+func padRows(ids, mask []int64, cols int) {
+	for i := range ids {
+		switch i % cols {
+		case 0:
+			ids[i], mask[i] = clsID, 1
+		case 1:
+			ids[i], mask[i] = eosID, 1
+		default:
+			ids[i], mask[i] = padID, 0
+		}
+	}
+}
+
+// Warmup runs each shape graphPlainRuns times without a graph id (so that ORT's arena holds
+// everything the shape allocates: nothing may be allocated while a graph is captured), then
+// graphCaptureRuns times with it: ORT's CUDA EP counts two regular runs of a graph id before
+// the run that captures it; the last replays.
+const (
+	graphPlainRuns   = 2
+	graphCaptureRuns = 4
+)
+
+// captureMu keeps seqembed's own CUDA calls away from graph captures: ORT captures in
+// cudaStreamCaptureModeGlobal, where a cudaMalloc, cudaHostAlloc or stream synchronisation on
+// any other thread fails the capture. Captures (Warmup) hold it exclusively; runs and pinned
+// allocations hold it shared.
+var captureMu sync.RWMutex
+
+// graphPool is a CUDA-graph runner's sessions: each serves one batch at a time (ORT does not
+// support concurrent runs of a graph-capturing session), so Embed takes a free one.
+type graphPool struct {
+	sessions []*graphSession
+	free     chan *graphSession
+}
+
+// graphSession is one ORT session with enable_cuda_graph (ORT runs it on a stream of its own),
+// owned by one goroutine locked to its OS thread: ORT keeps captured graphs in per-thread state,
+// so every capture and replay must come from the same thread. Each warmed-up bucket length has
+// device buffers at fixed addresses (bound through IoBinding) and its own gpu_graph_id; inputs
+// and outputs are copied on a second stream of the session's, synchronised before and after
+// each run (ORT's Run returns once its stream is done).
+type graphSession struct {
+	r     *Runner
+	c     *C.se_gsess
+	reqs  chan graphReq
+	reply chan error
+	done  chan struct{}
+
+	// Owned by the loop goroutine.
+	shapes map[int]graphShape // by cols
+}
+
+type graphShape struct {
+	c    *C.se_gshape
+	rows int
+}
+
+// graphReq asks the session's goroutine to capture rows×cols (capture) or to embed in into out.
+type graphReq struct {
+	capture    bool
+	rows, cols int
+	in         Input
+	out        []float32
+}
+
+func newGraphPool(r *Runner, n int) (*graphPool, error) {
+	p := &graphPool{free: make(chan *graphSession, n)}
+	for range n {
+		g := &graphSession{r: r, reqs: make(chan graphReq), reply: make(chan error, 1),
+			done: make(chan struct{}), shapes: map[int]graphShape{}}
+		ready := make(chan error, 1)
+		go g.loop(ready)
+		if err := <-ready; err != nil {
+			<-g.done
+			p.close()
+			return nil, err
+		}
+		p.sessions = append(p.sessions, g)
+		p.free <- g
+	}
+	return p, nil
+}
+
+// embed runs in on a free session, writing Rows × dim floats to out.
+func (p *graphPool) embed(ctx context.Context, in Input, out []float32) error {
+	var g *graphSession
+	select {
+	case g = <-p.free:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { p.free <- g }()
+	g.reqs <- graphReq{in: in, out: out}
+	return <-g.reply
+}
+
+// capture captures rows×cols on every session, one after another.
+func (p *graphPool) capture(ctx context.Context, rows, cols int) error {
+	for _, g := range p.sessions {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		g.reqs <- graphReq{capture: true, rows: rows, cols: cols}
+		if err := <-g.reply; err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// close stops every session's goroutine, which frees its buffers and session.
+func (p *graphPool) close() {
+	for _, g := range p.sessions {
+		close(g.reqs)
+		<-g.done
+	}
+	p.sessions = nil
+}
+
+func (g *graphSession) loop(ready chan<- error) {
+	// Never unlocked: the thread, with ORT's per-thread graph state, ends with the goroutine.
+	runtime.LockOSThread()
+	defer close(g.done)
+	defer g.free()
+	if err := g.open(); err != nil {
+		ready <- err
+		return
+	}
+	ready <- nil
+	for req := range g.reqs {
+		if req.capture {
+			g.reply <- g.capture(req.rows, req.cols)
+		} else {
+			g.reply <- g.embed(req.in, req.out)
+		}
+	}
+}
+
+func cErr(msg *C.char) error {
+	if msg == nil {
+		return nil
+	}
+	defer C.free(unsafe.Pointer(msg))
+	return fmt.Errorf("%s", C.GoString(msg))
+}
+
+func (g *graphSession) open() error {
+	r := g.r
+	dev := r.opts.device.Index
+	var stream unsafe.Pointer
+	if err := loadCudart(); err != nil {
+		return err
+	}
+	if rc := C.se_stream_create(C.int(dev), &stream); rc != 0 {
+		return fmt.Errorf("%w: creating a CUDA stream on %s: %s", ErrDevice, r.opts.device, C.GoString(C.se_err(rc)))
+	}
+	// The session runs on ORT's own stream: with user_compute_stream set as well, ORT 1.29's
+	// capture fails (CUDA error 900 from cudaStreamBeginCapture; docs/perf.md, 2026-11-25).
+	so, err := r.sessionOptions(map[string]string{"enable_cuda_graph": "1", "do_copy_in_default_stream": "1"})
+	if err != nil {
+		C.se_stream_destroy(stream)
+		return err
+	}
+	defer so.Destroy()
+	cOpts, err := cSessionOptions(so)
+	if err != nil {
+		C.se_stream_destroy(stream)
+		return err
+	}
+	man := r.man
+	cs := []*C.char{C.CString(r.opts.lib), C.CString(man.ModelPath()), C.CString(man.Inputs[0]),
+		C.CString(man.Inputs[1]), C.CString(man.Output)}
+	defer func() {
+		for _, s := range cs {
+			C.free(unsafe.Pointer(s))
+		}
+	}()
+	// se_gs_open adopts the stream, also on error (g.free releases it).
+	captureMu.RLock()
+	defer captureMu.RUnlock()
+	if err := cErr(C.se_gs_open(cs[0], cOpts, cs[1], C.int(dev), stream, cs[2], cs[3], cs[4], &g.c)); err != nil {
+		return fmt.Errorf("%w: loading %s on %s with CUDA graphs: %v", ErrSession, man.ModelPath(), r.opts.device, err)
+	}
+	return nil
+}
+
+func (g *graphSession) free() {
+	captureMu.RLock()
+	defer captureMu.RUnlock()
+	for _, s := range g.shapes {
+		C.se_gs_shape_free(s.c)
+	}
+	g.shapes = nil
+	if g.c != nil {
+		C.se_gs_close(g.c)
+		g.c = nil
+	}
+}
+
+// capture binds buffers for rows×cols (unless a shape of cols with at least rows exists) and runs
+// it graphCaptureRuns times on padding rows, so that ORT captures its graph.
+func (g *graphSession) capture(rows, cols int) error {
+	if s, ok := g.shapes[cols]; ok && s.rows >= rows {
+		return nil
+	}
+	captureMu.Lock()
+	defer captureMu.Unlock()
+	if s, ok := g.shapes[cols]; ok {
+		C.se_gs_shape_free(s.c)
+		delete(g.shapes, cols)
+	}
+	ids, mask := make([]int64, rows*cols), make([]int64, rows*cols)
+	padRows(ids, mask, cols)
+	var sh *C.se_gshape
+	id := len(g.shapes) // graph ids only need to be distinct per session
+	err := cErr(C.se_gs_shape(g.c, C.int64_t(rows), C.int64_t(cols), C.int64_t(g.r.man.EmbeddingDim), C.int(id),
+		(*C.int64_t)(unsafe.Pointer(&ids[0])), (*C.int64_t)(unsafe.Pointer(&mask[0])), &sh))
+	for i := 0; err == nil && i < graphPlainRuns+graphCaptureRuns; i++ {
+		err = cErr(C.se_gs_replay(sh, nil, nil, 0, nil, C.int(min(1, i/graphPlainRuns))))
+	}
+	if err != nil {
+		C.se_gs_shape_free(sh)
+		return fmt.Errorf("%w: capturing a CUDA graph of batch %d×%d on %s: %v", ErrRun, rows, cols, g.r.opts.device, err)
+	}
+	g.shapes[cols] = graphShape{c: sh, rows: rows}
+	return nil
+}
+
+// embed replays the captured graph of in.Cols when it has at least in.Rows rows (the rest are
+// padding), and otherwise runs in without a graph.
+func (g *graphSession) embed(in Input, out []float32) error {
+	captureMu.RLock()
+	defer captureMu.RUnlock()
+	ids, mask := (*C.int64_t)(unsafe.Pointer(&in.IDs[0])), (*C.int64_t)(unsafe.Pointer(&in.Mask[0]))
+	dst := (*C.float)(unsafe.Pointer(&out[0]))
+	if s, ok := g.shapes[in.Cols]; ok && in.Rows <= s.rows {
+		return cErr(C.se_gs_replay(s.c, ids, mask, C.int64_t(in.Rows), dst, 1))
+	}
+	return cErr(C.se_gs_run(g.c, ids, mask, C.int64_t(in.Rows), C.int64_t(in.Cols), dst, C.int64_t(g.r.man.EmbeddingDim)))
+}
+
+// graphWarmup captures every shape on every session of the pool.
+func (r *Runner) graphWarmup(ctx context.Context, shapes [][2]int) (time.Duration, error) {
+	start := time.Now()
+	for _, s := range shapes {
+		if err := r.graphs.capture(ctx, s[0], s[1]); err != nil {
+			return time.Since(start), fmt.Errorf("warm-up %d×%d: %w", s[0], s[1], err)
+		}
+	}
+	return time.Since(start), nil
+}
