@@ -46,6 +46,7 @@ type benchResult struct {
 	LatencyP50Ms  float64 `json:"latency_p50_ms"` // e2e: arrival at the worker → acked
 	LatencyP99Ms  float64 `json:"latency_p99_ms"`
 	WarmupSeconds float64 `json:"warmup_seconds"`
+	CUDAGraphs    bool    `json:"cuda_graphs"` // runs replayed CUDA graphs (--cuda-graphs)
 }
 
 func runBenchCmd(ctx context.Context, args []string) error {
@@ -97,8 +98,8 @@ func runBenchCmd(ctx context.Context, args []string) error {
 		fmt.Fprintf(os.Stderr, "bench %s %s inflight=%d, %d worker processes: %.0f residues/s, %.1f seq/s, GPU util %s\n",
 			res.Mode, res.Device, res.Inflight, res.WorkerProcs, res.ResiduesPerSec, res.SequencesPerSec, util)
 	} else {
-		fmt.Fprintf(os.Stderr, "bench %s %s inflight=%d: %.0f residues/s, %.1f seq/s, padding %.3f, runner busy %.1f%%, GPU util %s, p50 %.0f ms, p99 %.0f ms\n",
-			res.Mode, res.Device, res.Inflight, res.ResiduesPerSec, res.SequencesPerSec, res.PaddingEfficiency,
+		fmt.Fprintf(os.Stderr, "bench %s %s inflight=%d cuda-graphs=%t: %.0f residues/s, %.1f seq/s, padding %.3f, runner busy %.1f%%, GPU util %s, p50 %.0f ms, p99 %.0f ms\n",
+			res.Mode, res.Device, res.Inflight, res.CUDAGraphs, res.ResiduesPerSec, res.SequencesPerSec, res.PaddingEfficiency,
 			100*res.RunnerBusy, util, res.LatencyP50Ms, res.LatencyP99Ms)
 	}
 	if len(res.GPUUtilPerDevice) > 0 {
@@ -140,7 +141,7 @@ func benchE2E(ctx context.Context, cfg workerConfig, path string, log *zap.Logge
 	// Residues embedded (after truncation), the same count raw mode reports.
 	res := benchResult{Mode: "e2e", Sequences: sum.Embedded, Residues: st.realTokens - 2*int64(st.rows),
 		Seconds: sum.Processing.Seconds(), Batches: st.batches, RunnerBusy: busy,
-		MeanGapMs: float64(gap.Microseconds()) / 1000, WarmupSeconds: sum.Warmup.Seconds()}
+		MeanGapMs: float64(gap.Microseconds()) / 1000, WarmupSeconds: sum.Warmup.Seconds(), CUDAGraphs: sum.CUDAGraphs}
 	res.PaddingEfficiency = float64(st.realTokens) / float64(max(1, st.paddedTokens))
 	res.LatencyP50Ms, res.LatencyP99Ms = percentileMs(st.latencies, 0.50), percentileMs(st.latencies, 0.99)
 	end := time.Now()
@@ -254,7 +255,7 @@ func benchRaw(ctx context.Context, cfg workerConfig, path string, gpu *gpuMeter,
 	b, _, gap := busy.Snapshot(false)
 	res.RunnerBusy, res.MeanGapMs = b, float64(gap.Microseconds())/1000
 	res.GPUUtil = gpu.mean(start, start.Add(elapsed))
-	res.Model, res.DType = man.Name, man.DType
+	res.Model, res.DType, res.CUDAGraphs = man.Name, man.DType, r.CUDAGraphs()
 	return finish(res, cfg)
 }
 

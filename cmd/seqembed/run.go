@@ -54,6 +54,7 @@ type runSummary struct {
 	Elapsed      time.Duration // everything, model load included
 	Processing   time.Duration // first publish to last record done
 	Warmup       time.Duration
+	CUDAGraphs   bool // the runners replay CUDA graphs
 	Stats        *workerStats
 }
 
@@ -81,7 +82,7 @@ func runJob(ctx context.Context, fastaPath, out string, cfg workerConfig, progre
 		return sum, err
 	}
 	w.stats.collect = cfg.collectLatency
-	sum.Stats, sum.Warmup = w.stats, w.warmup
+	sum.Stats, sum.Warmup, sum.CUDAGraphs = w.stats, w.warmup, w.runner.CUDAGraphs()
 	workerCtx, stopWorker := context.WithCancel(ctx)
 	workerDone := make(chan error, 1)
 	go func() { workerDone <- w.run(workerCtx) }()

@@ -40,6 +40,7 @@ type workerConfig struct {
 	OutStream       string
 	ShutdownTimeout time.Duration
 	CUDAOptions     string
+	CUDAGraphs      string
 
 	collectLatency bool // keep per-record latencies (bench); not a flag
 }
@@ -50,8 +51,11 @@ func (c *workerConfig) runnerOptions(dev gpurun.Device) ([]gpurun.Option, error)
 	if err != nil {
 		return nil, fmt.Errorf("--cuda-options: %w", err)
 	}
+	if _, err := gpurun.ParseCUDAGraphs(c.CUDAGraphs); err != nil {
+		return nil, fmt.Errorf("--cuda-graphs: %w", err)
+	}
 	return []gpurun.Option{gpurun.WithDevice(dev), gpurun.WithThreads(c.Threads), gpurun.WithMaxRows(c.MaxBatchRows),
-		gpurun.WithCUDAProviderOptions(cuda)}, nil
+		gpurun.WithCUDAProviderOptions(cuda), gpurun.WithCUDAGraphs(c.CUDAGraphs), gpurun.WithConcurrentRuns(max(1, c.Inflight))}, nil
 }
 
 func (c *workerConfig) register(fs *flag.FlagSet) {
@@ -68,6 +72,7 @@ func (c *workerConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 4096, "unacked records allowed across all workers of the durable consumer")
 	fs.IntVar(&c.MaxDeliver, "max-deliver", 5, "deliveries of one record before it is given up")
 	fs.StringVar(&c.CUDAOptions, "cuda-options", "", "extra ONNX Runtime CUDA provider options, key=value,... (e.g. sdpa_kernel=8 for cuDNN attention in mha graphs); they override seqembed's own")
+	fs.StringVar(&c.CUDAGraphs, "cuda-graphs", gpurun.GraphsAuto, "CUDA graphs, one per bucket shape captured at warm-up: auto (for --fused mha exports on CUDA), on or off")
 	fs.IntVar(&c.Inflight, "inflight", 2, "batches in flight at once per device (inference and publishing overlap)")
 	fs.StringVar(&c.InStream, "in-stream", "SEQS", "input stream (work queue, subjects seqs.>)")
 	fs.StringVar(&c.OutStream, "out-stream", arrowout.DefaultStreamName, "output stream (subjects embeddings.>)")
@@ -223,7 +228,8 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 			}
 			w.warmup += d
 		}
-		w.log.Info("warm-up done", zap.Int("shapes", len(shapes)), zap.Int("devices", len(w.runners)), zap.Duration("took", w.warmup))
+		w.log.Info("warm-up done", zap.Int("shapes", len(shapes)), zap.Int("devices", len(w.runners)),
+			zap.Bool("cuda_graphs", w.runner.CUDAGraphs()), zap.Duration("took", w.warmup))
 	}
 	if err := startupRetry(ctx, func(ctx context.Context) error { return w.cons.Setup(ctx) }); err != nil {
 		return err
