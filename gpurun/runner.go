@@ -278,8 +278,9 @@ type Input struct {
 }
 
 // Runner runs one ONNX model on one device. Embed is safe for concurrent use: each concurrent call
-// is its own ORT Run (on CUDA, its own stream). Close waits for nothing: callers stop calling
-// Embed first.
+// is its own ORT Run (on CUDA, its own stream); a CUDA-graph runner (WithCUDAGraphs) runs up to
+// WithConcurrentRuns calls at once, one per session, and the rest wait for a free session. Close
+// waits for nothing: callers stop calling Embed first.
 type Runner struct {
 	man     *Manifest
 	opts    options
