@@ -216,13 +216,17 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 	}
 	if cuda {
 		// Every bucket shape at its full row count runs once on every device before the worker
-		// is ready, so no real batch pays for kernel selection or arena growth.
+		// is ready, so no real batch pays for kernel selection or arena growth (CUDA-graph
+		// runners capture each shape's graph instead).
 		var shapes [][2]int
 		for _, b := range w.bat.Buckets() {
 			shapes = append(shapes, [2]int{b.Rows, b.Cols})
 		}
 		for _, r := range w.runners {
 			d, err := r.Warmup(ctx, shapes, w.alloc)
+			if err != nil && r.CUDAGraphs() {
+				return fmt.Errorf("%s: %w (--cuda-graphs off runs the model without CUDA graphs)", r.Device(), err)
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", r.Device(), err)
 			}
