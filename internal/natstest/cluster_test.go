@@ -27,14 +27,32 @@ func TestClusterFailoverBasics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.>"}, Replicas: 3})
-	if err != nil {
-		t.Fatal(err)
+	// A JetStream API request sent while the new cluster settles can go unanswered (seen once in
+	// CI-like runs: CreateStream waited out the test's whole minute), so each try gets 10 s, as
+	// the worker's start-up calls do; both calls are idempotent.
+	retry := func(what string, call func(context.Context) error) {
+		for try := 1; ; try++ {
+			tctx, tcancel := context.WithTimeout(ctx, 10*time.Second)
+			err := call(tctx)
+			tcancel()
+			if err == nil {
+				return
+			}
+			if ctx.Err() != nil || try == 5 {
+				t.Fatalf("%s, try %d: %v", what, try, err)
+			}
+			t.Logf("%s, try %d: %v", what, try, err)
+		}
 	}
-	_, err = s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var s jetstream.Stream
+	retry("creating the R3 stream", func(ctx context.Context) (err error) {
+		s, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.>"}, Replicas: 3})
+		return err
+	})
+	retry("creating the consumer", func(ctx context.Context) error {
+		_, err := s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
+		return err
+	})
 	if _, err := js.Publish(ctx, "t.a", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
