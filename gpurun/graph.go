@@ -128,12 +128,24 @@ func (p *graphPool) embed(ctx context.Context, in Input, out []float32) error {
 	return <-g.reply
 }
 
-// capture captures rows×cols on every session, one after another.
+// capture captures rows×cols on every session, one after another, holding all of them (Embed
+// calls meanwhile wait for a session).
 func (p *graphPool) capture(ctx context.Context, rows, cols int) error {
-	for _, g := range p.sessions {
-		if err := ctx.Err(); err != nil {
-			return err
+	held := make([]*graphSession, 0, len(p.sessions))
+	defer func() {
+		for _, g := range held {
+			p.free <- g
 		}
+	}()
+	for len(held) < len(p.sessions) {
+		select {
+		case g := <-p.free:
+			held = append(held, g)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, g := range held {
 		g.reqs <- graphReq{capture: true, rows: rows, cols: cols}
 		if err := <-g.reply; err != nil {
 			return err
