@@ -82,6 +82,7 @@ type graphSession struct {
 
 	// Owned by the loop goroutine.
 	shapes map[int]graphShape // by cols
+	nextID int                // the next shape's gpu_graph_id
 }
 
 type graphShape struct {
@@ -246,19 +247,21 @@ func (g *graphSession) free() {
 // capture binds buffers for rows×cols (unless a shape of cols with at least rows exists) and runs
 // it graphCaptureRuns times on padding rows, so that ORT captures its graph.
 func (g *graphSession) capture(rows, cols int) error {
-	if s, ok := g.shapes[cols]; ok && s.rows >= rows {
+	old, ok := g.shapes[cols]
+	if ok && old.rows >= rows {
 		return nil
 	}
 	captureMu.Lock()
 	defer captureMu.Unlock()
-	if s, ok := g.shapes[cols]; ok {
-		C.se_gs_shape_free(s.c)
+	if ok {
+		C.se_gs_shape_free(old.c)
 		delete(g.shapes, cols)
 	}
 	ids, mask := make([]int64, rows*cols), make([]int64, rows*cols)
 	padRows(ids, mask, cols)
 	var sh *C.se_gshape
-	id := len(g.shapes) // graph ids only need to be distinct per session
+	id := g.nextID // graph ids only need to be distinct per session; a replaced shape's is not reused
+	g.nextID++
 	err := cErr(C.se_gs_shape(g.c, C.int64_t(rows), C.int64_t(cols), C.int64_t(g.r.man.EmbeddingDim), C.int(id),
 		(*C.int64_t)(unsafe.Pointer(&ids[0])), (*C.int64_t)(unsafe.Pointer(&mask[0])), &sh))
 	for i := 0; err == nil && i < graphPlainRuns+graphCaptureRuns; i++ {
