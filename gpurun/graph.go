@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
-	"time"
 	"unsafe"
 )
 
@@ -286,15 +285,4 @@ func (g *graphSession) embed(in Input, out []float32) error {
 		return cErr(C.se_gs_replay(s.c, ids, mask, C.int64_t(in.Rows), dst, 1))
 	}
 	return cErr(C.se_gs_run(g.c, ids, mask, C.int64_t(in.Rows), C.int64_t(in.Cols), dst, C.int64_t(g.r.man.EmbeddingDim)))
-}
-
-// graphWarmup captures every shape on every session of the pool.
-func (r *Runner) graphWarmup(ctx context.Context, shapes [][2]int) (time.Duration, error) {
-	start := time.Now()
-	for _, s := range shapes {
-		if err := r.graphs.capture(ctx, s[0], s[1]); err != nil {
-			return time.Since(start), fmt.Errorf("warm-up %d×%d: %w", s[0], s[1], err)
-		}
-	}
-	return time.Since(start), nil
 }

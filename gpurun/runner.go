@@ -529,17 +529,18 @@ func (r *Runner) run(ctx context.Context, in Input, out []float32) error {
 // later shape with more rows replaces it), without other CUDA work of this process meanwhile;
 // call it before serving.
 func (r *Runner) Warmup(ctx context.Context, shapes [][2]int, alloc *HostAllocator) (time.Duration, error) {
-	if r.graphs != nil {
-		return r.graphWarmup(ctx, shapes)
-	}
 	start := time.Now()
 	var out []float32
 	for _, s := range shapes {
-		ids, mask := alloc.Alloc(s[0] * s[1])
-		padRows(ids, mask, s[1])
 		var err error
-		out, err = r.Embed(ctx, Input{IDs: ids, Mask: mask, Rows: s[0], Cols: s[1]}, out[:0])
-		alloc.Free(ids, mask)
+		if r.graphs != nil {
+			err = r.graphs.capture(ctx, s[0], s[1])
+		} else {
+			ids, mask := alloc.Alloc(s[0] * s[1])
+			padRows(ids, mask, s[1])
+			out, err = r.Embed(ctx, Input{IDs: ids, Mask: mask, Rows: s[0], Cols: s[1]}, out[:0])
+			alloc.Free(ids, mask)
+		}
 		if err != nil {
 			return time.Since(start), fmt.Errorf("warm-up %d×%d: %w", s[0], s[1], err)
 		}

@@ -224,11 +224,12 @@ func (w *worker) init(ctx context.Context, reg prometheus.Registerer) error {
 		}
 		for _, r := range w.runners {
 			d, err := r.Warmup(ctx, shapes, w.alloc)
-			if err != nil && r.CUDAGraphs() {
-				return fmt.Errorf("%s: %w (--cuda-graphs off runs the model without CUDA graphs)", r.Device(), err)
-			}
 			if err != nil {
-				return fmt.Errorf("%s: %w", r.Device(), err)
+				hint := ""
+				if r.CUDAGraphs() {
+					hint = " (--cuda-graphs off runs the model without CUDA graphs)"
+				}
+				return fmt.Errorf("%s: %w%s", r.Device(), err, hint)
 			}
 			w.warmup += d
 		}
