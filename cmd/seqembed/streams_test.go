@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/internal/natstest"
 )
 
@@ -21,6 +22,21 @@ func TestEnsureStreamsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishRecords(t, js, "m", map[string]string{"a": "MKT", "b": "MKTAY"})
+	// The server counts a consumer's pending messages a moment after the PubAck (a clean-clone CI
+	// run once read 1 of 2): wait until it has, so the state printed below is settled.
+	for {
+		c, err := js.Consumer(ctx, cfg.InStream, consumer.Durable("m"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.CachedInfo().NumPending == 2 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("consumer pending %d, want 2", c.CachedInfo().NumPending)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	cfg.MaxDeliver = 7 // an update, not a conflict
 	if err := ensureStreams(ctx, js, "m", cfg, &second); err != nil {
 		t.Fatal(err)
