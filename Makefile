@@ -8,18 +8,21 @@ export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 BIN := bin/seqembed
 # ONNX Runtime's CPU library, fetched once from the npm registry (onnxruntime-node@1.29.0).
 ORT_LIB = $(shell scripts/fetch-ort.sh)
+# Go tools, installed from the module proxy at pinned versions into .cache/bin.
+TOOLS := $(CURDIR)/.cache/bin
+STATICCHECK_VERSION := v0.8.2
+XTOOLS_VERSION := v0.52.0
 
-.PHONY: demo test build ort vet vuln bench bench-data clean soak
+.PHONY: demo test build ort lint tools vet vuln bench bench-data clean soak
 
 ## demo: fetch ONNX Runtime, build, embed the 500 sample proteins with the tiny model on the CPU
 demo: build ort
 	@mkdir -p out
 	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) ./$(BIN) run testdata/sample/query500.fasta.gz --out out/demo.parquet
 
-## test: go vet and every test (race detector) with a real in-process NATS server and ORT
-test: ort
-	$(GO) vet ./...
-	$(GO) vet -tags noplot ./cmd/seqembed
+## test: lint (vet, staticcheck, deadcode), govulncheck, and every test (race detector) with a
+## real in-process NATS server and ORT
+test: ort lint
 	scripts/govulncheck.sh
 	scripts/check-compose.sh
 	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) $(GO) test -race -count=1 ./...
@@ -28,8 +31,21 @@ test: ort
 vuln:
 	scripts/govulncheck.sh
 
+## lint: go vet, staticcheck and deadcode (which must report nothing)
+lint: tools
+	$(GO) vet ./...
+	$(TOOLS)/staticcheck ./...
+	@out=$$($(TOOLS)/deadcode -test ./...); if [ -n "$$out" ]; then echo "deadcode: unreachable functions:"; echo "$$out"; exit 1; fi; echo "deadcode: none"
+
+tools: $(TOOLS)/staticcheck $(TOOLS)/deadcode
+$(TOOLS)/staticcheck:
+	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(TOOLS)/deadcode:
+	GOBIN=$(TOOLS) $(GO) install golang.org/x/tools/cmd/deadcode@$(XTOOLS_VERSION)
+
 build:
 	$(GO) build -o $(BIN) ./cmd/seqembed
+	$(GO) build -o bin/seqembed-lab ./cmd/seqembed-lab
 
 ort:
 	@scripts/fetch-ort.sh >/dev/null
@@ -41,7 +57,7 @@ bench: ort
 ## soak: chaos soak (not part of test): 3-node in-process cluster, worker SIGKILLs, a node
 ## shutdown, a consumer stepdown; 1,000,000 records with the tiny model; fails if anything is lost
 soak: build ort
-	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) ./$(BIN) soak --records 1000000
+	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) ./bin/seqembed-lab soak --seqembed ./$(BIN) --records 1000000
 
 ## bench-data: 20,000 real proteins (Debian mmseqs2-examples) and an 8,000-record xz subset
 bench-data:

@@ -93,7 +93,6 @@ func WithAllocator(mem memory.Allocator) EncoderOption {
 // An Encoder is NOT safe for concurrent use; use one per goroutine (they are
 // cheap) or guard it with a mutex.
 type Encoder struct {
-	meta      Meta
 	schema    *arrow.Schema
 	dim       int
 	mem       memory.Allocator
@@ -130,7 +129,7 @@ func NewEncoder(m Meta, opts ...EncoderOption) (*Encoder, error) {
 			return nil, err
 		}
 	}
-	e := &Encoder{meta: m, schema: Schema(m), dim: m.Dim, mem: cfg.mem}
+	e := &Encoder{schema: Schema(m), dim: m.Dim, mem: cfg.mem}
 
 	sp := ipc.GetSchemaPayload(e.schema, e.mem)
 	defer sp.Release()
@@ -147,9 +146,6 @@ func NewEncoder(m Meta, opts ...EncoderOption) (*Encoder, error) {
 	e.overhead = len(empty)
 	return e, nil
 }
-
-// Meta returns the Meta the Encoder was built with.
-func (e *Encoder) Meta() Meta { return e.meta }
 
 // Schema returns the schema of every stream the Encoder writes. Callers
 // must not modify it.

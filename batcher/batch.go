@@ -28,6 +28,8 @@ type Item struct {
 // Batch is one padded, tokenised batch. InputIDs and Mask are Rows*Cols
 // row-major; row i belongs to Items[i] and Rows == len(Items).
 //
+// A Batch whose Err is set has no buffers: the Allocator failed (see Err).
+//
 // A Batch belongs to the goroutine that received it from Out, which must
 // call Release when done with the buffers. A Batch must not be copied.
 type Batch struct {
@@ -39,6 +41,13 @@ type Batch struct {
 	Tokens     int       // real tokens: sum of len(Residues)+2
 	Oldest     time.Time // earliest Arrived among Items
 	Reason     string    // "full" | "linger" | "drain"
+	// Err is nil, or the reason the batch has no buffers: the Allocator
+	// could not supply them (the error wraps ErrAlloc and the Allocator's
+	// error). Such a batch is emitted like any other, with every field but
+	// InputIDs and Mask (nil) set, so that the consumer gets its Items back
+	// and decides their fate (nak them for redelivery, say); it must not be
+	// run. Release is a no-op on it.
+	Err error
 
 	alloc    Allocator
 	released atomic.Bool
@@ -50,6 +59,10 @@ const (
 	ReasonLinger = "linger" // the bucket's oldest item waited MaxWait
 	ReasonDrain  = "drain"  // Handle.Drain flushed the bucket
 )
+
+// Reasons lists every reason a batch is emitted for: the label set of a metric by reason
+// (telemetry takes it from here rather than keeping its own copy).
+var Reasons = []string{ReasonFull, ReasonLinger, ReasonDrain}
 
 // PaddingEfficiency returns Tokens / (Rows*Cols): 1 means no padding.
 func (b *Batch) PaddingEfficiency() float64 {
@@ -73,12 +86,15 @@ func (b *Batch) Release() {
 
 // Allocator supplies the token buffers of batches, so that the GPU runtime
 // can hand out pinned C memory. Alloc returns two slices of exactly n
-// elements, with any contents (the batcher overwrites all of them); Free
-// gives them back once the batch is done. Alloc is called from the
+// elements, with any contents (the batcher overwrites all of them), or an
+// error when it has no memory for them (then no slices: there is nothing
+// to Free); the batch is then emitted with Err set (see Batch.Err). Free
+// gives the slices back once the batch is done. Alloc is called from the
 // batcher's goroutine and Free from whichever goroutine releases the batch,
-// so an Allocator must be safe for concurrent use.
+// so an Allocator must be safe for concurrent use. Alloc is on the
+// batcher's hot path: an Allocator should reuse buffers, not allocate anew.
 type Allocator interface {
-	Alloc(n int) (ids, mask []int64)
+	Alloc(n int) (ids, mask []int64, err error)
 	Free(ids, mask []int64)
 }
 
@@ -102,10 +118,12 @@ type bufPair struct{ ids, mask []int64 }
 func NewGoAllocator() *GoAllocator { return &GoAllocator{} }
 
 // Alloc returns two slices of length n, reused from the free list when one
-// of the right size class is there. Contents are unspecified.
-func (a *GoAllocator) Alloc(n int) (ids, mask []int64) {
+// of the right size class is there. Contents are unspecified. It never
+// returns an error (the Go runtime ends the process when the heap cannot
+// grow); n ≤ 0 gives nil slices.
+func (a *GoAllocator) Alloc(n int) (ids, mask []int64, err error) {
 	if n <= 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	class := bits.Len(uint(n - 1))
 	a.mu.Lock()
@@ -114,11 +132,11 @@ func (a *GoAllocator) Alloc(n int) (ids, mask []int64) {
 		list[len(list)-1] = bufPair{}
 		a.free[class] = list[:len(list)-1]
 		a.mu.Unlock()
-		return p.ids[:n], p.mask[:n]
+		return p.ids[:n], p.mask[:n], nil
 	}
 	a.mu.Unlock()
 	size := 1 << class
-	return make([]int64, n, size), make([]int64, n, size)
+	return make([]int64, n, size), make([]int64, n, size), nil
 }
 
 // Free puts a pair from Alloc back on the free list. Slices that did not

@@ -160,7 +160,10 @@ func addError(it Item, err error) error {
 func (b *Batcher) closeInput() {
 	b.closeOnce.Do(func() {
 		close(b.closing)
-		b.inMu.Lock() // waits for the Adds in flight, which closing wakes
+		// Taking the lock waits for the Adds in flight, which closing wakes;
+		// the lock guards no data, it is this barrier.
+		b.inMu.Lock()
+		//lint:ignore SA2001 the empty critical section is the barrier
 		b.inMu.Unlock()
 	})
 }
@@ -394,9 +397,10 @@ func (l *loop) flushBuckets(reason string, pick func(*bucket) bool) bool {
 	return true
 }
 
-// emit sends the n oldest items of bk as one batch, waiting for the
-// consumer unless Stop or the context ends the wait; then the batch is
-// released, its items kept for Pending, and emit returns false.
+// emit sends the n oldest items of bk as one batch (with Err set if its
+// buffers could not be allocated), waiting for the consumer unless Stop or
+// the context ends the wait; then the batch is released, its items kept for
+// Pending, and emit returns false.
 func (l *loop) emit(bk *bucket, n int, reason string) bool {
 	batch := l.build(bk, n, reason)
 	select {
@@ -413,13 +417,10 @@ func (l *loop) emit(bk *bucket, n int, reason string) bool {
 
 // build takes the n oldest items out of bk and tokenises them straight into
 // buffers from the allocator: each row is <cls> residues <eos> then PadID,
-// its mask 1 then 0, every element written once.
+// its mask 1 then 0, every element written once. If the allocator fails,
+// the batch carries the error in Err instead of buffers.
 func (l *loop) build(bk *bucket, n int, reason string) *Batch {
 	cols := bk.Cols
-	ids, mask := l.b.alloc.Alloc(n * cols)
-	if len(ids) != n*cols || len(mask) != n*cols {
-		panic(fmt.Sprintf("batcher: Allocator.Alloc(%d) returned %d ids and %d mask elements", n*cols, len(ids), len(mask)))
-	}
 	items := slices.Clone(bk.items[:n])
 	rest := copy(bk.items, bk.items[n:])
 	clear(bk.items[rest:]) // drop references held by the spare capacity
@@ -428,26 +429,36 @@ func (l *loop) build(bk *bucket, n int, reason string) *Batch {
 
 	tokens := 0
 	for r := range items {
+		tokens += len(items[r].Residues) + 2
+	}
+	batch := &Batch{
+		Seq:    l.seq + 1,
+		Items:  items,
+		Rows:   n,
+		Cols:   cols,
+		Tokens: tokens,
+		Oldest: items[0].Arrived,
+		Reason: reason,
+	}
+	ids, mask, err := l.b.alloc.Alloc(n * cols)
+	if err == nil && (len(ids) != n*cols || len(mask) != n*cols) {
+		l.b.alloc.Free(ids, mask)
+		err = fmt.Errorf("the allocator returned %d ids and %d mask elements for %d", len(ids), len(mask), n*cols)
+	}
+	if err != nil {
+		batch.Err = fmt.Errorf("%w: batch %d (%d×%d): %w", ErrAlloc, batch.Seq, n, cols, err)
+		return batch
+	}
+	for r := range items {
 		k := len(items[r].Residues) + 2
 		row, m := ids[r*cols:(r+1)*cols], mask[r*cols:(r+1)*cols]
 		l.b.tok.Encode(row, items[r].Residues)
 		copy(row[k:], l.b.padRow)
 		copy(m[:k], l.b.oneRow)
 		clear(m[k:])
-		tokens += k
 	}
-	return &Batch{
-		Seq:      l.seq + 1,
-		Items:    items,
-		Rows:     n,
-		Cols:     cols,
-		InputIDs: ids,
-		Mask:     mask,
-		Tokens:   tokens,
-		Oldest:   items[0].Arrived,
-		Reason:   reason,
-		alloc:    l.b.alloc,
-	}
+	batch.InputIDs, batch.Mask, batch.alloc = ids, mask, l.b.alloc
+	return batch
 }
 
 // arm sets the timer to fire at deadline d.

@@ -9,11 +9,19 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
+
+	"github.com/seqembed/seqembed/internal/testutil"
 )
 
 // wait bounds every wait for something that must happen; tests never
 // assert an upper bound on elapsed time, this only keeps a bug from hanging.
+//
+// Tests that must see a goroutine blocked (an Add waiting for room, a loop
+// waiting on its consumer) run in a synctest bubble: synctest.Wait returns
+// once every other goroutine of the bubble is blocked, so "still blocked" is
+// observed, never assumed after a sleep; time there is synctest's clock.
 const wait = 10 * time.Second
 
 func newBatcher(t *testing.T, maxLen int, opts ...Option) *Batcher {
@@ -424,7 +432,7 @@ func TestStopWhileBlockedOnOut(t *testing.T) {
 	h := b.Start(context.Background())
 	mustAdd(t, b, item("a", 10), item("b", 10))
 	// Nobody reads Out: the loop builds batch "a" and blocks sending it.
-	waitFor(t, func() bool { return alloc.outstanding() == 1 })
+	testutil.EventuallyTrue(t, wait, "batch a built", func() bool { return alloc.outstanding() == 1 })
 	h.Stop()
 	waitDone(t, h)
 	var ids []string
@@ -458,71 +466,85 @@ func TestContextCancelActsLikeStop(t *testing.T) {
 }
 
 func TestAddBlocksWhenQueueFull(t *testing.T) {
-	b := newBatcher(t, DefaultMaxLen, WithQueueSize(1))
-	mustAdd(t, b, item("a", 10)) // fills the queue; no loop yet
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	err := b.Add(ctx, item("b", 10))
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), `"b"`) {
-		t.Fatalf("Add on a full queue = %v, want wrapped DeadlineExceeded naming the item", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		b := newBatcher(t, DefaultMaxLen, WithQueueSize(1))
+		mustAdd(t, b, item("a", 10)) // fills the queue; no loop yet
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		err := b.Add(ctx, item("b", 10))
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), `"b"`) {
+			t.Fatalf("Add on a full queue = %v, want wrapped DeadlineExceeded naming the item", err)
+		}
+		if waited := time.Since(start); waited != 20*time.Millisecond {
+			t.Fatalf("Add returned after %v, want at its 20ms deadline", waited)
+		}
+	})
 }
 
 func TestBackpressureFromSlowConsumer(t *testing.T) {
-	// One row per batch, no output buffer, queue of 1: with nobody reading
-	// Out, the loop blocks sending batch 1, item 2 fills the queue and the
-	// Add of item 3 has to wait.
-	b := newBatcher(t, DefaultMaxLen, WithMaxBatchRows(1), WithOutputSize(0), WithQueueSize(1))
-	h := b.Start(context.Background())
-	mustAdd(t, b, item("1", 10), item("2", 10))
-	addCtx, cancelAdd := context.WithCancel(context.Background())
-	res := make(chan error, 4)
-	go func() {
-		for _, id := range []string{"3", "4"} {
-			if err := b.Add(addCtx, item(id, 10)); err != nil {
-				res <- err
-				return
+	synctest.Test(t, func(t *testing.T) {
+		// One row per batch, no output buffer, queue of 1: with nobody reading
+		// Out, the loop blocks sending batch 1, item 2 fills the queue and the
+		// Add of item 3 has to wait.
+		b := newBatcher(t, DefaultMaxLen, WithMaxBatchRows(1), WithOutputSize(0), WithQueueSize(1))
+		h := b.Start(context.Background())
+		mustAdd(t, b, item("1", 10), item("2", 10))
+		addCtx, cancelAdd := context.WithCancel(context.Background())
+		res := make(chan error, 4)
+		go func() {
+			for _, id := range []string{"3", "4"} {
+				if err := b.Add(addCtx, item(id, 10)); err != nil {
+					res <- err
+					return
+				}
+			}
+			res <- nil
+		}()
+		synctest.Wait() // the loop and the producer are both blocked now
+		select {
+		case err := <-res:
+			t.Fatalf("Add returned %v while the pipeline is full", err)
+		default:
+		}
+		cancelAdd()
+		if err := <-res; !errors.Is(err, context.Canceled) {
+			t.Fatalf("blocked Add = %v, want wrapped context.Canceled", err)
+		}
+		// Reading Out releases the pressure.
+		for want := 1; want <= 2; want++ {
+			if batch := next(t, b); batch.Items[0].ID != fmt.Sprint(want) {
+				t.Fatalf("batch %d holds %s", want, batch.Items[0].ID)
 			}
 		}
-		res <- nil
-	}()
-	time.Sleep(20 * time.Millisecond) // give a wrongly non-blocking Add the chance to return
-	select {
-	case err := <-res:
-		t.Fatalf("Add returned %v while the pipeline is full", err)
-	default:
-	}
-	cancelAdd()
-	if err := <-res; !errors.Is(err, context.Canceled) {
-		t.Fatalf("blocked Add = %v, want wrapped context.Canceled", err)
-	}
-	// Reading Out releases the pressure.
-	for want := 1; want <= 2; want++ {
-		if batch := next(t, b); batch.Items[0].ID != fmt.Sprint(want) {
-			t.Fatalf("batch %d holds %s", want, batch.Items[0].ID)
-		}
-	}
-	h.Stop()
+		h.Stop()
+		waitDone(t, h)
+	})
 }
 
 func TestBlockedAddReturnsErrClosed(t *testing.T) {
-	b := newBatcher(t, DefaultMaxLen, WithQueueSize(0), WithOutputSize(0), WithMaxBatchRows(1))
-	h := b.Start(context.Background())
-	if h2 := b.Start(context.Background()); h2 != h {
-		t.Fatal("second Start returned another Handle")
-	}
-	mustAdd(t, b, item("a", 10)) // the loop takes it and blocks sending its batch
-	res := make(chan error)
-	go func() { res <- b.Add(context.Background(), item("b", 10)) }()
-	time.Sleep(10 * time.Millisecond) // let Add block (ErrClosed either way)
-	h.Stop()
-	if err := <-res; !errors.Is(err, ErrClosed) {
-		t.Fatalf("Add blocked across Stop = %v, want ErrClosed", err)
-	}
-	waitDone(t, h)
-	if p := h.Pending(); len(p) != 1 || p[0].ID != "a" {
-		t.Fatalf("Pending = %v, want [a]", p)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		b := newBatcher(t, DefaultMaxLen, WithQueueSize(0), WithOutputSize(0), WithMaxBatchRows(1))
+		h := b.Start(context.Background())
+		if h2 := b.Start(context.Background()); h2 != h {
+			t.Fatal("second Start returned another Handle")
+		}
+		mustAdd(t, b, item("a", 10)) // the loop takes it and blocks sending its batch
+		res := make(chan error, 1)
+		go func() { res <- b.Add(context.Background(), item("b", 10)) }()
+		synctest.Wait()
+		if len(res) != 0 {
+			t.Fatalf("Add of b returned %v with the loop blocked on its consumer", <-res)
+		}
+		h.Stop()
+		if err := <-res; !errors.Is(err, ErrClosed) {
+			t.Fatalf("Add blocked across Stop = %v, want ErrClosed", err)
+		}
+		waitDone(t, h)
+		if p := h.Pending(); len(p) != 1 || p[0].ID != "a" {
+			t.Fatalf("Pending = %v, want [a]", p)
+		}
+	})
 }
 
 func TestAddRejects(t *testing.T) {
@@ -738,31 +760,142 @@ func TestZeroMaxWaitEmitsPromptly(t *testing.T) {
 	}
 }
 
+// TestAllocFailure: a batch whose buffers the Allocator cannot supply is
+// emitted in its turn with Err (wrapping ErrAlloc and the Allocator's
+// error), its items and no buffers; batching goes on, the next batch asks
+// the Allocator again, and a drain flushes failed remainders the same way.
+func TestAllocFailure(t *testing.T) {
+	alloc := newCountingAlloc()
+	noMem := errors.New("no pinned memory left")
+	alloc.setFail(noMem)
+	b := newBatcher(t, DefaultMaxLen, WithMaxBatchRows(2), WithMaxWait(time.Hour), WithAllocator(alloc))
+	h := b.Start(context.Background())
+	mustAdd(t, b, item("a", 10), item("b", 20))
+	failed := next(t, b)
+	var ids []string
+	for _, it := range failed.Items {
+		ids = append(ids, it.ID)
+	}
+	if !errors.Is(failed.Err, ErrAlloc) || !errors.Is(failed.Err, noMem) || failed.InputIDs != nil || failed.Mask != nil {
+		t.Fatalf("batch after a failed Alloc: Err %v, %d ids, %d mask; want ErrAlloc wrapping the allocator's error, no buffers",
+			failed.Err, len(failed.InputIDs), len(failed.Mask))
+	}
+	if failed.Seq != 1 || failed.Rows != 2 || failed.Cols != 64 || failed.Reason != ReasonFull || failed.Tokens != 34 ||
+		!slices.Equal(ids, []string{"a", "b"}) || !failed.Oldest.Equal(failed.Items[0].Arrived) {
+		t.Fatalf("failed batch %d: %d×%d %s, %d tokens, items %v", failed.Seq, failed.Rows, failed.Cols, failed.Reason, failed.Tokens, ids)
+	}
+	failed.Release() // nothing to give back
+	failed.Release()
+
+	alloc.setFail(nil)
+	mustAdd(t, b, item("c", 10), item("d", 10))
+	ok := next(t, b)
+	checkBatch(t, b, ok)
+	if ok.Err != nil || ok.Seq != 2 || ok.Items[0].ID != "c" {
+		t.Fatalf("batch after the allocator recovered: Seq %d, Err %v, first item %s", ok.Seq, ok.Err, ok.Items[0].ID)
+	}
+	ok.Release()
+
+	alloc.setFail(noMem)
+	mustAdd(t, b, item("e", 10))
+	rest := drainAll(t, b, h)
+	if len(rest) != 1 || !errors.Is(rest[0].Err, ErrAlloc) || rest[0].Reason != ReasonDrain || rest[0].Items[0].ID != "e" {
+		t.Fatalf("drain with a failing allocator: %d batches, want one drain batch of e with ErrAlloc", len(rest))
+	}
+	if p := h.Pending(); len(p) != 0 {
+		t.Fatalf("Pending = %d items after a drain: a failed batch's items are the consumer's", len(p))
+	}
+	if alloc.outstanding() != 0 || alloc.allocs() != 1 || alloc.doubleFree {
+		t.Fatalf("%d outstanding, %d allocations (want 0, 1), double free %v", alloc.outstanding(), alloc.allocs(), alloc.doubleFree)
+	}
+}
+
+// shortAlloc returns one element too few and counts what it is given back.
+type shortAlloc struct {
+	mu    sync.Mutex
+	freed int
+}
+
+func (a *shortAlloc) Alloc(n int) (ids, mask []int64, err error) {
+	return make([]int64, n-1), make([]int64, n-1), nil
+}
+
+func (a *shortAlloc) Free(ids, mask []int64) {
+	a.mu.Lock()
+	a.freed++
+	a.mu.Unlock()
+}
+
+// TestAllocWrongLength: slices of the wrong length are an allocation
+// failure too (never an out-of-range write), and go back to the allocator.
+func TestAllocWrongLength(t *testing.T) {
+	alloc := &shortAlloc{}
+	b := newBatcher(t, DefaultMaxLen, WithMaxWait(time.Hour), WithAllocator(alloc))
+	h := b.Start(context.Background())
+	mustAdd(t, b, item("a", 10))
+	batches := drainAll(t, b, h)
+	if len(batches) != 1 || !errors.Is(batches[0].Err, ErrAlloc) || !strings.Contains(batches[0].Err.Error(), "63 ids") {
+		t.Fatalf("short buffers: %d batches, Err %v; want one with ErrAlloc naming the length", len(batches), batches[0].Err)
+	}
+	alloc.mu.Lock()
+	defer alloc.mu.Unlock()
+	if alloc.freed != 1 {
+		t.Fatalf("short buffers freed %d times, want 1", alloc.freed)
+	}
+}
+
+// TestStopWhileBlockedOnFailedBatch: a failed batch the consumer never takes
+// goes to Pending like any other.
+func TestStopWhileBlockedOnFailedBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		alloc := newCountingAlloc()
+		alloc.setFail(errors.New("no memory"))
+		b := newBatcher(t, DefaultMaxLen, WithMaxBatchRows(1), WithOutputSize(0), WithAllocator(alloc))
+		h := b.Start(context.Background())
+		mustAdd(t, b, item("a", 10))
+		synctest.Wait() // the loop is blocked sending a's failed batch
+		h.Stop()
+		waitDone(t, h)
+		if p := h.Pending(); len(p) != 1 || p[0].ID != "a" {
+			t.Fatalf("Pending = %v, want [a]", p)
+		}
+	})
+}
+
 func TestGoAllocatorReuse(t *testing.T) {
 	a := NewGoAllocator()
-	ids, mask := a.Alloc(100)
+	alloc := func(n int) (ids, mask []int64) {
+		t.Helper()
+		ids, mask, err := a.Alloc(n)
+		if err != nil {
+			t.Fatalf("Alloc(%d): %v", n, err)
+		}
+		return ids, mask
+	}
+	ids, mask := alloc(100)
 	if len(ids) != 100 || len(mask) != 100 {
 		t.Fatalf("Alloc(100) gave %d, %d", len(ids), len(mask))
 	}
 	a.Free(ids, mask)
-	ids2, mask2 := a.Alloc(90) // same size class
+	ids2, mask2 := alloc(90) // same size class
 	if len(ids2) != 90 || len(mask2) != 90 || &ids2[0] != &ids[0] || &mask2[0] != &mask[0] {
 		t.Fatal("Alloc after Free did not reuse the buffers")
 	}
-	ids3, _ := a.Alloc(90)
+	ids3, _ := alloc(90)
 	if &ids3[0] == &ids[0] {
 		t.Fatal("a buffer in use was handed out twice")
 	}
 	a.Free(make([]int64, 100), make([]int64, 100)) // foreign: ignored
-	if x, _ := a.Alloc(100); cap(x) != 128 {
+	if x, _ := alloc(100); cap(x) != 128 {
 		t.Fatalf("foreign buffer reused: cap %d", cap(x))
 	}
-	if x, y := a.Alloc(0); x != nil || y != nil {
+	if x, y := alloc(0); x != nil || y != nil {
 		t.Fatal("Alloc(0) returned buffers")
 	}
 }
 
-// countingAlloc is a GoAllocator that counts and checks Alloc/Free pairs.
+// countingAlloc is a GoAllocator that counts and checks Alloc/Free pairs,
+// and fails every Alloc while setFail has set an error.
 type countingAlloc struct {
 	inner      *GoAllocator
 	garbage    int64 // if non-zero, fill fresh buffers with it
@@ -770,14 +903,29 @@ type countingAlloc struct {
 	live       map[*int64]bool
 	total      int
 	doubleFree bool
+	fail       error
 }
 
 func newCountingAlloc() *countingAlloc {
 	return &countingAlloc{inner: NewGoAllocator(), live: map[*int64]bool{}}
 }
 
-func (a *countingAlloc) Alloc(n int) (ids, mask []int64) {
-	ids, mask = a.inner.Alloc(n)
+func (a *countingAlloc) setFail(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.fail = err
+}
+
+func (a *countingAlloc) Alloc(n int) (ids, mask []int64, err error) {
+	a.mu.Lock()
+	fail := a.fail
+	a.mu.Unlock()
+	if fail != nil {
+		return nil, nil, fail
+	}
+	if ids, mask, err = a.inner.Alloc(n); err != nil {
+		return nil, nil, err
+	}
 	if a.garbage != 0 {
 		for i := range ids {
 			ids[i], mask[i] = a.garbage, a.garbage
@@ -787,7 +935,7 @@ func (a *countingAlloc) Alloc(n int) (ids, mask []int64) {
 	defer a.mu.Unlock()
 	a.live[&ids[0]] = true
 	a.total++
-	return ids, mask
+	return ids, mask, nil
 }
 
 func (a *countingAlloc) Free(ids, mask []int64) {
@@ -810,15 +958,4 @@ func (a *countingAlloc) allocs() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.total
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached")
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

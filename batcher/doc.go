@@ -18,6 +18,14 @@
 //   - [Allocator] supplies the InputIDs/Mask buffers, so a GPU runtime can
 //     hand out pinned memory; [GoAllocator] is the Go-heap default.
 //
+// When the Allocator cannot supply a batch's buffers (Alloc returns an
+// error), the batcher neither crashes nor keeps the items: the batch is
+// emitted as usual, in its turn and with its Seq, but without buffers and
+// with [Batch.Err] set (wrapping [ErrAlloc] and the Allocator's error). The
+// consumer must check Err before running a batch; the Items of a failed
+// batch are its to hand back (nak them, so that they are redelivered).
+// Batching goes on: the next batch asks the Allocator again.
+//
 // Shutdown goes through the [Handle]: Drain flushes everything that was
 // accepted, Stop (or cancelling the Start context) exits at once and leaves
 // the unsent items in [Handle.Pending] for the caller to nak.

@@ -22,6 +22,9 @@ var (
 	// ErrOption is wrapped by every option validation error; the message
 	// names the option and the rejected value.
 	ErrOption = errors.New("batcher: invalid option")
+	// ErrAlloc is wrapped by Batch.Err when the Allocator could not supply
+	// a batch's buffers (it failed, or returned slices of the wrong length).
+	ErrAlloc = errors.New("batcher: buffer allocation failed")
 )
 
 // ResidueError describes the first byte of a sequence that the Tokenizer

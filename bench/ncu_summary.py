@@ -2,9 +2,11 @@
 """Summarise `ncu --csv --page raw --metrics gpu__time_duration.sum` output: GPU time by kernel
 family (GEMM, attention, LayerNorm, GELU, rotary, elementwise, copies, other) and the top kernels.
 
-    python3 bench/ncu_summary.py ncu.csv
+    python3 bench/ncu_summary.py ncu.csv            # a table
+    python3 bench/ncu_summary.py --json ncu.csv     # one JSON object (bench/gpu.sh's profile mode)
 """
 import csv
+import json
 import re
 import sys
 from collections import defaultdict
@@ -29,10 +31,12 @@ def family(name):
     return "other"
 
 
-def main(path):
+def summarise(path):
     with open(path, newline="") as f:
         lines = [l for l in f if l.startswith('"')]
     rows = list(csv.reader(lines))
+    if not rows:
+        raise SystemExit(f"ncu_summary: no CSV rows in {path}")
     head = rows[0]
     name_col = head.index("Kernel Name")
     time_col = head.index("gpu__time_duration.sum")
@@ -49,13 +53,30 @@ def main(path):
         by_kernel[k] += t
         count[k] += 1
     total = sum(by_fam.values())
-    print(f"{len(data)} kernels, {total / 1e6:.1f} ms GPU time")
-    for fam, t in sorted(by_fam.items(), key=lambda x: -x[1]):
-        print(f"  {fam:15s} {100 * t / total:5.1f} %  {t / 1e6:8.2f} ms")
+    if not data or total <= 0:
+        raise SystemExit(f"ncu_summary: no kernel times in {path}")
+    return {"kernels": len(data), "gpu_ms": round(total / 1e6, 3),
+            "families": {fam: round(100 * t / total, 2) for fam, t in sorted(by_fam.items(), key=lambda x: -x[1])},
+            "top": [{"share": round(100 * t / total, 2), "n": count[k], "kernel": k}
+                    for k, t in sorted(by_kernel.items(), key=lambda x: -x[1])[:14]]}
+
+
+def main(argv):
+    as_json = "--json" in argv
+    paths = [a for a in argv if a != "--json"]
+    if len(paths) != 1:
+        raise SystemExit("usage: ncu_summary.py [--json] NCU.csv")
+    s = summarise(paths[0])
+    if as_json:
+        print(json.dumps(s))
+        return
+    print(f"{s['kernels']} kernels, {s['gpu_ms']:.1f} ms GPU time")
+    for fam, share in s["families"].items():
+        print(f"  {fam:15s} {share:5.1f} %  {share * s['gpu_ms'] / 100:8.2f} ms")
     print("top kernels:")
-    for k, t in sorted(by_kernel.items(), key=lambda x: -x[1])[:14]:
-        print(f"  {100 * t / total:5.1f} %  n={count[k]:4d}  {k}")
+    for k in s["top"]:
+        print(f"  {k['share']:5.1f} %  n={k['n']:4d}  {k['kernel']}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

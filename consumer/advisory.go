@@ -12,6 +12,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/internal/retry"
 )
 
 // maxDeliveriesPrefix is the subject prefix of the server's max-deliveries advisories; the full
@@ -28,11 +30,12 @@ func MaxDeliveriesSubject(stream, consumer string) string {
 // goroutine of a watcher.
 const advisoryBuffer = 1024
 
-// publishAttempts and publishBackoff bound the retries of the dead-letter copy of one record.
-const (
-	publishAttempts = 3
-	publishBackoff  = 250 * time.Millisecond
-)
+// dlqCopyRetry is how the dead-letter copy of a max-delivered record is retried: 3 tries in all,
+// waiting 250 ms then 500 ms (a leader election or a brief outage of the stream is ridden out; a
+// stream that stays full is not, and the original stays in place for a later advisory or a call
+// of DeadLetterMaxDelivered), each try bounded by 5 s (the JetStream API's default timeout).
+// Every error is retried: the copy's Nats-Msg-Id makes a repeat of a stored copy a duplicate.
+var dlqCopyRetry = retry.Policy{Initial: 250 * time.Millisecond, Max: 500 * time.Millisecond, Tries: 3, PerTry: 5 * time.Second}
 
 // maxDeliveriesAdvisory is the part of io.nats.jetstream.advisory.v1.max_deliver that is used.
 type maxDeliveriesAdvisory struct {
@@ -178,8 +181,9 @@ func (c *Consumer) watch(ctx context.Context, h *AdvisoryHandle, stream jetstrea
 // with headers Seqembed-Error, Seqembed-Reason (ReasonMaxDeliveries), Seqembed-Stream-Seq and
 // Nats-Msg-Id "dlq:<model>:<seq>" (the original's other headers, Seq-Id included, are kept, except
 // Nats-*), and after the PubAck deleted from the stream. A record that is already gone (dead-lettered
-// by another worker, or acked late) is success. If the copy fails the original stays and the error
-// (ErrDeadLetter) is returned. The Observer counts only a copy the stream stored (not duplicates).
+// by another worker, or acked late) is success. The copy is tried 3 times, 250 ms then 500 ms
+// apart; if it still fails the original stays and the error (ErrDeadLetter) is returned. The
+// Observer counts only a copy the stream stored (not duplicates).
 func (c *Consumer) DeadLetterMaxDelivered(ctx context.Context, seq, deliveries uint64) error {
 	stream, err := c.js.Stream(ctx, c.opts.stream)
 	if err != nil {
@@ -207,17 +211,15 @@ func (c *Consumer) deadLetterSeq(ctx context.Context, stream jetstream.Stream, s
 	out := dlqCopy(c.model, raw.Data, raw.Header, ReasonMaxDeliveries, msgErr, seq)
 
 	var ack *jetstream.PubAck
-	for attempt := 1; ; attempt++ {
-		ack, err = c.js.PublishMsg(ctx, out)
-		if err == nil || attempt == publishAttempts || ctx.Err() != nil {
-			break
-		}
-		log.Warn("max-deliveries dead-letter copy; retrying", zap.String("id", id), zap.Uint64("stream_seq", seq), zap.Error(err))
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Duration(attempt) * publishBackoff):
-		}
+	pol := dlqCopyRetry
+	pol.OnRetry = func(try int, err error, wait time.Duration) {
+		log.Warn("max-deliveries dead-letter copy; retrying", zap.String("id", id), zap.Uint64("stream_seq", seq),
+			zap.Int("try", try), zap.Duration("wait", wait), zap.Error(err))
 	}
+	err = retry.Do(ctx, pol, func(ctx context.Context) (err error) {
+		ack, err = c.js.PublishMsg(ctx, out)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("%w: record %q at stream seq %d (%s), original left in the stream: %w",
 			ErrDeadLetter, id, seq, ReasonMaxDeliveries, err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/internal/testutil"
 )
 
 // countObs counts DeadLettered calls by reason.
@@ -42,21 +43,10 @@ func (o *countObs) count(reason string) int {
 	return o.dead[reason]
 }
 
-// eventually polls cond until it holds or the (generous) deadline passes.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s: %s", what, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// waitBudget bounds the waits on the server's redeliveries and advisories: with a 300 ms AckWait
+// and MaxDeliver 2 a record is dead-lettered within about a second; this is many times that for
+// a loaded 2-core machine.
+const waitBudget = 30 * time.Second
 
 // nakAll naks every record the handle delivers and counts deliveries per id.
 func nakAll(h *consumer.Handle) (wait func() map[string]int) {
@@ -142,13 +132,13 @@ func TestMaxDeliveriesDeadLetter(t *testing.T) {
 	seqG1 := publishSeq(t, js, "G1", "MKT")
 	seqG2 := publishSeq(t, js, "G2", "MKTAY")
 
-	eventually(t, "two max_deliveries dead letters", func() (bool, string) {
+	testutil.Eventually(t, waitBudget, func() (bool, string) {
 		dl := deadLetters(t, js)
-		return len(dl) == 2, fmt.Sprintf("%+v", dl)
+		return len(dl) == 2, fmt.Sprintf("two max_deliveries dead letters, have %+v", dl)
 	})
-	eventually(t, "input subject empty", func() (bool, string) {
+	testutil.Eventually(t, waitBudget, func() (bool, string) {
 		n := subjectCount(t, js, consumer.Subject("m"))
-		return n == 0, fmt.Sprintf("%d records left on %s", n, consumer.Subject("m"))
+		return n == 0, fmt.Sprintf("input subject empty, %d records left on %s", n, consumer.Subject("m"))
 	})
 	h.Stop()
 	seen := wait()
@@ -208,7 +198,7 @@ func TestMaxDeliveriesTwoWatchers(t *testing.T) {
 		"dead-lettered": true, "max-delivered record already gone": true,
 		"max-deliveries dead-letter copy was a duplicate": true, "max-deliveries dead-letter": true,
 	}
-	eventually(t, "both watchers to handle every advisory", func() (bool, string) {
+	testutil.Eventually(t, waitBudget, func() (bool, string) {
 		var counts []int
 		ok := true
 		for _, lg := range logs {
@@ -221,7 +211,7 @@ func TestMaxDeliveriesTwoWatchers(t *testing.T) {
 			counts = append(counts, n)
 			ok = ok && n >= records
 		}
-		return ok, fmt.Sprintf("handled per watcher %v", counts)
+		return ok, fmt.Sprintf("both watchers to handle all %d advisories, handled per watcher %v", records, counts)
 	})
 	for _, h := range loops {
 		h.Stop()

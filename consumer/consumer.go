@@ -193,9 +193,6 @@ func New(js jetstream.JetStream, model string, validate func([]byte) error, opts
 	return &Consumer{js: js, model: model, opts: o}, nil
 }
 
-// Policy is the record policy in force.
-func (c *Consumer) Policy() Policy { return c.opts.policy }
-
 // StreamConfig is the input stream's configuration: work-queue retention, file storage, DiscardNew.
 func (c *Consumer) StreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
@@ -250,9 +247,7 @@ type Handle struct {
 	records chan Record
 	done    chan struct{}
 	stop    chan struct{}
-	drain   chan struct{}
 	once    sync.Once
-	err     error
 }
 
 // Records delivers valid records in arrival order; it is closed when the loop ends.
@@ -262,15 +257,8 @@ func (h *Handle) Records() <-chan Record { return h.records }
 // another worker) and Records is closed. It does not wait: see Done.
 func (h *Handle) Stop() { h.once.Do(func() { close(h.stop) }) }
 
-// Drain stops pulling but still delivers the records already buffered, then closes Records. The
-// reader of Records must keep reading until it is closed.
-func (h *Handle) Drain() { h.once.Do(func() { close(h.drain) }) }
-
 // Done is closed when the loop has ended and every buffered message was delivered or nak'd.
 func (h *Handle) Done() <-chan struct{} { return h.done }
-
-// Err is the error that ended the loop, if any (after Done).
-func (h *Handle) Err() error { <-h.done; return h.err }
 
 // Start begins pulling. Setup must have run. Cancelling ctx acts as Stop.
 func (c *Consumer) Start(ctx context.Context) (*Handle, error) {
@@ -287,16 +275,14 @@ func (c *Consumer) Start(ctx context.Context) (*Handle, error) {
 		records: make(chan Record, c.opts.buffer),
 		done:    make(chan struct{}),
 		stop:    make(chan struct{}),
-		drain:   make(chan struct{}),
 	}
 	go func() {
 		select {
 		case <-ctx.Done():
 			h.Stop()
 		case <-h.stop:
-		case <-h.drain:
 		}
-		it.Drain() // Next returns what is buffered, then ErrMsgIteratorClosed
+		it.Drain() // Next returns what is buffered (nak'd by the loop), then ErrMsgIteratorClosed
 	}()
 	go c.loop(h, it)
 	return h, nil

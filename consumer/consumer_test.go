@@ -13,6 +13,7 @@ import (
 
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/internal/testutil"
 )
 
 // validate accepts uppercase standard residues (the real one is batcher.Tokenizer.Validate).
@@ -179,10 +180,11 @@ func TestDeadLetterAndDeliver(t *testing.T) {
 	waitEmpty(t, js)
 }
 
+// waitEmpty waits until the work queue holds no message: acks and terms are applied by the
+// server within milliseconds, so 20 s is ample on a loaded machine.
 func waitEmpty(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
 		s, err := js.Stream(context.Background(), "SEQS")
 		if err != nil {
 			t.Fatal(err)
@@ -191,14 +193,8 @@ func waitEmpty(t *testing.T, js jetstream.JetStream) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.State.Msgs == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("work queue still holds %d messages", info.State.Msgs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return info.State.Msgs == 0, fmt.Sprintf("work queue empty, holds %d messages", info.State.Msgs)
+	})
 }
 
 // TestStopNaksBuffered: records pulled but not handed out are nak'd on Stop and redelivered.
@@ -216,8 +212,16 @@ func TestStopNaksBuffered(t *testing.T) {
 	for i := range 10 {
 		publish(t, js, fmt.Sprint("P", i), "MKT")
 	}
-	h, _ := c.Start(ctx)
-	first := <-h.Records()
+	h, err := c.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first consumer.Record
+	select {
+	case first = <-h.Records():
+	case <-ctx.Done():
+		t.Fatal("no record delivered")
+	}
 	h.Stop()
 	<-h.Done()
 	for r := range h.Records() { // whatever was in the channel: nak it like a worker would
@@ -229,7 +233,10 @@ func TestStopNaksBuffered(t *testing.T) {
 	if err := c2.Setup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	h2, _ := c2.Start(ctx)
+	h2, err := c2.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer h2.Stop()
 	ids := map[string]bool{}
 	for len(ids) < 10 {
@@ -237,7 +244,7 @@ func TestStopNaksBuffered(t *testing.T) {
 		case r := <-h2.Records():
 			ids[r.ID] = true
 			r.Msg.Ack()
-		case <-time.After(15 * time.Second):
+		case <-ctx.Done():
 			t.Fatalf("only %d of 10 records redelivered after Stop", len(ids))
 		}
 	}

@@ -3,6 +3,7 @@ package consumer
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 var (
@@ -35,6 +36,7 @@ var (
 )
 
 // Reason codes carried in the Seqembed-Reason header of dead-lettered records and in metrics.
+// Every one is listed by DeadLetterReasons (a test checks it).
 const (
 	ReasonMissingID     = "missing_id"
 	ReasonBadID         = "bad_id"
@@ -45,6 +47,15 @@ const (
 	ReasonMaxDeliveries = "max_deliveries"
 	ReasonModelError    = "model_error"
 )
+
+// reasons lists every Reason* constant, in declaration order.
+var reasons = []string{ReasonMissingID, ReasonBadID, ReasonEmpty, ReasonTooLarge, ReasonTooLong,
+	ReasonInvalid, ReasonMaxDeliveries, ReasonModelError}
+
+// DeadLetterReasons returns every reason code a dead-lettered record can carry (the Reason*
+// constants), in declaration order, as a new slice: the label values to pre-register on a
+// dead-letter counter (telemetry.Labels.DeadLetterReasons).
+func DeadLetterReasons() []string { return slices.Clone(reasons) }
 
 // RejectError says why a record cannot be embedded. Reason is one of the Reason* codes.
 type RejectError struct {

@@ -44,13 +44,6 @@ func ParseOverlength(s string) (Overlength, error) {
 	return 0, fmt.Errorf("%w: overlength %q: want truncate or reject", ErrOption, s)
 }
 
-func (o Overlength) String() string {
-	if o == Reject {
-		return "reject"
-	}
-	return "truncate"
-}
-
 // Record is one valid input record. Residues has no whitespace and at most the max length.
 type Record struct {
 	ID        string

@@ -73,11 +73,11 @@ func refParse(data []byte, max int) (items []item, fatal bool) {
 	data = bytes.TrimPrefix(data, utf8BOM)
 	lines := bytes.Split(data, []byte("\n"))
 	type rec struct {
-		line              int
-		id, desc          string
-		seq               []byte
-		headerTooLong     bool
-		inRecord, present bool
+		line          int
+		id, desc      string
+		seq           []byte
+		headerTooLong bool
+		present       bool
 	}
 	var cur rec
 	flush := func() {

@@ -1,6 +1,7 @@
 package gpurun
 
 import (
+	"context"
 	"errors"
 	"math"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	ort "github.com/yalue/onnxruntime_go"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -84,34 +84,37 @@ func biasRotaryModel() []byte {
 	return pbMessage(model, 7, graph)
 }
 
-// TestCustomOpsBiasRotaryCPU loads the custom-op library (CPU form) through registerCustomOps and
-// checks BiasRotaryF32 against the formula: pairs (2j, 2j+1) of x + bias rotated by the angle
-// cached for the row's position and column j % half; a single position p0 puts row r of a
-// [batch, length, dim] input at p0 + r % length. The CUDA op runs the same formula in float
-// on float16 data (checked on the GPU by the golden tests of models that use it).
+// TestCustomOpsBiasRotaryCPU registers the custom-op library (CPU form) on a session made by
+// openSession, the path every runner's session takes, and checks BiasRotaryF32 against the
+// formula: pairs (2j, 2j+1) of x + bias rotated by the angle cached for the row's position and
+// column j % half; a single position p0 puts row r of a [batch, length, dim] input at
+// p0 + r % length. The CUDA op runs the same formula in float on float16 data (checked on the
+// GPU by the golden tests of models that use it).
 func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 	lib := buildCPUOps(t)
 	if err := acquireEnv(LibraryPath()); err != nil {
 		t.Fatal(err)
 	}
 	defer releaseEnv()
-	so, err := ort.NewSessionOptions()
+	model := filepath.Join(t.TempDir(), "bias_rotary.onnx")
+	if err := os.WriteFile(model, biasRotaryModel(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := sessionConfig{model: model, threads: 1, device: Device{Kind: "cpu"},
+		customOps: filepath.Join(t.TempDir(), "missing.so"), inputs: []string{"x", "bias", "pos", "cos", "sin"}, outputs: []string{"y"}}
+	if _, err := openSession(cfg); !errors.Is(err, ErrSession) || !strings.Contains(err.Error(), "missing.so") {
+		t.Fatalf("missing library: err = %v, want ErrSession naming the library", err)
+	}
+	cfg.customOps = ""
+	if _, err := openSession(cfg); !errors.Is(err, ErrSession) {
+		t.Fatalf("no custom ops for a graph that needs them: err = %v, want ErrSession", err)
+	}
+	cfg.customOps = lib
+	sess, err := openSession(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer so.Destroy()
-	if err := registerCustomOps(so, LibraryPath(), filepath.Join(t.TempDir(), "missing.so")); !errors.Is(err, ErrSession) {
-		t.Fatalf("missing library: err = %v, want ErrSession", err)
-	}
-	if err := registerCustomOps(so, LibraryPath(), lib); err != nil {
-		t.Fatal(err)
-	}
-	sess, err := ort.NewDynamicAdvancedSessionWithONNXData(biasRotaryModel(),
-		[]string{"x", "bias", "pos", "cos", "sin"}, []string{"y"}, so)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Destroy()
+	defer sess.close()
 
 	const rows, dim, positions, half = 5, 16, 12, 4
 	x, bias := make([]float32, rows*dim), make([]float32, dim)
@@ -131,19 +134,12 @@ func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 	}
 	// run treats x as [rows/length, length, dim] with positions pos ([rows, 1] or [1, 1]).
 	run := func(length int64, pos []int64) ([]float32, error) {
-		xt, _ := ort.NewTensor(ort.NewShape(rows/length, length, dim), x)
-		bt, _ := ort.NewTensor(ort.NewShape(dim), bias)
-		pt, _ := ort.NewTensor(ort.NewShape(int64(len(pos)), 1), pos)
-		ct, _ := ort.NewTensor(ort.NewShape(positions, half), cos)
-		st, _ := ort.NewTensor(ort.NewShape(positions, half), sin)
-		yt, _ := ort.NewEmptyTensor[float32](ort.NewShape(rows/length, length, dim))
-		defer func() {
-			for _, v := range []ort.Value{xt, bt, pt, ct, st, yt} {
-				v.Destroy()
-			}
-		}()
-		err := sess.Run([]ort.Value{xt, bt, pt, ct, st}, []ort.Value{yt})
-		return append([]float32(nil), yt.GetData()...), err
+		y := make([]float32, rows*dim)
+		err := sess.run(context.Background(),
+			tensors(tensorOf(x, rows/length, length, dim), tensorOf(bias, dim), tensorOf(pos, int64(len(pos)), 1),
+				tensorOf(cos, positions, half), tensorOf(sin, positions, half)),
+			tensors(tensorOf(y, rows/length, length, dim)))
+		return y, err
 	}
 	got, err := run(1, pos)
 	if err != nil {
@@ -192,5 +188,49 @@ func TestManifestCustomOps(t *testing.T) {
 	os.WriteFile(local, nil, 0o644)
 	if m, err := LoadManifest(dir); err != nil || m.CustomOpsPath() != local {
 		t.Fatalf("library in the model directory wins: %v, path %q", err, m.CustomOpsPath())
+	}
+}
+
+// TestRunnerRegistersManifestOps: New registers the manifest's custom-op library on the runner's
+// session (CUDA-graph sessions take the same sessionConfig): the tiny model with the CPU ops
+// library named in its manifest loads and embeds, and with a file that is no library in its
+// place New fails with ErrSession naming it.
+func TestRunnerRegistersManifestOps(t *testing.T) {
+	lib := buildCPUOps(t)
+	model, err := filepath.Abs("../testdata/esm2-tiny/model.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(model, filepath.Join(dir, "model.onnx")); err != nil {
+		t.Fatal(err)
+	}
+	manifest := `{"name":"esm2-tiny-ops","embedding_dim":64,"max_length":1022,"alphabet":"esm",` +
+		`"inputs":["input_ids","attention_mask"],"output":"embedding","pooling":"mean","custom_ops":"ops.so"}`
+	if err := os.WriteFile(filepath.Join(dir, "model.json"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ops := filepath.Join(dir, "ops.so")
+	if err := os.WriteFile(ops, []byte("not a library"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(dir, WithThreads(1)); !errors.Is(err, ErrSession) || !strings.Contains(err.Error(), "custom-op library "+ops) {
+		t.Fatalf("New with a broken custom-op library: err = %v, want ErrSession naming %s", err, ops)
+	}
+	data, err := os.ReadFile(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ops, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(dir, WithThreads(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ids, mask := []int64{0, 5, 6, 2}, []int64{1, 1, 1, 1}
+	if out, err := r.Embed(context.Background(), Input{IDs: ids, Mask: mask, Rows: 1, Cols: 4}, nil); err != nil || len(out) != 64 {
+		t.Fatalf("Embed: %d values, %v", len(out), err)
 	}
 }

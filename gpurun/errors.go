@@ -19,4 +19,6 @@ var (
 	ErrOption = errors.New("gpurun: invalid option")
 	// ErrDevice: the requested device is not available.
 	ErrDevice = errors.New("gpurun: device")
+	// ErrAlloc: host memory (malloc, or cudaHostAlloc for pinned memory) could not be allocated.
+	ErrAlloc = errors.New("gpurun: host memory allocation")
 )

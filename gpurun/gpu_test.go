@@ -85,7 +85,7 @@ func TestGPUCUDAGraphReplay(t *testing.T) {
 	off := newRunnerDir(t, dir, cuda, gpurun.WithCUDAGraphs(gpurun.GraphsOff))
 	on := newRunnerDir(t, dir, cuda, gpurun.WithCUDAGraphs(gpurun.GraphsOn))
 	const rows, cols = 32, 256
-	ids, mask := alloc.Alloc(rows * cols)
+	ids, mask := mustAlloc(t, alloc, rows*cols)
 	defer alloc.Free(ids, mask)
 	for i := range ids {
 		n := 40 + (i/cols)*7 // row lengths 40..257, some rows full
@@ -134,7 +134,7 @@ func TestGPUConcurrentRuns(t *testing.T) {
 	defer alloc.Close()
 	inputs := make([]gpurun.Input, 6)
 	for k := range inputs {
-		ids, mask := alloc.Alloc(8 * 512)
+		ids, mask := mustAlloc(t, alloc, 8*512)
 		for i := range ids {
 			ids[i], mask[i] = int64(4+(i*7+k)%20), 1
 		}

@@ -3,7 +3,7 @@ package gpurun
 /*
 #include <stdlib.h>
 #include "se_cuda.h"
-#include "se_graph.h"
+#include "se_ort.h"
 */
 import "C"
 
@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"sync"
 	"unsafe"
 )
 
@@ -53,12 +52,6 @@ const (
 	graphCaptureRuns = 4
 )
 
-// captureMu keeps seqembed's own CUDA calls away from graph captures: ORT captures in
-// cudaStreamCaptureModeGlobal, where a cudaMalloc, cudaHostAlloc or stream synchronisation on
-// any other thread fails the capture. Captures (Warmup) hold it exclusively; runs and pinned
-// allocations hold it shared.
-var captureMu sync.RWMutex
-
 // graphPool is a CUDA-graph runner's sessions: each serves one batch at a time (ORT does not
 // support concurrent runs of a graph-capturing session), so Embed takes a free one.
 type graphPool struct {
@@ -74,10 +67,13 @@ type graphPool struct {
 // each run (ORT's Run returns once its stream is done).
 type graphSession struct {
 	r     *Runner
-	c     *C.se_gsess
 	reqs  chan graphReq
 	reply chan error
 	done  chan struct{}
+
+	// Set by open on the loop goroutine, freed by it; noGraph is also terminated by embed's caller.
+	s       *session
+	noGraph *C.OrtRunOptions // gpu_graph_id -1: warm-up runs and batches of shapes not captured
 
 	// Owned by the loop goroutine.
 	shapes map[int]graphShape // by cols
@@ -89,8 +85,10 @@ type graphShape struct {
 	rows int
 }
 
-// graphReq asks the session's goroutine to capture rows×cols (capture) or to embed in into out.
+// graphReq asks the session's goroutine to capture rows×cols (capture) or to embed in into out;
+// ctx bounds its waits (see Runner.Embed and Runner.Warmup).
 type graphReq struct {
+	ctx        context.Context
 	capture    bool
 	rows, cols int
 	in         Input
@@ -115,7 +113,10 @@ func newGraphPool(r *Runner, n int) (*graphPool, error) {
 	return p, nil
 }
 
-// embed runs in on a free session, writing Rows × dim floats to out.
+// embed runs in on a free session, writing Rows × dim floats to out. It honours ctx while it
+// waits for a session and for the session's goroutine; once the run has started, ctx's end
+// terminates a run without a graph, and a graph replay (not interruptible) is waited for. It
+// returns only once the session is done with in and out.
 func (p *graphPool) embed(ctx context.Context, in Input, out []float32) error {
 	var g *graphSession
 	select {
@@ -124,12 +125,25 @@ func (p *graphPool) embed(ctx context.Context, in Input, out []float32) error {
 		return ctx.Err()
 	}
 	defer func() { p.free <- g }()
-	g.reqs <- graphReq{in: in, out: out}
-	return <-g.reply
+	select {
+	case g.reqs <- graphReq{ctx: ctx, in: in, out: out}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-g.reply:
+		return err
+	case <-ctx.Done():
+	}
+	C.se_ro_terminate(g.noGraph)
+	err := <-g.reply
+	C.se_ro_unterminate(g.noGraph) // the session is still this call's: no other run sees the flag
+	return err
 }
 
 // capture captures rows×cols on every session, one after another, holding all of them (Embed
-// calls meanwhile wait for a session).
+// calls meanwhile wait for a session). ctx is checked before each session's capture and bounds
+// the waits for sessions and for the capture lock; a capture that has started runs to its end.
 func (p *graphPool) capture(ctx context.Context, rows, cols int) error {
 	held := make([]*graphSession, 0, len(p.sessions))
 	defer func() {
@@ -146,7 +160,10 @@ func (p *graphPool) capture(ctx context.Context, rows, cols int) error {
 		}
 	}
 	for _, g := range held {
-		g.reqs <- graphReq{capture: true, rows: rows, cols: cols}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		g.reqs <- graphReq{ctx: ctx, capture: true, rows: rows, cols: cols} // held: its loop is waiting
 		if err := <-g.reply; err != nil {
 			return err
 		}
@@ -175,85 +192,70 @@ func (g *graphSession) loop(ready chan<- error) {
 	ready <- nil
 	for req := range g.reqs {
 		if req.capture {
-			g.reply <- g.capture(req.rows, req.cols)
+			g.reply <- g.capture(req.ctx, req.rows, req.cols)
 		} else {
-			g.reply <- g.embed(req.in, req.out)
+			g.reply <- g.embed(req.ctx, req.in, req.out)
 		}
 	}
-}
-
-func cErr(msg *C.char) error {
-	if msg == nil {
-		return nil
-	}
-	defer C.free(unsafe.Pointer(msg))
-	return fmt.Errorf("%s", C.GoString(msg))
 }
 
 func (g *graphSession) open() error {
 	r := g.r
-	dev := r.opts.device.Index
-	var stream unsafe.Pointer
 	if err := loadCudart(); err != nil {
 		return err
 	}
-	if rc := C.se_stream_create(C.int(dev), &stream); rc != 0 {
+	var stream unsafe.Pointer
+	if rc := C.se_stream_create(C.int(r.opts.device.Index), &stream); rc != 0 {
 		return fmt.Errorf("%w: creating a CUDA stream on %s: %s", ErrDevice, r.opts.device, C.GoString(C.se_err(rc)))
 	}
 	// The session runs on ORT's own stream: with user_compute_stream set as well, ORT 1.29's
 	// capture fails (CUDA error 900 from cudaStreamBeginCapture; docs/perf.md, 2026-11-25).
-	so, err := r.sessionOptions(map[string]string{"enable_cuda_graph": "1", "do_copy_in_default_stream": "1"})
-	if err != nil {
-		C.se_stream_destroy(stream)
+	cfg := r.sessionConfig(map[string]string{"enable_cuda_graph": "1", "do_copy_in_default_stream": "1"})
+	cfg.stream = stream // adopted by the session, also on error
+	cfg.note = " with CUDA graphs"
+	_ = captureMu.rlock(context.Background()) // cannot fail: Background never ends
+	defer captureMu.runlock()
+	var err error
+	if g.s, err = openSession(cfg); err != nil {
 		return err
 	}
-	defer so.Destroy()
-	cOpts, err := cSessionOptions(so)
-	if err != nil {
-		C.se_stream_destroy(stream)
-		return err
-	}
-	man := r.man
-	cs := []*C.char{C.CString(r.opts.lib), C.CString(man.ModelPath()), C.CString(man.Inputs[0]),
-		C.CString(man.Inputs[1]), C.CString(man.Output)}
-	defer func() {
-		for _, s := range cs {
-			C.free(unsafe.Pointer(s))
-		}
-	}()
-	// se_gs_open adopts the stream, also on error (g.free releases it).
-	captureMu.RLock()
-	defer captureMu.RUnlock()
-	if err := cErr(C.se_gs_open(cs[0], cOpts, cs[1], C.int(dev), stream, cs[2], cs[3], cs[4], &g.c)); err != nil {
-		return fmt.Errorf("%w: loading %s on %s with CUDA graphs: %v", ErrSession, man.ModelPath(), r.opts.device, err)
+	if g.noGraph, err = newRunOptions("-1"); err != nil {
+		return fmt.Errorf("%w: %v", ErrSession, err)
 	}
 	return nil
 }
 
 func (g *graphSession) free() {
-	captureMu.RLock()
-	defer captureMu.RUnlock()
+	_ = captureMu.rlock(context.Background())
+	defer captureMu.runlock()
 	for _, s := range g.shapes {
-		C.se_gs_shape_free(s.c)
+		C.se_gshape_free(s.c)
 	}
 	g.shapes = nil
-	if g.c != nil {
-		C.se_gs_close(g.c)
-		g.c = nil
+	if g.noGraph != nil {
+		C.se_ro_free(g.noGraph)
+		g.noGraph = nil
+	}
+	if g.s != nil {
+		g.s.close()
+		g.s = nil
 	}
 }
 
 // capture binds buffers for rows×cols (unless a shape of cols with at least rows exists) and runs
-// it graphCaptureRuns times on padding rows, so that ORT captures its graph.
-func (g *graphSession) capture(rows, cols int) error {
+// it graphCaptureRuns times on padding rows, so that ORT captures its graph. It waits for the
+// capture lock until ctx ends; from then on it runs to its end.
+func (g *graphSession) capture(ctx context.Context, rows, cols int) error {
 	old, ok := g.shapes[cols]
 	if ok && old.rows >= rows {
 		return nil
 	}
-	captureMu.Lock()
-	defer captureMu.Unlock()
+	if err := captureMu.lock(ctx); err != nil {
+		return err
+	}
+	defer captureMu.unlock()
 	if ok {
-		C.se_gs_shape_free(old.c)
+		C.se_gshape_free(old.c)
 		delete(g.shapes, cols)
 	}
 	ids, mask := make([]int64, rows*cols), make([]int64, rows*cols)
@@ -261,13 +263,13 @@ func (g *graphSession) capture(rows, cols int) error {
 	var sh *C.se_gshape
 	id := g.nextID // graph ids only need to be distinct per session; a replaced shape's is not reused
 	g.nextID++
-	err := cErr(C.se_gs_shape(g.c, C.int64_t(rows), C.int64_t(cols), C.int64_t(g.r.man.EmbeddingDim), C.int(id),
+	err := cErr(C.se_gshape_new(g.s.c, C.int64_t(rows), C.int64_t(cols), C.int64_t(g.r.man.EmbeddingDim), C.int(id),
 		(*C.int64_t)(unsafe.Pointer(&ids[0])), (*C.int64_t)(unsafe.Pointer(&mask[0])), &sh))
 	for i := 0; err == nil && i < graphPlainRuns+graphCaptureRuns; i++ {
-		err = cErr(C.se_gs_replay(sh, nil, nil, 0, nil, C.int(min(1, i/graphPlainRuns))))
+		err = cErr(C.se_gshape_run(sh, g.noGraph, nil, nil, 0, nil, C.int(min(1, i/graphPlainRuns))))
 	}
 	if err != nil {
-		C.se_gs_shape_free(sh)
+		C.se_gshape_free(sh)
 		return fmt.Errorf("%w: capturing a CUDA graph of batch %d×%d on %s: %v", ErrRun, rows, cols, g.r.opts.device, err)
 	}
 	g.shapes[cols] = graphShape{c: sh, rows: rows}
@@ -275,14 +277,16 @@ func (g *graphSession) capture(rows, cols int) error {
 }
 
 // embed replays the captured graph of in.Cols when it has at least in.Rows rows (the rest are
-// padding), and otherwise runs in without a graph.
-func (g *graphSession) embed(in Input, out []float32) error {
-	captureMu.RLock()
-	defer captureMu.RUnlock()
-	ids, mask := (*C.int64_t)(unsafe.Pointer(&in.IDs[0])), (*C.int64_t)(unsafe.Pointer(&in.Mask[0]))
-	dst := (*C.float)(unsafe.Pointer(&out[0]))
-	if s, ok := g.shapes[in.Cols]; ok && in.Rows <= s.rows {
-		return cErr(C.se_gs_replay(s.c, ids, mask, C.int64_t(in.Rows), dst, 1))
+// padding), and otherwise runs in without a graph (with noGraph, which the caller may terminate).
+func (g *graphSession) embed(ctx context.Context, in Input, out []float32) error {
+	if err := captureMu.rlock(ctx); err != nil {
+		return err
 	}
-	return cErr(C.se_gs_run(g.c, ids, mask, C.int64_t(in.Rows), C.int64_t(in.Cols), dst, C.int64_t(g.r.man.EmbeddingDim)))
+	defer captureMu.runlock()
+	if s, ok := g.shapes[in.Cols]; ok && in.Rows <= s.rows {
+		ids, mask := (*C.int64_t)(unsafe.Pointer(&in.IDs[0])), (*C.int64_t)(unsafe.Pointer(&in.Mask[0]))
+		return cErr(C.se_gshape_run(s.c, g.noGraph, ids, mask, C.int64_t(in.Rows), (*C.float)(unsafe.Pointer(&out[0])), 1))
+	}
+	ins, outs := tokenTensors(in, out)
+	return g.s.runWith(g.noGraph, ins[:], outs[:])
 }

@@ -2,11 +2,17 @@ package gpurun
 
 /*
 #include <stdlib.h>
+
+// se_host_malloc is malloc(n), NULL when the memory is not there: cgo's own C.malloc never
+// returns NULL, it ends the process instead.
+static void *se_host_malloc(size_t n) { return malloc(n ? n : 1); }
 */
 import "C"
 
 import (
+	"context"
 	"fmt"
+	"math"
 	"sync"
 	"unsafe"
 )
@@ -37,7 +43,11 @@ func NewHostAllocator(capacity int, pinned bool) (*HostAllocator, error) {
 		if err := loadCudart(); err != nil {
 			return nil, err
 		}
-		ids, mask := a.Alloc(capacity)
+		ids, mask, err := a.Alloc(capacity)
+		if err != nil {
+			a.Close()
+			return nil, err
+		}
 		ok, err := isPinned(unsafe.Pointer(unsafe.SliceData(ids)))
 		a.Free(ids, mask)
 		if err != nil || !ok {
@@ -55,22 +65,47 @@ func (a *HostAllocator) Pinned() bool { return a.mem.pinned }
 func (a *HostAllocator) Capacity() int { return a.capacity }
 
 // Alloc returns two int64 slices of n elements backed by C memory. Their contents are unspecified.
-func (a *HostAllocator) Alloc(n int) (ids, mask []int64) {
+// A pooled pair is reused when one is free; otherwise memory is allocated, and when the host
+// (malloc, or cudaHostAlloc for a pinned allocator) has none the error wraps ErrAlloc and
+// nothing is held. A pinned allocation waits for a CUDA graph capture in progress (Warmup) to end.
+func (a *HostAllocator) Alloc(n int) (ids, mask []int64, err error) {
+	if n < 0 {
+		return nil, nil, fmt.Errorf("%w: %d elements", ErrAlloc, n)
+	}
 	c := max(n, a.capacity)
 	a.mu.Lock()
-	var pair [2]unsafe.Pointer
 	if c == a.capacity && len(a.free) > 0 {
-		pair = a.free[len(a.free)-1]
+		pair := a.free[len(a.free)-1]
 		a.free = a.free[:len(a.free)-1]
-	} else {
-		pair = [2]unsafe.Pointer{a.mem.alloc(c * 8), a.mem.alloc(c * 8)}
+		a.out[pair[0]] = c
+		a.mu.Unlock()
+		return pairSlices(pair, c, n)
 	}
+	a.mu.Unlock()
+	if c > math.MaxInt/8 {
+		return nil, nil, fmt.Errorf("%w: %d int64 elements", ErrAlloc, c)
+	}
+	var pair [2]unsafe.Pointer
+	if pair[0], err = a.mem.alloc(context.Background(), c*8); err != nil {
+		return nil, nil, err
+	}
+	if pair[1], err = a.mem.alloc(context.Background(), c*8); err != nil {
+		a.mem.free(pair[0])
+		return nil, nil, err
+	}
+	a.mu.Lock()
 	a.out[pair[0]] = c
 	a.mu.Unlock()
-	return unsafe.Slice((*int64)(pair[0]), c)[:n:n], unsafe.Slice((*int64)(pair[1]), c)[:n:n]
+	return pairSlices(pair, c, n)
+}
+
+// pairSlices is a buffer pair of capacity c as two slices of n elements.
+func pairSlices(pair [2]unsafe.Pointer, c, n int) (ids, mask []int64, err error) {
+	return unsafe.Slice((*int64)(pair[0]), c)[:n:n], unsafe.Slice((*int64)(pair[1]), c)[:n:n], nil
 }
 
 // Free returns a pair obtained from Alloc. Slices that did not come from this allocator are ignored.
+// Freeing pinned memory waits for a CUDA graph capture in progress to end, as Alloc does.
 func (a *HostAllocator) Free(ids, mask []int64) {
 	if cap(ids) == 0 || cap(mask) == 0 {
 		return
@@ -91,7 +126,7 @@ func (a *HostAllocator) Free(ids, mask []int64) {
 	a.mem.free(q)
 }
 
-// Close frees the pooled buffers.
+// Close frees the pooled buffers (waiting, for pinned ones, as Free does).
 func (a *HostAllocator) Close() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -103,14 +138,6 @@ func (a *HostAllocator) Close() {
 	a.free = nil
 }
 
-func cMalloc(bytes int) unsafe.Pointer {
-	p := C.malloc(C.size_t(bytes))
-	if p == nil {
-		panic(fmt.Sprintf("gpurun: out of host memory allocating %d bytes", bytes))
-	}
-	return p
-}
-
 // floatBuf is an output buffer in C memory.
 type floatBuf struct {
 	mem hostMem
@@ -118,9 +145,25 @@ type floatBuf struct {
 	buf []float32
 }
 
-func newFloatBuf(mem hostMem, n int) *floatBuf {
-	p := mem.alloc(n * 4)
-	return &floatBuf{mem: mem, p: p, buf: unsafe.Slice((*float32)(p), n)}
+// newFloatBuf allocates n floats (see hostMem.alloc).
+func newFloatBuf(ctx context.Context, mem hostMem, n int) (*floatBuf, error) {
+	if n > math.MaxInt/4 {
+		return nil, fmt.Errorf("%w: %d float32 elements", ErrAlloc, n)
+	}
+	p, err := mem.alloc(ctx, n*4)
+	if err != nil {
+		return nil, err
+	}
+	return &floatBuf{mem: mem, p: p, buf: unsafe.Slice((*float32)(p), n)}, nil
 }
 
 func (f *floatBuf) free() { f.mem.free(f.p) }
+
+// cMalloc is malloc's bytes, or an error wrapping ErrAlloc.
+func cMalloc(bytes int) (unsafe.Pointer, error) {
+	p := C.se_host_malloc(C.size_t(bytes))
+	if p == nil {
+		return nil, fmt.Errorf("%w: malloc(%d bytes) failed", ErrAlloc, bytes)
+	}
+	return p, nil
+}

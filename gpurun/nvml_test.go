@@ -3,14 +3,18 @@ package gpurun
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/seqembed/seqembed/internal/testutil"
 )
 
 func TestClassifyTier(t *testing.T) {
@@ -296,20 +300,26 @@ func TestNVMLFakeLoop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := s.Start(ctx)
 	want := map[int]Tier{0: TierUnknown, 1: TierUnknown} // nothing queued yet
-	wait := func() {
-		t.Helper()
-		seen := map[int]bool{}
-		deadline := time.After(10 * time.Second)
-		for len(seen) < 2 {
+	// drain takes the reports delivered so far, marking the GPUs reported with their wanted tier.
+	drain := func(seen map[int]bool) {
+		for {
 			select {
 			case r := <-reps:
 				if r.tier == want[r.idx] {
 					seen[r.idx] = true
 				}
-			case <-deadline:
-				t.Fatalf("no reports with tiers %v", want)
+			default:
+				return
 			}
 		}
+	}
+	wait := func() {
+		t.Helper()
+		seen := map[int]bool{}
+		testutil.Eventually(t, 10*time.Second, func() (bool, string) {
+			drain(seen)
+			return len(seen) == 2, fmt.Sprintf("reports with tiers %v for both GPUs (seen %v)", want, seen)
+		})
 	}
 	wait()
 	queued.Store(true)
@@ -327,9 +337,11 @@ func TestNVMLFakeLoop(t *testing.T) {
 	}
 	h.Stop()
 
-	// Close while a loop runs: the loop ends and never touches NVML after Shutdown.
+	// Close while a loop runs (it has reported): the loop ends and never touches NVML after
+	// Shutdown.
+	drain(map[int]bool{}) // the first loop is done: what is left is its
 	h2 := s.Start(context.Background())
-	time.Sleep(5 * time.Millisecond)
+	testutil.EventuallyTrue(t, 10*time.Second, "a report from the second loop", func() bool { return len(reps) > 0 })
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -445,18 +457,26 @@ func TestBusyMeterExact(t *testing.T) {
 	}
 }
 
+// The meters below run on synctest's clock: a sleep is the length of a run or an idle gap,
+// exact and instant, and never synchronises anything.
+
 func TestBusyMeterZeroValue(t *testing.T) {
-	var m BusyMeter
-	end := m.Begin()
-	time.Sleep(time.Millisecond)
-	end()
-	if frac, runs, _ := m.Snapshot(false); runs != 1 || frac <= 0 || frac > 1 {
-		t.Errorf("zero-value meter: %v, %d", frac, runs)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		var m BusyMeter
+		end := m.Begin() // the window starts here
+		time.Sleep(time.Millisecond)
+		end()
+		if frac, runs, _ := m.Snapshot(false); runs != 1 || frac != 1 {
+			t.Errorf("zero-value meter: %v, %d; want 1, 1", frac, runs)
+		}
+	})
 }
 
-// TestBusyMeterOverlap uses real sleeps, so it asserts only loose bounds.
 func TestBusyMeterOverlap(t *testing.T) {
+	synctest.Test(t, testBusyMeterOverlap)
+}
+
+func testBusyMeterOverlap(t *testing.T) {
 	m := NewBusyMeter()
 	const workers, rounds = 4, 5
 	var wg sync.WaitGroup
@@ -475,20 +495,16 @@ func TestBusyMeterOverlap(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Workers 1-3 run back to back until 50ms; worker 0 starts a run every 11ms, the last at
+	// 44ms, ends it at 54ms and idles until 55ms: busy 54 of 55ms, no gap longer than 0.
 	frac, runs, gap := m.Snapshot(true)
 	t.Logf("busy %.3f, runs %d, mean gap %v", frac, runs, gap)
-	if runs != workers*rounds {
-		t.Errorf("runs = %d, want %d", runs, workers*rounds)
-	}
-	if frac < 0.3 || frac > 1 {
-		t.Errorf("busy fraction %v, want within [0.3, 1]", frac)
-	}
-	if gap < 0 || gap > time.Second {
-		t.Errorf("mean gap %v", gap)
+	if runs != workers*rounds || math.Abs(frac-54.0/55) > 1e-9 || gap != 0 {
+		t.Errorf("overlapping runs: busy %v, runs %d, mean gap %v; want %v, %d, 0", frac, runs, gap, 54.0/55, workers*rounds)
 	}
 
-	// Sleeping outside the runs: busy well below 1. Gaps: ~0 (from the last run above), then two
-	// of ~20ms each, so the mean is ~13ms; the bound is loose.
+	// Idle time between the runs: busy 3×5 of 75ms. Gaps: 1ms (from the last run above, ended
+	// before this window), then two of 20ms.
 	for range 3 {
 		end := m.Begin()
 		time.Sleep(5 * time.Millisecond)
@@ -497,8 +513,8 @@ func TestBusyMeterOverlap(t *testing.T) {
 	}
 	frac, runs, gap = m.Snapshot(false)
 	t.Logf("busy %.3f, runs %d, mean gap %v", frac, runs, gap)
-	if runs != 3 || frac <= 0 || frac > 0.7 || gap < 5*time.Millisecond || gap > 5*time.Second {
-		t.Errorf("with idle time: busy %v, runs %d, mean gap %v", frac, runs, gap)
+	if want := 41 * time.Millisecond / 3; runs != 3 || math.Abs(frac-0.2) > 1e-9 || gap != want {
+		t.Errorf("with idle time: busy %v, runs %d, mean gap %v; want 0.2, 3, %v", frac, runs, gap, want)
 	}
 }
 

@@ -8,6 +8,7 @@ package gpurun
 import "C"
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -40,25 +41,33 @@ func loadCudart() error {
 // memory from cudaHostAlloc, which the GPU reads by DMA without a staging copy.
 type hostMem struct{ pinned bool }
 
-func (m hostMem) alloc(bytes int) unsafe.Pointer {
+// alloc returns bytes of memory, or an error wrapping ErrAlloc when there is none. A pinned
+// allocation first waits, until ctx ends, for a CUDA graph capture in progress to end
+// (cudaHostAlloc would break it).
+func (m hostMem) alloc(ctx context.Context, bytes int) (unsafe.Pointer, error) {
 	if !m.pinned {
 		return cMalloc(bytes)
 	}
-	var p unsafe.Pointer
-	captureMu.RLock() // cudaHostAlloc would break a CUDA graph capture running meanwhile
-	rc := C.se_host_alloc(&p, C.size_t(bytes))
-	captureMu.RUnlock()
-	if rc != 0 {
-		panic(fmt.Sprintf("gpurun: cudaHostAlloc(%d bytes): %s", bytes, C.GoString(C.se_err(rc))))
+	if err := loadCudart(); err != nil {
+		return nil, err
 	}
-	return p
+	if err := captureMu.rlock(ctx); err != nil {
+		return nil, err
+	}
+	var p unsafe.Pointer
+	rc := C.se_host_alloc(&p, C.size_t(bytes))
+	captureMu.runlock()
+	if rc != 0 {
+		return nil, fmt.Errorf("%w: cudaHostAlloc(%d bytes): %s", ErrAlloc, bytes, C.GoString(C.se_err(rc)))
+	}
+	return p, nil
 }
 
 func (m hostMem) free(p unsafe.Pointer) {
 	if m.pinned {
-		captureMu.RLock()
+		_ = captureMu.rlock(context.Background()) // cannot fail: Background never ends
 		C.se_free_host(p)
-		captureMu.RUnlock()
+		captureMu.runlock()
 		return
 	}
 	C.free(p)

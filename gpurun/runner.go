@@ -2,18 +2,16 @@ package gpurun
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	ort "github.com/yalue/onnxruntime_go"
 )
 
 // ORTVersion is the ONNX Runtime release seqembed is built and tested against.
@@ -31,37 +29,6 @@ func LibraryPath() string {
 		cache = filepath.Join(home, ".cache")
 	}
 	return filepath.Join(cache, "seqembed", "onnxruntime-"+ORTVersion, "libonnxruntime.so")
-}
-
-var (
-	envMu   sync.Mutex
-	envRefs int
-)
-
-// acquireEnv initialises ORT's process-wide environment on first use.
-func acquireEnv(lib string) error {
-	envMu.Lock()
-	defer envMu.Unlock()
-	if envRefs == 0 {
-		if _, err := os.Stat(lib); err != nil {
-			return fmt.Errorf("%w: %v (run scripts/fetch-ort.sh or set ONNXRUNTIME_SHARED_LIBRARY_PATH)", ErrLibrary, err)
-		}
-		ort.SetSharedLibraryPath(lib)
-		if err := ort.InitializeEnvironment(ort.WithLogLevelWarning()); err != nil {
-			return fmt.Errorf("%w: loading %s: %v", ErrLibrary, lib, err)
-		}
-	}
-	envRefs++
-	return nil
-}
-
-func releaseEnv() {
-	envMu.Lock()
-	defer envMu.Unlock()
-	envRefs--
-	if envRefs == 0 {
-		_ = ort.DestroyEnvironment()
-	}
 }
 
 // Device names where inference runs: "cpu" or "cuda:N".
@@ -127,11 +94,8 @@ func ParseDevices(s string) ([]Device, error) {
 
 type options struct {
 	device     Device
-	lib        string
 	threads    int
 	maxRows    int
-	gpuMemGiB  float64
-	verifyHash bool
 	cudaExtra  map[string]string
 	graphs     string
 	concurrent int
@@ -147,17 +111,6 @@ func WithDevice(d Device) Option {
 			return fmt.Errorf("%w: device kind %q", ErrOption, d.Kind)
 		}
 		o.device = d
-		return nil
-	}
-}
-
-// WithLibrary sets the ONNX Runtime shared library path. Default LibraryPath().
-func WithLibrary(path string) Option {
-	return func(o *options) error {
-		if path == "" {
-			return fmt.Errorf("%w: empty library path", ErrOption)
-		}
-		o.lib = path
 		return nil
 	}
 }
@@ -181,17 +134,6 @@ func WithMaxRows(n int) Option {
 			return fmt.Errorf("%w: max rows %d must be > 0", ErrOption, n)
 		}
 		o.maxRows = n
-		return nil
-	}
-}
-
-// WithGPUMemLimit caps the CUDA arena in GiB. Default 0: ORT's default (no cap).
-func WithGPUMemLimit(gib float64) Option {
-	return func(o *options) error {
-		if gib < 0 {
-			return fmt.Errorf("%w: gpu memory limit %v GiB must be >= 0", ErrOption, gib)
-		}
-		o.gpuMemGiB = gib
 		return nil
 	}
 }
@@ -265,13 +207,9 @@ func WithConcurrentRuns(n int) Option {
 	}
 }
 
-// WithVerifyHash checks the model file against the manifest's sha256 at start. Default true.
-func WithVerifyHash(v bool) Option {
-	return func(o *options) error { o.verifyHash = v; return nil }
-}
-
-// Input is one tokenised batch: Rows × Cols int64 ids and mask, row-major. The slices should be
-// C memory (HostAllocator); they are read during Embed only.
+// Input is one tokenised batch: Rows × Cols int64 ids and mask, row-major. The slices are read
+// during Embed only. C memory (HostAllocator; pinned on CUDA, so that the GPU reads it by DMA) is
+// best; Go memory also works (it is pinned for the run, never kept by C).
 type Input struct {
 	IDs, Mask  []int64
 	Rows, Cols int
@@ -282,10 +220,10 @@ type Input struct {
 // WithConcurrentRuns calls at once, one per session, and the rest wait for a free session. Close
 // waits for nothing: callers stop calling Embed first.
 type Runner struct {
-	man     *Manifest
-	opts    options
-	session *ort.DynamicAdvancedSession // nil with CUDA graphs
-	graphs  *graphPool                  // nil without
+	man    *Manifest
+	opts   options
+	sess   *session   // nil with CUDA graphs
+	graphs *graphPool // nil without
 
 	mu      sync.Mutex
 	outs    []*floatBuf
@@ -293,16 +231,17 @@ type Runner struct {
 	closed  bool
 }
 
-// New loads DIR/model.json and DIR/model.onnx and creates an ORT session on the chosen device.
+// New loads DIR/model.json and DIR/model.onnx (checking the model against the manifest's
+// sha256, when it has one) and creates an ORT session on the chosen device, with the manifest's
+// custom-op library registered. ONNX Runtime is LibraryPath(), loaded on first use. A CUDA-graph
+// runner's sessions are made while no CUDA graph capture of this process runs: New waits for one
+// in progress (another runner's Warmup) to end.
 func New(modelDir string, opts ...Option) (*Runner, error) {
-	o := options{device: Device{Kind: "cpu"}, maxRows: 256, verifyHash: true, graphs: GraphsAuto, concurrent: 2}
+	o := options{device: Device{Kind: "cpu"}, maxRows: 256, graphs: GraphsAuto, concurrent: 2}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
 		}
-	}
-	if o.lib == "" {
-		o.lib = LibraryPath()
 	}
 	man, err := LoadManifest(modelDir)
 	if err != nil {
@@ -317,12 +256,10 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.verifyHash {
-		if err := man.VerifySHA256(); err != nil {
-			return nil, err
-		}
+	if err := man.VerifySHA256(); err != nil {
+		return nil, err
 	}
-	if err := acquireEnv(o.lib); err != nil {
+	if err := acquireEnv(LibraryPath()); err != nil {
 		return nil, err
 	}
 	r := &Runner{man: man, opts: o}
@@ -333,16 +270,9 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 		}
 		return r, nil
 	}
-	so, err := r.sessionOptions(nil)
-	if err != nil {
+	if r.sess, err = openSession(r.sessionConfig(nil)); err != nil {
 		releaseEnv()
 		return nil, err
-	}
-	defer so.Destroy()
-	r.session, err = ort.NewDynamicAdvancedSession(man.ModelPath(), man.Inputs, []string{man.Output}, so)
-	if err != nil {
-		releaseEnv()
-		return nil, fmt.Errorf("%w: loading %s on %s: %v", ErrSession, man.ModelPath(), o.device, err)
 	}
 	return r, nil
 }
@@ -366,56 +296,22 @@ func (o *options) useGraphs(man *Manifest) (bool, error) {
 // CUDAGraphs says whether the runner replays CUDA graphs.
 func (r *Runner) CUDAGraphs() bool { return r.graphs != nil }
 
-// sessionOptions are the runner's ORT session options: device, threads, CUDA provider options
-// (seqembed's, then extra, then WithCUDAProviderOptions') and the model's custom ops.
-func (r *Runner) sessionOptions(extra map[string]string) (*ort.SessionOptions, error) {
-	so, err := ort.NewSessionOptions()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrSession, err)
-	}
-	fail := func(what string, err error) (*ort.SessionOptions, error) {
-		so.Destroy()
-		return nil, fmt.Errorf("%w: %s: %v", ErrSession, what, err)
-	}
-	if err := so.SetGraphOptimizationLevel(ort.GraphOptimizationLevelEnableAll); err != nil {
-		return fail("graph optimisation level", err)
-	}
-	if r.opts.threads > 0 {
-		if err := so.SetIntraOpNumThreads(r.opts.threads); err != nil {
-			return fail("intra-op threads", err)
-		}
-	}
+// sessionConfig is the runner's session: the model, its custom ops, threads, and on CUDA the
+// execution provider options (seqembed's, then extra, then WithCUDAProviderOptions').
+func (r *Runner) sessionConfig(extra map[string]string) sessionConfig {
+	cfg := sessionConfig{model: r.man.ModelPath(), threads: r.opts.threads, device: r.opts.device,
+		customOps: r.man.CustomOpsPath(), inputs: r.man.Inputs, outputs: []string{r.man.Output}}
 	if r.opts.device.Kind == "cuda" {
-		cuda, err := ort.NewCUDAProviderOptions()
-		if err != nil {
-			return fail("CUDA provider options", err)
-		}
-		defer cuda.Destroy()
-		cfg := map[string]string{
+		cfg.cuda = map[string]string{
 			"device_id":                 strconv.Itoa(r.opts.device.Index),
 			"arena_extend_strategy":     "kSameAsRequested",
 			"cudnn_conv_algo_search":    "HEURISTIC",
 			"do_copy_in_default_stream": "0",
 		}
-		if r.opts.gpuMemGiB > 0 {
-			cfg["gpu_mem_limit"] = strconv.FormatInt(int64(r.opts.gpuMemGiB*(1<<30)), 10)
-		}
-		maps.Copy(cfg, extra)
-		maps.Copy(cfg, r.opts.cudaExtra)
-		if err := cuda.Update(cfg); err != nil {
-			return fail("CUDA provider options", err)
-		}
-		if err := so.AppendExecutionProviderCUDA(cuda); err != nil {
-			return fail(fmt.Sprintf("CUDA execution provider on %s", r.opts.device), fmt.Errorf("%w: %v", ErrDevice, err))
-		}
+		maps.Copy(cfg.cuda, extra)
+		maps.Copy(cfg.cuda, r.opts.cudaExtra)
 	}
-	if r.man.CustomOps != "" {
-		if err := registerCustomOps(so, r.opts.lib, r.man.CustomOpsPath()); err != nil {
-			so.Destroy()
-			return nil, err
-		}
-	}
-	return so, nil
+	return cfg
 }
 
 // Manifest returns the model's manifest. The caller must not modify it.
@@ -427,17 +323,26 @@ func (r *Runner) Dim() int { return r.man.EmbeddingDim }
 // Device is where the runner runs.
 func (r *Runner) Device() Device { return r.opts.device }
 
-func (r *Runner) getOut(n int) *floatBuf {
+// getOut takes an output buffer of at least n floats: a pooled one (WithMaxRows × Dim) when n
+// fits, else a one-off; a new buffer is allocated only when the pool is empty.
+func (r *Runner) getOut(ctx context.Context, n int) (*floatBuf, error) {
+	pooled := r.opts.maxRows * r.man.EmbeddingDim
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if n <= r.opts.maxRows*r.man.EmbeddingDim && len(r.outs) > 0 {
+	if n <= pooled && len(r.outs) > 0 {
 		b := r.outs[len(r.outs)-1]
 		r.outs = r.outs[:len(r.outs)-1]
-		return b
+		r.mu.Unlock()
+		return b, nil
 	}
-	b := newFloatBuf(hostMem{pinned: r.opts.device.Kind == "cuda"}, max(n, r.opts.maxRows*r.man.EmbeddingDim))
+	r.mu.Unlock()
+	b, err := newFloatBuf(ctx, hostMem{pinned: r.opts.device.Kind == "cuda"}, max(n, pooled))
+	if err != nil {
+		return nil, fmt.Errorf("output buffer: %w", err)
+	}
+	r.mu.Lock()
 	r.allOuts = append(r.allOuts, b)
-	return b
+	r.mu.Unlock()
+	return b, nil
 }
 
 func (r *Runner) putOut(b *floatBuf) {
@@ -456,8 +361,16 @@ func (r *Runner) putOut(b *floatBuf) {
 	b.free()
 }
 
-// Embed runs one batch and appends Rows × Dim float32 embeddings (row-major) to dst. It returns
-// when the run is done or ctx is cancelled (the run is then terminated).
+// Embed runs one batch and appends Rows × Dim float32 embeddings (row-major) to dst.
+//
+// ctx is honoured while Embed waits: for a free session (CUDA-graph runners), for a CUDA graph
+// capture of this process to end (CUDA runners; Warmup), for an output buffer, and during a
+// plain ORT run, which its end terminates (ORT stops the run at its next kernel boundary). A CUDA
+// graph replay cannot be interrupted: Embed waits for it (one graph launch, the batch's own GPU
+// time) and returns its result even if ctx ended meanwhile. In every case Embed returns only once
+// ORT is done with in's buffers and its own: the caller may reuse in as soon as Embed returns.
+// Errors wrap ErrRun, and ctx.Err() when ctx ended, ErrAlloc when no output buffer could be had,
+// ErrShape for an input that does not match its Rows and Cols.
 func (r *Runner) Embed(ctx context.Context, in Input, dst []float32) ([]float32, error) {
 	n := in.Rows * in.Cols
 	if in.Rows <= 0 || in.Cols <= 0 || len(in.IDs) < n || len(in.Mask) < n {
@@ -469,77 +382,70 @@ func (r *Runner) Embed(ctx context.Context, in Input, dst []float32) ([]float32,
 	if closed {
 		return dst, ErrClosed
 	}
+	if err := ctx.Err(); err != nil {
+		return dst, r.runErr(ctx, in, err)
+	}
 	dim := r.man.EmbeddingDim
-	ob := r.getOut(in.Rows * dim)
+	ob, err := r.getOut(ctx, in.Rows*dim)
+	if err != nil {
+		return dst, r.runErr(ctx, in, err)
+	}
 	defer r.putOut(ob)
-	var err error
+	out := ob.buf[:in.Rows*dim]
 	if r.graphs != nil {
-		err = r.graphs.embed(ctx, in, ob.buf[:in.Rows*dim])
+		err = r.graphs.embed(ctx, in, out)
 	} else {
-		err = r.run(ctx, in, ob.buf[:in.Rows*dim])
+		err = r.run(ctx, in, out)
 	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return dst, fmt.Errorf("%w: batch %d×%d on %s: %w", ErrRun, in.Rows, in.Cols, r.opts.device, ctx.Err())
-		}
-		return dst, fmt.Errorf("%w: batch %d×%d on %s: %v", ErrRun, in.Rows, in.Cols, r.opts.device, err)
+		return dst, r.runErr(ctx, in, err)
 	}
-	runtime.KeepAlive(in)
-	return append(dst, ob.buf[:in.Rows*dim]...), nil
+	return append(dst, out...), nil
 }
 
-// run is one ORT Run of in on the runner's session, into out (Rows × dim, C memory).
+// runErr is Embed's error for err: it wraps ErrRun and err, and ctx.Err() once ctx has ended.
+func (r *Runner) runErr(ctx context.Context, in Input, err error) error {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w: batch %d×%d on %s: %w (%w)", ErrRun, in.Rows, in.Cols, r.opts.device, cerr, err)
+	}
+	return fmt.Errorf("%w: batch %d×%d on %s: %w", ErrRun, in.Rows, in.Cols, r.opts.device, err)
+}
+
+// run is one ORT Run of in on the runner's session, into out (Rows × dim).
 func (r *Runner) run(ctx context.Context, in Input, out []float32) error {
-	n := in.Rows * in.Cols
-	shape := ort.NewShape(int64(in.Rows), int64(in.Cols))
-	ids, err := ort.NewTensor(shape, in.IDs[:n])
-	if err != nil {
-		return fmt.Errorf("input tensor: %v", err)
-	}
-	defer ids.Destroy()
-	mask, err := ort.NewTensor(shape, in.Mask[:n])
-	if err != nil {
-		return fmt.Errorf("mask tensor: %v", err)
-	}
-	defer mask.Destroy()
-	res, err := ort.NewTensor(ort.NewShape(int64(in.Rows), int64(r.man.EmbeddingDim)), out)
-	if err != nil {
-		return fmt.Errorf("output tensor: %v", err)
-	}
-	defer res.Destroy()
-	var ro *ort.RunOptions
-	if ctx.Done() != nil {
-		if ro, err = ort.NewRunOptions(); err != nil {
-			return fmt.Errorf("run options: %v", err)
-		}
-		defer ro.Destroy()
-		stop := context.AfterFunc(ctx, func() { _ = ro.Terminate() })
-		defer stop()
-	}
 	if r.opts.device.Kind == "cuda" {
-		captureMu.RLock()
-		defer captureMu.RUnlock()
+		if err := captureMu.rlock(ctx); err != nil {
+			return err
+		}
+		defer captureMu.runlock()
 	}
-	return r.session.RunWithOptions([]ort.Value{ids, mask}, []ort.Value{res}, ro)
+	return r.sess.runTokens(ctx, in, out)
 }
 
 // Warmup runs one all-<cls>/<eos> batch of each given shape ({rows, cols} pairs), so that no real
-// batch pays for kernel selection or arena growth; it returns how long that took. A CUDA-graph
-// runner instead captures each shape's graph on each of its sessions (one shape per cols: a
-// later shape with more rows replaces it), without other CUDA work of this process meanwhile;
-// call it before serving.
+// batch pays for kernel selection or arena growth; it returns how long that took. The batches'
+// buffers come from alloc (not used, and may be nil, for CUDA-graph runners). A CUDA-graph runner
+// instead captures each shape's graph on each of its sessions (one shape per cols: a later shape
+// with more rows replaces it), without other CUDA work of this process meanwhile; call it before
+// serving.
+//
+// ctx is checked before every shape (and, with CUDA graphs, before every session's capture) and
+// honoured while Warmup waits for sessions and for other CUDA work to end; a warm-up run is
+// terminated like Embed's, but a capture that has started runs to its end (a few runs of one
+// shape: ORT must not be left in the middle of a capture).
 func (r *Runner) Warmup(ctx context.Context, shapes [][2]int, alloc *HostAllocator) (time.Duration, error) {
 	start := time.Now()
 	var out []float32
 	for _, s := range shapes {
-		var err error
-		if r.graphs != nil {
+		err := ctx.Err()
+		switch {
+		case err != nil:
+		case s[0] <= 0 || s[1] <= 0:
+			err = fmt.Errorf("%w: shape %d×%d", ErrShape, s[0], s[1])
+		case r.graphs != nil:
 			err = r.graphs.capture(ctx, s[0], s[1])
-		} else {
-			ids, mask := alloc.Alloc(s[0] * s[1])
-			padRows(ids, mask, s[1])
-			out, err = r.Embed(ctx, Input{IDs: ids, Mask: mask, Rows: s[0], Cols: s[1]}, out[:0])
-			alloc.Free(ids, mask)
+		default:
+			out, err = r.warmRun(ctx, s[0], s[1], alloc, out)
 		}
 		if err != nil {
 			return time.Since(start), fmt.Errorf("warm-up %d×%d: %w", s[0], s[1], err)
@@ -548,7 +454,22 @@ func (r *Runner) Warmup(ctx context.Context, shapes [][2]int, alloc *HostAllocat
 	return time.Since(start), nil
 }
 
-// Close destroys the session and frees the output buffers. Embed must not be running.
+// warmRun embeds one rows×cols batch of padding rows from alloc.
+func (r *Runner) warmRun(ctx context.Context, rows, cols int, alloc *HostAllocator, out []float32) ([]float32, error) {
+	if alloc == nil {
+		return out, fmt.Errorf("%w: Warmup without CUDA graphs needs a HostAllocator", ErrOption)
+	}
+	ids, mask, err := alloc.Alloc(rows * cols)
+	if err != nil {
+		return out, err
+	}
+	defer alloc.Free(ids, mask)
+	padRows(ids, mask, cols)
+	return r.Embed(ctx, Input{IDs: ids, Mask: mask, Rows: rows, Cols: cols}, out[:0])
+}
+
+// Close destroys the session and frees the output buffers. Embed must not be running. It is
+// idempotent and returns nil (the error result is kept for io.Closer).
 func (r *Runner) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -556,19 +477,15 @@ func (r *Runner) Close() error {
 		return nil
 	}
 	r.closed = true
-	var err error
 	if r.graphs != nil {
 		r.graphs.close()
 	} else {
-		err = r.session.Destroy()
+		r.sess.close()
 	}
 	for _, b := range r.allOuts {
 		b.free()
 	}
 	r.allOuts, r.outs = nil, nil
 	releaseEnv()
-	if err != nil {
-		return fmt.Errorf("%w: destroying session: %v", ErrSession, err)
-	}
 	return nil
 }

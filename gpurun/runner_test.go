@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,6 +15,9 @@ import (
 )
 
 const tinyModel = "../testdata/esm2-tiny"
+
+// The worker hands its HostAllocator to the batcher.
+var _ batcher.Allocator = (*gpurun.HostAllocator)(nil)
 
 type golden struct {
 	Records []struct {
@@ -79,7 +83,7 @@ func embedGolden(t testing.TB, r *gpurun.Runner, g golden, alloc *gpurun.HostAll
 		for _, rec := range recs {
 			cols = max(cols, (len(rec.Sequence)+2+63)/64*64)
 		}
-		ids, mask := alloc.Alloc(len(recs) * cols)
+		ids, mask := mustAlloc(t, alloc, len(recs)*cols)
 		for i, rec := range recs {
 			row := ids[i*cols : (i+1)*cols]
 			tok.Encode(row, []byte(rec.Sequence))
@@ -210,34 +214,123 @@ func TestParseDevice(t *testing.T) {
 	}
 }
 
+// mustAlloc is a.Alloc(n), failing the test on an error.
+func mustAlloc(t testing.TB, a *gpurun.HostAllocator, n int) (ids, mask []int64) {
+	t.Helper()
+	ids, mask, err := a.Alloc(n)
+	if err != nil {
+		t.Fatalf("Alloc(%d): %v", n, err)
+	}
+	return ids, mask
+}
+
 func TestHostAllocatorReuse(t *testing.T) {
 	a, err := gpurun.NewHostAllocator(128, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	ids, mask := a.Alloc(100)
+	ids, mask := mustAlloc(t, a, 100)
 	if len(ids) != 100 || len(mask) != 100 {
 		t.Fatalf("lens %d %d", len(ids), len(mask))
 	}
 	ids[99], mask[99] = 7, 1
 	p := &ids[0]
 	a.Free(ids, mask)
-	ids2, mask2 := a.Alloc(64)
+	ids2, mask2 := mustAlloc(t, a, 64)
 	if &ids2[0] != p {
 		t.Error("pooled buffer was not reused")
 	}
-	big, bigMask := a.Alloc(1000) // one-off, larger than the pool's capacity
+	big, bigMask := mustAlloc(t, a, 1000) // one-off, larger than the pool's capacity
 	big[999], bigMask[999] = 1, 1
 	a.Free(big, bigMask)
 	a.Free(ids2, mask2)
+}
+
+// TestHostAllocatorFailure: a request the host cannot meet is an error wrapping ErrAlloc, not a
+// crash, and the allocator goes on serving (and pooling) what it can.
+func TestHostAllocatorFailure(t *testing.T) {
+	a, err := gpurun.NewHostAllocator(128, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for _, n := range []int{1 << 58, math.MaxInt / 4, -1} { // 2 EiB per buffer, an overflowing size, a negative one
+		if ids, mask, err := a.Alloc(n); !errors.Is(err, gpurun.ErrAlloc) || ids != nil || mask != nil {
+			t.Errorf("Alloc(%d) = %d, %d elements, %v; want nothing and ErrAlloc", n, len(ids), len(mask), err)
+		}
+	}
+	ids, mask := mustAlloc(t, a, 128)
+	a.Free(ids, mask)
+	if again, againMask := mustAlloc(t, a, 1); &again[0] != &ids[0] {
+		t.Error("the pool does not reuse buffers after a failed allocation")
+	} else {
+		a.Free(again, againMask)
+	}
+}
+
+// TestWarmupAndCancel: Warmup runs plain CPU shapes from the allocator (refusing a bad shape and a
+// missing allocator); Embed and Warmup with an ended context run nothing and say why.
+func TestWarmupAndCancel(t *testing.T) {
+	r := newRunner(t)
+	alloc, err := gpurun.NewHostAllocator(4*64, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alloc.Close()
+	if _, err := r.Warmup(context.Background(), [][2]int{{4, 64}, {1, 128}}, alloc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Warmup(context.Background(), [][2]int{{0, 64}}, alloc); !errors.Is(err, gpurun.ErrShape) {
+		t.Errorf("Warmup of 0×64: err = %v, want ErrShape", err)
+	}
+	if _, err := r.Warmup(context.Background(), [][2]int{{1, 64}}, nil); !errors.Is(err, gpurun.ErrOption) {
+		t.Errorf("Warmup without an allocator: err = %v, want ErrOption", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := r.Warmup(ctx, [][2]int{{1, 64}}, alloc); !errors.Is(err, context.Canceled) {
+		t.Errorf("Warmup with a cancelled context: err = %v, want context.Canceled", err)
+	}
+	ids, mask := mustAlloc(t, alloc, 64)
+	defer alloc.Free(ids, mask)
+	dst := []float32{42}
+	got, err := r.Embed(ctx, gpurun.Input{IDs: ids, Mask: mask, Rows: 1, Cols: 64}, dst)
+	if !errors.Is(err, gpurun.ErrRun) || !errors.Is(err, context.Canceled) || len(got) != 1 {
+		t.Errorf("Embed with a cancelled context: %d values, err = %v; want dst unchanged, ErrRun and context.Canceled", len(got), err)
+	}
+}
+
+// TestEmbedGoMemory: Go slices work as input (pinned for the run) and give what C memory gives.
+func TestEmbedGoMemory(t *testing.T) {
+	r := newRunner(t)
+	alloc, err := gpurun.NewHostAllocator(2*64, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer alloc.Close()
+	ids, mask := mustAlloc(t, alloc, 2*64)
+	defer alloc.Free(ids, mask)
+	for i := range ids {
+		ids[i], mask[i] = int64(4+i%20), 1
+	}
+	in := gpurun.Input{IDs: ids, Mask: mask, Rows: 2, Cols: 64}
+	want, err := r.Embed(context.Background(), in, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.IDs, in.Mask = slices.Clone(ids), slices.Clone(mask)
+	got, err := r.Embed(context.Background(), in, nil)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Go-memory input: %v, equal to C-memory result: %v", err, slices.Equal(got, want))
+	}
 }
 
 func BenchmarkEmbedTiny(b *testing.B) {
 	r := newRunner(b)
 	alloc, _ := gpurun.NewHostAllocator(16*256, false)
 	defer alloc.Close()
-	ids, mask := alloc.Alloc(16 * 256)
+	ids, mask := mustAlloc(b, alloc, 16*256)
 	for i := range ids {
 		ids[i], mask[i] = int64(4+i%20), 1
 	}

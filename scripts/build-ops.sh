@@ -7,9 +7,11 @@
 # its manifest; put OUT.so in the model directory as libseqembed_ops.so.
 set -euo pipefail
 out=${1:?usage: build-ops.sh OUT.so [cpu]}
-src=$(cd "$(dirname "$0")/../gpurun/ortops" && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
+src=$root/gpurun/ortops
+inc=$root/third_party/onnxruntime/include # ONNX Runtime's C API headers (third_party/onnxruntime/VERSION)
 if [[ ${2:-} == cpu ]]; then
-  exec g++ -O2 -std=c++17 -shared -fPIC -x c++ -DSEQEMBED_OPS_CPU_ONLY -I "$src" "$src/seqembed_ops.cu" -o "$out"
+  exec g++ -O2 -std=c++17 -shared -fPIC -x c++ -DSEQEMBED_OPS_CPU_ONLY -I "$inc" "$src/seqembed_ops.cu" -o "$out"
 fi
 nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 gencode=()
@@ -17,4 +19,4 @@ for a in ${SEQEMBED_OPS_ARCHS:-80 90}; do # SM versions to build for (default 80
   gencode+=(-gencode "arch=compute_$a,code=sm_$a")
 done
 exec "$nvcc" -O3 -std=c++17 --cudart shared -shared -Xcompiler -fPIC "${gencode[@]}" \
-  -I "$src" "$src/seqembed_ops.cu" -o "$out"
+  -I "$inc" "$src/seqembed_ops.cu" -o "$out"

@@ -4,8 +4,10 @@
 //
 // The package deliberately imports none of seqembed's other packages. Every
 // hook takes primitive arguments (counts, durations, short reason codes) so
-// that cmd/seqembed can wire the pipeline stages to it without the stages
-// depending on telemetry or on each other.
+// that the caller can wire the pipeline stages to it without the stages
+// depending on telemetry or on each other. The label values it pre-registers
+// (dead-letter reasons, batch flush reasons) are owned by the packages that
+// produce them and passed to NewMetrics in Labels, so they cannot drift.
 package telemetry
 
 import "errors"

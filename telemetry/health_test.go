@@ -55,7 +55,7 @@ func TestHealthState(t *testing.T) {
 
 func TestServer(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, "esm2")
+	m, err := NewMetrics(reg, "esm2", testLabels)
 	if err != nil {
 		t.Fatal(err)
 	}

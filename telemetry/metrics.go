@@ -11,25 +11,48 @@ import (
 // Namespace prefixes every metric name.
 const Namespace = "seqembed"
 
-// Dead-letter reason codes pre-registered on records_dead_lettered_total so
-// that their series exist (at zero) from the first scrape. Other short codes
-// are accepted too; see Metrics.DeadLettered.
-const (
-	ReasonMissingID      = "missing_id"
-	ReasonInvalidResidue = "invalid_residue"
-	ReasonEmpty          = "empty"
-	ReasonTooLarge       = "too_large"
-	ReasonTooLong        = "too_long"
-	ReasonMaxDeliveries  = "max_deliveries"
-	ReasonModelError     = "model_error"
-)
+// Labels are the label values NewMetrics pre-registers, so that their series exist (at zero)
+// from the first scrape. They are defined by the packages that produce them, which telemetry
+// does not import; the caller passes them in:
+//
+//	telemetry.Labels{
+//		DeadLetterReasons: consumer.DeadLetterReasons(),
+//		FlushReasons:      []string{batcher.ReasonFull, batcher.ReasonLinger, batcher.ReasonDrain},
+//	}
+//
+// Both are required (non-empty); every value must be a short code (1 to 32 characters of a-z,
+// 0-9 and '_') and appear once. Values not listed are still counted when they occur (see
+// Metrics.DeadLettered).
+type Labels struct {
+	// DeadLetterReasons are the reason codes of records_dead_lettered_total{reason}.
+	DeadLetterReasons []string
+	// FlushReasons are the flush reasons of batches_total{reason}.
+	FlushReasons []string
+}
 
-// Batch flush reasons pre-registered on batches_total.
-const (
-	FlushFull   = "full"   // the batch reached its row or token budget
-	FlushLinger = "linger" // the linger timer fired with a partial batch
-	FlushDrain  = "drain"  // shutdown or end of input flushed what was left
-)
+// validate checks l as documented on Labels.
+func (l Labels) validate() error {
+	for _, set := range []struct {
+		name   string
+		values []string
+	}{{"DeadLetterReasons", l.DeadLetterReasons}, {"FlushReasons", l.FlushReasons}} {
+		if len(set.values) == 0 {
+			return fmt.Errorf("%w: Labels.%s is empty", ErrOption, set.name)
+		}
+		seen := make(map[string]bool, len(set.values))
+		for i, v := range set.values {
+			if reasonLabel(v) != v {
+				return fmt.Errorf("%w: Labels.%s[%d] = %q is not a short code (1 to %d characters of a-z, 0-9, '_')",
+					ErrOption, set.name, i, v, maxReasonLen)
+			}
+			if seen[v] {
+				return fmt.Errorf("%w: Labels.%s lists %q twice", ErrOption, set.name, v)
+			}
+			seen[v] = true
+		}
+	}
+	return nil
+}
 
 // GPU bottleneck tiers for Metrics.SetGPU.
 const (
@@ -45,12 +68,6 @@ const ReasonOther = "other"
 
 // maxReasonLen bounds the length of a reason label value.
 const maxReasonLen = 32
-
-var (
-	deadLetterReasons = []string{ReasonMissingID, ReasonInvalidResidue, ReasonEmpty,
-		ReasonTooLarge, ReasonTooLong, ReasonMaxDeliveries, ReasonModelError}
-	flushReasons = []string{FlushFull, FlushLinger, FlushDrain}
-)
 
 // Histogram buckets. Latency buckets are in seconds.
 var (
@@ -104,18 +121,20 @@ type Metrics struct {
 // NewMetrics creates the worker's collectors and registers them on reg.
 // model (required, non-empty) becomes the constant "model" label of every
 // series, so several workers with different models can share a registry.
+// labels (required, see Labels) are the reason values whose series are
+// created at zero.
 //
 // Metrics (prefix seqembed_):
 //
 //	records_in_total                       counter    records received
 //	records_out_total                      counter    embeddings published
-//	records_dead_lettered_total{reason}    counter    records sent to the dead-letter subject
+//	records_dead_lettered_total{reason}    counter    records sent to the dead-letter subject (Labels.DeadLetterReasons)
 //	records_truncated_total                counter    records truncated to the model's max length
 //	queue_wait_seconds                     histogram  oldest record's arrival → batch flush (1ms..60s)
 //	batch_rows                             histogram  rows per batch (1..1024, powers of two)
 //	batch_tokens                           histogram  padded tokens rows*cols per batch (256..524288)
 //	padding_efficiency                     histogram  real/padded tokens per batch (0..1)
-//	batches_total{reason}                  counter    batches flushed by reason: full, linger, drain
+//	batches_total{reason}                  counter    batches flushed by reason (Labels.FlushReasons)
 //	inference_seconds                      histogram  model run per batch (5ms..120s)
 //	publish_seconds                        histogram  output encode+publish per batch (0.5ms..10s)
 //	inflight_batches                       gauge      batches between flush and publish
@@ -124,32 +143,36 @@ type Metrics struct {
 //	gpu_memory_used_bytes{gpu}             gauge
 //	gpu_bottleneck_tier{gpu}               gauge      0 unknown, 1 fine, 2 mild, 3 severe
 //
-// If any registration fails, the collectors already registered are
-// unregistered again and the error wraps ErrRegister and the prometheus
-// error (e.g. prometheus.AlreadyRegisteredError).
-func NewMetrics(reg prometheus.Registerer, model string) (*Metrics, error) {
+// Invalid arguments fail with ErrOption. If any registration fails, the
+// collectors already registered are unregistered again and the error wraps
+// ErrRegister and the prometheus error (e.g.
+// prometheus.AlreadyRegisteredError).
+func NewMetrics(reg prometheus.Registerer, model string, labels Labels) (*Metrics, error) {
 	if reg == nil {
 		return nil, fmt.Errorf("%w: nil prometheus registerer", ErrOption)
 	}
 	if model == "" {
 		return nil, fmt.Errorf("%w: empty model label", ErrOption)
 	}
-	labels := prometheus.Labels{"model": model}
+	if err := labels.validate(); err != nil {
+		return nil, fmt.Errorf("metrics for model %q: %w", model, err)
+	}
+	constLabels := prometheus.Labels{"model": model}
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: Namespace, Name: name, Help: help, ConstLabels: labels})
+			Namespace: Namespace, Name: name, Help: help, ConstLabels: constLabels})
 	}
 	counterVec := func(name, help, label string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: Namespace, Name: name, Help: help, ConstLabels: labels}, []string{label})
+			Namespace: Namespace, Name: name, Help: help, ConstLabels: constLabels}, []string{label})
 	}
 	histogram := func(name, help string, buckets []float64) prometheus.Histogram {
 		return prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: Namespace, Name: name, Help: help, ConstLabels: labels, Buckets: buckets})
+			Namespace: Namespace, Name: name, Help: help, ConstLabels: constLabels, Buckets: buckets})
 	}
 	gpuGauge := func(name, help string) *prometheus.GaugeVec {
 		return prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: Namespace, Name: name, Help: help, ConstLabels: labels}, []string{"gpu"})
+			Namespace: Namespace, Name: name, Help: help, ConstLabels: constLabels}, []string{"gpu"})
 	}
 
 	m := &Metrics{
@@ -170,7 +193,7 @@ func NewMetrics(reg prometheus.Registerer, model string) (*Metrics, error) {
 		publish:   histogram("publish_seconds", "Output encode and publish time per batch.", publishBuckets),
 		batches:   counterVec("batches_total", "Batches flushed, by flush reason.", "reason"),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: Namespace, Name: "inflight_batches", ConstLabels: labels,
+			Namespace: Namespace, Name: "inflight_batches", ConstLabels: constLabels,
 			Help: "Batches flushed but not yet published."}),
 		runnerIdle: histogram("runner_idle_seconds",
 			"Time the inference runner waited for its next batch.", runnerIdleBuckets),
@@ -180,10 +203,10 @@ func NewMetrics(reg prometheus.Registerer, model string) (*Metrics, error) {
 		gpuTier: gpuGauge("gpu_bottleneck_tier",
 			"GPU bottleneck tier: 0 unknown, 1 fine, 2 mild, 3 severe."),
 	}
-	for _, r := range deadLetterReasons {
+	for _, r := range labels.DeadLetterReasons {
 		m.deadLettered.WithLabelValues(r)
 	}
-	for _, r := range flushReasons {
+	for _, r := range labels.FlushReasons {
 		m.batches.WithLabelValues(r)
 	}
 
@@ -222,8 +245,8 @@ func (m *Metrics) RecordsOut(n int) {
 }
 
 // DeadLettered counts one dead-lettered record. reason must be a short code
-// (1 to 32 characters of a-z, 0-9 and '_'), such as the Reason constants;
-// anything else, e.g. an error message, is counted as ReasonOther so that a
+// (1 to 32 characters of a-z, 0-9 and '_'), such as those of
+// Labels.DeadLetterReasons; anything else, e.g. an error message, is counted as ReasonOther so that a
 // mistake cannot blow up label cardinality.
 func (m *Metrics) DeadLettered(reason string) {
 	if m == nil {
@@ -240,8 +263,8 @@ func (m *Metrics) Truncated() {
 	m.truncated.Inc()
 }
 
-// ObserveBatch records one flushed batch: the flush reason (FlushFull,
-// FlushLinger, FlushDrain; sanitised like DeadLettered), its row count, its
+// ObserveBatch records one flushed batch: the flush reason (one of
+// Labels.FlushReasons; sanitised like DeadLettered), its row count, its
 // padded token count (rows*cols), its real (unpadded) token count and how
 // long its oldest record waited between arrival and flush. Padding efficiency
 // is realTokens/paddedTokens clamped to [0,1] and is skipped when

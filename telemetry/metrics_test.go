@@ -11,10 +11,17 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
+// testLabels stands in for the label sets the callers take from consumer and batcher (which
+// telemetry does not import, not even in tests).
+var testLabels = Labels{
+	DeadLetterReasons: []string{"missing_id", "bad_id", "empty", "too_large", "too_long", "invalid_residue", "max_deliveries", "model_error"},
+	FlushReasons:      []string{"full", "linger", "drain"},
+}
+
 func newTestMetrics(t *testing.T) (*Metrics, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, "esm2_t6_8M")
+	m, err := NewMetrics(reg, "esm2_t6_8M", testLabels)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,23 +29,53 @@ func newTestMetrics(t *testing.T) (*Metrics, *prometheus.Registry) {
 }
 
 func TestNewMetricsValidation(t *testing.T) {
-	if _, err := NewMetrics(nil, "m"); !errors.Is(err, ErrOption) {
+	if _, err := NewMetrics(nil, "m", testLabels); !errors.Is(err, ErrOption) {
 		t.Errorf("nil registry: err = %v, want ErrOption", err)
 	}
-	if _, err := NewMetrics(prometheus.NewRegistry(), ""); !errors.Is(err, ErrOption) {
+	if _, err := NewMetrics(prometheus.NewRegistry(), "", testLabels); !errors.Is(err, ErrOption) {
 		t.Errorf("empty model: err = %v, want ErrOption", err)
+	}
+	flush := testLabels.FlushReasons
+	dead := testLabels.DeadLetterReasons
+	for name, l := range map[string]Labels{
+		"no dead-letter reasons": {FlushReasons: flush},
+		"no flush reasons":       {DeadLetterReasons: dead},
+		"not a short code":       {DeadLetterReasons: []string{"too_large", "Too Large"}, FlushReasons: flush},
+		"empty code":             {DeadLetterReasons: dead, FlushReasons: []string{""}},
+		"listed twice":           {DeadLetterReasons: dead, FlushReasons: []string{"full", "full"}},
+	} {
+		if _, err := NewMetrics(prometheus.NewRegistry(), "m", l); !errors.Is(err, ErrOption) {
+			t.Errorf("%s: err = %v, want ErrOption", name, err)
+		}
+	}
+}
+
+// TestNewMetricsPreregistersLabels: every given reason has its series at zero before anything
+// is counted, and nothing else is registered.
+func TestNewMetricsPreregistersLabels(t *testing.T) {
+	m, _ := newTestMetrics(t)
+	for _, r := range testLabels.DeadLetterReasons {
+		if got := testutil.ToFloat64(m.deadLettered.WithLabelValues(r)); got != 0 {
+			t.Errorf("dead %s = %v, want 0", r, got)
+		}
+	}
+	if n := testutil.CollectAndCount(m.deadLettered); n != len(testLabels.DeadLetterReasons) {
+		t.Errorf("dead-letter series = %d, want %d", n, len(testLabels.DeadLetterReasons))
+	}
+	if n := testutil.CollectAndCount(m.batches); n != len(testLabels.FlushReasons) {
+		t.Errorf("batch series = %d, want %d", n, len(testLabels.FlushReasons))
 	}
 }
 
 func TestNewMetricsDuplicateRegistration(t *testing.T) {
 	_, reg := newTestMetrics(t)
-	_, err := NewMetrics(reg, "esm2_t6_8M")
+	_, err := NewMetrics(reg, "esm2_t6_8M", testLabels)
 	var are prometheus.AlreadyRegisteredError
 	if !errors.Is(err, ErrRegister) || !errors.As(err, &are) {
 		t.Fatalf("err = %v, want ErrRegister wrapping AlreadyRegisteredError", err)
 	}
 	// A different model label is a different set of series on the same registry.
-	if _, err := NewMetrics(reg, "esm2_t33_650M"); err != nil {
+	if _, err := NewMetrics(reg, "esm2_t33_650M", testLabels); err != nil {
 		t.Fatalf("second model: %v", err)
 	}
 }
@@ -53,12 +90,12 @@ func TestNewMetricsRollsBackOnFailure(t *testing.T) {
 		Help:        "Time the inference runner waited for its next batch.",
 		ConstLabels: prometheus.Labels{"model": "m"}})
 	reg.MustRegister(clash)
-	if _, err := NewMetrics(reg, "m"); !errors.Is(err, ErrRegister) {
+	if _, err := NewMetrics(reg, "m", testLabels); !errors.Is(err, ErrRegister) {
 		t.Fatalf("err = %v, want ErrRegister", err)
 	}
 	reg.Unregister(clash)
 	// Everything registered before the failure must have been rolled back.
-	if _, err := NewMetrics(reg, "m"); err != nil {
+	if _, err := NewMetrics(reg, "m", testLabels); err != nil {
 		t.Fatalf("after rollback: %v", err)
 	}
 }
@@ -72,8 +109,8 @@ func TestMetricsCounters(t *testing.T) {
 	m.RecordsOut(0)
 	m.RecordsOut(-5)
 	m.Truncated()
-	m.DeadLettered(ReasonInvalidResidue)
-	m.DeadLettered(ReasonInvalidResidue)
+	m.DeadLettered("invalid_residue")
+	m.DeadLettered("invalid_residue")
 	m.DeadLettered("custom_code")
 	m.DeadLettered("sequence contains 'X' at 12")
 	m.DeadLettered("")
@@ -86,19 +123,19 @@ func TestMetricsCounters(t *testing.T) {
 		{"records_in", m.recordsIn, 3},
 		{"records_out", m.recordsOut, 2},
 		{"truncated", m.truncated, 1},
-		{"dead invalid_residue", m.deadLettered.WithLabelValues(ReasonInvalidResidue), 2},
+		{"dead invalid_residue", m.deadLettered.WithLabelValues("invalid_residue"), 2},
 		{"dead custom_code", m.deadLettered.WithLabelValues("custom_code"), 1},
 		{"dead other", m.deadLettered.WithLabelValues(ReasonOther), 2},
-		{"dead missing_id", m.deadLettered.WithLabelValues(ReasonMissingID), 0},
+		{"dead missing_id", m.deadLettered.WithLabelValues("missing_id"), 0},
 	}
 	for _, c := range checks {
 		if got := testutil.ToFloat64(c.c); got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, got, c.want)
 		}
 	}
-	// 7 pre-registered reasons + custom_code + other.
-	if n := testutil.CollectAndCount(m.deadLettered); n != 9 {
-		t.Errorf("dead-letter series = %d, want 9", n)
+	// The pre-registered reasons + custom_code + other.
+	if n, want := testutil.CollectAndCount(m.deadLettered), len(testLabels.DeadLetterReasons)+2; n != want {
+		t.Errorf("dead-letter series = %d, want %d", n, want)
 	}
 	n, err := testutil.GatherAndCount(reg, "seqembed_records_in_total")
 	if err != nil || n != 1 {
@@ -119,16 +156,16 @@ func TestMetricsCounters(t *testing.T) {
 
 func TestMetricsBatch(t *testing.T) {
 	m, _ := newTestMetrics(t)
-	m.ObserveBatch(FlushFull, 32, 32*512, 32*400, 20*time.Millisecond)
-	m.ObserveBatch(FlushLinger, 3, 3*100, 150, 250*time.Millisecond)
-	m.ObserveBatch(FlushDrain, 0, 0, 0, -time.Second) // empty drain: no padding sample, wait clamped to 0
+	m.ObserveBatch("full", 32, 32*512, 32*400, 20*time.Millisecond)
+	m.ObserveBatch("linger", 3, 3*100, 150, 250*time.Millisecond)
+	m.ObserveBatch("drain", 0, 0, 0, -time.Second) // empty drain: no padding sample, wait clamped to 0
 	m.ObserveInference(40 * time.Millisecond)
 	m.ObservePublish(3 * time.Millisecond)
 	m.ObserveRunnerIdle(time.Millisecond)
 	m.InflightAdd(2)
 	m.InflightAdd(-1)
 
-	if got := testutil.ToFloat64(m.batches.WithLabelValues(FlushFull)); got != 1 {
+	if got := testutil.ToFloat64(m.batches.WithLabelValues("full")); got != 1 {
 		t.Errorf("batches full = %v", got)
 	}
 	if got := testutil.ToFloat64(m.inflight); got != 1 {
@@ -187,9 +224,9 @@ func TestMetricsNilIsNoop(t *testing.T) {
 	var m *Metrics
 	m.RecordIn()
 	m.RecordsOut(1)
-	m.DeadLettered(ReasonEmpty)
+	m.DeadLettered("empty")
 	m.Truncated()
-	m.ObserveBatch(FlushFull, 1, 1, 1, time.Second)
+	m.ObserveBatch("full", 1, 1, 1, time.Second)
 	m.ObserveInference(time.Second)
 	m.ObservePublish(time.Second)
 	m.InflightAdd(1)
@@ -205,8 +242,8 @@ func TestMetricsConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for i := range each {
 				m.RecordIn()
-				m.DeadLettered(ReasonTooLong)
-				m.ObserveBatch(FlushLinger, 1, 8, 4, time.Millisecond)
+				m.DeadLettered("too_long")
+				m.ObserveBatch("linger", 1, 8, 4, time.Millisecond)
 				m.InflightAdd(1)
 				m.InflightAdd(-1)
 				m.SetGPU(w%2, float64(i)/each, uint64(i), TierFine)
@@ -217,7 +254,7 @@ func TestMetricsConcurrent(t *testing.T) {
 	if got := testutil.ToFloat64(m.recordsIn); got != workers*each {
 		t.Errorf("records_in = %v", got)
 	}
-	if got := testutil.ToFloat64(m.deadLettered.WithLabelValues(ReasonTooLong)); got != workers*each {
+	if got := testutil.ToFloat64(m.deadLettered.WithLabelValues("too_long")); got != workers*each {
 		t.Errorf("dead too_long = %v", got)
 	}
 	if got := testutil.ToFloat64(m.inflight); got != 0 {

@@ -8,21 +8,23 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/seqembed/seqembed/internal/e2etest"
 )
 
-// TestCrashPoints SIGKILLs a `seqembed worker` process (SEQEMBED_CRASH_AT, see worker.go) on its
+// TestCrashPoints SIGKILLs a `seqembed worker` process (SEQEMBED_CRASH_AT, see crashHooks in main_test.go) on its
 // second batch at each crash point: before publish, after publish before the ack, and after
 // acking half the batch. A second worker then finishes the work: every id is output (exactly
 // once after dedupe by id) and the work queue ends empty.
 func TestCrashPoints(t *testing.T) {
-	requireORT(t)
+	e2etest.RequireORT(t)
 	for i, point := range []string{"before-publish", "after-publish", "partial-ack"} {
 		t.Run(point, func(t *testing.T) { testCrashPoint(t, point, uint64(i+1)) })
 	}
 }
 
 func testCrashPoint(t *testing.T, point string, seed uint64) {
-	ctx, srv, nc, js := ortServer(t, 60*time.Second)
+	ctx, srv, nc, js := e2etest.Server(t, 3*time.Minute)
 
 	cmd, exited := startWorkerProcess(t, srv, "--ack-wait 2s --max-batch-rows 8 --threads 1 --http-addr 127.0.0.1:0 --log-level warn",
 		"SEQEMBED_CRASH_AT="+point, "SEQEMBED_CRASH_AFTER=2")
@@ -37,14 +39,14 @@ func testCrashPoint(t *testing.T, point string, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0xc0a5))
 	recs := map[string]string{}
 	for i := range 120 {
-		recs[fmt.Sprint("c", i)] = string(randomProtein(rng, 20, 200))
+		recs[fmt.Sprint("c", i)] = string(e2etest.RandomProtein(rng, 20, 200))
 	}
 	// The child creates the streams; wait for them before publishing.
-	if err, gone := waitForStreams(t, ctx, js, exited); gone {
+	if err, gone := e2etest.WaitForStreams(t, ctx, js, exited); gone {
 		reaped = true
 		t.Fatalf("worker exited before it was ready: %v", err)
 	}
-	publishRecords(t, js, "esm2-tiny", recs)
+	e2etest.PublishRecords(t, js, "esm2-tiny", recs)
 
 	select {
 	case err := <-exited:
@@ -57,26 +59,26 @@ func testCrashPoint(t *testing.T, point string, seed uint64) {
 		if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 			t.Fatalf("worker exit: %v, want killed by SIGKILL", err)
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("worker did not crash at %s within 20s", point)
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("worker did not crash at %s within 2 minutes", point)
 	}
 
 	// The batch the worker died on was never acked in full, so some ids are still missing.
-	if before, _, _ := readAllOutput(t, ctx, js, recs, 300*time.Millisecond); len(before) >= len(recs) {
+	if before, _, _ := e2etest.ReadAllOutput(t, ctx, js, recs, 300*time.Millisecond); len(before) >= len(recs) {
 		t.Fatalf("all %d ids were output before the crash: the crash point was never reached mid-stream", len(before))
 	} else {
 		t.Logf("%d of %d ids output by the crashed worker", len(before), len(recs))
 	}
 
 	// A second worker takes over; the crashed one's unacked records come back after AckWait.
-	cfg := testConfig(t)
+	cfg := e2etest.Config()
 	cfg.AckWait = 2 * time.Second
-	w, stop := startWorker(t, ctx, cfg, nc, nil)
-	defer stop()
-	outputIDs(t, js, len(recs))
-	waitQueueEmpty(t, js, w.model) // every record acked, so every output is stored
+	w := e2etest.NewWorkerConn(t, ctx, nc, cfg).Start(t, ctx)
+	defer w.Wait()
+	e2etest.OutputIDs(t, js, len(recs))
+	e2etest.WaitQueueEmpty(t, js, w.Model()) // every record acked, so every output is stored
 
-	seen, rows, msgs := readAllOutput(t, ctx, js, recs, 2*time.Second)
+	seen, rows, msgs := e2etest.ReadAllOutput(t, ctx, js, recs, 2*time.Second)
 	for id := range recs {
 		if seen[id] == 0 {
 			t.Errorf("%s lost", id)
@@ -93,5 +95,5 @@ func testCrashPoint(t *testing.T, point string, seed uint64) {
 	}
 	t.Logf("%s: %d output messages, %d rows, %d distinct ids, %d raw duplicate rows %v",
 		point, msgs, rows, len(seen), rows-len(seen), dupIDs)
-	waitQueueEmpty(t, js, w.model)
+	e2etest.WaitQueueEmpty(t, js, w.Model())
 }

@@ -21,6 +21,8 @@ import (
 	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 
+	"github.com/seqembed/seqembed/ingest"
+	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/internal/natstest"
 )
 
@@ -69,7 +71,7 @@ func newTestPKI(t *testing.T) testPKI {
 // certificate and a user/password, with the connections made from the commands' flags; wrong or
 // missing credentials are refused.
 func TestTLSAndAuth(t *testing.T) {
-	requireORT(t)
+	e2etest.RequireORT(t)
 	pki := newTestPKI(t)
 	srv := natstest.Server(t, func(o *server.Options) {
 		cert, err := tls.LoadX509KeyPair(pki.serverCert, pki.serverKey)
@@ -109,9 +111,9 @@ func TestTLSAndAuth(t *testing.T) {
 	defer ncP.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	w, stop := startWorker(t, ctx, testConfig(t), ncW, nil)
-	defer stop()
-	st, err := publishFASTA(ctx, ncP, "../../testdata/golden-input.fasta", w.model, nil, log)
+	w := e2etest.NewWorkerConn(t, ctx, ncW, e2etest.Config()).Start(t, ctx)
+	defer w.Wait()
+	st, err := ingest.PublishFASTA(ctx, ncP, filepath.Join(e2etest.Root, "testdata", "golden-input.fasta"), w.Model(), nil, log)
 	if err != nil || st.Stored != 20 {
 		t.Fatalf("publish over TLS: %+v, %v", st, err)
 	}
@@ -119,7 +121,7 @@ func TestTLSAndAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if seen := outputIDs(t, js, 20); len(seen) != 20 {
+	if seen := e2etest.OutputIDs(t, js, 20); len(seen) != 20 {
 		t.Fatalf("outputs %v", seen)
 	}
 }

@@ -12,11 +12,12 @@ import (
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/pipeline"
 )
 
 // ensureStreams creates or updates the input stream, model's durable consumer and the output
 // stream (idempotent), with the settings a worker would use, and writes their state to w.
-func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cfg workerConfig, w io.Writer) error {
+func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cfg pipeline.Config, w io.Writer) error {
 	overlength, err := consumer.ParseOverlength(cfg.Overlength)
 	if err != nil {
 		return err
@@ -81,8 +82,8 @@ func bytesString(n uint64) string {
 
 func runStreamsCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("streams", flag.ContinueOnError)
-	var cfg workerConfig
-	cfg.register(fs)
+	var cfg pipeline.Config
+	registerConfig(fs, &cfg)
 	var nf natsFlags
 	nf.register(fs)
 	model := fs.String("name", "", "model name (model.json's name) whose consumer to create (required)")

@@ -2,41 +2,37 @@ package main
 
 import (
 	"context"
-	"flag"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/internal/testutil"
+	"github.com/seqembed/seqembed/pipeline"
 )
 
 func TestEnsureStreamsIdempotent(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	_, js := natstest.Connect(t, natstest.Server(t, nil))
-	var cfg workerConfig
-	cfg.register(flag.NewFlagSet("t", flag.ContinueOnError))
+	cfg := pipeline.Default()
 	var first, second strings.Builder
 	if err := ensureStreams(ctx, js, "m", cfg, &first); err != nil {
 		t.Fatal(err)
 	}
-	publishRecords(t, js, "m", map[string]string{"a": "MKT", "b": "MKTAY"})
+	e2etest.PublishRecords(t, js, "m", map[string]string{"a": "MKT", "b": "MKTAY"})
 	// The server counts a consumer's pending messages a moment after the PubAck (a clean-clone CI
 	// run once read 1 of 2): wait until it has, so the state printed below is settled.
-	for {
+	testutil.Eventually(t, time.Minute, func() (bool, string) {
 		c, err := js.Consumer(ctx, cfg.InStream, consumer.Durable("m"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.CachedInfo().NumPending == 2 {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("consumer pending %d, want 2", c.CachedInfo().NumPending)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return c.CachedInfo().NumPending == 2, fmt.Sprintf("consumer pending %d, want 2", c.CachedInfo().NumPending)
+	})
 	cfg.MaxDeliver = 7 // an update, not a conflict
 	if err := ensureStreams(ctx, js, "m", cfg, &second); err != nil {
 		t.Fatal(err)

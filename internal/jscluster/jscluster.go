@@ -4,6 +4,7 @@
 package jscluster
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/seqembed/seqembed/internal/retry"
 )
 
 // Config says what a cluster is called and how long it waits for its nodes. A zero field takes
@@ -74,11 +77,8 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// Start starts an n-node cluster with the default Config; see Config.Start.
-func Start(dir string, n int) (*Cluster, error) { return Config{}.Start(dir, n) }
-
 // Start starts an n-node JetStream cluster (server names n1..nN) with node i's store in
-// dir/n<i>, and waits until JetStream has a meta leader. On an error every node started is shut
+// dir/n<i>, and waits until JetStream has a meta leader that sees every node. On an error every node started is shut
 // down again; otherwise the caller must Close the cluster.
 func (cfg Config) Start(dir string, n int) (*Cluster, error) {
 	if n < 1 {
@@ -134,28 +134,36 @@ func (cfg Config) Start(dir string, n int) (*Cluster, error) {
 	return c, nil
 }
 
+// errNotYet is what waitPeers' check returns while the cluster is not ready.
+var errNotYet = errors.New("jscluster: not ready yet")
+
 // waitPeers waits for a meta leader that sees every node online with JetStream: before that,
-// creating an R3 stream can fail with "no suitable peers for placement".
+// creating an R3 stream can fail with "no suitable peers for placement". It checks every 25 ms
+// through retry.Do, without backoff: the state changes within milliseconds once the servers
+// agree, so a frequent check costs nothing and adds no latency.
 func (c *Cluster) waitPeers(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		i, err := c.WaitMetaLeader(time.Until(deadline))
-		if err != nil {
-			return err
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	leader, peers := -1, 0
+	err := retry.Do(ctx, retry.Policy{Initial: 25 * time.Millisecond, Max: 25 * time.Millisecond}, func(context.Context) error {
 		c.mu.Lock()
-		peers := 0
-		if s := c.srvs[i]; s != nil {
-			peers = len(s.JetStreamClusterPeers())
+		defer c.mu.Unlock()
+		leader, peers = c.metaLeader(), 0
+		if leader >= 0 {
+			peers = len(c.srvs[leader].JetStreamClusterPeers())
 		}
-		c.mu.Unlock()
-		if peers == len(c.srvs) {
-			return nil
+		if peers < len(c.srvs) {
+			return errNotYet
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("jscluster: meta leader sees %d of %d nodes after %s", peers, len(c.srvs), timeout)
-		}
-		time.Sleep(25 * time.Millisecond)
+		return nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case leader < 0:
+		return fmt.Errorf("jscluster: no JetStream meta leader after %s", timeout)
+	default:
+		return fmt.Errorf("jscluster: meta leader n%d sees %d of %d nodes after %s", leader+1, peers, len(c.srvs), timeout)
 	}
 }
 
@@ -165,9 +173,6 @@ func (c *Cluster) Close() {
 		c.Shutdown(i)
 	}
 }
-
-// N is the number of nodes.
-func (c *Cluster) N() int { return len(c.opts) }
 
 // URLs returns every node's client URL, comma-separated (what nats.Connect takes).
 func (c *Cluster) URLs() string {
@@ -217,31 +222,15 @@ func (c *Cluster) Restart(i int) error {
 	return nil
 }
 
-// MetaLeader returns the index of the node that is the JetStream meta leader, or -1.
-func (c *Cluster) MetaLeader() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// metaLeader is the index of the running node that is the JetStream meta leader, or -1. c.mu
+// must be held.
+func (c *Cluster) metaLeader() int {
 	for i, s := range c.srvs {
 		if s != nil && s.JetStreamIsLeader() {
 			return i
 		}
 	}
 	return -1
-}
-
-// WaitMetaLeader waits until some running node is the JetStream meta leader and returns its
-// index, or an error after timeout.
-func (c *Cluster) WaitMetaLeader(timeout time.Duration) (int, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		if i := c.MetaLeader(); i >= 0 {
-			return i, nil
-		}
-		if time.Now().After(deadline) {
-			return -1, fmt.Errorf("jscluster: no JetStream meta leader after %s", timeout)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 }
 
 // StreamLeader returns the index of the node leading stream of account ("$G" when the servers
@@ -301,9 +290,4 @@ func stepDown(nc *nats.Conn, subject string) error {
 // ($JS.API.CONSUMER.LEADER.STEPDOWN.<stream>.<consumer>); another replica takes over.
 func ConsumerStepDown(nc *nats.Conn, stream, consumer string) error {
 	return stepDown(nc, fmt.Sprintf("$JS.API.CONSUMER.LEADER.STEPDOWN.%s.%s", stream, consumer))
-}
-
-// StreamStepDown asks the stream's leader to step down ($JS.API.STREAM.LEADER.STEPDOWN.<stream>).
-func StreamStepDown(nc *nats.Conn, stream string) error {
-	return stepDown(nc, "$JS.API.STREAM.LEADER.STEPDOWN."+stream)
 }

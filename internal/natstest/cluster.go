@@ -11,8 +11,8 @@ import (
 
 // TestCluster is n in-process JetStream servers routed into one cluster on loopback. Nodes can
 // be stopped and restarted with the same ports and store directory, as a real node would be.
-// It is a jscluster.Cluster whose Restart and WaitMetaLeader fail the test instead of returning
-// an error; its methods are safe for concurrent use.
+// It is a jscluster.Cluster whose Restart fails the test instead of returning an error; its
+// methods are safe for concurrent use.
 type TestCluster struct {
 	*jscluster.Cluster
 	t testing.TB
@@ -48,24 +48,8 @@ func (c *TestCluster) Restart(i int) {
 	}
 }
 
-// WaitMetaLeader waits until some running node is the JetStream meta leader and returns its
-// index; the test fails after timeout.
-func (c *TestCluster) WaitMetaLeader(timeout time.Duration) int {
-	c.t.Helper()
-	i, err := c.Cluster.WaitMetaLeader(timeout)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return i
-}
-
 // ConsumerStepDown asks the consumer's leader to step down through the JetStream API
 // ($JS.API.CONSUMER.LEADER.STEPDOWN.<stream>.<consumer>); another replica takes over.
 func ConsumerStepDown(nc *nats.Conn, stream, consumer string) error {
 	return jscluster.ConsumerStepDown(nc, stream, consumer)
-}
-
-// StreamStepDown asks the stream's leader to step down ($JS.API.STREAM.LEADER.STEPDOWN.<stream>).
-func StreamStepDown(nc *nats.Conn, stream string) error {
-	return jscluster.StreamStepDown(nc, stream)
 }

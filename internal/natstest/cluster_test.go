@@ -2,6 +2,7 @@ package natstest_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -9,6 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/internal/retry"
+	"github.com/seqembed/seqembed/internal/testutil"
 )
 
 // TestClusterFailoverBasics: an R3 stream survives its leader's node going down (a new leader
@@ -30,29 +33,21 @@ func TestClusterFailoverBasics(t *testing.T) {
 	// A JetStream API request sent while the new cluster settles can go unanswered (seen once in
 	// CI-like runs: CreateStream waited out the test's whole minute), so each try gets 10 s, as
 	// the worker's start-up calls do; both calls are idempotent.
-	retry := func(what string, call func(context.Context) error) {
-		for try := 1; ; try++ {
-			tctx, tcancel := context.WithTimeout(ctx, 10*time.Second)
-			err := call(tctx)
-			tcancel()
-			if err == nil {
-				return
-			}
-			if ctx.Err() != nil || try == 5 {
-				t.Fatalf("%s, try %d: %v", what, try, err)
-			}
-			t.Logf("%s, try %d: %v", what, try, err)
-		}
-	}
+	setup := retry.Policy{Tries: 5, PerTry: 10 * time.Second,
+		OnRetry: func(try int, err error, _ time.Duration) { t.Logf("set-up try %d: %v", try, err) }}
 	var s jetstream.Stream
-	retry("creating the R3 stream", func(ctx context.Context) (err error) {
+	if err := retry.Do(ctx, setup, func(ctx context.Context) (err error) {
 		s, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.>"}, Replicas: 3})
 		return err
-	})
-	retry("creating the consumer", func(ctx context.Context) error {
+	}); err != nil {
+		t.Fatalf("creating the R3 stream: %v", err)
+	}
+	if err := retry.Do(ctx, setup, func(ctx context.Context) error {
 		_, err := s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
 		return err
-	})
+	}); err != nil {
+		t.Fatalf("creating the consumer: %v", err)
+	}
 	if _, err := js.Publish(ctx, "t.a", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
@@ -62,17 +57,14 @@ func TestClusterFailoverBasics(t *testing.T) {
 	}
 	c.Shutdown(leader)
 	start := time.Now()
-	for {
-		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := js.Publish(pctx, "t.a", []byte("2"))
-		pcancel()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("no publish after the leader's node went down: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	// Publishing fails until the remaining two nodes elect a new stream leader (seconds): retry
+	// every 100 ms, each try bounded by 2 s, until the test's ctx ends.
+	if err := retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 100 * time.Millisecond, PerTry: 2 * time.Second},
+		func(ctx context.Context) error {
+			_, err := js.Publish(ctx, "t.a", []byte("2"))
+			return err
+		}); err != nil {
+		t.Fatalf("no publish after the leader's node went down: %v", err)
 	}
 	nl := c.StreamLeader("$G", "T")
 	t.Logf("stream leader n%d down; publishing again after %s (new leader n%d)", leader+1, time.Since(start).Round(time.Millisecond), nl+1)
@@ -83,31 +75,28 @@ func TestClusterFailoverBasics(t *testing.T) {
 	if c.Server(leader) == nil {
 		t.Fatal("restarted node missing")
 	}
-	// The consumer may need a moment to have a leader after the restart.
-	deadline := time.Now().Add(20 * time.Second)
-	var before int
-	for before = c.ConsumerLeader("$G", "T", "d"); before < 0; before = c.ConsumerLeader("$G", "T", "d") {
-		if time.Now().After(deadline) {
-			t.Fatal("no consumer leader")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	// The consumer may need a moment (an election, well under a second) to have a leader after
+	// the restart.
+	before := -1
+	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+		before = c.ConsumerLeader("$G", "T", "d")
+		return before >= 0, "a consumer leader after the restart"
+	})
 	// A stepdown can re-elect the same node (the restarted peer may not be caught up yet): step
-	// down again until another node leads, within the deadline.
-	for moved := false; !moved; {
-		if err := natstest.ConsumerStepDown(nc, "T", "d"); err != nil && time.Now().After(deadline) {
-			t.Fatal(err)
+	// down again every 3 s until another node leads.
+	var stepped time.Time
+	testutil.Eventually(t, 30*time.Second, func() (bool, string) {
+		if after := c.ConsumerLeader("$G", "T", "d"); after >= 0 && after != before {
+			return true, ""
 		}
-		for wait := time.Now().Add(3 * time.Second); time.Now().Before(wait); time.Sleep(50 * time.Millisecond) {
-			if after := c.ConsumerLeader("$G", "T", "d"); after >= 0 && after != before {
-				moved = true
-				break
+		if time.Since(stepped) >= 3*time.Second {
+			if err := natstest.ConsumerStepDown(nc, "T", "d"); err != nil {
+				t.Logf("consumer stepdown: %v", err)
 			}
+			stepped = time.Now()
 		}
-		if !moved && time.Now().After(deadline) {
-			t.Fatalf("consumer leader still n%d after stepdowns", before+1)
-		}
-	}
+		return false, fmt.Sprintf("another consumer leader than n%d after stepdowns", before+1)
+	})
 	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)

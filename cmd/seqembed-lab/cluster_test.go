@@ -2,23 +2,27 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/internal/e2etest"
+	"github.com/seqembed/seqembed/internal/jspub"
 	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/internal/retry"
+	"github.com/seqembed/seqembed/internal/testutil"
 )
 
-// progressLog records when each output id was first seen (core NATS subscription on the output
-// subject: it sees a batch the moment the worker publishes it, whichever node it lands on).
+// progressLog records when each output id was first seen.
 type progressLog struct {
 	mu    sync.Mutex
 	first map[string]time.Time
@@ -66,16 +70,27 @@ func (p *progressLog) stall(from time.Time, upto int) (longest, firstAfter time.
 	return longest, firstAfter
 }
 
-func waitCount(t *testing.T, p *progressLog, want int, timeout time.Duration) time.Time {
+// waitCount waits until want distinct ids were seen and returns when the last of them was.
+func (p *progressLog) waitCount(t *testing.T, want int, within time.Duration) time.Time {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for p.count() < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d ids embedded after %s", p.count(), want, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
+	testutil.Eventually(t, within, func() (bool, string) {
+		n := p.count()
+		return n >= want, fmt.Sprintf("%d of %d ids embedded", n, want)
+	})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.times[want-1]
+}
+
+// connectCluster connects to the cluster's nodes, reconnecting forever, closed at test end.
+func connectCluster(t *testing.T, urls, name string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(urls, nats.Name(name), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return time.Now()
+	t.Cleanup(nc.Close)
+	return nc
 }
 
 // TestClusterFailover: a worker on a 3-node cluster (SEQS and EMBEDDINGS R3) loses nothing and
@@ -83,26 +98,17 @@ func waitCount(t *testing.T, p *progressLog, want int, timeout time.Duration) ti
 // back), a consumer leader stepdown, and a quorum loss (2 of 3 nodes down for 3 s). 300 records
 // in 3 waves of 100, one fault right after each wave is published.
 func TestClusterFailover(t *testing.T) {
-	requireORT(t)
+	e2etest.RequireORT(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	cl := natstest.Cluster(t, 3)
-	log := zap.NewNop()
-	nc, err := (&natsFlags{URL: cl.URLs()}).connect("cluster-test worker", log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	pnc, err := (&natsFlags{URL: cl.URLs()}).connect("cluster-test producer", log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pnc.Close()
+	nc := connectCluster(t, cl.URLs(), "cluster-test worker")
+	pnc := connectCluster(t, cl.URLs(), "cluster-test producer")
 	js, err := jetstream.New(pnc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	man, err := gpurun.LoadManifest(tinyModel)
+	man, err := gpurun.LoadManifest(e2etest.TinyModel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,30 +151,45 @@ func TestClusterFailover(t *testing.T) {
 	}
 	defer cc.Stop()
 
-	cfg := testConfig(t)
+	cfg := e2etest.Config()
 	// An ack lost in a failover is redelivered after 10 s; MaxDeliver (5) × 10 s stays far above
 	// the longest failover stall (~10 s), so held records are never taken for poison.
 	cfg.AckWait = 10 * time.Second
 	cfg.MaxBatchRows = 10 // ~10 batches a wave, each ≥ 100 ms: faults land mid-wave
-	_, stop := startWorker(t, ctx, cfg, nc, beforeEmbed(func(gpurun.Input) error {
+	// Slow runs are the scenario (not synchronisation): every run takes 100 ms more.
+	cfg.Hooks.WrapEmbed = e2etest.BeforeEmbed(func(gpurun.Input) error {
 		time.Sleep(100 * time.Millisecond)
 		return nil
-	}))
-	defer stop()
+	})
+	w := e2etest.NewWorkerConn(t, ctx, nc, cfg).Start(t, ctx)
+	defer func() {
+		if err := w.Wait(); err != nil {
+			t.Error(err)
+		}
+	}()
 
+	// Records are republished (same Nats-Msg-Id) until stored: a PubAck lost with a node is
+	// retried, never waited for forever.
+	pub, err := jspub.New(pnc, jspub.WithWindow(100), jspub.WithAckTimeout(5*time.Second),
+		jspub.WithRetry(retry.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second, PerTry: 5 * time.Second}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
 	rng := rand.New(rand.NewPCG(7, 7))
-	retries := 0
-	publishWave := func(w int) {
+	publishWave := func(wave int) {
 		t.Helper()
 		for i := range 100 {
-			n, err := publishRetry(ctx, js, recordMsg(model, fmt.Sprintf("w%d-%03d", w, i), randomProtein(rng, 30, 60)))
-			retries += n
-			if err != nil {
+			if err := pub.Publish(ctx, recordMsg(model, fmt.Sprintf("w%d-%03d", wave, i), e2etest.RandomProtein(rng, 30, 60))); err != nil {
 				t.Fatal(err)
 			}
 		}
+		if err := pub.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	stream := cons.StreamConfig().Name
+	durable := consumer.Durable(model)
 
 	// Wave 1, then the SEQS leader's node goes down for 3 s.
 	publishWave(1)
@@ -178,28 +199,35 @@ func TestClusterFailover(t *testing.T) {
 	}
 	t0 := time.Now()
 	cl.Shutdown(leader)
-	restarted := make(chan struct{})
-	go func() { time.Sleep(3 * time.Second); cl.Restart(leader); close(restarted) }()
-	done := waitCount(t, prog, 100, 60*time.Second)
+	restarted := make(chan error, 1)
+	go func() {
+		time.Sleep(3 * time.Second) // the outage is the scenario: the node stays down for 3 s
+		restarted <- cl.Cluster.Restart(leader)
+	}()
+	done := prog.waitCount(t, 100, 60*time.Second)
 	longest, first := prog.stall(t0, 100)
 	t.Logf("fault 1: SEQS leader n%d down for 3s: first output %s after the kill, longest stall %s, wave done in %s (new SEQS leader n%d)",
 		leader+1, first.Round(time.Millisecond), longest.Round(time.Millisecond), done.Sub(t0).Round(time.Millisecond), cl.StreamLeader("$G", stream)+1)
-	<-restarted
-
-	// Wave 2, then the consumer's leader steps down.
-	publishWave(2)
-	before := cl.ConsumerLeader("$G", stream, consumer.Durable(model))
-	t0 = time.Now()
-	for err := natstest.ConsumerStepDown(pnc, stream, consumer.Durable(model)); err != nil; err = natstest.ConsumerStepDown(pnc, stream, consumer.Durable(model)) {
-		if time.Since(t0) > 20*time.Second {
-			t.Fatal(err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	if err := <-restarted; err != nil {
+		t.Fatal(err)
 	}
-	done = waitCount(t, prog, 200, 60*time.Second)
+
+	// Wave 2, then the consumer's leader steps down (retried while the restarted node catches up).
+	publishWave(2)
+	before := cl.ConsumerLeader("$G", stream, durable)
+	t0 = time.Now()
+	sdCtx, sdCancel := context.WithTimeout(ctx, 20*time.Second)
+	err = retry.Do(sdCtx, retry.Policy{Initial: 200 * time.Millisecond, Max: 200 * time.Millisecond}, func(context.Context) error {
+		return natstest.ConsumerStepDown(pnc, stream, durable)
+	})
+	sdCancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done = prog.waitCount(t, 200, 60*time.Second)
 	longest, first = prog.stall(t0, 200)
 	t.Logf("fault 2: consumer leader stepdown (n%d → n%d): first output %s after, longest stall %s, wave done in %s",
-		before+1, cl.ConsumerLeader("$G", stream, consumer.Durable(model))+1, first.Round(time.Millisecond),
+		before+1, cl.ConsumerLeader("$G", stream, durable)+1, first.Round(time.Millisecond),
 		longest.Round(time.Millisecond), done.Sub(t0).Round(time.Millisecond))
 
 	// Wave 3, then 2 of 3 nodes go down (no quorum) for 3 s.
@@ -209,36 +237,32 @@ func TestClusterFailover(t *testing.T) {
 	cl.Shutdown(down[0])
 	cl.Shutdown(down[1])
 	during := prog.count()
-	time.Sleep(3 * time.Second)
+	time.Sleep(3 * time.Second) // the outage is the scenario: no quorum for 3 s
 	// Progress during the outage is at most what was in flight as it began.
 	stalled := prog.count() - during
 	cl.Restart(down[0])
 	cl.Restart(down[1])
 	tr := time.Now()
-	done = waitCount(t, prog, 300, 60*time.Second)
+	done = prog.waitCount(t, 300, 60*time.Second)
 	_, firstAfterRestart := prog.stall(tr, 300)
 	longest, _ = prog.stall(t0, 300)
 	t.Logf("fault 3: n%d and n%d down for 3s (no quorum; %d ids appeared during the outage): first output %s after the restart, longest stall %s, wave done %s after the restart",
 		down[0]+1, down[1]+1, stalled, firstAfterRestart.Round(time.Millisecond), longest.Round(time.Millisecond), done.Sub(tr).Round(time.Millisecond))
-	t.Logf("publish retries: %d", retries)
+	t.Logf("publish retries: %d", pub.Retries())
 
 	// Every id in the stored output (not just seen on the wire), none missing; the queue empties.
-	// (waitQueueEmpty fails on the first API error; right after a restart the cluster may still
-	// answer 503 for a moment.)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	// (Right after a restart the cluster may still answer 503 for a moment: an error is a state
+	// to wait out, not a failure.)
+	testutil.Eventually(t, 30*time.Second, func() (bool, string) {
 		left, pend, unacked, err := queueState(ctx, js, stream, model)
-		if err == nil && left == 0 && pend == 0 && unacked == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("work queue not empty: %d left, %d pending, %d unacked (%v)", left, pend, unacked, err)
-		}
-	}
+		return err == nil && left == 0 && pend == 0 && unacked == 0,
+			fmt.Sprintf("work queue: %d left, %d pending, %d unacked (%v)", left, pend, unacked, err)
+	})
 	seen := storedOutputIDs(t, ctx, js)
 	dups := 0
-	for w := 1; w <= 3; w++ {
+	for wave := 1; wave <= 3; wave++ {
 		for i := range 100 {
-			id := fmt.Sprintf("w%d-%03d", w, i)
+			id := fmt.Sprintf("w%d-%03d", wave, i)
 			if seen[id] == 0 {
 				t.Errorf("%s missing from the output", id)
 			}
@@ -258,44 +282,49 @@ func TestClusterFailover(t *testing.T) {
 	}
 }
 
+// errDecode marks an output message that does not decode: a failure, not a state to retry.
+var errDecode = errors.New("decoding output")
+
 // storedOutputIDs reads the whole output stream (every message stored when it is called) and
 // counts each id; a read that fails (a node still recovering) starts over, for up to 30 s.
 func storedOutputIDs(t *testing.T, ctx context.Context, js jetstream.JetStream) map[string]int {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last error
-	for time.Now().Before(deadline) {
-		seen, err := func() (map[string]int, error) {
-			info, err := streamInfo(ctx, js, arrowout.DefaultStreamName)
-			if err != nil {
-				return nil, err
-			}
-			oc, err := js.OrderedConsumer(ctx, arrowout.DefaultStreamName, jetstream.OrderedConsumerConfig{})
-			if err != nil {
-				return nil, err
-			}
-			seen := map[string]int{}
-			for range info.State.Msgs {
-				m, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second))
-				if err != nil {
-					return nil, err
-				}
-				_, rows, err := arrowout.Decode(m.Data())
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, r := range rows {
-					seen[r.ID]++
-				}
-			}
-			return seen, nil
-		}()
-		if err == nil {
-			return seen
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var seen map[string]int
+	pol := retry.Policy{Initial: 200 * time.Millisecond, Max: 200 * time.Millisecond,
+		Retryable: func(err error) bool { return !errors.Is(err, errDecode) }}
+	err := retry.Do(ctx, pol, func(ctx context.Context) error {
+		s, err := js.Stream(ctx, arrowout.DefaultStreamName)
+		if err != nil {
+			return err
 		}
-		last = err
-		time.Sleep(200 * time.Millisecond)
+		info, err := s.Info(ctx)
+		if err != nil {
+			return err
+		}
+		oc, err := js.OrderedConsumer(ctx, arrowout.DefaultStreamName, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			return err
+		}
+		seen = map[string]int{}
+		for range info.State.Msgs {
+			m, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second))
+			if err != nil {
+				return err
+			}
+			_, rows, err := arrowout.Decode(m.Data())
+			if err != nil {
+				return fmt.Errorf("%w: %w", errDecode, err)
+			}
+			for _, r := range rows {
+				seen[r.ID]++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("reading the output stream: %v", err)
 	}
-	t.Fatalf("reading the output stream: %v", last)
-	return nil
+	return seen
 }

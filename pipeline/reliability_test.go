@@ -1,4 +1,4 @@
-package main
+package pipeline_test
 
 import (
 	"context"
@@ -15,7 +15,11 @@ import (
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/ingest"
+	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/internal/testutil"
+	"github.com/seqembed/seqembed/pipeline"
 )
 
 // Reliability tests: several workers on one durable consumer, graceful shutdown mid-stream, a full
@@ -25,44 +29,44 @@ import (
 // consumer) share 300 records: every id is output exactly once and at least two workers
 // embedded some of them.
 func TestHorizontalScaling(t *testing.T) {
-	ctx, srv, _, js := ortServer(t, 90*time.Second)
+	ctx, srv, _, js := e2etest.Server(t, 90*time.Second)
 
-	cfg := testConfig(t)
+	cfg := e2etest.Config()
 	cfg.Threads = 1
 	cfg.ShutdownTimeout = 10 * time.Second
-	workers := make([]*runningWorker, 3)
+	workers := make([]*e2etest.Worker, 3)
 	for i := range workers {
-		workers[i] = startWorkerOn(t, ctx, srv, cfg)
+		workers[i] = e2etest.StartWorker(t, ctx, srv, cfg)
 	}
-	model := workers[0].w.model
+	model := workers[0].Model()
 
-	ids, seqs := randomSeqs("r", 300, 1)
-	out := newOutputReader(t, ctx, js, seqs)
-	publishAsync(t, ctx, js, model, ids, seqs)
-	out.until(len(ids), 60*time.Second)
-	out.drainFor(500 * time.Millisecond)
+	ids, seqs := e2etest.RandomSeqs("r", 300, 1)
+	out := e2etest.NewOutputReader(t, ctx, js, seqs)
+	e2etest.PublishAsync(t, ctx, js, model, ids, seqs)
+	out.Until(len(ids), 60*time.Second)
+	out.DrainFor(500 * time.Millisecond)
 
-	out.checkOnce(ids)
+	out.CheckOnce(ids)
 	for _, rw := range workers {
-		rw.shutdown(t, cfg.ShutdownTimeout+5*time.Second)
+		rw.Shutdown(t, cfg.ShutdownTimeout+5*time.Second)
 	}
 	busy, total := 0, 0
 	counts := make([]int, len(workers))
 	for i, rw := range workers {
-		counts[i] = rw.rows()
+		counts[i] = rw.Rows()
 		total += counts[i]
 		if counts[i] > 0 {
 			busy++
 		}
 	}
-	t.Logf("rows per worker %v, %d output messages", counts, out.msgs)
+	t.Logf("rows per worker %v, %d output messages", counts, out.Msgs)
 	if busy < 2 {
 		t.Errorf("only %d worker(s) embedded anything (rows per worker %v): the durable consumer did not spread the work", busy, counts)
 	}
 	if total != len(ids) {
 		t.Errorf("workers embedded %d rows in all, want %d (rows per worker %v)", total, len(ids), counts)
 	}
-	waitQueueEmpty(t, js, model)
+	e2etest.WaitQueueEmpty(t, js, model)
 }
 
 // TestGracefulShutdownLosesNothing: a worker cancelled mid-stream returns nil within its shutdown
@@ -70,9 +74,9 @@ func TestHorizontalScaling(t *testing.T) {
 // every record well before the (default 60 s) ack wait could expire. Every id is in the output,
 // duplicates allowed (a record whose ack was lost), losses not.
 func TestGracefulShutdownLosesNothing(t *testing.T) {
-	ctx, srv, _, js := ortServer(t, 90*time.Second)
+	ctx, srv, _, js := e2etest.Server(t, 90*time.Second)
 
-	cfg := testConfig(t)
+	cfg := e2etest.Config()
 	cfg.ShutdownTimeout = 5 * time.Second
 	// A graceful stop finishes everything the worker already holds (client buffer, Records
 	// channel, batcher): cap that so a good part of the 500 is left for the second worker.
@@ -80,70 +84,70 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	if cfg.AckWait < 60*time.Second {
 		t.Fatalf("ack wait %s: the test relies on it being long", cfg.AckWait)
 	}
-	w1 := startWorkerOn(t, ctx, srv, cfg)
-	model := w1.w.model
+	w1 := e2etest.StartWorker(t, ctx, srv, cfg)
+	model := w1.Model()
 
-	ids, seqs := randomSeqs("g", 500, 2)
-	out := newOutputReader(t, ctx, js, seqs)
-	publishAsync(t, ctx, js, model, ids, seqs)
+	ids, seqs := e2etest.RandomSeqs("g", 500, 2)
+	out := e2etest.NewOutputReader(t, ctx, js, seqs)
+	e2etest.PublishAsync(t, ctx, js, model, ids, seqs)
 
 	// Stop the first worker as soon as its first output message is stored.
-	for deadline := time.Now().Add(30 * time.Second); out.msgs == 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("no output from the first worker in 30s")
+	for start := time.Now(); out.Msgs == 0; {
+		if time.Since(start) > 2*time.Minute {
+			t.Fatal("no output from the first worker in 2 minutes")
 		}
-		out.next(time.Second)
+		out.Next(time.Second) // blocks until a message arrives (or a second passes)
 	}
-	w1.shutdown(t, cfg.ShutdownTimeout+3*time.Second)
-	out.drainFor(200 * time.Millisecond)
-	firstRows := w1.rows()
-	t.Logf("first worker embedded %d rows before stopping; %d ids in the output so far", firstRows, len(out.seen))
+	w1.Shutdown(t, cfg.ShutdownTimeout+3*time.Second)
+	out.DrainFor(200 * time.Millisecond)
+	firstRows := w1.Rows()
+	t.Logf("first worker embedded %d rows before stopping; %d ids in the output so far", firstRows, len(out.Seen))
 	if firstRows >= len(ids) {
 		t.Fatalf("the first worker finished all %d records before its shutdown: the restart path was not exercised", firstRows)
 	}
 
 	// A fresh worker on its own connection takes over. With a 60 s ack wait, 20 s is only
 	// enough if the first worker nak'd everything it held rather than leaving it unacked.
-	w2 := startWorkerOn(t, ctx, srv, cfg)
-	out.until(len(ids), 20*time.Second)
-	out.drainFor(500 * time.Millisecond)
-	w2.shutdown(t, cfg.ShutdownTimeout+3*time.Second)
+	w2 := e2etest.StartWorker(t, ctx, srv, cfg)
+	out.Until(len(ids), 20*time.Second)
+	out.DrainFor(500 * time.Millisecond)
+	w2.Shutdown(t, cfg.ShutdownTimeout+3*time.Second)
 
 	dups := 0
 	for _, id := range ids {
-		switch n := out.seen[id]; {
+		switch n := out.Seen[id]; {
 		case n == 0:
 			t.Errorf("%s lost: not in the output", id)
 		case n > 1:
 			dups += n - 1
 		}
 	}
-	if len(out.seen) != len(ids) {
-		t.Errorf("%d distinct ids in the output, want %d", len(out.seen), len(ids))
+	if len(out.Seen) != len(ids) {
+		t.Errorf("%d distinct ids in the output, want %d", len(out.Seen), len(ids))
 	}
-	t.Logf("second worker embedded %d rows; %d duplicate rows in the output", w2.rows(), dups)
-	if w2.rows() == 0 {
+	t.Logf("second worker embedded %d rows; %d duplicate rows in the output", w2.Rows(), dups)
+	if w2.Rows() == 0 {
 		t.Errorf("the second worker embedded nothing")
 	}
-	waitQueueEmpty(t, js, model)
+	e2etest.WaitQueueEmpty(t, js, model)
 }
 
 // TestOutputStreamFullNaksInputs: while the output stream rejects every part (DiscardNew, tiny
 // MaxBytes) no input is acked — they all stay in the work queue — and once there is room every
 // record is embedded and the queue ends empty.
 func TestOutputStreamFullNaksInputs(t *testing.T) {
-	ctx, srv, _, js := ortServer(t, 60*time.Second)
+	ctx, srv, _, js := e2etest.Server(t, 60*time.Second)
 
 	// An operator-made output stream with a small limit, before the worker starts.
 	const tiny = 256 // smaller than any single output message (the Arrow schema alone is larger)
 	if _, err := arrowout.EnsureStream(ctx, js, arrowout.StreamConfig{MaxBytes: tiny}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := testConfig(t)
+	cfg := e2etest.Config()
 	cfg.ShutdownTimeout = 5 * time.Second
-	w := newWorkerOn(t, ctx, srv, cfg)
-	model := w.model
-	outStream := mustStream(t, ctx, js, arrowout.DefaultStreamName)
+	w := e2etest.NewWorker(t, ctx, srv, cfg)
+	model := w.Model()
+	outStream := e2etest.MustStream(t, ctx, js, arrowout.DefaultStreamName)
 	info, err := outStream.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -152,22 +156,22 @@ func TestOutputStreamFullNaksInputs(t *testing.T) {
 	// MaxBytes: unlimited) replaces the operator's limit. Put it back.
 	t.Logf("output stream MaxBytes after newWorker: %d (set to %d before)", info.Config.MaxBytes, tiny)
 	if info.Config.MaxBytes != tiny {
-		setMaxBytes(t, ctx, js, outStream, tiny)
+		e2etest.SetMaxBytes(t, ctx, js, outStream, tiny)
 	}
-	rw := runWorker(t, ctx, w)
+	rw := w.Start(t, ctx)
 
-	ids, seqs := randomSeqs("f", 20, 3)
-	publishAsync(t, ctx, js, model, ids, seqs)
+	ids, seqs := e2etest.RandomSeqs("f", 20, 3)
+	e2etest.PublishAsync(t, ctx, js, model, ids, seqs)
 
 	// The worker embeds, fails to publish, naks with a delay; the inputs must stay.
-	in := mustStream(t, ctx, js, "SEQS")
+	in := e2etest.MustStream(t, ctx, js, "SEQS")
 	cons, err := js.Consumer(ctx, "SEQS", consumer.Durable(model))
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkNoneAcked := func() *jetstream.ConsumerInfo {
 		t.Helper()
-		left := inputLeft(t, ctx, in, model)
+		left := e2etest.InputLeft(t, ctx, in, model)
 		ci, err := cons.Info(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -185,15 +189,13 @@ func TestOutputStreamFullNaksInputs(t *testing.T) {
 		return ci
 	}
 	// Wait until the worker has demonstrably tried (and failed) to publish at least once.
-	for deadline := time.Now().Add(10 * time.Second); rw.rows() == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the worker embedded nothing in 10s")
-		}
-	}
+	testutil.EventuallyTrue(t, time.Minute, "the worker embeds a batch", func() bool { return rw.Rows() > 0 })
 	// Watch for 2 s (about 3 deliveries with the worker's 1 s nak delay): the default MaxDeliver
 	// of 5 would strand the records after about 4 s of a full output stream, see
 	// TestOutputStreamFullOutlastsMaxDeliver.
 	var ci *jetstream.ConsumerInfo
+	// The scenario, not synchronisation: the stream stays full for this window while the test
+	// checks, every 250 ms, that no input was acked.
 	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
 		ci = checkNoneAcked()
 	}
@@ -205,15 +207,15 @@ func TestOutputStreamFullNaksInputs(t *testing.T) {
 		t.Fatalf("the full output stream stored %d messages", oi.State.Msgs)
 	}
 	t.Logf("while full: %d rows embedded (retries), consumer ack pending %d, pending %d, redelivered %d",
-		rw.rows(), ci.NumAckPending, ci.NumPending, ci.NumRedelivered)
+		rw.Rows(), ci.NumAckPending, ci.NumPending, ci.NumRedelivered)
 
 	// Room again: everything must come through.
-	out := newOutputReader(t, ctx, js, seqs)
-	setMaxBytes(t, ctx, js, outStream, -1)
-	out.until(len(ids), 20*time.Second)
-	out.checkOnce(ids)
-	rw.shutdown(t, cfg.ShutdownTimeout+3*time.Second)
-	waitQueueEmpty(t, js, model)
+	out := e2etest.NewOutputReader(t, ctx, js, seqs)
+	e2etest.SetMaxBytes(t, ctx, js, outStream, -1)
+	out.Until(len(ids), 20*time.Second)
+	out.CheckOnce(ids)
+	rw.Shutdown(t, cfg.ShutdownTimeout+3*time.Second)
+	e2etest.WaitQueueEmpty(t, js, model)
 	if dls, err := consumer.ReadDeadLetters(ctx, js, "SEQS", model, 0); err != nil || len(dls) != 0 {
 		t.Errorf("dead letters %v (err %v), want none", dls, err)
 	}
@@ -223,14 +225,14 @@ func TestOutputStreamFullNaksInputs(t *testing.T) {
 // stores the first, reports the second as a duplicate, and the output has that id once, with the
 // first sequence.
 func TestDuplicateIDPublish(t *testing.T) {
-	ctx, srv, _, js := ortServer(t, 60*time.Second)
+	ctx, srv, _, js := e2etest.Server(t, 60*time.Second)
 
-	cfg := testConfig(t)
+	cfg := e2etest.Config()
 	cfg.ShutdownTimeout = 5 * time.Second
-	w := newWorkerOn(t, ctx, srv, cfg)
-	model := w.model
+	w := e2etest.NewWorker(t, ctx, srv, cfg)
+	model := w.Model()
 
-	ids, seqs := randomSeqs("d", 5, 4)
+	ids, seqs := e2etest.RandomSeqs("d", 5, 4)
 	first, second := seqs["d2"], strings.Repeat("MKTAYIAKQR", 7) // different lengths: 30..400 vs 70
 	if len(first) == len(second) {
 		second += "G"
@@ -245,7 +247,7 @@ func TestDuplicateIDPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	pubNC, _ := natstest.Connect(t, srv)
-	st, err := publishFASTA(ctx, pubNC, path, model, nil, zap.NewNop())
+	st, err := ingest.PublishFASTA(ctx, pubNC, path, model, nil, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,21 +255,21 @@ func TestDuplicateIDPublish(t *testing.T) {
 		t.Fatalf("publish stats %+v, want %d records, %d stored, 1 duplicate, 0 dead-lettered", st, len(ids)+1, len(ids))
 	}
 	// Before any worker runs, the input subject holds exactly one message per distinct id.
-	in := mustStream(t, ctx, js, "SEQS")
-	if got := inputLeft(t, ctx, in, model); got != uint64(len(ids)) {
+	in := e2etest.MustStream(t, ctx, js, "SEQS")
+	if got := e2etest.InputLeft(t, ctx, in, model); got != uint64(len(ids)) {
 		t.Fatalf("input subject holds %d messages, want %d (the duplicate was stored)", got, len(ids))
 	}
 
-	rw := runWorker(t, ctx, w)
-	out := newOutputReader(t, ctx, js, seqs) // seqs["d2"] is the first sequence
-	out.until(len(ids), 20*time.Second)
-	out.drainFor(500 * time.Millisecond)
-	out.checkOnce(ids)
-	if r := out.rows["d2"]; int(r.Length) != len(first) {
+	rw := w.Start(t, ctx)
+	out := e2etest.NewOutputReader(t, ctx, js, seqs) // seqs["d2"] is the first sequence
+	out.Until(len(ids), 20*time.Second)
+	out.DrainFor(500 * time.Millisecond)
+	out.CheckOnce(ids)
+	if r := out.Rows["d2"]; int(r.Length) != len(first) {
 		t.Errorf("d2: output length %d, want %d (the first sequence; the duplicate has %d)", r.Length, len(first), len(second))
 	}
-	rw.shutdown(t, cfg.ShutdownTimeout+3*time.Second)
-	waitQueueEmpty(t, js, model)
+	rw.Shutdown(t, cfg.ShutdownTimeout+3*time.Second)
+	e2etest.WaitQueueEmpty(t, js, model)
 }
 
 // The tests below were written to demonstrate bugs in worker.go found while writing the ones
@@ -277,68 +279,102 @@ func TestDuplicateIDPublish(t *testing.T) {
 // TestOutputStreamFullOutlastsMaxDeliver: an output stream that stays full longer than about
 // MaxDeliver × 1 s must not lose inputs: once there is room, every record is embedded.
 func TestOutputStreamFullOutlastsMaxDeliver(t *testing.T) {
-	ctx, srv, _, js := ortServer(t, 60*time.Second)
-	cfg := testConfig(t)
+	ctx, srv, _, js := e2etest.Server(t, 60*time.Second)
+	cfg := e2etest.Config()
 	cfg.ShutdownTimeout = 5 * time.Second
-	w := newWorkerOn(t, ctx, srv, cfg)
-	outStream := mustStream(t, ctx, js, arrowout.DefaultStreamName)
-	setMaxBytes(t, ctx, js, outStream, 256)
-	rw := runWorker(t, ctx, w)
-	ids, seqs := publishFresh(t, ctx, js, w.model, "m", 20)
-	time.Sleep(time.Duration(cfg.MaxDeliver+2) * time.Second) // the output stream stays full
-	out := newOutputReader(t, ctx, js, seqs)
-	setMaxBytes(t, ctx, js, outStream, -1)
-	out.until(len(ids), 15*time.Second) // fails: 0 of 20 ids, the input subject still holds 20
-	rw.shutdown(t, cfg.ShutdownTimeout+3*time.Second)
-	waitQueueEmpty(t, js, w.model)
+	w := e2etest.NewWorker(t, ctx, srv, cfg)
+	outStream := e2etest.MustStream(t, ctx, js, arrowout.DefaultStreamName)
+	e2etest.SetMaxBytes(t, ctx, js, outStream, 256)
+	rw := w.Start(t, ctx)
+	ids, seqs := e2etest.PublishFresh(t, ctx, js, w.Model(), "m", 20)
+	// The scenario: the output stream stays full for longer than MaxDeliver × the 1 s nak delay.
+	time.Sleep(time.Duration(cfg.MaxDeliver+2) * time.Second)
+	out := e2etest.NewOutputReader(t, ctx, js, seqs)
+	e2etest.SetMaxBytes(t, ctx, js, outStream, -1)
+	out.Until(len(ids), 15*time.Second) // fails: 0 of 20 ids, the input subject still holds 20
+	rw.Shutdown(t, cfg.ShutdownTimeout+3*time.Second)
+	e2etest.WaitQueueEmpty(t, js, w.Model())
 }
 
 // TestShutdownTimeoutDuringRun: a run that completes just as the shutdown timeout cancels the
 // pipeline must not crash the worker: run returns nil and the batch's inputs are nak'd.
 func TestShutdownTimeoutDuringRun(t *testing.T) {
-	ctx, srv, _, js := ortServer(t, 30*time.Second)
-	cfg := testConfig(t)
+	ctx, srv, _, js := e2etest.Server(t, 30*time.Second)
+	cfg := e2etest.Config()
 	cfg.ShutdownTimeout = 200 * time.Millisecond
-	w := newWorkerOn(t, ctx, srv, cfg)
 	// The run finishes successfully, but only as the shutdown timeout cancels its context (what
 	// Runner.Embed does when ORT completes before Terminate takes effect).
-	next := w.embed
 	inRun := make(chan struct{}, 1)
-	w.embed = func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
-		out, err := next(context.WithoutCancel(ctx), in, dst)
-		select {
-		case inRun <- struct{}{}:
-		default:
+	cfg.Hooks.WrapEmbed = func(next pipeline.EmbedFunc) pipeline.EmbedFunc {
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+			out, err := next(context.WithoutCancel(ctx), in, dst)
+			select {
+			case inRun <- struct{}{}:
+			default:
+			}
+			<-ctx.Done()
+			return out, err
 		}
-		<-ctx.Done()
-		return out, err
 	}
-	rw := runWorker(t, ctx, w)
-	ids, seqs := publishFresh(t, ctx, js, w.model, "s", 3)
+	w := e2etest.NewWorker(t, ctx, srv, cfg)
+	rw := w.Start(t, ctx)
+	ids, seqs := e2etest.PublishFresh(t, ctx, js, w.Model(), "s", 3)
 	select {
 	case <-inRun:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no batch reached the model in 10s")
+	case <-time.After(time.Minute):
+		t.Fatal("no batch reached the model in a minute")
 	}
-	rw.shutdown(t, cfg.ShutdownTimeout+5*time.Second) // panics inside run before returning
+	rw.Shutdown(t, cfg.ShutdownTimeout+5*time.Second) // panics inside run before returning
 
 	// The nak'd inputs go to a second worker.
-	startWorkerOn(t, ctx, srv, testConfig(t))
-	out := newOutputReader(t, ctx, js, seqs)
-	out.until(len(ids), 15*time.Second)
-	waitQueueEmpty(t, js, w.model)
+	e2etest.StartWorker(t, ctx, srv, e2etest.Config())
+	out := e2etest.NewOutputReader(t, ctx, js, seqs)
+	out.Until(len(ids), 15*time.Second)
+	e2etest.WaitQueueEmpty(t, js, w.Model())
 }
 
-// TestHeartbeatNoRace: with a short AckWait the InProgress heartbeat fires during batches; it
-// must not touch the worker's reused msgs slice after the batch is done (run with -race).
+// TestHeartbeatNoRace: with a short AckWait the keeper's InProgress heartbeat fires while
+// batches run, publish and ack; it must not touch the batch loops' reused msgs slices (run with
+// -race).
 func TestHeartbeatNoRace(t *testing.T) {
-	ctx, srv, _, js := ortServer(t, 60*time.Second)
-	cfg := testConfig(t)
-	cfg.AckWait = 30 * time.Millisecond // heartbeat every 10 ms
-	cfg.MaxDeliver = 100                // records waiting in buffers are redelivered; keep them
-	rw := startWorkerOn(t, ctx, srv, cfg)
-	out := newOutputReader(t, ctx, js, nil)
-	ids, _ := publishFresh(t, ctx, js, rw.w.model, "h", 300)
-	out.until(len(ids), 40*time.Second)
-	rw.shutdown(t, cfg.ShutdownTimeout+5*time.Second)
+	ctx, srv, _, js := e2etest.Server(t, 5*time.Minute)
+	cfg := e2etest.Config()
+	cfg.AckWait = 300 * time.Millisecond // heartbeat every 100 ms
+	cfg.MaxDeliver = 100                 // a heartbeat late on a loaded machine may cause a redelivery
+	rw := e2etest.StartWorker(t, ctx, srv, cfg)
+	out := e2etest.NewOutputReader(t, ctx, js, nil)
+	ids, _ := e2etest.PublishFresh(t, ctx, js, rw.Model(), "h", 200)
+	out.Until(len(ids), 4*time.Minute)
+	rw.Shutdown(t, cfg.ShutdownTimeout+5*time.Second)
+}
+
+// TestHeldBacklogNotRedelivered: a worker holds a backlog that takes more than 3 × AckWait to
+// drain (a slow device, many records held in the batcher's queue). Every held record is
+// heartbeated, so none is redelivered and no row is output twice.
+func TestHeldBacklogNotRedelivered(t *testing.T) {
+	ctx, srv, _, js := e2etest.Server(t, 5*time.Minute)
+	cfg := e2etest.Config()
+	cfg.AckWait, cfg.MaxBatchRows, cfg.Inflight = 2*time.Second, 4, 1
+	cfg.Hooks.WrapEmbed = e2etest.BeforeEmbed(func(gpurun.Input) error {
+		time.Sleep(150 * time.Millisecond) // the scenario: a slow device
+		return nil
+	})
+	w := e2etest.StartWorker(t, ctx, srv, cfg)
+	ids, seqs := e2etest.RandomSeqs("b", 200, 5) // 50 runs × 150 ms ≥ 7.5 s = 3.75 × AckWait
+	out := e2etest.NewOutputReader(t, ctx, js, seqs)
+	start := time.Now()
+	e2etest.PublishAsync(t, ctx, js, w.Model(), ids, seqs)
+	out.Until(len(ids), 4*time.Minute)
+	took := time.Since(start)
+	out.DrainFor(500 * time.Millisecond)
+	out.CheckOnce(ids)
+	if took < 3*cfg.AckWait {
+		t.Errorf("the backlog drained in %s: under 3 × AckWait, so the test proved nothing", took)
+	}
+	info := e2etest.DurableInfo(t, ctx, js, w.Model())
+	if info.NumRedelivered != 0 || info.Delivered.Consumer != uint64(len(ids)) {
+		t.Errorf("%d deliveries for %d records, %d redelivered: want no redelivery", info.Delivered.Consumer, len(ids), info.NumRedelivered)
+	}
+	w.Shutdown(t, cfg.ShutdownTimeout+time.Minute)
+	e2etest.WaitQueueEmpty(t, js, w.Model())
 }

@@ -1,15 +1,18 @@
-//go:build !noplot
-
 package main
 
-// The bench report's PNG plots (gonum/plot). Builds tagged noplot leave them out (report_noplot.go),
-// which keeps the binary carried to the GPU machine small; summary.md is written either way.
+// `seqembed-lab plot DIR`: the bench report's PNG plots (gonum/plot), drawn from the data
+// `seqembed bench --report DIR` wrote, so that the production binary carries no plotting code.
 
 import (
 	"cmp"
+	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"image/color"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -18,18 +21,69 @@ import (
 	"gonum.org/v1/plot/vg"
 
 	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/internal/benchrun"
 )
+
+func runPlotCmd(_ context.Context, args []string) error {
+	fs := flag.NewFlagSet("plot", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: seqembed-lab plot DIR\n\nDraws %v into DIR (a `seqembed bench --report DIR` directory) "+
+			"from its %s, %s and %s, and rewrites its %s with them.\n",
+			benchrun.PlotFiles, benchrun.FileSeries, benchrun.FileResult, benchrun.FileMeta, benchrun.FileSummary)
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	dir := fs.Arg(0)
+	if err := plotReport(dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench report: %s\n", filepath.Join(dir, benchrun.FileSummary))
+	return nil
+}
+
+// plotReport draws the plots of the report in dir and rewrites its summary.md with them.
+func plotReport(dir string) error {
+	res, s, meta, err := benchrun.ReadReport(dir)
+	if err != nil {
+		return fmt.Errorf("reading the report in %s: %w", dir, err)
+	}
+	plots := map[string]benchrun.Plot{}
+	var errs []error
+	for _, rp := range reportPlots {
+		drawn, note, err := rp.draw(filepath.Join(dir, rp.file), res, s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", rp.file, err))
+		}
+		plots[rp.file] = benchrun.Plot{Drawn: drawn && err == nil, Note: note}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return benchrun.WriteSummary(dir, res, s, meta, plots)
+}
+
+// reportPlot draws one PNG of the report at path; drawn false (with a note) when there was
+// nothing to draw.
+type reportPlot struct {
+	file string
+	draw func(path string, res benchrun.Result, s *benchrun.Series) (drawn bool, note string, err error)
+}
+
+// reportPlots are drawn in this order.
+var reportPlots = []reportPlot{
+	{benchrun.FileThroughput, plotThroughput},
+	{benchrun.FilePadding, plotPadding},
+	{benchrun.FileGPU, plotGPU},
+	{benchrun.FileRows, func(p string, _ benchrun.Result, s *benchrun.Series) (bool, string, error) { return plotRows(p, s) }},
+}
 
 // Plot size: 600 × 300 pt is 800 × 400 pixels at gonum/plot's 96 dpi.
 const reportW, reportH = 600 * vg.Length(1), 300 * vg.Length(1)
-
-// reportPlots are drawn in this order by writeBenchReport.
-var reportPlots = []reportPlot{
-	{reportThroughput, plotThroughput},
-	{reportPadding, plotPadding},
-	{reportGPU, plotGPU},
-	{reportRows, func(p string, _ benchResult, s *benchSeries) (bool, string, error) { return plotRows(p, s) }},
-}
 
 func newPlot(title, x, y string) *plot.Plot {
 	p := plot.New()
@@ -52,9 +106,9 @@ var (
 	reportRed  = color.RGBA{R: 214, G: 39, B: 40, A: 255}
 )
 
-func plotThroughput(path string, res benchResult, s *benchSeries) (bool, string, error) {
-	w := throughputWindow(s.End.Sub(s.Start))
-	starts, rates := throughputWindows(s, w)
+func plotThroughput(path string, res benchrun.Result, s *benchrun.Series) (bool, string, error) {
+	w := benchrun.ThroughputWindow(s.End.Sub(s.Start))
+	starts, rates := benchrun.ThroughputWindows(s, w)
 	if len(rates) == 0 {
 		return false, "No batches were recorded: throughput plot skipped.", nil
 	}
@@ -83,14 +137,14 @@ func plotThroughput(path string, res benchResult, s *benchSeries) (bool, string,
 	return true, note, p.Save(reportW, reportH, path)
 }
 
-func plotPadding(path string, res benchResult, s *benchSeries) (bool, string, error) {
+func plotPadding(path string, res benchrun.Result, s *benchrun.Series) (bool, string, error) {
 	if len(s.Batches) == 0 {
 		return false, "", nil
 	}
 	xys := make(plotter.XYs, len(s.Batches))
 	lo := res.PaddingEfficiency
 	for i, b := range s.Batches {
-		xys[i] = plotter.XY{X: float64(i + 1), Y: b.efficiency()}
+		xys[i] = plotter.XY{X: float64(i + 1), Y: b.Efficiency()}
 		lo = min(lo, xys[i].Y)
 	}
 	p := newPlot(fmt.Sprintf("Padding efficiency per batch (%s, %d batches)", res.Mode, len(s.Batches)),
@@ -113,7 +167,7 @@ func plotPadding(path string, res benchResult, s *benchSeries) (bool, string, er
 	return true, "", p.Save(reportW, reportH, path)
 }
 
-func plotGPU(path string, res benchResult, s *benchSeries) (bool, string, error) {
+func plotGPU(path string, res benchrun.Result, s *benchrun.Series) (bool, string, error) {
 	if len(s.GPU) == 0 {
 		return false, "No NVML samples (CPU run, or NVML unavailable): GPU busy plot skipped.", nil
 	}
@@ -145,7 +199,7 @@ func plotGPU(path string, res benchResult, s *benchSeries) (bool, string, error)
 }
 
 // plotRows is a histogram of batch rows, binned on whole rows (at most 40 bins).
-func plotRows(path string, s *benchSeries) (bool, string, error) {
+func plotRows(path string, s *benchrun.Series) (bool, string, error) {
 	if len(s.Batches) == 0 {
 		return false, "", nil
 	}

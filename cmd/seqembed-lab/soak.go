@@ -24,210 +24,162 @@ import (
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
 	"github.com/seqembed/seqembed/internal/jscluster"
+	"github.com/seqembed/seqembed/internal/jspub"
+	"github.com/seqembed/seqembed/internal/retry"
 )
 
-// ---------------------------------------------------------------------------------------------
-// Producing with retries (shared with the cluster test).
+// `seqembed-lab soak`: a 3-node in-process JetStream cluster, `seqembed worker` child processes
+// SIGKILLed and restarted, a node shutdown and a consumer leader stepdown while a million random
+// records are published; then a ledger of every record: embedded, dead-lettered, lost or
+// duplicated.
 
-// recordMsg is one input record with its id in Seq-Id and a Nats-Msg-Id of "<model>:<id>", so a
-// retried publish is stored once.
-func recordMsg(model, id string, residues []byte) *nats.Msg {
-	m := nats.NewMsg(consumer.Subject(model))
-	m.Header.Set(consumer.HeaderID, id)
-	m.Header.Set(nats.MsgIdHdr, model+":"+id)
-	m.Data = residues
-	return m
+// soakProc is one run of a worker's process.
+type soakProc struct {
+	cmd    *exec.Cmd
+	done   chan error // cmd.Wait's result
+	killed bool       // SIGKILLed by the chaos loop (guarded by the worker's mu)
 }
 
-// publishRetry publishes m until the stream acknowledges it (a duplicate ack counts: an earlier
-// try was stored) or ctx ends. Each try waits at most 5 s; tries back off from 100 ms to 2 s.
-// It returns the number of failed tries.
-func publishRetry(ctx context.Context, js jetstream.JetStream, m *nats.Msg) (retries int, err error) {
-	delay := 100 * time.Millisecond
-	for {
-		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := js.PublishMsg(tctx, m)
-		cancel()
-		if err == nil {
-			return retries, nil
-		}
-		if ctx.Err() != nil {
-			return retries, fmt.Errorf("publishing %s: %w", m.Header.Get(consumer.HeaderID), err)
-		}
-		retries++
-		select {
-		case <-ctx.Done():
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 2*time.Second)
-	}
-}
-
-// publishAll publishes msgs with up to window PubAcks outstanding; a failed one is retried
-// synchronously (publishRetry) until stored. It returns the retries made.
-func publishAll(ctx context.Context, js jetstream.JetStream, window int, next func() *nats.Msg, acked func()) (retries int, err error) {
-	type pending struct {
-		msg *nats.Msg
-		fut jetstream.PubAckFuture
-	}
-	var q []pending
-	settle := func(p pending) error {
-		select {
-		case <-p.fut.Ok():
-		case <-p.fut.Err():
-			n, err := publishRetry(ctx, js, p.msg)
-			retries += n + 1
-			if err != nil {
-				return err
-			}
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		acked()
-		return nil
-	}
-	for m := next(); m != nil; m = next() {
-		fut, err := js.PublishMsgAsync(m)
-		for err != nil { // too many pending or disconnected: settle what we have, then try again
-			if len(q) > 0 {
-				if err := settle(q[0]); err != nil {
-					return retries, err
-				}
-				q = q[1:]
-			} else {
-				select {
-				case <-ctx.Done():
-					return retries, ctx.Err()
-				case <-time.After(200 * time.Millisecond):
-				}
-				retries++
-			}
-			fut, err = js.PublishMsgAsync(m)
-		}
-		q = append(q, pending{m, fut})
-		if len(q) >= window {
-			if err := settle(q[0]); err != nil {
-				return retries, err
-			}
-			q = q[1:]
-		}
-	}
-	for _, p := range q {
-		if err := settle(p); err != nil {
-			return retries, err
-		}
-	}
-	return retries, nil
-}
-
-// queueState is what is left of model's work: input messages on its subject, and the durable
-// consumer's pending and unacked counts.
-func queueState(ctx context.Context, js jetstream.JetStream, stream, model string) (left, pending, unacked uint64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(consumer.Subject(model)))
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	c, err := s.Consumer(ctx, consumer.Durable(model))
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	ci, err := c.Info(ctx)
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	return info.State.Subjects[consumer.Subject(model)], ci.NumPending, uint64(ci.NumAckPending), nil
-}
-
-// ---------------------------------------------------------------------------------------------
-// seqembed soak
-
-// soakWorker is one worker child process, restarted whenever it is killed or exits.
+// soakWorker is one `seqembed worker` child process, kept running by its keeper (soakRun.keep).
 type soakWorker struct {
 	idx   int
-	cmd   *exec.Cmd
-	done  chan struct{}
 	log   *os.File
+	mu    sync.Mutex
+	proc  *soakProc    // the current process; nil before the first start
 	exits atomic.Int64 // exits not caused by the chaos loop
 }
 
-type soakRun struct {
-	exe, urls, logDir string
-	workerArgs        []string
-	mu                sync.Mutex
-	workers           []*soakWorker
-	stopping          atomic.Bool
+// signal sends sig to the worker's current process, if any.
+func (w *soakWorker) signal(sig os.Signal) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.proc != nil {
+		_ = w.proc.cmd.Process.Signal(sig)
+	}
 }
 
-func (r *soakRun) start(w *soakWorker) error {
+type soakRun struct {
+	exe, urls  string
+	workerArgs []string
+	workers    []*soakWorker
+	say        func(format string, a ...any)
+	stopping   atomic.Bool
+	keepers    sync.WaitGroup
+	stopKeep   context.CancelFunc
+}
+
+var errStopping = errors.New("soak stopping")
+
+// restartPolicy is how a worker that exited on its own (not the chaos loop: e.g. the cluster
+// was unreachable at start-up) or failed to start is started again: after a second, forever.
+var restartPolicy = retry.Policy{Initial: time.Second, Max: time.Second}
+
+// startWorkers starts every worker's keeper.
+func (r *soakRun) startWorkers(ctx context.Context) {
+	ctx, r.stopKeep = context.WithCancel(ctx)
+	for _, w := range r.workers {
+		r.keepers.Go(func() { r.keep(ctx, w) })
+	}
+}
+
+// keep runs worker w until stopAll: a process the chaos loop killed is started again at once,
+// one that exited on its own (counted in w.exits) under restartPolicy.
+func (r *soakRun) keep(ctx context.Context, w *soakWorker) {
+	pol := restartPolicy
+	pol.OnRetry = func(_ int, err error, wait time.Duration) {
+		r.say("worker %d: %v; starting it again in %s", w.idx+1, err, wait.Round(100*time.Millisecond))
+	}
+	_ = retry.Do(ctx, pol, func(context.Context) error {
+		for {
+			p, err := r.start(w)
+			if errors.Is(err, errStopping) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			exit := <-p.done
+			if r.stopping.Load() {
+				return nil
+			}
+			w.mu.Lock()
+			killed := p.killed
+			w.mu.Unlock()
+			if !killed {
+				w.exits.Add(1)
+				return fmt.Errorf("exited on its own (%v)", exit)
+			}
+		}
+	})
+}
+
+// start starts a new process for w, unless the soak is stopping (errStopping).
+func (r *soakRun) start(w *soakWorker) (*soakProc, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if r.stopping.Load() { // checked under mu: stopAll signals every process started before it
+		return nil, errStopping
+	}
 	args := append([]string{"worker", "--nats", r.urls}, r.workerArgs...)
 	cmd := exec.Command(r.exe, args...)
 	cmd.Stdout, cmd.Stderr = w.log, w.log
 	if err := cmd.Start(); err != nil {
-		return err
+		return nil, err
 	}
-	done := make(chan struct{})
-	w.cmd, w.done = cmd, done
-	go func() { _ = cmd.Wait(); close(done) }()
-	return nil
+	p := &soakProc{cmd: cmd, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	w.proc = p
+	return p, nil
 }
 
-// kill SIGKILLs worker w, waits for it to die and starts it again.
-func (r *soakRun) kill(w *soakWorker) error {
-	_ = w.cmd.Process.Signal(syscall.SIGKILL)
-	<-w.done
-	return r.start(w)
-}
-
-// supervise restarts workers that exited on their own (e.g. the cluster was unreachable at
-// start-up) after a second.
-func (r *soakRun) supervise(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		r.mu.Lock()
-		for _, w := range r.workers {
-			select {
-			case <-w.done:
-				if !r.stopping.Load() {
-					w.exits.Add(1)
-					_ = r.start(w)
-				}
-			default:
-			}
-		}
-		r.mu.Unlock()
+// kill SIGKILLs worker w's process; its keeper starts it again at once.
+func (r *soakRun) kill(w *soakWorker) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.proc != nil {
+		w.proc.killed = true
+		_ = w.proc.cmd.Process.Signal(syscall.SIGKILL)
 	}
 }
 
-// stopAll SIGTERMs every worker and waits up to timeout for them to finish in-flight batches.
+// stopAll SIGTERMs every worker and waits up to timeout for them to finish in-flight batches,
+// SIGKILLing those still running then.
 func (r *soakRun) stopAll(timeout time.Duration) {
 	r.stopping.Store(true)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, w := range r.workers {
-		_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	if r.stopKeep != nil {
+		r.stopKeep() // keepers waiting to restart a worker return at once
 	}
-	deadline := time.After(timeout)
 	for _, w := range r.workers {
-		select {
-		case <-w.done:
-		case <-deadline:
-			_ = w.cmd.Process.Kill()
-			<-w.done
+		w.signal(syscall.SIGTERM)
+	}
+	done := make(chan struct{})
+	go func() { r.keepers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		for _, w := range r.workers {
+			w.signal(syscall.SIGKILL)
 		}
+		<-done
+	}
+	for _, w := range r.workers {
 		w.log.Close()
 	}
+}
+
+// defaultSeqembed is the seqembed binary next to this one, else the one on PATH.
+func defaultSeqembed() (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "seqembed")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("seqembed")
+	if err != nil {
+		return "", fmt.Errorf("no seqembed binary next to seqembed-lab or on PATH (go build -o bin/seqembed ./cmd/seqembed, or pass --seqembed PATH): %w", err)
+	}
+	return p, nil
 }
 
 var soakResidues = []byte("ACDEFGHIKLMNPQRSTVWY")
@@ -247,7 +199,8 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	dir := fs.String("dir", "", "directory for the node stores, worker logs and the Parquet output (default: a new temp dir, removed at the end unless --keep)")
 	keep := fs.Bool("keep", false, "keep --dir's contents")
 	timeout := fs.Duration("timeout", 3*time.Hour, "give up after this long")
-	if err := parseFlags(fs, args); err != nil {
+	exe := fs.String("seqembed", "", "the seqembed binary whose `seqembed worker` processes are soaked (default: seqembed next to seqembed-lab, else on PATH)")
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *records <= 0 || *workers <= 0 || *minLen <= 0 || *maxLen < *minLen || *killEvery <= 0 {
@@ -261,9 +214,13 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	if _, err := os.Stat(gpurun.LibraryPath()); err != nil {
 		return fmt.Errorf("ONNX Runtime library (set ONNXRUNTIME_SHARED_LIBRARY_PATH): %w", err)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return err
+	if *exe == "" {
+		if *exe, err = defaultSeqembed(); err != nil {
+			return err
+		}
+	}
+	if out, err := exec.CommandContext(ctx, *exe, "version").CombinedOutput(); err != nil {
+		return fmt.Errorf("--seqembed %s: `version` failed: %w (%s)", *exe, err, strings.TrimSpace(string(out)))
 	}
 	if *dir == "" {
 		if *dir, err = os.MkdirTemp("", "seqembed-soak-"); err != nil {
@@ -276,7 +233,10 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	start := time.Now()
+	var sayMu sync.Mutex
 	say := func(format string, a ...any) {
+		sayMu.Lock()
+		defer sayMu.Unlock()
 		fmt.Fprintf(os.Stderr, "[%7s] %s\n", time.Since(start).Round(time.Second), fmt.Sprintf(format, a...))
 	}
 
@@ -286,13 +246,21 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	}
 	defer cl.Close()
 	say("3-node JetStream cluster up: %s (stores under %s)", cl.URLs(), *dir)
-	nf := natsFlags{URL: cl.URLs()}
-	// Without an async timeout a PubAck lost with a node would leave its future pending forever.
-	nc, js, err := nf.dial("seqembed soak", jetstream.WithPublishAsyncMaxPending(4096), jetstream.WithPublishAsyncTimeout(10*time.Second))
+	nc, err := nats.Connect(cl.URLs(), nats.Name("seqembed-lab soak"), nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: closed by the soak itself
+				say("nats: disconnected: %v", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { say("nats: reconnected to %s", nc.ConnectedUrlRedacted()) }))
+	if err != nil {
+		return fmt.Errorf("connecting to the cluster: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
 	// R3 streams, created before any worker starts (workers never change an existing stream).
 	cons, err := consumer.New(js, model, func([]byte) error { return nil }, consumer.WithReplicas(3),
 		consumer.WithStreamMaxBytes(8<<30))
@@ -306,61 +274,63 @@ func runSoakCmd(ctx context.Context, args []string) error {
 		return err
 	}
 
-	run := &soakRun{exe: exe, urls: cl.URLs(), logDir: *dir, workerArgs: []string{
+	run := &soakRun{exe: *exe, urls: cl.URLs(), say: say, workerArgs: []string{
 		"--model", *modelDir, "--http-addr", "", "--log-format", "console", "--log-level", "warn",
 		"--threads", strconv.Itoa(*threads), "--ack-wait", ackWait.String(), "--shutdown-timeout", "20s",
 	}}
 	for i := range *workers {
 		f, err := os.Create(filepath.Join(*dir, fmt.Sprintf("worker-%d.log", i+1)))
 		if err != nil {
+			for _, w := range run.workers {
+				w.log.Close()
+			}
 			return err
 		}
-		w := &soakWorker{idx: i, log: f}
-		if err := run.start(w); err != nil {
-			return err
-		}
-		run.workers = append(run.workers, w)
+		run.workers = append(run.workers, &soakWorker{idx: i, log: f})
 	}
+	run.startWorkers(ctx)
 	stopped := false
 	defer func() {
 		if !stopped {
 			run.stopAll(5 * time.Second)
 		}
 	}()
-	superCtx, stopSuper := context.WithCancel(ctx)
-	defer stopSuper()
-	go run.supervise(superCtx)
-	say("%d workers started (%s worker %s)", *workers, exe, strings.Join(run.workerArgs, " "))
+	say("%d workers started (%s worker %s)", *workers, *exe, strings.Join(run.workerArgs, " "))
 
-	// Producer.
+	// Producer: a window of 2,048 PubAcks; a record whose PubAck is lost (a node down, a leader
+	// change) is republished with its Nats-Msg-Id until stored. A PubAck times out after 10 s,
+	// so none lost with a node waits forever.
 	var published atomic.Int64
+	pub, err := jspub.New(nc, jspub.WithWindow(2048), jspub.WithAckTimeout(10*time.Second),
+		jspub.WithRetry(retry.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second, PerTry: 5 * time.Second}),
+		jspub.WithOnAck(func(jspub.Ack) { published.Add(1) }))
+	if err != nil {
+		return err
+	}
 	pubDone := make(chan error, 1)
-	var pubRetries int
 	pubStart := time.Now()
 	go func() {
+		defer pub.Close()
 		rng := rand.New(rand.NewPCG(*seed, 0x5eed))
-		i := 0
-		next := func() *nats.Msg {
-			if i >= *records {
-				return nil
-			}
+		for i := 1; i <= *records; i++ {
 			n := *minLen + rng.IntN(*maxLen-*minLen+1)
 			b := make([]byte, n)
 			for k := range b {
 				b[k] = soakResidues[rng.IntN(len(soakResidues))]
 			}
-			i++
-			return recordMsg(model, fmt.Sprintf("soak-%08d", i), b)
+			if err := pub.Publish(ctx, recordMsg(model, fmt.Sprintf("soak-%08d", i), b)); err != nil {
+				pubDone <- err
+				return
+			}
 		}
-		var err error
-		pubRetries, err = publishAll(ctx, js, 2048, next, func() { published.Add(1) })
-		pubDone <- err
+		pubDone <- pub.Flush(ctx)
 	}()
 
 	// Chaos.
 	var kills, stepdowns, nodeDowns int
 	var chaosLog []string
 	chaosCtx, stopChaos := context.WithCancel(ctx)
+	defer stopChaos()
 	chaosDone := make(chan struct{})
 	var nodeWG sync.WaitGroup
 	go func() {
@@ -374,15 +344,10 @@ func runSoakCmd(ctx context.Context, args []string) error {
 				return
 			case <-t.C:
 			}
-			run.mu.Lock()
 			w := run.workers[rng.IntN(len(run.workers))]
-			err := run.kill(w)
-			run.mu.Unlock()
+			run.kill(w)
 			kills++
 			msg := fmt.Sprintf("SIGKILL worker %d (restarted)", w.idx+1)
-			if err != nil {
-				msg += ": restart failed: " + err.Error()
-			}
 			switch tick {
 			case 2:
 				n := cl.StreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, cons.StreamConfig().Name)
@@ -393,7 +358,13 @@ func runSoakCmd(ctx context.Context, args []string) error {
 				nodeDowns++
 				msg += fmt.Sprintf("; node n%d (SEQS leader) shut down for %s", n+1, *nodeDown)
 				nodeWG.Go(func() {
-					time.Sleep(*nodeDown)
+					// The outage is the scenario: the node stays down for --node-down.
+					down := time.NewTimer(*nodeDown)
+					defer down.Stop()
+					select {
+					case <-down.C:
+					case <-ctx.Done():
+					}
 					if err := cl.Restart(n); err != nil {
 						say("restarting n%d: %v", n+1, err)
 						return
@@ -426,7 +397,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 		case pubErr = <-pubDone:
 			pubFinished = true
 			pubElapsed = time.Since(pubStart)
-			say("published %d records in %s (%d publish retries)", published.Load(), pubElapsed.Round(time.Millisecond), pubRetries)
+			say("published %d records in %s (%d publish retries)", published.Load(), pubElapsed.Round(time.Millisecond), pub.Retries())
 			if pubErr != nil {
 				say("publisher: %v", pubErr)
 			}
@@ -434,6 +405,8 @@ func runSoakCmd(ctx context.Context, args []string) error {
 			continue
 		case <-ctx.Done():
 			stopChaos()
+			<-chaosDone
+			nodeWG.Wait()
 			return fmt.Errorf("soak did not finish: %w", ctx.Err())
 		case <-progress.C:
 			left, pend, unacked, err := queueState(ctx, js, cons.StreamConfig().Name, model)
@@ -460,7 +433,6 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	stopChaos()
 	<-chaosDone
 	nodeWG.Wait()
-	stopSuper()
 	run.stopAll(30 * time.Second)
 	stopped = true
 	unexpected := int64(0)
@@ -537,7 +509,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	for _, l := range chaosLog {
 		fmt.Printf("    %s\n", l)
 	}
-	fmt.Printf("  published           %d (%d publish retries, publishing took %s)\n", published.Load(), pubRetries, pubElapsed.Round(time.Millisecond))
+	fmt.Printf("  published           %d (%d publish retries, publishing took %s)\n", published.Load(), pub.Retries(), pubElapsed.Round(time.Millisecond))
 	fmt.Printf("  embedded            %d distinct ids\n", len(embedded))
 	fmt.Printf("  dead-lettered       %d %v\n", len(dead), reasons)
 	fmt.Printf("  embedded and dead   %d\n", both)
@@ -559,23 +531,4 @@ func runSoakCmd(ctx context.Context, args []string) error {
 		return fmt.Errorf("%d duplicate rows after dedupe", dupsAfter)
 	}
 	return nil
-}
-
-func streamInfo(ctx context.Context, js jetstream.JetStream, name string) (*jetstream.StreamInfo, error) {
-	var last error
-	for range 30 {
-		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		s, err := js.Stream(tctx, name)
-		if err == nil {
-			var info *jetstream.StreamInfo
-			if info, err = s.Info(tctx); err == nil {
-				cancel()
-				return info, nil
-			}
-		}
-		cancel()
-		last = err
-		time.Sleep(time.Second)
-	}
-	return nil, last
 }

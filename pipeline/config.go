@@ -1,0 +1,104 @@
+package pipeline
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/seqembed/seqembed/arrowout"
+	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/gpurun"
+)
+
+// Config is every setting of the worker. cmd/seqembed fills it from flags (each field's flag is
+// named in its comment); Default gives the documented defaults. Validate checks it; New calls
+// Validate.
+type Config struct {
+	ModelDir       string        // --model: directory holding model.onnx and model.json
+	Device         string        // --device: cpu, cuda:N, a list (cuda:0,cuda:1) or cuda:all
+	Threads        int           // --threads: ORT intra-op threads on the CPU (0 = one per core)
+	MaxBatchTokens int           // --max-batch-tokens: padded-token budget of one batch
+	MaxBatchRows   int           // --max-batch-rows: most sequences in one batch
+	MaxWait        time.Duration // --max-wait: a bucket flushes once its oldest record waited this long
+	BucketStep     int           // --bucket-step: bucket lengths are multiples of this many tokens
+	Overlength     string        // --overlength: truncate or reject sequences over the model's max length
+	MaxRecordBytes int           // --max-record-bytes: larger bodies are dead-lettered
+	AckWait        time.Duration // --ack-wait: the server redelivers a record not acked within this
+	MaxAckPending  int           // --max-ack-pending: unacked records across all workers
+	MaxDeliver     int           // --max-deliver: deliveries of one record before it is given up
+	Inflight       int           // --inflight: batches in flight at once per device
+	InStream       string        // --in-stream: input stream (work queue, subjects seqs.>)
+	OutStream      string        // --out-stream: output stream (subjects embeddings.>)
+	// ShutdownTimeout (--shutdown-timeout) bounds the graceful part of a shutdown: finishing
+	// in-flight batches after ctx ends.
+	ShutdownTimeout time.Duration
+	CUDAOptions     string // --cuda-options: extra ORT CUDA provider options, key=value,...
+	CUDAGraphs      string // --cuda-graphs: auto, on or off
+
+	// CollectLatency keeps per-record latencies and a per-batch timeline in Stats (bench).
+	CollectLatency bool
+	// Hooks inject faults; tests only. The zero value injects nothing.
+	Hooks Hooks
+}
+
+// Default is the worker's configuration before any flag: the tiny model on the CPU, a 16,384
+// padded-token budget, 256 rows, a 50 ms linger, 64-token buckets, 60 s AckWait, 4,096 unacked
+// records, 5 deliveries, 2 batches in flight per device, a 30 s shutdown.
+func Default() Config {
+	return Config{
+		ModelDir: "testdata/esm2-tiny", Device: "cpu", MaxBatchTokens: 16384, MaxBatchRows: 256,
+		MaxWait: 50 * time.Millisecond, BucketStep: 64, Overlength: "truncate", MaxRecordBytes: 1 << 20,
+		AckWait: 60 * time.Second, MaxAckPending: 4096, MaxDeliver: 5, Inflight: 2,
+		InStream: "SEQS", OutStream: arrowout.DefaultStreamName, ShutdownTimeout: 30 * time.Second,
+		CUDAGraphs: gpurun.GraphsAuto,
+	}
+}
+
+// Validate reports the first setting that cannot work, naming its flag.
+func (c *Config) Validate() error {
+	if c.ModelDir == "" {
+		return fmt.Errorf("%w: --model is empty", ErrConfig)
+	}
+	if _, err := gpurun.ParseDevices(c.Device); err != nil {
+		return fmt.Errorf("%w: --device: %w", ErrConfig, err)
+	}
+	if _, err := consumer.ParseOverlength(c.Overlength); err != nil {
+		return fmt.Errorf("%w: --overlength: %w", ErrConfig, err)
+	}
+	if _, err := gpurun.ParseProviderOptions(c.CUDAOptions); err != nil {
+		return fmt.Errorf("%w: --cuda-options: %w", ErrConfig, err)
+	}
+	if _, err := gpurun.ParseCUDAGraphs(c.CUDAGraphs); err != nil {
+		return fmt.Errorf("%w: --cuda-graphs: %w", ErrConfig, err)
+	}
+	for _, v := range []struct {
+		flag string
+		n    int64
+	}{
+		{"--inflight", int64(c.Inflight)}, {"--max-batch-tokens", int64(c.MaxBatchTokens)},
+		{"--max-batch-rows", int64(c.MaxBatchRows)}, {"--bucket-step", int64(c.BucketStep)},
+		{"--max-record-bytes", int64(c.MaxRecordBytes)}, {"--ack-wait", int64(c.AckWait)},
+		{"--max-ack-pending", int64(c.MaxAckPending)}, {"--max-deliver", int64(c.MaxDeliver)},
+		{"--shutdown-timeout", int64(c.ShutdownTimeout)}, {"--max-wait", int64(c.MaxWait)},
+	} {
+		if v.n <= 0 {
+			return fmt.Errorf("%w: %s must be > 0", ErrConfig, v.flag)
+		}
+	}
+	if c.Threads < 0 {
+		return fmt.Errorf("%w: --threads %d must be ≥ 0", ErrConfig, c.Threads)
+	}
+	if c.InStream == "" || c.OutStream == "" {
+		return fmt.Errorf("%w: --in-stream and --out-stream must be named", ErrConfig)
+	}
+	return nil
+}
+
+// runnerOptions are the gpurun options for one runner on dev.
+func (c *Config) runnerOptions(dev gpurun.Device) ([]gpurun.Option, error) {
+	cuda, err := gpurun.ParseProviderOptions(c.CUDAOptions)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --cuda-options: %w", ErrConfig, err)
+	}
+	return []gpurun.Option{gpurun.WithDevice(dev), gpurun.WithThreads(c.Threads), gpurun.WithMaxRows(c.MaxBatchRows),
+		gpurun.WithCUDAProviderOptions(cuda), gpurun.WithCUDAGraphs(c.CUDAGraphs), gpurun.WithConcurrentRuns(c.Inflight)}, nil
+}

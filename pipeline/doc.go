@@ -1,0 +1,34 @@
+// Package pipeline is the seqembed worker: consumer → batcher → gpurun → arrowout, wired here
+// and nowhere else, with the rules that keep every record embedded exactly once.
+//
+// Where a record goes, one file each:
+//
+//   - pulled and validated: consumer (consumer/consumer.go), started by [Pipeline.Run];
+//   - formed into a batch: batcher (batcher/batcher.go), fed by Run's feeder goroutine;
+//   - run on a device: [Engine.Embed] (engine.go), a pool of Inflight slots per device, through
+//     the retry-in-halves rule (split.go);
+//   - published and acked: [Pipeline] batch (pipeline.go), through arrowout.Publisher.
+//
+// The rules, each a function with its own test:
+//
+//   - Heartbeat (heartbeat.go): every record the pipeline holds gets InProgress every AckWait/3
+//     from the moment it is taken off the consumer (buffered, batched, running, publishing) until
+//     it is acked, nak'd or termed; the batcher's queue is sized to MaxAckPending so nothing
+//     waits outside that set. A backlog that takes many AckWaits to drain is never redelivered.
+//   - Retry in halves (split.go, embedInHalves): a failed run is split in halves down to single
+//     rows, so an out-of-memory shrinks the batch and a poison record fails alone.
+//   - Dead letters (split.go, judge): a row that fails alone while rows of its batch succeed is
+//     dead-lettered (model_error) and termed; if no row succeeds every input is nak'd (a broken
+//     device is not the records' fault).
+//   - Publish until stored (pipeline.go, publishPolicy): a failed publish is retried with
+//     backoff for as long as it takes; the inputs are held under InProgress, not nak'd.
+//   - Ack after store: an input is acked only after every output message carrying it has its
+//     PubAck (a duplicate PubAck counts).
+//   - Shutdown: cancelling Run's context stops pulls, naks what the client buffered, flushes the
+//     batcher and finishes in-flight batches within Config.ShutdownTimeout; what cannot finish is
+//     nak'd. [Pipeline.Stop] abandons in-flight work at once.
+//
+// State has one owner each: the batcher's goroutine owns the buckets, each batch loop owns its
+// batch, the Engine's slot channel owns the devices. Faults are injected through Config.Hooks
+// (tests only). The raw benchmark drives an [Engine] without NATS, so both measure one path.
+package pipeline

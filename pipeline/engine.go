@@ -1,0 +1,190 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/batcher"
+	"github.com/seqembed/seqembed/gpurun"
+)
+
+// Engine is the model side of a pipeline: one gpurun.Runner per device of Config.Device, a pool
+// of Inflight run slots per device, the tokeniser and the (pinned, on CUDA) host allocator that
+// batch buffers come from. New builds one for the worker; the raw benchmark builds one on its own
+// and drives it without NATS, so both run the model exactly the same way.
+type Engine struct {
+	cfg     Config
+	runners []*gpurun.Runner // one per device; runners[0]'s manifest is the model's
+	slots   chan *gpurun.Runner
+	runs    []atomic.Int64 // batches run per device
+	alloc   *gpurun.HostAllocator
+	tok     *batcher.Tokenizer
+	busy    *gpurun.BusyMeter
+	embed   EmbedFunc // the device pool, wrapped by cfg.Hooks.WrapEmbed
+	warmup  time.Duration
+}
+
+// NewEngine validates cfg and loads the model on every device of cfg.Device. Close releases it.
+func NewEngine(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	devs, err := gpurun.ParseDevices(cfg.Device)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --device: %w", ErrConfig, err)
+	}
+	e := &Engine{cfg: cfg, slots: make(chan *gpurun.Runner, cfg.Inflight*len(devs)),
+		runs: make([]atomic.Int64, len(devs)), busy: gpurun.NewBusyMeter()}
+	for _, dev := range devs {
+		opts, err := cfg.runnerOptions(dev)
+		if err != nil {
+			e.Close()
+			return nil, err
+		}
+		r, err := gpurun.New(cfg.ModelDir, opts...)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("%w: model %s on %s: %w", ErrSetup, cfg.ModelDir, dev, err)
+		}
+		e.runners = append(e.runners, r)
+	}
+	// Inflight slots per device, interleaved: a batch runs on whichever device frees one first.
+	for range cfg.Inflight {
+		for _, r := range e.runners {
+			e.slots <- r
+		}
+	}
+	man := e.runners[0].Manifest()
+	if e.tok, err = batcher.NewTokenizer(man.Residues); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("%w: model %s alphabet: %w", ErrSetup, man.Name, err)
+	}
+	if e.alloc, err = gpurun.NewHostAllocator(cfg.MaxBatchTokens, e.CUDA()); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("%w: host buffers: %w", ErrSetup, err)
+	}
+	e.embed = e.onFreeDevice
+	if cfg.Hooks.WrapEmbed != nil {
+		e.embed = cfg.Hooks.WrapEmbed(e.embed)
+	}
+	return e, nil
+}
+
+// Manifest is the model's manifest (model.json).
+func (e *Engine) Manifest() *gpurun.Manifest { return e.runners[0].Manifest() }
+
+// Tokenizer is the model's tokeniser.
+func (e *Engine) Tokenizer() *batcher.Tokenizer { return e.tok }
+
+// CUDA reports whether the engine runs on GPUs.
+func (e *Engine) CUDA() bool { return e.runners[0].Device().Kind == "cuda" }
+
+// CUDAGraphs reports whether the runners replay CUDA graphs.
+func (e *Engine) CUDAGraphs() bool { return e.runners[0].CUDAGraphs() }
+
+// Devices are the engine's devices, in --device order.
+func (e *Engine) Devices() []gpurun.Device {
+	out := make([]gpurun.Device, len(e.runners))
+	for i, r := range e.runners {
+		out[i] = r.Device()
+	}
+	return out
+}
+
+// Slots is the number of batches the engine runs at once (Inflight per device).
+func (e *Engine) Slots() int { return cap(e.slots) }
+
+// Busy is the meter of time with at least one run in flight.
+func (e *Engine) Busy() *gpurun.BusyMeter { return e.busy }
+
+// Runs is the number of batches run on each device so far, in Devices order.
+func (e *Engine) Runs() []int64 {
+	out := make([]int64, len(e.runs))
+	for i := range e.runs {
+		out[i] = e.runs[i].Load()
+	}
+	return out
+}
+
+// WarmupTook is how long Warmup took (0 before it, and on the CPU).
+func (e *Engine) WarmupTook() time.Duration { return e.warmup }
+
+// NewBatcher is a batcher with the engine's tokeniser and allocator and cfg's budget, rows, linger
+// and bucket step; extra options come last and win (the raw benchmark lingers for an hour).
+func (e *Engine) NewBatcher(extra ...batcher.Option) (*batcher.Batcher, error) {
+	c := e.cfg
+	opts := append([]batcher.Option{batcher.WithTokenizer(e.tok), batcher.WithAllocator(e.alloc),
+		batcher.WithMaxBatchTokens(c.MaxBatchTokens), batcher.WithMaxBatchRows(c.MaxBatchRows),
+		batcher.WithMaxWait(c.MaxWait), batcher.WithOutputSize(e.Slots()), batcher.WithBucketStep(c.BucketStep)}, extra...)
+	b, err := batcher.New(e.Manifest().MaxLength, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: batcher: %w", ErrConfig, err)
+	}
+	return b, nil
+}
+
+// Warmup runs every bucket shape of bat at its full row count once on every device (CUDA-graph
+// runners capture each shape's graph instead), so no real batch pays for kernel selection or
+// arena growth. On the CPU it does nothing.
+func (e *Engine) Warmup(ctx context.Context, bat *batcher.Batcher, log *zap.Logger) error {
+	if !e.CUDA() {
+		return nil
+	}
+	var shapes [][2]int
+	for _, b := range bat.Buckets() {
+		shapes = append(shapes, [2]int{b.Rows, b.Cols})
+	}
+	for _, r := range e.runners {
+		d, err := r.Warmup(ctx, shapes, e.alloc)
+		if err != nil {
+			hint := ""
+			if r.CUDAGraphs() {
+				hint = " (--cuda-graphs off runs the model without CUDA graphs)"
+			}
+			return fmt.Errorf("%w: warm-up on %s: %w%s", ErrSetup, r.Device(), err, hint)
+		}
+		e.warmup += d
+	}
+	log.Info("warm-up done", zap.Int("shapes", len(shapes)), zap.Int("devices", len(e.runners)),
+		zap.Bool("cuda_graphs", e.CUDAGraphs()), zap.Duration("took", e.warmup))
+	return nil
+}
+
+// Embed runs one batch on the first device with a free slot (waiting for one, or for ctx),
+// appending its embeddings to dst; the time it runs counts on Busy.
+func (e *Engine) Embed(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+	end := e.busy.Begin()
+	defer end()
+	return e.embed(ctx, in, dst)
+}
+
+// onFreeDevice is the device pool: take a slot, run, give the slot back.
+func (e *Engine) onFreeDevice(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+	var r *gpurun.Runner
+	select {
+	case r = <-e.slots:
+	case <-ctx.Done():
+		return dst, ctx.Err()
+	}
+	defer func() { e.slots <- r }()
+	for i, x := range e.runners {
+		if x == r {
+			e.runs[i].Add(1)
+		}
+	}
+	return r.Embed(ctx, in, dst)
+}
+
+// Close releases the runners and host buffers.
+func (e *Engine) Close() {
+	for _, r := range e.runners {
+		r.Close()
+	}
+	if e.alloc != nil {
+		e.alloc.Close()
+	}
+}

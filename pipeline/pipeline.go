@@ -1,0 +1,385 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/arrowout"
+	"github.com/seqembed/seqembed/batcher"
+	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/internal/retry"
+	"github.com/seqembed/seqembed/telemetry"
+)
+
+// Deps are what a pipeline runs against: a NATS connection (required) and where it reports.
+type Deps struct {
+	Conn       *nats.Conn            // required; the pipeline does not close it
+	Log        *zap.Logger           // nil: no logs
+	Registerer prometheus.Registerer // nil: metrics go to a private registry
+	Health     *telemetry.Health     // nil: a private one; Run sets it ready once pulling
+}
+
+// Pipeline is one worker: consumer → batcher → gpurun → arrowout, each stage owned here.
+// New loads the model and sets up the streams; Run pulls, embeds, publishes and acks until its
+// context ends, then shuts down gracefully. A Pipeline runs once.
+type Pipeline struct {
+	cfg     Config
+	deps    Deps
+	log     *zap.Logger
+	js      jetstream.JetStream
+	eng     *Engine
+	bat     *batcher.Batcher
+	cons    *consumer.Consumer
+	pub     *arrowout.Publisher
+	metrics *telemetry.Metrics
+	model   string
+	stats   statsBook
+	queued  atomic.Int64 // records taken from the consumer and not yet acked, nak'd or termed
+	keep    *keeper      // heartbeats every held record
+
+	stopOnce sync.Once
+	stop     chan struct{} // Stop: abandon in-flight work now
+}
+
+// New validates cfg, loads the model on every device (warming up every bucket shape on CUDA),
+// creates the input stream, the model's durable consumer and the output stream where they are
+// missing (never resetting an existing stream's limits), and returns the pipeline ready to Run.
+func New(ctx context.Context, cfg Config, deps Deps) (*Pipeline, error) {
+	if deps.Conn == nil {
+		return nil, fmt.Errorf("%w: no NATS connection", ErrConfig)
+	}
+	if deps.Log == nil {
+		deps.Log = zap.NewNop()
+	}
+	if deps.Registerer == nil {
+		deps.Registerer = prometheus.NewRegistry()
+	}
+	if deps.Health == nil {
+		deps.Health = telemetry.NewHealth()
+	}
+	eng, err := NewEngine(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pipeline{cfg: cfg, deps: deps, log: deps.Log, eng: eng, stop: make(chan struct{}),
+		stats: statsBook{collect: cfg.CollectLatency}}
+	if err := p.init(ctx); err != nil {
+		eng.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Pipeline) init(ctx context.Context) error {
+	cfg, man := p.cfg, p.eng.Manifest()
+	p.model = man.Name
+	var err error
+	if p.js, err = jetstream.New(p.deps.Conn); err != nil {
+		return fmt.Errorf("%w: JetStream: %w", ErrSetup, err)
+	}
+	if p.metrics, err = telemetry.NewMetrics(p.deps.Registerer, man.Name, telemetry.Labels{
+		DeadLetterReasons: consumer.DeadLetterReasons(), FlushReasons: batcher.Reasons}); err != nil {
+		return fmt.Errorf("%w: metrics: %w", ErrSetup, err)
+	}
+	// The queue holds as many records as the server lets a worker hold, so the feeder never
+	// blocks and nothing waits unheartbeated in the client (heartbeat.go).
+	if p.bat, err = p.eng.NewBatcher(batcher.WithQueueSize(max(cfg.MaxAckPending, batcher.DefaultQueueSize))); err != nil {
+		return err
+	}
+	overlength, _ := consumer.ParseOverlength(cfg.Overlength) // Validate checked it
+	if p.cons, err = consumer.New(p.js, man.Name, p.eng.Tokenizer().Validate, consumer.WithStream(cfg.InStream),
+		consumer.WithAckWait(cfg.AckWait), consumer.WithMaxAckPending(cfg.MaxAckPending),
+		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithMaxResidues(man.MaxLength),
+		consumer.WithOverlength(overlength), consumer.WithMaxRecordBytes(cfg.MaxRecordBytes),
+		consumer.WithLogger(p.log), consumer.WithObserver(p.metrics)); err != nil {
+		return fmt.Errorf("%w: consumer: %w", ErrConfig, err)
+	}
+	if err := p.eng.Warmup(ctx, p.bat, p.log); err != nil {
+		return err
+	}
+	if err := retry.Do(ctx, setupPolicy, p.cons.Setup); err != nil {
+		return fmt.Errorf("%w: input stream %s and consumer: %w", ErrSetup, cfg.InStream, err)
+	}
+	// Create the output stream if it is missing, but never reset an existing one's limits
+	// (seqembed streams is the command that changes them).
+	if err := retry.Do(ctx, setupPolicy, func(ctx context.Context) error {
+		_, err := p.js.Stream(ctx, cfg.OutStream)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			_, err = arrowout.EnsureStream(ctx, p.js, arrowout.StreamConfig{Name: cfg.OutStream})
+		}
+		return err
+	}); err != nil {
+		return fmt.Errorf("%w: output stream %s: %w", ErrSetup, cfg.OutStream, err)
+	}
+	meta := arrowout.Meta{Model: man.Name, ModelSHA256: man.SHA256, Pooling: man.Pooling, Dim: man.EmbeddingDim}
+	// A short PubAck timeout: after a failover a lost PubAck is retried (same Msg-Ids, deduped)
+	// in seconds rather than after the 30 s default; measured in the 3-node cluster test.
+	if p.pub, err = arrowout.NewPublisher(p.js, "embeddings."+man.Name, meta,
+		arrowout.WithMaxPayload(int(p.deps.Conn.MaxPayload())-4096), arrowout.WithAckTimeout(5*time.Second)); err != nil {
+		return fmt.Errorf("%w: publisher: %w", ErrSetup, err)
+	}
+	return nil
+}
+
+// setupPolicy retries a JetStream set-up call that went unanswered (10 s a try, 6 tries): in a
+// cluster electing leaders a request can go unanswered (seen in the cluster test: a stream
+// lookup waited out the whole context), and a worker must not hang at start. Other errors are
+// final.
+var setupPolicy = retry.Policy{Initial: 100 * time.Millisecond, Max: time.Second, Tries: 6,
+	PerTry: 10 * time.Second, Retryable: retry.Timeouts}
+
+// publishPolicy is the publish rule: outputs are retried with backoff (100 ms doubling to 5 s)
+// for as long as it takes — the output stream may be full or the connection down — while the
+// inputs stay in flight under InProgress instead of being nak'd, which would spend their
+// MaxDeliver on a fault that is not theirs. Only the end of the pipeline's context (shutdown
+// timeout, Stop) gives up.
+var publishPolicy = retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
+
+// Model is the model's name (model.json), the suffix of its subjects.
+func (p *Pipeline) Model() string { return p.model }
+
+// Engine is the pipeline's model side.
+func (p *Pipeline) Engine() *Engine { return p.eng }
+
+// Stats is a snapshot of what the pipeline has done so far.
+func (p *Pipeline) Stats() Stats { return p.stats.snapshot() }
+
+// Queued is the number of records the pipeline holds: taken from the consumer and not yet acked,
+// nak'd or termed.
+func (p *Pipeline) Queued() int64 { return p.queued.Load() }
+
+// Stop abandons in-flight work at once: batches still running or publishing are nak'd for
+// another worker and Run returns. Cancelling Run's context is the graceful way (Drain).
+func (p *Pipeline) Stop() { p.stopOnce.Do(func() { close(p.stop) }) }
+
+// Run pulls and embeds until ctx ends, then drains: stop pulling, nak what the client had
+// buffered, flush the batcher, finish in-flight batches (embed, publish, ack) within
+// Config.ShutdownTimeout, nak what could not finish, return. It releases the model on return.
+func (p *Pipeline) Run(ctx context.Context) error {
+	defer p.eng.Close()
+	p.keep = newKeeper(p.cfg.AckWait / 3)
+	defer p.keep.Stop()
+	// The stages run on their own context so that finishing in-flight work outlives ctx.
+	pipeCtx, cancelPipe := context.WithCancel(context.Background())
+	defer cancelPipe()
+	ch, err := p.cons.Start(pipeCtx)
+	if err != nil {
+		return err
+	}
+	bh := p.bat.Start(pipeCtx)
+	// Records that exhaust MaxDeliver go to the dead-letter subject (every worker watches; the
+	// copies are deduplicated).
+	adv, err := p.cons.WatchMaxDeliveries(pipeCtx)
+	if err != nil {
+		ch.Stop()
+		bh.Stop()
+		return err
+	}
+	defer func() { adv.Stop(); <-adv.Done() }()
+
+	// feeder: consumer records → batcher.
+	feederDone := make(chan struct{})
+	go func() {
+		defer close(feederDone)
+		for rec := range ch.Records() {
+			it := batcher.Item{ID: rec.ID, Residues: rec.Residues, StreamSeq: rec.StreamSeq, Truncated: rec.Truncated, Ref: rec.Msg}
+			p.queued.Add(1)
+			p.keep.Hold(rec.Msg)
+			if err := p.bat.Add(pipeCtx, it); err != nil {
+				_ = rec.Msg.Nak()
+				p.keep.Release(rec.Msg)
+				p.queued.Add(-1)
+			}
+		}
+		bh.Drain()
+	}()
+	if p.eng.CUDA() {
+		defer p.watchGPU(pipeCtx)()
+	}
+	var wg sync.WaitGroup
+	for range p.eng.Slots() {
+		wg.Go(func() { p.batches(pipeCtx) })
+	}
+	p.deps.Health.SetReady(true)
+	p.log.Info("worker ready", zap.String("model", p.model), zap.String("device", p.cfg.Device),
+		zap.String("subject", consumer.Subject(p.model)))
+
+	select {
+	case <-ctx.Done():
+	case <-p.stop:
+	}
+	p.deps.Health.SetReady(false)
+	p.log.Info("shutting down: no more pulls, finishing in-flight batches")
+	ch.Stop()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	timeout := time.NewTimer(p.cfg.ShutdownTimeout)
+	defer timeout.Stop()
+	select {
+	case <-done:
+	case <-p.stop:
+		cancelPipe()
+		<-done
+	case <-timeout.C:
+		p.log.Warn("shutdown timeout: cancelling in-flight batches (their records are nak'd)")
+		cancelPipe()
+		<-done
+	}
+	<-bh.Done()
+	<-feederDone
+	for _, it := range bh.Pending() {
+		m := it.Ref.(jetstream.Msg)
+		_ = m.Nak()
+		p.keep.Release(m)
+		p.queued.Add(-1)
+	}
+	p.log.Info("worker stopped")
+	return nil
+}
+
+// batches is one batch loop: take a batch off the batcher, embed, publish, ack, until the
+// batcher closes. Eng.Slots() of them run at once.
+func (p *Pipeline) batches(ctx context.Context) {
+	var emb []float32
+	var out arrowout.Batch
+	var msgs []jetstream.Msg
+	idleSince := time.Now()
+	for b := range p.bat.Out() {
+		p.metrics.ObserveRunnerIdle(time.Since(idleSince))
+		p.metrics.InflightAdd(1)
+		p.metrics.ObserveBatch(b.Reason, b.Rows, b.Rows*b.Cols, b.Tokens, time.Since(b.Oldest))
+		p.stats.batch(b)
+		msgs = msgs[:0]
+		for _, it := range b.Items {
+			msgs = append(msgs, it.Ref.(jetstream.Msg))
+		}
+		emb = p.batch(ctx, b, emb[:0], &out, msgs)
+		p.keep.Release(msgs...) // acked, nak'd or termed, every one
+		p.queued.Add(-int64(len(msgs)))
+		p.metrics.InflightAdd(-1)
+		idleSince = time.Now()
+	}
+}
+
+// batch embeds one batch, publishes the rows that worked and acks their inputs, under the rules:
+//   - heartbeat: the keeper gives every input InProgress every AckWait/3 until it is acked,
+//     nak'd or termed (batches releases them after this returns);
+//   - retry in halves (embedInHalves), then judge: rows that failed alone while others worked
+//     are dead-lettered (model_error); if no row worked every input is nak'd;
+//   - publish until stored (publishPolicy), inputs held, not nak'd;
+//   - ack only once every output carrying an input has its PubAck.
+//
+// At shutdown timeout (ctx ended) whatever is not yet stored is nak'd for another worker.
+func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, out *arrowout.Batch, msgs []jetstream.Msg) []float32 {
+	t0 := time.Now()
+	emb, failed := embedInHalves(ctx, p.eng.Embed, b, 0, b.Rows, emb, nil, p.log)
+	p.metrics.ObserveInference(time.Since(t0))
+	b.Release()           // token buffers are no longer needed; Items stay readable
+	if ctx.Err() != nil { // shutdown timeout: hand the records to another worker now
+		p.log.Warn("batch abandoned at shutdown; records nak'd", zap.Uint64("batch", b.Seq), zap.Int("rows", b.Rows))
+		consumer.NakAll(msgs, 0)
+		return emb
+	}
+	switch judge(b.Rows, failed) {
+	case nakAll:
+		p.log.Error("inference failed; records nak'd", zap.Uint64("batch", b.Seq), zap.Int("rows", b.Rows),
+			zap.Uint64("first_stream_seq", b.Items[0].StreamSeq), zap.Error(failed[0].err))
+		consumer.NakAll(msgs, time.Second)
+		return emb
+	case deadLetterBad, allOK:
+	}
+	out.Seq = b.Seq
+	out.IDs, out.StreamSeqs, out.Lengths, out.Truncated = out.IDs[:0], out.StreamSeqs[:0], out.Lengths[:0], out.Truncated[:0]
+	okMsgs := make([]jetstream.Msg, 0, len(msgs))
+	okItems := make([]batcher.Item, 0, len(b.Items))
+	next := 0
+	for r, it := range b.Items {
+		if next < len(failed) && failed[next].row == r {
+			rej := &consumer.RejectError{Reason: consumer.ReasonModelError, ID: it.ID, StreamSeq: it.StreamSeq,
+				Err: fmt.Errorf("the model fails on this record alone (batch %d): %w", b.Seq, failed[next].err)}
+			if err := consumer.DeadLetterMsg(ctx, p.js, p.model, msgs[r], rej, p.metrics, p.log); err != nil {
+				p.log.Error("dead-letter", zap.Error(err))
+			}
+			next++
+			continue
+		}
+		okMsgs, okItems = append(okMsgs, msgs[r]), append(okItems, it)
+		out.IDs = append(out.IDs, it.ID)
+		out.StreamSeqs = append(out.StreamSeqs, it.StreamSeq)
+		out.Lengths = append(out.Lengths, int32(len(it.Residues)))
+		out.Truncated = append(out.Truncated, it.Truncated)
+	}
+	out.Embeddings = emb
+	p.cfg.Hooks.at(ctx, PointBeforePublish, okMsgs)
+	t1 := time.Now()
+	if err := p.publish(ctx, out); err != nil {
+		p.log.Warn("publish abandoned at shutdown; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
+		consumer.NakAll(okMsgs, 0)
+		return emb
+	}
+	p.metrics.ObservePublish(time.Since(t1))
+	p.cfg.Hooks.at(ctx, PointAfterPublish, okMsgs)
+	p.cfg.Hooks.at(ctx, PointBeforeAck, okMsgs)
+	if err := consumer.AckAll(ctx, p.deps.Conn, okMsgs); err != nil {
+		// The outputs are stored; a redelivery is deduplicated downstream by id.
+		p.log.Warn("ack failed after publish", zap.Uint64("batch", b.Seq), zap.Error(err))
+		return emb
+	}
+	p.metrics.RecordsOut(len(okMsgs))
+	p.stats.acked(okItems, time.Now())
+	return emb
+}
+
+// publish stores a batch's outputs under publishPolicy; it gives up only when ctx ends.
+func (p *Pipeline) publish(ctx context.Context, out *arrowout.Batch) error {
+	pol := publishPolicy
+	pol.OnRetry = func(try int, err error, _ time.Duration) {
+		if try == 1 || try%10 == 0 {
+			p.log.Error("publish failed; retrying (inputs held, not nak'd)", zap.Uint64("batch", out.Seq),
+				zap.Int("attempt", try), zap.Error(err))
+		}
+	}
+	return retry.Do(ctx, pol, func(ctx context.Context) error {
+		_, err := p.pub.Publish(ctx, out)
+		return err
+	})
+}
+
+// watchGPU samples the pipeline's GPUs every second through NVML (when the library is there)
+// and exports utilisation, memory and the bottleneck tier; it logs when a GPU starves.
+func (p *Pipeline) watchGPU(ctx context.Context) (stop func()) {
+	// NVML numbers GPUs in PCI order, CUDA by CUDA_VISIBLE_DEVICES: equal unless that is set.
+	var idx []int
+	for _, d := range p.eng.Devices() {
+		idx = append(idx, d.Index)
+	}
+	s, err := gpurun.NewNVMLSampler(idx,
+		gpurun.WithQueued(func() bool { return p.queued.Load() > 0 }),
+		gpurun.WithReport(func(g gpurun.GPUSample, tier gpurun.Tier) {
+			p.metrics.SetGPU(g.Index, g.Util, g.MemUsed, int(tier))
+			if tier == gpurun.TierSevere || tier == gpurun.TierMild {
+				p.log.Warn("GPU waiting for input", zap.Int("gpu", g.Index), zap.Float64("busy", g.Util),
+					zap.String("tier", tier.String()))
+			}
+		}))
+	if err != nil {
+		p.log.Warn("no GPU telemetry", zap.Error(err))
+		return func() {}
+	}
+	if !s.Available() {
+		p.log.Warn("no GPU telemetry: NVML unavailable", zap.String("reason", s.Reason()))
+		return func() { s.Close() }
+	}
+	h := s.Start(ctx)
+	return func() { h.Stop(); <-h.Done(); s.Close() }
+}

@@ -1,0 +1,200 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/batcher"
+	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/internal/natstest"
+)
+
+// Each rule of doc.go, tested on its own: no model, no worker.
+
+// batchOf is a batch of rows rows of cols tokens; row r's tokens are all r+1, so an embed
+// function can tell rows apart.
+func batchOf(rows, cols int) *batcher.Batch {
+	b := &batcher.Batch{Rows: rows, Cols: cols, InputIDs: make([]int64, rows*cols), Mask: make([]int64, rows*cols)}
+	for r := range rows {
+		for c := range cols {
+			b.InputIDs[r*cols+c], b.Mask[r*cols+c] = int64(r+1), 1
+		}
+		b.Items = append(b.Items, batcher.Item{ID: string(rune('a' + r)), StreamSeq: uint64(r + 1)})
+	}
+	return b
+}
+
+// fakeEmbed embeds each row as one float (its token), failing runs for which fail says so.
+func fakeEmbed(fail func(in gpurun.Input) error, runs *[]int) EmbedFunc {
+	return func(_ context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+		*runs = append(*runs, in.Rows)
+		if err := fail(in); err != nil {
+			return dst, err
+		}
+		for r := range in.Rows {
+			dst = append(dst, float32(in.IDs[r*in.Cols]))
+		}
+		return dst, nil
+	}
+}
+
+func TestEmbedInHalvesAllOK(t *testing.T) {
+	var runs []int
+	emb, failed := embedInHalves(context.Background(), fakeEmbed(func(gpurun.Input) error { return nil }, &runs), batchOf(8, 4), 0, 8, nil, nil, zap.NewNop())
+	if len(failed) != 0 || !slices.Equal(runs, []int{8}) || !slices.Equal(emb, []float32{1, 2, 3, 4, 5, 6, 7, 8}) {
+		t.Fatalf("runs %v, emb %v, failed %v", runs, emb, failed)
+	}
+}
+
+// An out-of-memory over 2 rows: the batch is halved until it fits; every row embedded, in order.
+func TestEmbedInHalvesShrinksOnOOM(t *testing.T) {
+	var runs []int
+	oom := errors.New("CUDA out of memory")
+	emb, failed := embedInHalves(context.Background(), fakeEmbed(func(in gpurun.Input) error {
+		if in.Rows > 2 {
+			return oom
+		}
+		return nil
+	}, &runs), batchOf(8, 4), 0, 8, nil, nil, zap.NewNop())
+	if len(failed) != 0 || !slices.Equal(emb, []float32{1, 2, 3, 4, 5, 6, 7, 8}) {
+		t.Fatalf("emb %v, failed %v", emb, failed)
+	}
+	if want := []int{8, 4, 2, 2, 4, 2, 2}; !slices.Equal(runs, want) {
+		t.Errorf("runs %v, want %v", runs, want)
+	}
+	if judge(8, failed) != allOK {
+		t.Errorf("judge = %v, want allOK", judge(8, failed))
+	}
+}
+
+// A poison row fails every run holding it: it ends alone and failed; the others are embedded.
+func TestEmbedInHalvesIsolatesPoison(t *testing.T) {
+	var runs []int
+	emb, failed := embedInHalves(context.Background(), fakeEmbed(func(in gpurun.Input) error {
+		if slices.Contains(in.IDs, 6) {
+			return errors.New("poison")
+		}
+		return nil
+	}, &runs), batchOf(8, 4), 0, 8, nil, nil, zap.NewNop())
+	if len(failed) != 1 || failed[0].row != 5 || !strings.Contains(failed[0].err.Error(), "poison") {
+		t.Fatalf("failed %v, want row 5 alone", failed)
+	}
+	if !slices.Equal(emb, []float32{1, 2, 3, 4, 5, 7, 8}) {
+		t.Errorf("emb %v", emb)
+	}
+	if judge(8, failed) != deadLetterBad {
+		t.Errorf("judge = %v, want deadLetterBad", judge(8, failed))
+	}
+}
+
+// A device that fails every run: every row fails, and judge naks them all (no dead letters).
+func TestEmbedInHalvesBrokenDevice(t *testing.T) {
+	var runs []int
+	_, failed := embedInHalves(context.Background(), fakeEmbed(func(gpurun.Input) error { return errors.New("device lost") }, &runs),
+		batchOf(4, 4), 0, 4, nil, nil, zap.NewNop())
+	if len(failed) != 4 || judge(4, failed) != nakAll {
+		t.Fatalf("failed %v, judge %v: want 4 rows and nakAll", failed, judge(4, failed))
+	}
+}
+
+// Once ctx ends nothing is retried: one run, every row failed.
+func TestEmbedInHalvesStopsAtShutdown(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var runs []int
+	_, failed := embedInHalves(ctx, fakeEmbed(func(gpurun.Input) error { return context.Canceled }, &runs), batchOf(8, 4), 0, 8, nil, nil, zap.NewNop())
+	if len(runs) != 1 || len(failed) != 8 {
+		t.Fatalf("runs %v, %d failed: want one run and 8 failed rows", runs, len(failed))
+	}
+}
+
+// The keeper holds a message past 3 × AckWait without redelivery; once released, the server
+// redelivers it (it was never acked).
+func TestKeeperHoldsPastAckWait(t *testing.T) {
+	srv := natstest.Server(t, nil)
+	_, js := natstest.Connect(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "HB", Subjects: []string{"hb"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ackWait = 600 * time.Millisecond
+	c, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "hb", AckPolicy: jetstream.AckExplicitPolicy, AckWait: ackWait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := js.Publish(ctx, "hb", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := c.Fetch(3, jetstream.FetchMaxWait(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []jetstream.Msg
+	for m := range b.Messages() {
+		msgs = append(msgs, m)
+	}
+	k := newKeeper(ackWait / 3)
+	defer k.Stop()
+	for _, m := range msgs {
+		k.Hold(m)
+	}
+	k.Release(msgs[2]) // held, then released without an ack: the server takes it back
+	if n := k.Held(); n != 2 {
+		t.Fatalf("keeper holds %d, want 2", n)
+	}
+	// The scenario: the worker holds the records for three ack waits.
+	time.Sleep(3 * ackWait)
+	// Only the released record comes back (perhaps more than once: each fetch of it starts
+	// another AckWait).
+	b, err = c.Fetch(3, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var again []uint64
+	for m := range b.Messages() {
+		md, _ := m.Metadata()
+		again = append(again, md.Sequence.Stream)
+	}
+	if len(again) == 0 || slices.ContainsFunc(again, func(s uint64) bool { return s != 3 }) {
+		t.Fatalf("redelivered stream seqs %v, want only 3 (the released one)", again)
+	}
+	if err := msgs[0].DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	k.Release(msgs[0])
+	if n := k.Held(); n != 1 {
+		t.Fatalf("keeper holds %d after an ack and a release, want 1", n)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if c := Default(); c.Validate() != nil {
+		t.Fatalf("Default() invalid: %v", c.Validate())
+	}
+	for flag, mod := range map[string]func(*Config){
+		"--inflight":    func(c *Config) { c.Inflight = 0 },
+		"--device":      func(c *Config) { c.Device = "tpu:0" },
+		"--overlength":  func(c *Config) { c.Overlength = "chop" },
+		"--cuda-graphs": func(c *Config) { c.CUDAGraphs = "maybe" },
+		"--ack-wait":    func(c *Config) { c.AckWait = 0 },
+		"--model":       func(c *Config) { c.ModelDir = "" },
+	} {
+		c := Default()
+		mod(&c)
+		err := c.Validate()
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), flag) {
+			t.Errorf("%s: Validate() = %v, want ErrConfig naming the flag", flag, err)
+		}
+	}
+}
