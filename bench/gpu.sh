@@ -135,22 +135,22 @@ load() {
   case ${L[model]} in
   8M) preset=t6_8M ;; 35M) preset=t12_35M ;; 150M) preset=t30_150M ;; 650M) preset=t33_650M ;; 3B) preset=t36_3B ;;
   tiny | t6_8M | t12_35M | t30_150M | t33_650M | t36_3B) preset=${L[model]} ;;
-  *) die "model '${L[model]}': want 8M 35M 150M 650M 3B tiny or a preset name" ;;
+  *) die "[$1] model '${L[model]}': want 8M 35M 150M 650M 3B tiny or a preset name" ;;
   esac
   local hidden
   case $preset in tiny) hidden=64 ;; t6_8M) hidden=320 ;; t12_35M) hidden=480 ;; t30_150M) hidden=640 ;; t33_650M) hidden=1280 ;; t36_3B) hidden=2560 ;; esac
   attn=${L[export]}
   [[ $attn == auto ]] && { ((hidden <= 480)) && attn=mha || attn=packed; } # tools/export_esm2.py --fused auto
-  case $attn in mha | packed | traced | optimized | dir:*) ;; *) die "export '${L[export]}': want mha packed auto traced optimized dir:PATH" ;; esac
-  [[ ${L[dtype]} == fp16 || ${L[dtype]} == fp32 ]] || die "dtype '${L[dtype]}': want fp16 or fp32"
+  case $attn in mha | packed | traced | optimized | dir:*) ;; *) die "[$1] export '${L[export]}': want mha packed auto traced optimized dir:PATH" ;; esac
+  [[ ${L[dtype]} == fp16 || ${L[dtype]} == fp32 ]] || die "[$1] dtype '${L[dtype]}': want fp16 or fp32"
   ops=${L[ops]:-}
   if [[ -z $ops ]]; then
     ops=none
     [[ ($attn == mha || $attn == packed) && ${L[dtype]} == fp16 ]] && ops=custom
   fi
-  [[ $ops == custom || $ops == none ]] || die "ops '$ops': want custom or none"
-  [[ $ops == custom && ! ($attn == mha || $attn == packed || $attn == dir:*) ]] && die "ops=custom needs export=mha|packed"
-  [[ $ops == custom && ${L[dtype]} != fp16 && $attn != dir:* ]] && die "ops=custom needs dtype=fp16"
+  [[ $ops == custom || $ops == none ]] || die "[$1] ops '$ops': want custom or none"
+  [[ $ops == custom && ! ($attn == mha || $attn == packed || $attn == dir:*) ]] && die "[$1] ops=custom needs export=mha|packed"
+  [[ $ops == custom && ${L[dtype]} != fp16 && $attn != dir:* ]] && die "[$1] ops=custom needs dtype=fp16"
   label=$attn
   [[ $attn == dir:* ]] && label=dir
   [[ $ops == custom && $attn != dir:* ]] && label+=+ops

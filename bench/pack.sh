@@ -9,7 +9,8 @@
 #
 #   bench/pack.sh                      # then: run with carry [".device"] (bench/README.md)
 # Environment: BUILD_TAGS (e.g. noplot: passed to go build and go test -c when set), NO_TESTS=1 (no
-# gpurun.test), DEVICE_DIR (default .device), DEVICE_PACK (default ../shared/tools/device-pack).
+# gpurun.test), NO_DATA=1 (no db8000.fasta.xz: for parity-only calls), DEVICE_DIR (default .device),
+# DEVICE_PACK (default ../shared/tools/device-pack).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -37,9 +38,13 @@ if [[ -z ${NO_TESTS:-} ]]; then
 fi
 
 # The real-protein subset: bench-data/db8000.fasta.xz (make bench-data fetches it once).
-[[ -s bench-data/db8000.fasta.xz ]] || scripts/bench-data.sh bench-data
 mkdir -p "$dev"
-cp bench-data/db8000.fasta.xz "$dev/db8000.fasta.xz"
+if [[ -z ${NO_DATA:-} ]]; then
+  [[ -s bench-data/db8000.fasta.xz ]] || scripts/bench-data.sh bench-data
+  cp bench-data/db8000.fasta.xz "$dev/db8000.fasta.xz"
+else
+  rm -f "$dev/db8000.fasta.xz"
+fi
 
 "$pack" "$dev" "${files[@]}"
 
@@ -72,8 +77,8 @@ total=$(((tree + carried) / 1024 / 1024))
 echo "pack.sh: the call sends about $total MiB ($((tree / 1024 / 1024)) MiB of tree + $((carried / 1024 / 1024)) MiB of $dev) of the 64 MiB allowed"
 du -b "$dev"/*.xz "$dev"/files/*.xz | sed 's/^/  /'
 if ((tree + carried > 64 * 1024 * 1024)); then
-  echo "pack.sh: over the 64 MiB limit: BUILD_TAGS=noplot (no PNG plots in bench --report: -2 MiB) and NO_TESTS=1" \
-    "(no gpurun.test, so no parity mode: -1.4 MiB) make it smaller" >&2
+  echo "pack.sh: over the 64 MiB limit: NO_TESTS=1 (no gpurun.test, so no parity mode: -1.4 MiB) or" \
+    "NO_DATA=1 (no db8000.fasta.xz: -1.6 MiB) makes it smaller" >&2
   exit 1
 fi
 echo "pack.sh: ready; on the GPU machine (carry .device): bash .device/on-device.sh bash bench/gpu.sh -f MATRIX"

@@ -261,10 +261,11 @@ def main():
            "truncated": truncated, "results": []}
 
     def save():
-        if args.json_out:  # after every result, so a later failure keeps what was measured
-            with open(args.json_out, "w") as f:
+        if args.json_out:  # after every result, so a later failure (or kill) keeps what was measured
+            with open(args.json_out + ".part", "w") as f:
                 json.dump(doc, f, indent=2)
                 f.write("\n")
+            os.replace(args.json_out + ".part", args.json_out)
 
     embs = {}
     rotary_patched = 0

@@ -44,7 +44,8 @@ static char *status_err(OrtStatus *st, const char *what) {
 
 char *se_env_open(const char *ortlib) {
 	if (!api) {
-		void *h = dlopen(ortlib, RTLD_NOW | RTLD_LOCAL);
+		// The flags ORT was loaded with through onnxruntime_go, gpurun's earlier binding.
+		void *h = dlopen(ortlib, RTLD_LAZY | RTLD_LOCAL);
 		if (!h) {
 			const char *e = dlerror();
 			return fmt("%s", e ? e : "dlopen failed");

@@ -154,10 +154,6 @@ func (p *Pipeline) Engine() *Engine { return p.eng }
 // Stats is a snapshot of what the pipeline has done so far.
 func (p *Pipeline) Stats() Stats { return p.stats.snapshot() }
 
-// Queued is the number of records the pipeline holds: taken from the consumer and not yet acked,
-// nak'd or termed.
-func (p *Pipeline) Queued() int64 { return p.queued.Load() }
-
 // Stop abandons in-flight work at once: batches still running or publishing are nak'd for
 // another worker and Run returns. Cancelling Run's context is the graceful way (Drain).
 func (p *Pipeline) Stop() { p.stopOnce.Do(func() { close(p.stop) }) }

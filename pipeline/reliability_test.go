@@ -378,3 +378,41 @@ func TestHeldBacklogNotRedelivered(t *testing.T) {
 	w.Shutdown(t, cfg.ShutdownTimeout+time.Minute)
 	e2etest.WaitQueueEmpty(t, js, w.Model())
 }
+
+// TestStopAbandonsNow: Stop ends Run at once, without waiting out a long run or the shutdown
+// timeout; what the pipeline held is nak'd, so a second worker embeds every record long before
+// the (default 60 s) AckWait could return them.
+func TestStopAbandonsNow(t *testing.T) {
+	ctx, srv, _, js := e2etest.Server(t, 3*time.Minute)
+	cfg := e2etest.Config()
+	cfg.ShutdownTimeout = 10 * time.Minute // Stop must not wait for it
+	running := make(chan struct{}, 1)
+	cfg.Hooks.WrapEmbed = func(next pipeline.EmbedFunc) pipeline.EmbedFunc {
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+			select {
+			case running <- struct{}{}:
+			default:
+			}
+			<-ctx.Done() // a run that never ends by itself
+			return dst, ctx.Err()
+		}
+	}
+	w := e2etest.NewWorker(t, ctx, srv, cfg)
+	done := make(chan error, 1)
+	go func() { done <- w.P.Run(ctx) }()
+	ids, seqs := e2etest.PublishFresh(t, ctx, js, w.Model(), "x", 30)
+	<-running
+	w.P.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after Stop: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Run did not return within a minute of Stop")
+	}
+	out := e2etest.NewOutputReader(t, ctx, js, seqs)
+	e2etest.StartWorker(t, ctx, srv, e2etest.Config())
+	out.Until(len(ids), 2*time.Minute)
+	out.CheckOnce(ids)
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/ingest"
 	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/internal/jspub"
 	"github.com/seqembed/seqembed/internal/natstest"
@@ -180,7 +181,7 @@ func TestClusterFailover(t *testing.T) {
 	publishWave := func(wave int) {
 		t.Helper()
 		for i := range 100 {
-			if err := pub.Publish(ctx, recordMsg(model, fmt.Sprintf("w%d-%03d", wave, i), e2etest.RandomProtein(rng, 30, 60))); err != nil {
+			if err := pub.Publish(ctx, ingest.RecordMsg(model, fmt.Sprintf("w%d-%03d", wave, i), e2etest.RandomProtein(rng, 30, 60))); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/seqembed/seqembed/consumer"
@@ -12,17 +11,6 @@ import (
 )
 
 // JetStream helpers of the soak and the cluster test.
-
-// recordMsg is one input record of model: on consumer.Subject(model), its id in
-// consumer.HeaderID and a Nats-Msg-Id of "<model>:<id>", so that a republish is stored once
-// (what `seqembed publish` sends).
-func recordMsg(model, id string, residues []byte) *nats.Msg {
-	m := nats.NewMsg(consumer.Subject(model))
-	m.Header.Set(consumer.HeaderID, id)
-	m.Header.Set(jetstream.MsgIDHeader, model+":"+id)
-	m.Data = residues
-	return m
-}
 
 // queueState is what is left of model's work: input messages on its subject, and the durable
 // consumer's pending and unacked counts.

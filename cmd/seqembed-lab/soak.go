@@ -23,6 +23,7 @@ import (
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/ingest"
 	"github.com/seqembed/seqembed/internal/jscluster"
 	"github.com/seqembed/seqembed/internal/jspub"
 	"github.com/seqembed/seqembed/internal/retry"
@@ -318,7 +319,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 			for k := range b {
 				b[k] = soakResidues[rng.IntN(len(soakResidues))]
 			}
-			if err := pub.Publish(ctx, recordMsg(model, fmt.Sprintf("soak-%08d", i), b)); err != nil {
+			if err := pub.Publish(ctx, ingest.RecordMsg(model, fmt.Sprintf("soak-%08d", i), b)); err != nil {
 				pubDone <- err
 				return
 			}

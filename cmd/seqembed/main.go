@@ -10,35 +10,39 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strings"
-	"syscall"
 
+	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/pipeline"
 )
 
-type command struct {
-	name, summary string
-	run           func(ctx context.Context, args []string) error
-}
-
-// commandList is every subcommand; hooks reach the worker's pipeline (tests only: the crash tests
-// run this binary's test build as a child with hooks set).
-func commandList(hooks pipeline.Hooks) []command {
-	return []command{
-		{"worker", "pull records from JetStream, embed them, publish Arrow, ack",
-			func(ctx context.Context, args []string) error { return runWorkerCmd(ctx, args, hooks) }},
-		{"publish", "publish a FASTA file (.gz too) as records", runPublishCmd},
-		{"sink", "write the embeddings stream to a Parquet file", runSinkCmd},
-		{"run", "embed a FASTA file end to end with an embedded JetStream server", runRunCmd},
-		{"streams", "create or update the streams and a model's consumer (idempotent) and print their state", runStreamsCmd},
-		{"bench", "measure throughput end to end (or --raw: ONNX Runtime alone) on a FASTA file", runBenchCmd},
-		{"version", "print the version", func(context.Context, []string) error { fmt.Println("seqembed", version()); return nil }},
+// program is seqembed's subcommands; hooks reach the worker's pipeline (tests only: the crash
+// tests run this binary's test build as a child with hooks set).
+func program(hooks pipeline.Hooks) cli.Program {
+	return cli.Program{
+		Name: "seqembed",
+		Commands: []cli.Command{
+			{Name: "worker", Summary: "pull records from JetStream, embed them, publish Arrow, ack",
+				Run: func(ctx context.Context, args []string) error { return runWorkerCmd(ctx, args, hooks) }},
+			{Name: "publish", Summary: "publish a FASTA file (.gz too) as records", Run: runPublishCmd},
+			{Name: "sink", Summary: "write the embeddings stream to a Parquet file", Run: runSinkCmd},
+			{Name: "run", Summary: "embed a FASTA file end to end with an embedded JetStream server", Run: runRunCmd},
+			{Name: "streams", Summary: "create or update the streams and a model's consumer (idempotent) and print their state", Run: runStreamsCmd},
+			{Name: "bench", Summary: "measure throughput end to end (or --raw: ONNX Runtime alone) on a FASTA file", Run: runBenchCmd},
+			{Name: "version", Summary: "print the version", Run: func(context.Context, []string) error { fmt.Println("seqembed", version()); return nil }},
+		},
+		Footer: "Run 'seqembed COMMAND -h' for a command's flags. Every flag can also be set as an\nenvironment variable SEQEMBED_<FLAG> (upper case, '-' as '_').",
+		Extra: func(arg string) (int, bool) {
+			if arg == "--version" || arg == "-version" {
+				fmt.Println("seqembed", version())
+				return 0, true
+			}
+			return 0, false
+		},
 	}
 }
 
@@ -62,50 +66,10 @@ func version() string {
 	return v
 }
 
-func usage(cmds []command) {
-	fmt.Fprintln(os.Stderr, "usage: seqembed COMMAND [flags]\n\ncommands:")
-	for _, c := range cmds {
-		fmt.Fprintf(os.Stderr, "  %-8s %s\n", c.name, c.summary)
-	}
-	fmt.Fprintln(os.Stderr, "\nRun 'seqembed COMMAND -h' for a command's flags. Every flag can also be set as an\nenvironment variable SEQEMBED_<FLAG> (upper case, '-' as '_').")
-}
-
 func main() { os.Exit(realMain(os.Args[1:], pipeline.Hooks{})) }
 
 // realMain runs the subcommand args[0] and returns the exit code: 0 done, 1 failed, 2 usage.
-func realMain(args []string, hooks pipeline.Hooks) int {
-	cmds := commandList(hooks)
-	if len(args) < 1 {
-		usage(cmds)
-		return 2
-	}
-	switch args[0] {
-	case "-h", "--help", "help":
-		usage(cmds)
-		return 0
-	case "--version", "-version":
-		fmt.Println("seqembed", version())
-		return 0
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	for _, c := range cmds {
-		if c.name == args[0] {
-			err := c.run(ctx, args[1:])
-			if errors.Is(err, flag.ErrHelp) {
-				return 0
-			}
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "seqembed %s: %v\n", c.name, err)
-				return 1
-			}
-			return 0
-		}
-	}
-	fmt.Fprintf(os.Stderr, "seqembed: unknown command %q\n", args[0])
-	usage(cmds)
-	return 2
-}
+func realMain(args []string, hooks pipeline.Hooks) int { return program(hooks).Main(args) }
 
 // parseFlags parses args, first taking defaults from SEQEMBED_<NAME> environment variables.
 func parseFlags(fs *flag.FlagSet, args []string) error {

@@ -17,11 +17,11 @@ import (
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/batcher"
-	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
 	"github.com/seqembed/seqembed/ingest"
 	"github.com/seqembed/seqembed/internal/localrun"
 	"github.com/seqembed/seqembed/pipeline"
+	"github.com/seqembed/seqembed/telemetry"
 )
 
 // Procs is `bench --worker-procs`: this process hosts the embedded JetStream server, the
@@ -108,7 +108,8 @@ func Procs(ctx context.Context, cfg pipeline.Config, path string, opts ProcsOpti
 	if err != nil {
 		return Result{}, err
 	}
-	embedded, err := waitAllDone(ctx, js, cfg.InStream, man.Name, sink, pub.Stored+pub.DeadLettered, died)
+	embedded, _, err := localrun.WaitAllDone(ctx, js, cfg.InStream, man.Name, sink, pub.Stored+pub.DeadLettered,
+		telemetry.NewProgress(0, "", nil, false), died)
 	if err != nil {
 		return Result{}, err
 	}
@@ -141,41 +142,6 @@ func truncatedResidues(path string, man *gpurun.Manifest) (int64, error) {
 		return nil
 	})
 	return n, err
-}
-
-// waitAllDone polls (every 50 ms) until all expected records are embedded (rows the sink wrote)
-// or dead-lettered and returns the rows embedded. A value on died (a worker exited) ends it with
-// an error; the value is put back for the caller's own shutdown.
-func waitAllDone(ctx context.Context, js jetstream.JetStream, stream, model string, sink *arrowout.SinkRun, expected int,
-	died chan error) (embedded int, err error) {
-	in, err := js.Stream(ctx, stream)
-	if err != nil {
-		return 0, err
-	}
-	dlq := consumer.DLQSubject(model)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		info, err := in.Info(ctx, jetstream.WithSubjectFilter(dlq))
-		if err != nil {
-			return sink.Rows(), err
-		}
-		embedded = sink.Rows()
-		done := embedded + int(info.State.Subjects[dlq])
-		if done >= expected {
-			return embedded, nil
-		}
-		select {
-		case <-ctx.Done():
-			return embedded, ctx.Err()
-		case err := <-died:
-			died <- err
-			return embedded, fmt.Errorf("a worker stopped with %d of %d records done: %v", done, expected, err)
-		case <-sink.Done():
-			return embedded, fmt.Errorf("the sink stopped with %d of %d records done: %w", done, expected, sink.Finish())
-		case <-tick.C:
-		}
-	}
 }
 
 // freeLoopbackAddr is a loopback address with a port that was free a moment ago.

@@ -1,6 +1,6 @@
 // Package jscluster runs a small JetStream cluster in process: n nats-servers routed together
 // on loopback, each node restartable with the same ports and store directory. It serves the
-// cluster tests (through natstest.Cluster) and seqembed soak.
+// cluster tests (through natstest.Cluster) and seqembed-lab soak.
 package jscluster
 
 import (

@@ -109,7 +109,7 @@ func Run(ctx context.Context, fastaPath, out string, cfg pipeline.Config, progre
 	}
 	expected := sum.Published.Stored + sum.Published.DeadLettered
 	bar := telemetry.NewProgress(int64(expected), "embed", progress, progress != nil)
-	if sum.Embedded, sum.DeadLettered, err = waitAllDone(ctx, js, cfg.InStream, p.Model(), sink, expected, bar, workerDone); err != nil {
+	if sum.Embedded, sum.DeadLettered, err = WaitAllDone(ctx, js, cfg.InStream, p.Model(), sink, expected, bar, workerDone); err != nil {
 		return sum, err
 	}
 	sum.Processing = time.Since(procStart)
@@ -133,10 +133,10 @@ func Run(ctx context.Context, fastaPath, out string, cfg pipeline.Config, progre
 	return sum, nil
 }
 
-// waitAllDone polls (every 50 ms) until all expected records are embedded (rows the sink wrote)
+// WaitAllDone polls (every 50 ms) until all expected records are embedded (rows the sink wrote)
 // or dead-lettered, advancing bar. A value on died (a worker stopped) ends it with an error; the
 // value is put back for the caller's own shutdown.
-func waitAllDone(ctx context.Context, js jetstream.JetStream, stream, model string, sink *arrowout.SinkRun, expected int,
+func WaitAllDone(ctx context.Context, js jetstream.JetStream, stream, model string, sink *arrowout.SinkRun, expected int,
 	bar *telemetry.Progress, died chan error) (embedded, deadLettered int, err error) {
 	in, err := js.Stream(ctx, stream)
 	if err != nil {
@@ -163,6 +163,8 @@ func waitAllDone(ctx context.Context, js jetstream.JetStream, stream, model stri
 		case err := <-died:
 			died <- err
 			return embedded, deadLettered, fmt.Errorf("worker stopped with %d of %d records done: %v", shown, expected, err)
+		case <-sink.Done():
+			return embedded, deadLettered, fmt.Errorf("the sink stopped with %d of %d records done: %w", shown, expected, sink.Finish())
 		case <-tick.C:
 		}
 	}
