@@ -8,7 +8,7 @@
 # Then prints what the device call will send (the limit is 64 MiB for everything that travels).
 #
 #   bench/pack.sh                      # then: run with carry [".device"] (bench/README.md)
-# Environment: BUILD_TAGS (e.g. noplot: passed to go build and go test -c when set), NO_TESTS=1 (no
+# Environment: BUILD_TAGS (build tags for go build and go test -c, when set), NO_TESTS=1 (no
 # gpurun.test), NO_DATA=1 (no db8000.fasta.xz: for parity-only calls), DEVICE_DIR (default .device),
 # DEVICE_PACK (default ../shared/tools/device-pack).
 set -euo pipefail

@@ -50,7 +50,8 @@ CLS, PAD, EOS, MASK = 0, 1, 2, 32
 MAX_RESIDUES = 1022
 # --fused auto: up to this hidden size the padded "mha" graph with CUDA graphs beats the packed
 # graph (8M: 1.35x raw, 1.46x end to end; 35M: even raw, 1.07x end to end); above it packed wins
-# (650M: 1.08x over mha with graphs). bench/gpu_graphs.sh on an H200, docs/perf.md 2026-11-25.
+# (650M: 1.08x over mha with graphs). Measured on an H200, docs/perf.md 2026-11-25 (the script
+# that ran it, bench/gpu_graphs.sh, is in git history; bench/gpu.sh runs such comparisons now).
 AUTO_MHA_MAX_HIDDEN = 480  # positions 1026 minus <cls>, <eos> and fair-esm's margin
 
 
