@@ -277,6 +277,11 @@ func (p *Pipeline) batches(ctx context.Context) {
 //
 // At shutdown timeout (ctx ended) whatever is not yet stored is nak'd for another worker.
 func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, out *arrowout.Batch, msgs []jetstream.Msg) []float32 {
+	if b.Err != nil { // the batcher could not allocate its buffers: not the records' fault
+		p.log.Error("no buffers for the batch; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(b.Err))
+		consumer.NakAll(msgs, time.Second)
+		return emb
+	}
 	t0 := time.Now()
 	emb, failed := embedInHalves(ctx, p.eng.Embed, b, 0, b.Rows, emb, nil, p.log)
 	p.metrics.ObserveInference(time.Since(t0))
