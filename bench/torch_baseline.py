@@ -41,6 +41,7 @@ import types
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401 (torch.compile's config; a local import would shadow torch in main)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 import export_esm2 as ex  # noqa: E402
@@ -277,7 +278,6 @@ def main():
                     rotary_patched = static_rotary(esm)
                     print(f"static rotary tables: {rotary_patched} modules", flush=True)
             if mode == "compile":
-                import torch._dynamo
                 try:  # a hit recompile limit falls back to eager silently: make it an error instead
                     torch._dynamo.config.fail_on_recompile_limit_hit = True
                 except AttributeError:
