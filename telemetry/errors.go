@@ -26,6 +26,10 @@ var (
 	// Health.SetLive(false) or Health.Fail(nil).
 	ErrNotLive = errors.New("telemetry: not live")
 
+	// ErrNotReady is the readiness error reported by /readyz (its text is
+	// "not ready", followed by the reasons when the worker observed any).
+	ErrNotReady = errors.New("not ready")
+
 	// ErrServerStarted is returned by Server.Start when the server was
 	// already started.
 	ErrServerStarted = errors.New("telemetry: server already started")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,24 +18,90 @@ import (
 // Health holds the worker's liveness and readiness, as served by Server on
 // /healthz and /readyz.
 //
-// The zero value is usable: live and not ready. The worker marks itself
-// ready once its input, model and output are up, and calls Fail on a fatal
-// error so that the orchestrator restarts it. All methods are safe for
-// concurrent use.
+// Readiness combines what the worker says (SetReady: input, model and output
+// are up) with what it observes: the worker is not ready while its NATS
+// connection is down (SetNATS) or while publishing has been failing, with no
+// success since, for longer than the publish failure limit (PublishFailed,
+// PublishSucceeded, SetPublishFailureLimit). It comes back by itself when the
+// connection does or a publish succeeds.
+//
+// The zero value is usable: live, not ready, NATS not known to be down, the
+// default publish failure limit. The worker calls Fail on a fatal error so
+// that the orchestrator restarts it. All methods are safe for concurrent use.
 type Health struct {
-	mu      sync.RWMutex
-	ready   bool
-	liveErr error // nil while live
+	mu           sync.RWMutex
+	ready        bool
+	liveErr      error     // nil while live
+	natsDown     time.Time // when the NATS connection went down; zero while up
+	pubFailing   time.Time // first publish failure since the last success; zero if none
+	pubFailLimit time.Duration
+	now          func() time.Time // nil: time.Now (tests set a clock)
 }
+
+// DefaultPublishFailureLimit is how long publishing may fail, with no success in between,
+// before the worker reports itself not ready (see SetPublishFailureLimit). A leader election or
+// a brief outage is well under it; an output stream that stays full or unreachable is not.
+const DefaultPublishFailureLimit = time.Minute
 
 // NewHealth returns a Health that is live and not ready.
 func NewHealth() *Health { return &Health{} }
+
+func (h *Health) clock() time.Time {
+	if h.now != nil {
+		return h.now()
+	}
+	return time.Now()
+}
 
 // SetReady sets readiness.
 func (h *Health) SetReady(ready bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.ready = ready
+}
+
+// SetNATS records whether the NATS connection is up: call SetNATS(false) from the connection's
+// disconnect and closed handlers and SetNATS(true) once connected and from its reconnect
+// handler. While it is down the worker is not ready.
+func (h *Health) SetNATS(connected bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case connected:
+		h.natsDown = time.Time{}
+	case h.natsDown.IsZero():
+		h.natsDown = h.clock()
+	}
+}
+
+// PublishFailed records a failed publish of the worker's output (call it on every failed try).
+// The first failure after a success starts the clock: once publishing has failed for longer than
+// the publish failure limit with no PublishSucceeded in between, the worker is not ready.
+func (h *Health) PublishFailed() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pubFailing.IsZero() {
+		h.pubFailing = h.clock()
+	}
+}
+
+// PublishSucceeded records a stored publish; it ends a run of failures (see PublishFailed).
+func (h *Health) PublishSucceeded() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pubFailing = time.Time{}
+}
+
+// SetPublishFailureLimit sets how long publishing may fail before the worker is not ready. d
+// must be > 0 (ErrOption otherwise). Default DefaultPublishFailureLimit (1 minute).
+func (h *Health) SetPublishFailureLimit(d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("%w: publish failure limit %s must be > 0", ErrOption, d)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pubFailLimit = d
+	return nil
 }
 
 // SetLive sets liveness. SetLive(true) also clears an error set by Fail;
@@ -64,11 +131,34 @@ func (h *Health) Fail(err error) {
 	}
 }
 
-// Ready reports readiness.
-func (h *Health) Ready() bool {
+// Ready reports readiness: SetReady(true), NATS up and publishing not failing past the limit.
+func (h *Health) Ready() bool { return h.Readiness() == nil }
+
+// Readiness returns nil when ready, else an error wrapping ErrNotReady that says why: the
+// worker has not said it is ready (or failed), the NATS connection is down (and for how long),
+// or publishing has been failing for longer than the limit.
+func (h *Health) Readiness() error {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return h.ready
+	now := h.clock()
+	var why []string
+	if !h.natsDown.IsZero() {
+		why = append(why, fmt.Sprintf("NATS disconnected for %s", now.Sub(h.natsDown).Round(time.Millisecond)))
+	}
+	limit := h.pubFailLimit
+	if limit <= 0 {
+		limit = DefaultPublishFailureLimit
+	}
+	if !h.pubFailing.IsZero() && now.Sub(h.pubFailing) > limit {
+		why = append(why, fmt.Sprintf("publishing failing for %s (limit %s)", now.Sub(h.pubFailing).Round(time.Millisecond), limit))
+	}
+	switch {
+	case len(why) > 0:
+		return fmt.Errorf("%w: %s", ErrNotReady, strings.Join(why, "; "))
+	case !h.ready:
+		return ErrNotReady
+	}
+	return nil
 }
 
 // Live returns nil while live, else the error that ended liveness.
@@ -89,7 +179,8 @@ const (
 //
 //	GET /metrics  Prometheus exposition of the gatherer (compression negotiated)
 //	GET /healthz  200 "ok" while live, else 503 with the error text
-//	GET /readyz   200 "ok" when ready, else 503 "not ready"
+//	GET /readyz   200 "ok" when ready, else 503 "not ready" (": " and the
+//	              reasons when NATS is down or publishing is failing)
 //
 // Plain-text bodies end with a newline. Other methods get 405, other paths
 // 404. Start and Shutdown are safe for concurrent use; a Server can be
@@ -135,8 +226,8 @@ func NewServer(addr string, reg prometheus.Gatherer, h *Health, log *zap.Logger)
 		writeText(w, http.StatusOK, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !h.Ready() {
-			writeText(w, http.StatusServiceUnavailable, "not ready")
+		if err := h.Readiness(); err != nil {
+			writeText(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}
 		writeText(w, http.StatusOK, "ok")

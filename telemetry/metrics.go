@@ -24,7 +24,8 @@ const Namespace = "seqembed"
 // 0-9 and '_') and appear once. Values not listed are still counted when they occur (see
 // Metrics.DeadLettered).
 type Labels struct {
-	// DeadLetterReasons are the reason codes of records_dead_lettered_total{reason}.
+	// DeadLetterReasons are the reason codes of records_dead_lettered_total{reason} and
+	// records_dropped_total{reason}.
 	DeadLetterReasons []string
 	// FlushReasons are the flush reasons of batches_total{reason}.
 	FlushReasons []string
@@ -99,8 +100,10 @@ var (
 // sink, so stages can be run without metrics in tests.
 type Metrics struct {
 	recordsIn    prometheus.Counter
+	redelivered  prometheus.Counter
 	recordsOut   prometheus.Counter
 	deadLettered *prometheus.CounterVec
+	dropped      *prometheus.CounterVec
 	truncated    prometheus.Counter
 
 	queueWait   prometheus.Histogram
@@ -126,9 +129,11 @@ type Metrics struct {
 //
 // Metrics (prefix seqembed_):
 //
-//	records_in_total                       counter    records received
+//	records_in_total                       counter    records received on their first delivery
+//	records_redelivered_total              counter    records received again (delivery 2, 3, ...)
 //	records_out_total                      counter    embeddings published
 //	records_dead_lettered_total{reason}    counter    records sent to the dead-letter subject (Labels.DeadLetterReasons)
+//	records_dropped_total{reason}          counter    records terminated without a stored dead-letter copy (Labels.DeadLetterReasons)
 //	records_truncated_total                counter    records truncated to the model's max length
 //	queue_wait_seconds                     histogram  oldest record's arrival → batch flush (1ms..60s)
 //	batch_rows                             histogram  rows per batch (1..1024, powers of two)
@@ -176,10 +181,15 @@ func NewMetrics(reg prometheus.Registerer, model string, labels Labels) (*Metric
 	}
 
 	m := &Metrics{
-		recordsIn:  counter("records_in_total", "Records received by the worker."),
+		recordsIn: counter("records_in_total",
+			"Records received by the worker on their first delivery (redeliveries: records_redelivered_total)."),
+		redelivered: counter("records_redelivered_total",
+			"Records received again after an earlier delivery (nak, ack timeout, worker or connection loss)."),
 		recordsOut: counter("records_out_total", "Records whose embeddings were published."),
 		deadLettered: counterVec("records_dead_lettered_total",
 			"Records sent to the dead-letter subject, by reason code.", "reason"),
+		dropped: counterVec("records_dropped_total",
+			"Records terminated without a dead-letter copy because none could be stored, even truncated, by reason code.", "reason"),
 		truncated: counter("records_truncated_total", "Records truncated to the model's maximum length."),
 
 		queueWait: histogram("queue_wait_seconds",
@@ -205,13 +215,14 @@ func NewMetrics(reg prometheus.Registerer, model string, labels Labels) (*Metric
 	}
 	for _, r := range labels.DeadLetterReasons {
 		m.deadLettered.WithLabelValues(r)
+		m.dropped.WithLabelValues(r)
 	}
 	for _, r := range labels.FlushReasons {
 		m.batches.WithLabelValues(r)
 	}
 
 	collectors := []prometheus.Collector{
-		m.recordsIn, m.recordsOut, m.deadLettered, m.truncated,
+		m.recordsIn, m.redelivered, m.recordsOut, m.deadLettered, m.dropped, m.truncated,
 		m.queueWait, m.batchRows, m.batchTokens, m.padding, m.inference, m.publish,
 		m.batches, m.inflight, m.runnerIdle,
 		m.gpuUtil, m.gpuMem, m.gpuTier,
@@ -227,12 +238,21 @@ func NewMetrics(reg prometheus.Registerer, model string, labels Labels) (*Metric
 	return m, nil
 }
 
-// RecordIn counts one record received from the input.
+// RecordIn counts one record received from the input on its first delivery.
 func (m *Metrics) RecordIn() {
 	if m == nil {
 		return
 	}
 	m.recordsIn.Inc()
+}
+
+// Redelivered counts one record received from the input again (its delivery count is above 1):
+// it was nak'd, its ack wait ran out, or the worker or connection holding it went away.
+func (m *Metrics) Redelivered() {
+	if m == nil {
+		return
+	}
+	m.redelivered.Inc()
 }
 
 // RecordsOut counts n records whose embeddings were published. n <= 0 is
@@ -253,6 +273,16 @@ func (m *Metrics) DeadLettered(reason string) {
 		return
 	}
 	m.deadLettered.WithLabelValues(reasonLabel(reason)).Inc()
+}
+
+// Dropped counts one record that was terminated without a dead-letter copy, because no copy of
+// it could be stored even with its body and headers truncated; reason is the code it would have
+// been dead-lettered with, sanitised like DeadLettered. Its content is then only in the log.
+func (m *Metrics) Dropped(reason string) {
+	if m == nil {
+		return
+	}
+	m.dropped.WithLabelValues(reasonLabel(reason)).Inc()
 }
 
 // Truncated counts one record truncated to the model's maximum length.

@@ -12,7 +12,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -29,10 +28,22 @@ import (
 	"github.com/seqembed/seqembed/pipeline"
 )
 
-// Root is the repository's root directory.
+// Root is the repository's root directory: the nearest folder above the working directory (a
+// test's package folder) that holds go.mod. (Not the source path of this file: binaries built
+// with -trimpath for the GPU machine have none.)
 var Root = func() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	dir, err := os.Getwd()
+	if err != nil {
+		return "."
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
 }()
 
 // TinyModel is testdata/esm2-tiny: 2 layers, random weights, golden PyTorch embeddings.

@@ -2,6 +2,8 @@
 package natstest
 
 import (
+	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -9,6 +11,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// readyTimeout is how long a server started here gets to accept connections.
+const readyTimeout = 10 * time.Second
+
+// started maps each *server.Server started by Server or Restart to the options it runs with
+// (port and store directory fixed), so that Restart can start it again as it was.
+var started sync.Map
 
 // Server starts a JetStream-enabled nats-server on a random loopback port with its store in a
 // test temp dir; mod may adjust the options. The server shuts down when the test ends.
@@ -21,22 +30,58 @@ func Server(t testing.TB, mod func(*server.Options)) *server.Server {
 	if mod != nil {
 		mod(opts)
 	}
-	s, err := server.NewServer(opts)
+	return start(t, opts)
+}
+
+// Restart shuts s down (if it is still running) and starts a server in its place with the same
+// options, the same client port and the same store directory, as an operator restarting a node
+// would; mod, if not nil, then adjusts the options (e.g. a smaller MaxPayload). s must have been
+// started by Server or Restart. Clients connected to s reconnect to the new server by
+// themselves if their reconnect options allow it (see Connect). The new server shuts down when
+// the test ends.
+func Restart(t testing.TB, s *server.Server, mod func(*server.Options)) *server.Server {
+	t.Helper()
+	v, ok := started.Load(s)
+	if !ok {
+		t.Fatal("natstest.Restart: the server was not started by natstest.Server or natstest.Restart")
+	}
+	opts := v.(*server.Options).Clone()
+	s.Shutdown()
+	s.WaitForShutdown()
+	started.Delete(s)
+	if mod != nil {
+		mod(opts)
+	}
+	return start(t, opts)
+}
+
+// start runs a server with opts; a random port (-1) is replaced by the one bound, so that a
+// restart binds the same.
+func start(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(opts.Clone())
 	if err != nil {
 		t.Fatal(err)
 	}
 	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready in 10s")
+	if !s.ReadyForConnections(readyTimeout) {
+		s.Shutdown()
+		t.Fatalf("nats-server not ready in %s", readyTimeout)
 	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	if addr, ok := s.Addr().(*net.TCPAddr); ok {
+		opts.Port = addr.Port
+	}
+	started.Store(s, opts)
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown(); started.Delete(s) })
 	return s
 }
 
-// Connect connects to s and returns the connection and a JetStream context; both close at test end.
-func Connect(t testing.TB, s *server.Server) (*nats.Conn, jetstream.JetStream) {
+// Connect connects to s with opts (nats.go defaults otherwise) and returns the connection and a
+// JetStream context; both close at test end. For a test that restarts s, pass
+// ReconnectFast() so the client is back within a fraction of a second.
+func Connect(t testing.TB, s *server.Server, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL())
+	nc, err := nats.Connect(s.ClientURL(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,4 +91,15 @@ func Connect(t testing.TB, s *server.Server) (*nats.Conn, jetstream.JetStream) {
 		t.Fatal(err)
 	}
 	return nc, js
+}
+
+// ReconnectFast makes a client reconnect forever, every 20 ms (nats.go's default is 60 tries
+// 2 s apart), so a test that restarts its server waits on the server, not on the client.
+func ReconnectFast() nats.Option {
+	return func(o *nats.Options) error {
+		o.MaxReconnect = -1
+		o.ReconnectWait = 20 * time.Millisecond
+		o.ReconnectJitter = 0
+		return nil
+	}
 }
