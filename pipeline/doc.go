@@ -24,9 +24,10 @@
 //     backoff for as long as it takes; the inputs are held under InProgress, not nak'd.
 //   - Ack after store: an input is acked only after every output message carrying it has its
 //     PubAck (a duplicate PubAck counts).
-//   - Shutdown: cancelling Run's context stops pulls, naks what the client buffered, flushes the
-//     batcher and finishes in-flight batches within Config.ShutdownTimeout; what cannot finish is
-//     nak'd. [Pipeline.Stop] abandons in-flight work at once.
+//   - Shutdown: cancelling Run's context stops pulls and naks every held record not yet in a
+//     batch loop (client buffer, batcher queue and buckets); batches in flight finish until
+//     Config.ShutdownTimeout less a margin, then are cancelled and nak'd, so Run always returns
+//     inside the timeout. [Pipeline.Stop] abandons in-flight work at once.
 //
 // State has one owner each: the batcher's goroutine owns the buckets, each batch loop owns its
 // batch, the Engine's slot channel owns the devices. Faults are injected through Config.Hooks

@@ -154,13 +154,19 @@ func (p *Pipeline) Engine() *Engine { return p.eng }
 // Stats is a snapshot of what the pipeline has done so far.
 func (p *Pipeline) Stats() Stats { return p.stats.snapshot() }
 
+// shutdownMargin is the part of the shutdown timeout kept for cancelling in-flight batches and
+// nak'ing their records: a tenth, at most 2 s.
+func shutdownMargin(timeout time.Duration) time.Duration { return min(timeout/10, 2*time.Second) }
+
 // Stop abandons in-flight work at once: batches still running or publishing are nak'd for
 // another worker and Run returns. Cancelling Run's context is the graceful way (Drain).
 func (p *Pipeline) Stop() { p.stopOnce.Do(func() { close(p.stop) }) }
 
-// Run pulls and embeds until ctx ends, then drains: stop pulling, nak what the client had
-// buffered, flush the batcher, finish in-flight batches (embed, publish, ack) within
-// Config.ShutdownTimeout, nak what could not finish, return. It releases the model on return.
+// Run pulls and embeds until ctx ends, then shuts down inside Config.ShutdownTimeout: stop
+// pulling; nak every record not yet in a batch loop (the client's buffer, the batcher's queue
+// and buckets), so other workers take them at once; finish the batches in flight (embed,
+// publish, ack) until the timeout less a margin, then cancel them and nak their records; return.
+// It releases the model on return.
 func (p *Pipeline) Run(ctx context.Context) error {
 	defer p.eng.Close()
 	p.keep = newKeeper(p.cfg.AckWait / 3)
@@ -184,6 +190,10 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	defer func() { adv.Stop(); <-adv.Done() }()
 
 	// feeder: consumer records → batcher.
+	// Records the batcher refused once the shutdown began: nak'd with the batcher's Pending once
+	// the pull subscription is gone (see below). The feeder owns the slice until feederDone.
+	var stopping atomic.Bool
+	var refused []jetstream.Msg
 	feederDone := make(chan struct{})
 	go func() {
 		defer close(feederDone)
@@ -192,6 +202,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			p.queued.Add(1)
 			p.keep.Hold(rec.Msg)
 			if err := p.bat.Add(pipeCtx, it); err != nil {
+				if stopping.Load() {
+					refused = append(refused, rec.Msg)
+					continue
+				}
+				p.log.Error("batcher refused a record; nak'd", zap.String("id", rec.ID), zap.Error(err))
 				_ = rec.Msg.Nak()
 				p.keep.Release(rec.Msg)
 				p.queued.Add(-1)
@@ -215,12 +230,34 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	case <-p.stop:
 	}
 	p.deps.Health.SetReady(false)
-	p.log.Info("shutting down: no more pulls, finishing in-flight batches")
-	ch.Stop()
+	p.log.Info("shutting down: no more pulls; held records nak'd, batches in flight finishing")
+	// The in-flight batches get the shutdown timeout less a margin, so that cancelling them and
+	// nak'ing their records still ends inside --shutdown-timeout.
+	timeout := time.NewTimer(p.cfg.ShutdownTimeout - shutdownMargin(p.cfg.ShutdownTimeout))
+	defer timeout.Stop()
+	stopping.Store(true)
+	ch.Stop() // the consumer naks what its client had buffered
+	bh.Stop() // the batcher emits nothing more: what it holds goes to Pending
+	<-feederDone
+	<-bh.Done()
+	// Nak only once the server has seen the pull subscription go: a record nak'd while one of
+	// this worker's pull requests is still open comes straight back to it, unread, and waits out
+	// AckWait. The consumer's loop has ended (feederDone); a flush is a round trip after its
+	// unsubscribe.
+	<-ch.Done()
+	_ = p.deps.Conn.FlushTimeout(5 * time.Second)
+	held := refused
+	for _, it := range bh.Pending() { // records not yet in a batch loop: another worker takes them now
+		held = append(held, it.Ref.(jetstream.Msg))
+	}
+	consumer.NakAll(held, 0)
+	p.keep.Release(held...)
+	p.queued.Add(-int64(len(held)))
+	if len(held) > 0 {
+		p.log.Info("held records nak'd for other workers", zap.Int("records", len(held)))
+	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	timeout := time.NewTimer(p.cfg.ShutdownTimeout)
-	defer timeout.Stop()
 	select {
 	case <-done:
 	case <-p.stop:
@@ -230,14 +267,6 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		p.log.Warn("shutdown timeout: cancelling in-flight batches (their records are nak'd)")
 		cancelPipe()
 		<-done
-	}
-	<-bh.Done()
-	<-feederDone
-	for _, it := range bh.Pending() {
-		m := it.Ref.(jetstream.Msg)
-		_ = m.Nak()
-		p.keep.Release(m)
-		p.queued.Add(-1)
 	}
 	p.log.Info("worker stopped")
 	return nil

@@ -416,3 +416,48 @@ func TestStopAbandonsNow(t *testing.T) {
 	out.Until(len(ids), 2*time.Minute)
 	out.CheckOnce(ids)
 }
+
+// TestShutdownInsideTimeout: a worker holding a long backlog on a slow device is cancelled; Run
+// returns inside ShutdownTimeout (the batches still running are cancelled at the timeout less its
+// margin), every held record is nak'd, and a second worker embeds them all long before the
+// default 60 s AckWait could have returned them.
+func TestShutdownInsideTimeout(t *testing.T) {
+	ctx, srv, _, js := e2etest.Server(t, 5*time.Minute)
+	cfg := e2etest.Config()
+	cfg.ShutdownTimeout, cfg.MaxBatchRows, cfg.Inflight = 3*time.Second, 4, 1
+	started := make(chan struct{}, 1)
+	cfg.Hooks.WrapEmbed = func(next pipeline.EmbedFunc) pipeline.EmbedFunc {
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+			select { // the scenario: a device that takes 10 s a batch
+			case <-ctx.Done():
+				return dst, ctx.Err()
+			case <-time.After(10 * time.Second):
+			}
+			return next(ctx, in, dst)
+		}
+	}
+	w := e2etest.NewWorker(t, ctx, srv, cfg)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.P.Run(runCtx) }()
+	ids, seqs := e2etest.RandomSeqs("t", 200, 6)
+	e2etest.PublishAsync(t, ctx, js, w.Model(), ids, seqs)
+	<-started
+	t0 := time.Now()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if took := time.Since(t0); took > cfg.ShutdownTimeout {
+		t.Errorf("shutdown took %s, over the %s timeout", took, cfg.ShutdownTimeout)
+	}
+	out := e2etest.NewOutputReader(t, ctx, js, seqs)
+	e2etest.StartWorker(t, ctx, srv, e2etest.Config())
+	out.Until(len(ids), 2*time.Minute) // far inside the 60 s AckWait on a free machine: all nak'd
+	out.CheckOnce(ids)
+	e2etest.WaitQueueEmpty(t, js, w.Model())
+}

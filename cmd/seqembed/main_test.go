@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/seqembed/seqembed/internal/e2etest"
+	"github.com/seqembed/seqembed/internal/natstest"
 	"github.com/seqembed/seqembed/pipeline"
 )
 
@@ -103,4 +106,50 @@ func TestSIGTERM(t *testing.T) {
 		}
 	}
 	e2etest.WaitQueueEmpty(t, js, w.Model())
+}
+
+// TestCorruptModelFailsCleanly: a model.onnx that is not a model (and a model.json without the
+// sha256 that would have caught it) makes `seqembed worker` exit 1 with a message naming the
+// file, never with a signal.
+func TestCorruptModelFailsCleanly(t *testing.T) {
+	e2etest.RequireORT(t)
+	srv := natstest.Server(t, nil)
+	dir := t.TempDir()
+	manifest, err := os.ReadFile(filepath.Join(e2etest.TinyModel, "model.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	delete(m, "sha256")
+	manifest, _ = json.Marshal(m)
+	model, err := os.ReadFile(filepath.Join(e2etest.TinyModel, "model.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 100; i < len(model); i += 97 { // the protobuf framing and the weights, scrambled
+		model[i] ^= 0x5a
+	}
+	if err := os.WriteFile(filepath.Join(dir, "model.json"), manifest, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "model.onnx"), model, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SEQEMBED_TEST_MAIN=worker --nats "+srv.ClientURL()+" --model "+dir+" --http-addr= --log-level error")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("worker on a corrupt model: %v, want exit 1\n%s", err, out)
+	}
+	if ws := ee.Sys().(syscall.WaitStatus); ws.Signaled() || ws.ExitStatus() != 1 {
+		t.Fatalf("worker on a corrupt model: %v (signalled %v), want exit 1\n%s", err, ws.Signaled(), out)
+	}
+	if !strings.Contains(string(out), "model.onnx") && !strings.Contains(string(out), dir) {
+		t.Errorf("the error does not name the model:\n%s", out)
+	}
+	t.Logf("worker said: %s", strings.TrimSpace(string(out)))
 }

@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"regexp"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -115,9 +117,36 @@ func (f *natsFlags) connect(name string, log *zap.Logger) (*nats.Conn, error) {
 	)
 	nc, err := nats.Connect(f.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS: %w", err)
+		return nil, fmt.Errorf("connecting to NATS at %s: %s", redact(f.URL, f.secrets()), redact(err.Error(), f.secrets()))
 	}
 	return nc, nil
+}
+
+// secrets are the strings no message may print: the password and token flags and every password
+// or token inside the URLs (user:password@ or token@).
+func (f *natsFlags) secrets() []string {
+	out := []string{f.Password, f.Token}
+	for _, m := range urlUserinfo.FindAllStringSubmatch(f.URL, -1) {
+		user, pass, _ := strings.Cut(m[1], ":")
+		out = append(out, pass)
+		if pass == "" { // nats://TOKEN@host
+			out = append(out, user)
+		}
+	}
+	return out
+}
+
+// urlUserinfo matches the userinfo of a URL (between "//" and "@").
+var urlUserinfo = regexp.MustCompile(`//([^/@,\s]+)@`)
+
+// redact replaces each non-empty secret in s with "[REDACTED]".
+func redact(s string, secrets []string) string {
+	for _, x := range secrets {
+		if x != "" {
+			s = strings.ReplaceAll(s, x, "[REDACTED]")
+		}
+	}
+	return s
 }
 
 // dial is connect plus a JetStream context, for the commands that only talk to JetStream; it

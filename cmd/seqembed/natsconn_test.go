@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -161,6 +162,29 @@ func TestTokenAndNKey(t *testing.T) {
 	} {
 		if _, err := f.options(); err == nil {
 			t.Errorf("%+v accepted", f)
+		}
+	}
+}
+
+// TestConnectErrorsRedactSecrets: a malformed or unreachable URL with a password or token in it,
+// or a password flag, never appears in the error.
+func TestConnectErrorsRedactSecrets(t *testing.T) {
+	for _, f := range []natsFlags{
+		{URL: "nats://embedder:s3cret-pw@127.0.0.1:1"},           // unreachable
+		{URL: "nats://embedder:s3cret-pw@[::1:4222"},             // malformed
+		{URL: "nats://s3cret-pw@127.0.0.1:1"},                    // token in the URL
+		{URL: "nats://127.0.0.1:1,nats://u:s3cret-pw@h%zz:4222"}, // the second one malformed
+		{URL: "nats://127.0.0.1:1", User: "u", Password: "s3cret-pw"},
+	} {
+		_, err := f.connect("test", zap.NewNop())
+		if err == nil {
+			t.Fatalf("%s: connected", f.URL)
+		}
+		if strings.Contains(err.Error(), "s3cret-pw") {
+			t.Errorf("error shows the secret: %v", err)
+		}
+		if !strings.Contains(err.Error(), "[REDACTED]") && f.Password == "" {
+			t.Errorf("error does not say where the secret was: %v", err)
 		}
 	}
 }
