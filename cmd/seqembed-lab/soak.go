@@ -190,7 +190,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	records := fs.Int("records", 1_000_000, "records to publish")
 	workers := fs.Int("workers", 2, "worker child processes")
 	killEvery := fs.Duration("kill-every", 20*time.Second, "SIGKILL a random worker (and restart it) this often")
-	nodeDown := fs.Duration("node-down", 5*time.Second, "how long the one node shutdown lasts")
+	nodeDown := fs.Duration("node-down", 5*time.Second, "how long the one node shutdown lasts (0: no node shutdown)")
 	modelDir := fs.String("model", "testdata/esm2-tiny", "model directory")
 	minLen := fs.Int("min-len", 30, "shortest random sequence")
 	maxLen := fs.Int("max-len", 60, "longest random sequence")
@@ -349,8 +349,8 @@ func runSoakCmd(ctx context.Context, args []string) error {
 			run.kill(w)
 			kills++
 			msg := fmt.Sprintf("SIGKILL worker %d (restarted)", w.idx+1)
-			switch tick {
-			case 2:
+			switch {
+			case tick == 2 && *nodeDown > 0:
 				n := cl.StreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, cons.StreamConfig().Name)
 				if n < 0 {
 					n = rng.IntN(3)
@@ -372,7 +372,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 					}
 					say("node n%d restarted", n+1)
 				})
-			case 3:
+			case tick == 3:
 				if err := jscluster.ConsumerStepDown(nc, cons.StreamConfig().Name, consumer.Durable(model)); err != nil {
 					msg += "; consumer stepdown failed: " + err.Error()
 				} else {
@@ -502,7 +502,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	}
 	elapsed := time.Since(start)
 
-	fmt.Println("seqembed soak ledger")
+	fmt.Println("seqembed-lab soak ledger")
 	fmt.Printf("  cluster             3 in-process nats-server nodes, SEQS and EMBEDDINGS R3\n")
 	fmt.Printf("  workers             %d processes (%s, %d ORT thread each, ack-wait %s)\n", *workers, model, *threads, *ackWait)
 	fmt.Printf("  chaos               %d worker SIGKILLs (every %s), %d node shutdown(s) of %s, %d consumer stepdown(s); %d unexpected worker exits restarted\n",
@@ -530,6 +530,8 @@ func runSoakCmd(ctx context.Context, args []string) error {
 		return fmt.Errorf("%d records lost", lost)
 	case dupsAfter > 0:
 		return fmt.Errorf("%d duplicate rows after dedupe", dupsAfter)
+	case len(dead) > 0: // every soak record is valid: a dead letter is a false one
+		return fmt.Errorf("%d valid records dead-lettered %v", len(dead), reasons)
 	}
 	return nil
 }

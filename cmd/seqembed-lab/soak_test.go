@@ -45,6 +45,26 @@ func TestSoakSmall(t *testing.T) {
 	}
 }
 
+// TestSoakLongSequences is the chaos test of long records: 400 sequences of 900–1,000 residues
+// (each batch of them takes a good part of the 3 s AckWait on the CPU), two worker processes, a
+// SIGKILL every 2 s, no node outage. Every id must be output exactly once after dedupe, nothing
+// lost, and no valid record dead-lettered (max_deliveries) although the kills redeliver batches.
+func TestSoakLongSequences(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds seqembed and runs worker processes")
+	}
+	e2etest.RequireORT(t)
+	exe := buildSeqembed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	err := runSoakCmd(ctx, []string{"--seqembed", exe, "--model", e2etest.TinyModel, "--records", "400",
+		"--min-len", "900", "--max-len", "1000", "--workers", "2", "--kill-every", "2s", "--node-down", "0s",
+		"--ack-wait", "3s", "--timeout", "7m", "--seed", "7", "--dir", t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestSoakFlags(t *testing.T) {
 	ctx := context.Background()
 	if err := runSoakCmd(ctx, []string{"--records", "0"}); err == nil {
