@@ -27,6 +27,9 @@ type Config struct {
 	MaxDeliver     int           // --max-deliver: deliveries of one record before it is given up
 	Inflight       int           // --inflight: batches in flight at once per device
 	InStream       string        // --in-stream: input stream (work queue, subjects seqs.>)
+	// Replicas (--replicas) is the replica count of the streams the worker creates where they
+	// are missing; 0 = 3 when the connection is to a cluster of three or more servers, else 1.
+	Replicas int
 	OutStream      string        // --out-stream: output stream (subjects embeddings.>)
 	// ShutdownTimeout (--shutdown-timeout) bounds the graceful part of a shutdown: finishing
 	// in-flight batches after ctx ends.
@@ -83,6 +86,9 @@ func (c *Config) Validate() error {
 		if v.n <= 0 {
 			return fmt.Errorf("%w: %s must be > 0", ErrConfig, v.flag)
 		}
+	}
+	if c.Replicas < 0 || c.Replicas > 5 {
+		return fmt.Errorf("%w: --replicas %d: want 0 (auto) to 5", ErrConfig, c.Replicas)
 	}
 	if c.Threads < 0 {
 		return fmt.Errorf("%w: --threads %d must be ≥ 0", ErrConfig, c.Threads)

@@ -97,11 +97,12 @@ func (p *Pipeline) init(ctx context.Context) error {
 		return err
 	}
 	overlength, _ := consumer.ParseOverlength(cfg.Overlength) // Validate checked it
+	replicas := streamReplicas(cfg.Replicas, p.deps.Conn)
 	if p.cons, err = consumer.New(p.js, man.Name, p.eng.Tokenizer().Validate, consumer.WithStream(cfg.InStream),
 		consumer.WithAckWait(cfg.AckWait), consumer.WithMaxAckPending(cfg.MaxAckPending),
 		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithMaxResidues(man.MaxLength),
 		consumer.WithOverlength(overlength), consumer.WithMaxRecordBytes(cfg.MaxRecordBytes),
-		consumer.WithLogger(p.log), consumer.WithObserver(p.metrics)); err != nil {
+		consumer.WithReplicas(replicas), consumer.WithLogger(p.log), consumer.WithObserver(p.metrics)); err != nil {
 		return fmt.Errorf("%w: consumer: %w", ErrConfig, err)
 	}
 	if err := p.eng.Warmup(ctx, p.bat, p.log); err != nil {
@@ -115,7 +116,7 @@ func (p *Pipeline) init(ctx context.Context) error {
 	if err := retry.Do(ctx, setupPolicy, func(ctx context.Context) error {
 		_, err := p.js.Stream(ctx, cfg.OutStream)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			_, err = arrowout.EnsureStream(ctx, p.js, arrowout.StreamConfig{Name: cfg.OutStream})
+			_, err = arrowout.EnsureStream(ctx, p.js, arrowout.StreamConfig{Name: cfg.OutStream, Replicas: replicas})
 		}
 		return err
 	}); err != nil {
@@ -129,6 +130,18 @@ func (p *Pipeline) init(ctx context.Context) error {
 		return fmt.Errorf("%w: publisher: %w", ErrSetup, err)
 	}
 	return nil
+}
+
+// streamReplicas is n, or for 0 the replicas of a stream created here: 3 when nc is connected
+// to a cluster whose pool holds three or more servers (configured or discovered), else 1.
+func streamReplicas(n int, nc *nats.Conn) int {
+	if n > 0 {
+		return n
+	}
+	if nc.ConnectedClusterName() != "" && len(nc.Servers()) >= 3 {
+		return 3
+	}
+	return 1
 }
 
 // setupPolicy retries a JetStream set-up call that went unanswered (10 s a try, 6 tries): in a

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -460,4 +461,41 @@ func TestShutdownInsideTimeout(t *testing.T) {
 	out.Until(len(ids), 2*time.Minute) // far inside the 60 s AckWait on a free machine: all nak'd
 	out.CheckOnce(ids)
 	e2etest.WaitQueueEmpty(t, js, w.Model())
+}
+
+// TestStreamsReplicatedInCluster: on a 3-node cluster a worker with --replicas left at 0 (auto)
+// creates SEQS and EMBEDDINGS with 3 replicas; on one server, with 1.
+func TestStreamsReplicatedInCluster(t *testing.T) {
+	e2etest.RequireORT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cl := natstest.Cluster(t, 3)
+	nc, err := nats.Connect(cl.URLs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2etest.NewWorkerConn(t, ctx, nc, e2etest.Config())
+	for _, name := range []string{"SEQS", arrowout.DefaultStreamName} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := s.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("stream %s: %d replicas, want 3", name, r)
+		}
+	}
+	_, _, ncOne, jsOne := e2etest.Server(t, time.Minute)
+	e2etest.NewWorkerConn(t, ctx, ncOne, e2etest.Config())
+	s, err := jsOne.Stream(ctx, "SEQS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := s.CachedInfo().Config.Replicas; r != 1 {
+		t.Errorf("one server: SEQS has %d replicas, want 1", r)
+	}
 }
