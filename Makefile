@@ -18,7 +18,7 @@ XTOOLS_VERSION := v0.52.0
 ## demo: fetch ONNX Runtime, build, embed the 500 sample proteins with the tiny model on the CPU
 demo: build ort
 	@mkdir -p out
-	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) ./$(BIN) run testdata/sample/query500.fasta.gz --out out/demo.parquet
+	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) ./$(BIN) run testdata/sample/query500.fasta.gz --out out/demo.parquet --force
 
 ## test: lint (vet, staticcheck, deadcode), govulncheck, and every test (race detector) with a
 ## real in-process NATS server and ORT

@@ -50,13 +50,16 @@ type publisherConfig struct {
 	prefix     string
 }
 
-// WithMaxPayload sets the largest encoded part, in bytes of Arrow data
+// WithMaxPayload caps the largest encoded part, in bytes of Arrow data
 // (headers excluded); batches that encode larger are split (see
 // Encoder.Split). n must be > 0 and, when the connection reports the
-// server's max_payload, at most max_payload - HeaderHeadroom.
-// Default: the connection's max_payload (nc.MaxPayload(), read in
-// NewPublisher) minus HeaderHeadroom, or 1 MiB - HeaderHeadroom when the
-// connection reports none.
+// server's max_payload, at most max_payload - HeaderHeadroom at
+// construction. The cap never raises the limit: each Publish uses the
+// smaller of n and the connection's max_payload at that moment minus
+// HeaderHeadroom, so a server restarted with a smaller max_payload is
+// followed. Default: no cap (the connection's current max_payload minus
+// HeaderHeadroom, or 1 MiB - HeaderHeadroom while the connection reports
+// none).
 func WithMaxPayload(n int) PublisherOption {
 	return func(c *publisherConfig) error {
 		if n <= 0 {
@@ -115,9 +118,10 @@ func sanitizeMsgIDPrefix(s string) string {
 type Publisher struct {
 	js         jetstream.JetStream
 	subject    string
-	maxPayload int
+	maxPayload int // WithMaxPayload's cap; 0: none
 	ackTimeout time.Duration
 	prefix     string
+	serverMax  func() int // the server's max_payload now (tests replace it)
 
 	mu  sync.Mutex // guards enc
 	enc *Encoder
@@ -156,16 +160,11 @@ func NewPublisher(js jetstream.JetStream, subject string, m Meta, opts ...Publis
 			return nil, err
 		}
 	}
-	switch {
-	case cfg.maxPayload == 0 && serverMax > 0:
-		cfg.maxPayload = serverMax - HeaderHeadroom
-	case cfg.maxPayload == 0:
-		cfg.maxPayload = fallbackServerMaxPayload - HeaderHeadroom
-	case serverMax > 0 && cfg.maxPayload > serverMax-HeaderHeadroom:
+	if serverMax > 0 && cfg.maxPayload > serverMax-HeaderHeadroom {
 		return nil, fmt.Errorf("%w: WithMaxPayload(%d) leaves no header room under the server max_payload %d (max %d)",
 			ErrOption, cfg.maxPayload, serverMax, serverMax-HeaderHeadroom)
 	}
-	if cfg.maxPayload <= 0 {
+	if serverMax > 0 && serverMax <= HeaderHeadroom {
 		return nil, fmt.Errorf("%w: server max_payload %d is below the %d-byte header headroom", ErrOption, serverMax, HeaderHeadroom)
 	}
 	return &Publisher{
@@ -174,18 +173,45 @@ func NewPublisher(js jetstream.JetStream, subject string, m Meta, opts ...Publis
 		maxPayload: cfg.maxPayload,
 		ackTimeout: cfg.ackTimeout,
 		prefix:     cfg.prefix,
+		serverMax:  func() int { return connMaxPayload(js.Conn()) },
 		enc:        enc,
 	}, nil
 }
 
-// MaxPayload returns the part size limit in effect (see WithMaxPayload).
-func (p *Publisher) MaxPayload() int { return p.maxPayload }
+// connMaxPayload is nc's current max_payload (from the server's last INFO),
+// or fallbackServerMaxPayload while it reports none.
+func connMaxPayload(nc *nats.Conn) int {
+	if nc != nil {
+		if n := int(nc.MaxPayload()); n > 0 {
+			return n
+		}
+	}
+	return fallbackServerMaxPayload
+}
+
+// MaxPayload returns the part size limit in effect now (see WithMaxPayload):
+// the connection's current max_payload minus HeaderHeadroom, capped by
+// WithMaxPayload; 0 when the server's max_payload leaves no room.
+func (p *Publisher) MaxPayload() int { return max(p.partLimit(), 0) }
+
+// partLimit is MaxPayload, possibly <= 0.
+func (p *Publisher) partLimit() int {
+	limit := p.serverMax() - HeaderHeadroom
+	if p.maxPayload > 0 {
+		limit = min(limit, p.maxPayload)
+	}
+	return limit
+}
+
+// splitAttempts bounds how many times one Publish splits a batch again after
+// a part was refused as larger than the connection's max_payload.
+const splitAttempts = 4
 
 // errAckTimeout is the cancel cause of a Publish call that ran out of time.
 var errAckTimeout = errors.New("ack timeout")
 
-// Publish encodes b (see Encoder.Split with the MaxPayload limit) and
-// publishes the parts in row order, each with headers
+// Publish encodes b (see Encoder.Split with the MaxPayload limit, read at
+// the call) and publishes the parts in row order, each with headers
 //
 //	Nats-Msg-Id:          <prefix>:<first seq>-<last seq>:<hash>:<part>/<nparts>
 //	Seqembed-Rows:        rows in the part
@@ -196,8 +222,19 @@ var errAckTimeout = errors.New("ack timeout")
 // 16 hex digits of FNV-1a 64 over all of b.StreamSeqs in row order (each as
 // 8 little-endian bytes) and part counts from 1. The Msg-Ids depend only on
 // the prefix, b.StreamSeqs, the rows' contents and the part limit, so a
-// replay of the same batch is dropped by the stream's duplicate window and
-// acknowledged as a duplicate, which counts as success.
+// replay of the same batch under the same limit is dropped by the stream's
+// duplicate window and acknowledged as a duplicate, which counts as success.
+//
+// The limit follows the connection: after a reconnect to a server with a
+// smaller max_payload the next Publish splits into more parts. Parts are
+// published only while the connection is up (Publish waits for a reconnect,
+// within its time bound): a part buffered for the reconnect could reach a
+// server with a smaller max_payload, which closes the connection for good.
+// If a part is still refused as too large (nats.ErrMaxPayload: the limit
+// shrank between the split and the send), the batch is split again under the
+// new limit and published again, up to 4 splits in one call; rows of parts
+// already sent under the old split may then be stored twice, under other
+// Msg-Ids (readers deduplicate by id, as they do for redeliveries).
 //
 // Parts are sent back to back without waiting (async publish) and then
 // awaited. A single connection delivers them in order, but after an outage
@@ -214,44 +251,81 @@ var errAckTimeout = errors.New("ack timeout")
 // nothing and succeeds. On error the result counts the parts sent so far.
 func (p *Publisher) Publish(ctx context.Context, b *Batch) (PublishResult, error) {
 	var res PublishResult
+	if b.Rows() == 0 {
+		return res, b.validate(p.enc.dim)
+	}
 	ctx, cancel := context.WithTimeoutCause(ctx, p.ackTimeout,
 		fmt.Errorf("%w: no PubAck within %s: %w", errAckTimeout, p.ackTimeout, context.DeadlineExceeded))
 	defer cancel()
-
-	bufp, _ := p.bufs.Get().(*[]byte)
-	if bufp == nil {
-		bufp = new([]byte)
-	}
-	p.mu.Lock()
-	buf, parts, err := p.enc.split((*bufp)[:0], nil, b, p.maxPayload)
-	p.mu.Unlock()
-	if err != nil {
-		return res, err
-	}
-	if len(parts) == 0 {
-		return res, nil
-	}
-
-	lo, hi := b.seqRange(0, b.Rows())
-	fail := func(i int, cause error) (PublishResult, error) {
-		return res, fmt.Errorf("%w: batch %d (stream seqs %d-%d): part %d/%d (rows [%d,%d)): %w",
-			ErrPublish, b.Seq, lo, hi, i+1, len(parts), parts[i].Lo, parts[i].Hi, cause)
-	}
 	ctxErr := func() error {
 		if cause := context.Cause(ctx); errors.Is(cause, errAckTimeout) {
 			return cause
 		}
 		return ctx.Err()
 	}
+	if err := b.validate(p.enc.dim); err != nil {
+		return res, err
+	}
+	lo, hi := b.seqRange(0, b.Rows())
+	limit := 0
+	for split := 1; ; split++ {
+		if err := awaitConnected(ctx, p.js.Conn()); err != nil {
+			if ctx.Err() != nil {
+				err = ctxErr()
+			}
+			return res, fmt.Errorf("%w: batch %d (stream seqs %d-%d): waiting for the NATS connection: %w", ErrPublish, b.Seq, lo, hi, err)
+		}
+		next := p.partLimit()
+		if limit > 0 && next >= limit {
+			// Refused under a limit the connection still reports: go below it.
+			next = limit / 2
+		}
+		limit = next
+		if limit <= 0 {
+			return res, fmt.Errorf("%w: batch %d (stream seqs %d-%d): server max_payload %d leaves no room beyond the %d-byte header headroom",
+				ErrPublish, b.Seq, lo, hi, p.serverMax(), HeaderHeadroom)
+		}
+		r, refused, err := p.publishSplit(ctx, ctxErr, b, limit)
+		res.Parts += r.Parts
+		res.Bytes += r.Bytes
+		res.Duplicates += r.Duplicates
+		if !refused || split == splitAttempts {
+			if err == nil {
+				// The last split's parts are the batch's parts.
+				res = r
+			}
+			return res, err
+		}
+	}
+}
+
+// publishSplit splits b under limit and publishes the parts (see Publish).
+// refused reports a part refused as larger than the connection's
+// max_payload, before or while sending: err then wraps nats.ErrMaxPayload.
+func (p *Publisher) publishSplit(ctx context.Context, ctxErr func() error, b *Batch, limit int) (res PublishResult, refused bool, err error) {
+	bufp, _ := p.bufs.Get().(*[]byte)
+	if bufp == nil {
+		bufp = new([]byte)
+	}
+	p.mu.Lock()
+	buf, parts, err := p.enc.split((*bufp)[:0], nil, b, limit)
+	p.mu.Unlock()
+	if err != nil {
+		return res, false, err
+	}
+
+	lo, hi := b.seqRange(0, b.Rows())
+	fail := func(i int, cause error) (PublishResult, bool, error) {
+		return res, errors.Is(cause, nats.ErrMaxPayload), fmt.Errorf("%w: batch %d (stream seqs %d-%d): part %d/%d (rows [%d,%d)) of %d bytes under a %d-byte limit: %w",
+			ErrPublish, b.Seq, lo, hi, i+1, len(parts), parts[i].Lo, parts[i].Hi, len(parts[i].Data), limit, cause)
+	}
 
 	idBase := msgIDBase(p.prefix, b)
-	futures := make([]jetstream.PubAckFuture, len(parts))
+	msgs := make([]*nats.Msg, len(parts))
+	serverMax := p.serverMax()
 	for i, part := range parts {
-		if ctx.Err() != nil {
-			return fail(i, ctxErr())
-		}
 		minSeq, maxSeq := b.seqRange(part.Lo, part.Hi)
-		msg := &nats.Msg{
+		msgs[i] = &nats.Msg{
 			Subject: p.subject,
 			Data:    part.Data,
 			Header: nats.Header{
@@ -261,13 +335,26 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch) (PublishResult, error
 				HeaderContentType:     {ContentType},
 			},
 		}
+		// The connection may have moved to a server with a smaller limit since
+		// the split: refuse before sending anything rather than part-way.
+		if size := msgs[i].Size() - len(msgs[i].Subject); size > serverMax {
+			*bufp = buf[:0] // nothing was sent: the buffer is free
+			p.bufs.Put(bufp)
+			return fail(i, fmt.Errorf("%w: %d bytes with headers, server max_payload now %d", nats.ErrMaxPayload, size, serverMax))
+		}
+	}
+	futures := make([]jetstream.PubAckFuture, len(parts))
+	for i, msg := range msgs {
+		if ctx.Err() != nil {
+			return fail(i, ctxErr())
+		}
 		f, err := p.js.PublishMsgAsync(msg)
 		if err != nil {
 			return fail(i, err)
 		}
 		futures[i] = f
 		res.Parts++
-		res.Bytes += len(part.Data)
+		res.Bytes += len(msg.Data)
 	}
 	for i, f := range futures {
 		select {
@@ -285,7 +372,30 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch) (PublishResult, error
 	// part data any more: the buffer can be reused.
 	*bufp = buf[:0]
 	p.bufs.Put(bufp)
-	return res, nil
+	return res, false, nil
+}
+
+// awaitConnected returns nil once nc is connected, nats.ErrConnectionClosed
+// if it is closed, or ctx's error.
+func awaitConnected(ctx context.Context, nc *nats.Conn) error {
+	if nc == nil || nc.IsConnected() {
+		return nil
+	}
+	ch := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer nc.RemoveStatusListener(ch)
+	for {
+		switch {
+		case nc.IsConnected():
+			return nil
+		case nc.IsClosed():
+			return nats.ErrConnectionClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // msgIDBase returns "<prefix>:<first seq>-<last seq>:<fnv1a-64 hex>:" for b,

@@ -35,10 +35,10 @@ type ResidueError struct {
 	Hint string // what the publisher should do about it
 }
 
-// Error returns e.g. "lowercase residue 'a' at 12: sequences must be
+// Error returns e.g. "lowercase residue 'a' at position 13: sequences must be
 // uppercase". Non-ASCII and non-printable bytes are shown as \xNN.
 func (e *ResidueError) Error() string {
-	msg := fmt.Sprintf("%s at %d", describeByte(e.Byte), e.Pos)
+	msg := fmt.Sprintf("%s at position %d", describeByte(e.Byte), e.Pos+1) // 1-based for people
 	if e.Hint != "" {
 		msg += ": " + e.Hint
 	}

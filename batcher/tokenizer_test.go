@@ -116,16 +116,16 @@ func TestValidate(t *testing.T) {
 		msg  string // exact Error(), "" for valid
 	}{
 		{name: "valid", seq: "MKTAYIAKQRQISFVKSHFSRQ"},
-		{name: "lowercase", seq: "MKTAYIAKQRQa", pos: 11, msg: "lowercase residue 'a' at 11: sequences must be uppercase"},
-		{name: "stop codon", seq: "MKT*", pos: 3, msg: "stop codon '*' at 3: strip it before publishing"},
-		{name: "gap dash", seq: "MK-T", pos: 2, msg: "gap '-' at 2: alignment gaps are not accepted, strip them before publishing"},
-		{name: "gap dot", seq: ".MKT", pos: 0, msg: "gap '.' at 0: alignment gaps are not accepted, strip them before publishing"},
-		{name: "non-ASCII", seq: "MK\xc3\xa9", pos: 2, msg: `non-ASCII byte \xC3 at 2: sequences must be ASCII (check the file encoding)`},
-		{name: "space", seq: "MK T", pos: 2, msg: "whitespace ' ' at 2: strip whitespace before publishing"},
-		{name: "newline", seq: "MKT\n", pos: 3, msg: `whitespace \x0A at 3: strip whitespace before publishing`},
-		{name: "NUL", seq: "M\x00", pos: 1, msg: `non-printable byte \x00 at 1: sequences must be printable ASCII`},
-		{name: "not a residue", seq: "MKJ", pos: 2, msg: "residue 'J' at 2: not in the accepted alphabet " + Residues},
-		{name: "digit", seq: "M1", pos: 1, msg: "character '1' at 1: not a residue letter, accepted: " + Residues},
+		{name: "lowercase", seq: "MKTAYIAKQRQa", pos: 11, msg: "lowercase residue 'a' at position 12: sequences must be uppercase"},
+		{name: "stop codon", seq: "MKT*", pos: 3, msg: "stop codon '*' at position 4: strip it before publishing"},
+		{name: "gap dash", seq: "MK-T", pos: 2, msg: "gap '-' at position 3: alignment gaps are not accepted, strip them before publishing"},
+		{name: "gap dot", seq: ".MKT", pos: 0, msg: "gap '.' at position 1: alignment gaps are not accepted, strip them before publishing"},
+		{name: "non-ASCII", seq: "MK\xc3\xa9", pos: 2, msg: `non-ASCII byte \xC3 at position 3: sequences must be ASCII (check the file encoding)`},
+		{name: "space", seq: "MK T", pos: 2, msg: "whitespace ' ' at position 3: strip whitespace before publishing"},
+		{name: "newline", seq: "MKT\n", pos: 3, msg: `whitespace \x0A at position 4: strip whitespace before publishing`},
+		{name: "NUL", seq: "M\x00", pos: 1, msg: `non-printable byte \x00 at position 2: sequences must be printable ASCII`},
+		{name: "not a residue", seq: "MKJ", pos: 2, msg: "residue 'J' at position 3: not in the accepted alphabet " + Residues},
+		{name: "digit", seq: "M1", pos: 1, msg: "character '1' at position 2: not a residue letter, accepted: " + Residues},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tok.Validate([]byte(tc.seq))

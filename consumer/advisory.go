@@ -74,7 +74,10 @@ func (h *AdvisoryHandle) Done() <-chan struct{} { return h.done }
 // stream the record itself stays (it was never acked), no longer delivered to anyone. For each
 // advisory the watcher runs DeadLetterMaxDelivered: the record is read back by stream sequence,
 // copied to DLQSubject(model) with reason ReasonMaxDeliveries, and only after the PubAck deleted
-// from the work queue. If the copy fails the original is left in place and the failure is logged.
+// from the work queue. The copy is sized to the connection's current max_payload (the body cut
+// to a prefix where needed, see DeadLetterMsg). If the copy fails (stream full or unreachable)
+// the original is left in place and the failure is logged; if no copy can be stored at any size
+// the original is deleted anyway and counted as dropped (ErrDropped).
 //
 // Any number of workers may run a watcher at once: every watcher sees every advisory, the copy's
 // Nats-Msg-Id ("dlq:<model>:<seq>", the scheme of DeadLetterMsg) makes the second copy a duplicate
@@ -181,9 +184,12 @@ func (c *Consumer) watch(ctx context.Context, h *AdvisoryHandle, stream jetstrea
 // with headers Seqembed-Error, Seqembed-Reason (ReasonMaxDeliveries), Seqembed-Stream-Seq and
 // Nats-Msg-Id "dlq:<model>:<seq>" (the original's other headers, Seq-Id included, are kept, except
 // Nats-*), and after the PubAck deleted from the stream. A record that is already gone (dead-lettered
-// by another worker, or acked late) is success. The copy is tried 3 times, 250 ms then 500 ms
-// apart; if it still fails the original stays and the error (ErrDeadLetter) is returned. The
-// Observer counts only a copy the stream stored (not duplicates).
+// by another worker, or acked late) is success. The copy is sized to the connection's current
+// max_payload, cut where needed as DeadLetterMsg does. It is tried 3 times, 250 ms then 500 ms
+// apart; if it still fails the original stays and the error (ErrDeadLetter) is returned. If no
+// copy can be stored at any size (ErrCopyUnfit), the original is deleted anyway, counted by
+// Observer.Dropped and logged, and the error wraps ErrDropped. The Observer counts only a copy
+// the stream stored (not duplicates).
 func (c *Consumer) DeadLetterMaxDelivered(ctx context.Context, seq, deliveries uint64) error {
 	stream, err := c.js.Stream(ctx, c.opts.stream)
 	if err != nil {
@@ -202,30 +208,47 @@ func (c *Consumer) deadLetterSeq(ctx context.Context, stream jetstream.Stream, s
 	if err != nil {
 		return fmt.Errorf("%w: reading stream seq %d of %s: %w", ErrAdvisory, seq, c.opts.stream, err)
 	}
-	id := raw.Header.Get(HeaderID)
+	id := headerGet(raw.Header, HeaderID)
 	if raw.Subject != Subject(c.model) {
 		return fmt.Errorf("%w: stream seq %d (record %q) is on %s, not %s: left alone",
 			ErrAdvisory, seq, id, raw.Subject, Subject(c.model))
 	}
 	msgErr := fmt.Sprintf("delivered %d times without success (max deliver %d)", deliveries, c.opts.maxDeliver)
-	out := dlqCopy(c.model, raw.Data, raw.Header, ReasonMaxDeliveries, msgErr, seq)
 
 	var ack *jetstream.PubAck
+	var fit copyFit
 	pol := dlqCopyRetry
+	pol.Retryable = func(err error) bool { return !errors.Is(err, ErrCopyUnfit) }
 	pol.OnRetry = func(try int, err error, wait time.Duration) {
 		log.Warn("max-deliveries dead-letter copy; retrying", zap.String("id", id), zap.Uint64("stream_seq", seq),
 			zap.Int("try", try), zap.Duration("wait", wait), zap.Error(err))
 	}
 	err = retry.Do(ctx, pol, func(ctx context.Context) (err error) {
-		ack, err = c.js.PublishMsg(ctx, out)
+		ack, fit, err = storeCopy(ctx, c.js, c.model, raw.Data, raw.Header, ReasonMaxDeliveries, msgErr, seq)
 		return err
 	})
+	if errors.Is(err, ErrCopyUnfit) {
+		// No copy can be stored: the record is deleted anyway (it would otherwise stay in the work
+		// queue for ever, never delivered again) and counted; only the log keeps it.
+		derr := stream.DeleteMsg(ctx, seq)
+		if derr != nil && !gone(ctx, stream, seq, derr) {
+			return fmt.Errorf("%w: record %q at stream seq %d, which has no dead-letter copy (%w): %w", ErrDelete, id, seq, err, derr)
+		}
+		if derr == nil { // another watcher's delete is its count
+			c.opts.obs.Dropped(ReasonMaxDeliveries)
+			log.Error("max-delivered record deleted without a dead-letter copy: none fits", zap.String("id", id),
+				zap.Uint64("stream_seq", seq), zap.Int("body_bytes", fit.bodyLen), zap.Int("limit", fit.limit),
+				zap.String("error", msgErr), zap.NamedError("copy_error", err))
+		}
+		return fmt.Errorf("%w: record %q at stream seq %d (%s): %w", ErrDropped, id, seq, ReasonMaxDeliveries, err)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: record %q at stream seq %d (%s), original left in the stream: %w",
 			ErrDeadLetter, id, seq, ReasonMaxDeliveries, err)
 	}
 	if !ack.Duplicate {
 		c.opts.obs.DeadLettered(ReasonMaxDeliveries)
+		logCut(log, id, seq, fit)
 		log.Info("dead-lettered", zap.String("id", id), zap.Uint64("stream_seq", seq),
 			zap.String("reason", ReasonMaxDeliveries), zap.String("error", msgErr))
 	} else {

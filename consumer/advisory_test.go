@@ -20,23 +20,30 @@ import (
 	"github.com/seqembed/seqembed/internal/testutil"
 )
 
-// countObs counts DeadLettered calls by reason.
+// countObs counts Observer calls: DeadLettered by reason, and the other calls under the keys
+// listed on count.
 type countObs struct {
 	mu   sync.Mutex
 	dead map[string]int
 }
 
-func (o *countObs) RecordIn()  {}
-func (o *countObs) Truncated() {}
-func (o *countObs) DeadLettered(reason string) {
+func (o *countObs) RecordIn()                  { o.add("in") }
+func (o *countObs) Redelivered()               { o.add("redelivered") }
+func (o *countObs) Truncated()                 {}
+func (o *countObs) DeadLettered(reason string) { o.add(reason) }
+func (o *countObs) Dropped(reason string)      { o.add("dropped:" + reason) }
+
+func (o *countObs) add(key string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.dead == nil {
 		o.dead = map[string]int{}
 	}
-	o.dead[reason]++
+	o.dead[key]++
 }
 
+// count returns how many records were dead-lettered with reason; "in" and "redelivered" count
+// first and later deliveries, "dropped:<reason>" records terminated without a copy.
 func (o *countObs) count(reason string) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -12,19 +11,33 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/internal/retry"
 )
 
 // Observer receives counts; telemetry.Metrics satisfies it. Methods must be safe for concurrent use.
 type Observer interface {
+	// RecordIn counts a record pulled on its first delivery (a message without JetStream
+	// metadata counts here too).
 	RecordIn()
+	// Redelivered counts a record pulled again (its delivery count, NumDelivered, is above 1).
+	Redelivered()
+	// DeadLettered counts a record whose copy the dead-letter subject stored (duplicates of a
+	// stored copy are not counted again), by reason code.
 	DeadLettered(reason string)
+	// Dropped counts a record terminated without a dead-letter copy because none could be
+	// stored (ErrCopyUnfit), by the reason code it would have carried.
+	Dropped(reason string)
+	// Truncated counts a record whose sequence was cut to the model's max length.
 	Truncated()
 }
 
 type nopObserver struct{}
 
 func (nopObserver) RecordIn()           {}
+func (nopObserver) Redelivered()        {}
 func (nopObserver) DeadLettered(string) {}
+func (nopObserver) Dropped(string)      {}
 func (nopObserver) Truncated()          {}
 
 type options struct {
@@ -35,6 +48,7 @@ type options struct {
 	maxAckPending  int
 	maxDeliver     int
 	pullBatch      int
+	gate           func(ctx context.Context) (int, error)
 	buffer         int
 	policy         Policy
 	log            *zap.Logger
@@ -89,7 +103,22 @@ func WithMaxDeliver(n int) Option {
 	return func(o *options) error { o.maxDeliver = n; return positive("max deliver", int64(n)) }
 }
 
-// WithPullBatch sets how many records one pull asks for (and so the client's buffer). Default 256.
+// WithPullGate makes every pull ask gate first how many records it may bring: gate blocks until
+// the caller has room and returns a count (at least 1; more than the pull batch is capped), or an
+// error (ctx ends when Stop is called). The pipeline uses it to hold only as much work as its
+// budget allows, leaving the rest on the server. Default: none (every pull asks for the batch).
+func WithPullGate(gate func(ctx context.Context) (int, error)) Option {
+	return func(o *options) error {
+		if gate == nil {
+			return fmt.Errorf("%w: WithPullGate(nil)", ErrOption)
+		}
+		o.gate = gate
+		return nil
+	}
+}
+
+// WithPullBatch sets how many records one pull asks for, and so the most the client buffers
+// before they are handed out: one pull is in flight at a time. Default 256.
 func WithPullBatch(n int) Option {
 	return func(o *options) error { o.pullBatch = n; return positive("pull batch", int64(n)) }
 }
@@ -253,23 +282,52 @@ type Handle struct {
 // Records delivers valid records in arrival order; it is closed when the loop ends.
 func (h *Handle) Records() <-chan Record { return h.records }
 
-// Stop stops pulling; records already buffered in the client are nak'd (redelivered at once to
-// another worker) and Records is closed. It does not wait: see Done.
+// Stop stops pulling; records already buffered in the client, or still arriving for the pull in
+// flight, are nak'd (redelivered to another worker within seconds: see stopNakDelay) and then
+// Records is closed. It does not wait: see Done.
 func (h *Handle) Stop() { h.once.Do(func() { close(h.stop) }) }
 
 // Done is closed when the loop has ended and every buffered message was delivered or nak'd.
 func (h *Handle) Done() <-chan struct{} { return h.done }
 
+// Pull timing.
+const (
+	// pullTimeout bounds one pull: the server expires the request after about 5 s (90 % of it,
+	// see jetstream.FetchContext) and the client gives up half a second later if the server's
+	// expiry never came. A pull served by a node that died is so noticed in seconds: measured in
+	// a 3-node cluster, a 30 s pull stalled progress for 30 s.
+	pullTimeout = 5500 * time.Millisecond
+	// pullHeartbeat is the idle heartbeat asked of the server for a pull: two missing ones end
+	// the pull (the server went away without the connection noticing yet).
+	pullHeartbeat = time.Second
+	// After Stop, the pull in flight is ended once nothing has arrived for stopIdle, or
+	// stopMax after Stop at the latest; what it brings meanwhile is nak'd with stopNakDelay,
+	// longer than the pull can still live, so that the server does not hand a nak'd record
+	// straight back to this stopping pull (each such bounce would spend one of its MaxDeliver).
+	// A record the server sends in the instant the pull is cancelled comes back only after
+	// AckWait.
+	stopIdle     = 100 * time.Millisecond
+	stopMax      = time.Second
+	stopNakDelay = 2 * stopMax
+)
+
+// pullPolicy paces the pull loop after a failed pull (no heartbeat, a server error, the
+// consumer missing): 100 ms doubling to 2 s, until Stop. A pull that ended normally (the batch
+// was filled or the request expired) is followed by the next one at once.
+var pullPolicy = retry.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second}
+
 // Start begins pulling. Setup must have run. Cancelling ctx acts as Stop.
+//
+// Records are pulled one request at a time (jetstream Fetch of WithPullBatch records), the next
+// request sent once the previous one is filled or expired, and only while the connection is up.
+// The client so never holds more than one batch, whatever the connection does: the jetstream
+// Messages iterator of nats.go v1.55 reissues a full pull after a reconnect while its buffer
+// (a channel of exactly one batch) can still hold messages of the previous one, and sends pulls
+// while reconnecting that the reconnect then delivers on top, so a reconnect under load overflowed
+// it (nats: slow consumer, messages dropped on _INBOX…), each drop costing a record a delivery.
 func (c *Consumer) Start(ctx context.Context) (*Handle, error) {
 	if c.cons == nil {
 		return nil, fmt.Errorf("%w: Start before Setup", ErrSetup)
-	}
-	// A 5 s pull expiry (default 30 s) means a pull served by a node that died is noticed in
-	// seconds: measured in a 3-node cluster, the default stalled progress for 30 s.
-	it, err := c.cons.Messages(jetstream.PullMaxMessages(c.opts.pullBatch), jetstream.PullExpiry(5*time.Second))
-	if err != nil {
-		return nil, fmt.Errorf("%w: pulling from %s: %w", ErrSetup, Durable(c.model), err)
 	}
 	h := &Handle{
 		records: make(chan Record, c.opts.buffer),
@@ -282,109 +340,248 @@ func (c *Consumer) Start(ctx context.Context) (*Handle, error) {
 			h.Stop()
 		case <-h.stop:
 		}
-		it.Drain() // Next returns what is buffered (nak'd by the loop), then ErrMsgIteratorClosed
 	}()
-	go c.loop(h, it)
+	go c.loop(h)
 	return h, nil
 }
 
-func (c *Consumer) loop(h *Handle, it jetstream.MessagesContext) {
+// puller is the state of one pull loop; only the loop's goroutine uses it.
+type puller struct {
+	c       *Consumer
+	h       *Handle
+	stopped bool // Stop was seen: no more pulls, what arrives is nak'd
+}
+
+func (c *Consumer) loop(h *Handle) {
 	defer close(h.done)
-	defer close(h.records)
-	stopped := func() bool {
+	defer close(h.records) // only now: every message is handed out or nak'd
+	p := &puller{c: c, h: h}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
 		select {
 		case <-h.stop:
-			return true
-		default:
-			return false
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	log := c.opts.log.With(zap.String("consumer", Durable(c.model)))
+	pol := pullPolicy
+	pol.Retryable = func(err error) bool { return !errors.Is(err, nats.ErrConnectionClosed) }
+	pol.OnRetry = func(try int, err error, wait time.Duration) {
+		if try == 1 || try%10 == 0 {
+			log.Warn("pull failed; retrying", zap.Int("try", try), zap.Duration("wait", wait), zap.Error(err))
+		}
+	}
+	for !p.stopped {
+		if err := retry.Do(ctx, pol, p.pull); err != nil {
+			if ctx.Err() == nil {
+				log.Error("pull loop ends", zap.Error(err))
+			}
+			return
+		}
+	}
+}
+
+func (p *puller) stopRequested() bool {
+	select {
+	case <-p.h.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// pull makes one pull request and hands out (or, after Stop, naks) every message it brings. It
+// returns nil when the request ended normally, else the error (retried by the loop).
+func (p *puller) pull(ctx context.Context) error {
+	c := p.c
+	if p.stopRequested() {
+		p.stopped = true
+		return nil
+	}
+	nc := c.js.Conn()
+	if err := awaitConnected(ctx, nc); err != nil {
+		return fmt.Errorf("%w: %s: waiting for the connection: %w", ErrPull, Durable(c.model), err)
+	}
+	n := c.opts.pullBatch
+	if c.opts.gate != nil {
+		room, err := c.opts.gate(ctx)
+		if err != nil {
+			if ctx.Err() != nil || p.stopRequested() {
+				p.stopped = true
+				return nil
+			}
+			return fmt.Errorf("%w: %s: pull gate: %w", ErrPull, Durable(c.model), err)
+		}
+		n = min(max(room, 1), n)
+	}
+	fctx, fcancel := context.WithTimeout(context.Background(), pullTimeout)
+	defer fcancel()
+	batch, err := c.cons.Fetch(n, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(pullHeartbeat))
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrPull, Durable(c.model), err)
+	}
+	p.drain(batch.Messages(), fcancel)
+	err = batch.Error()
+	switch {
+	case err == nil:
+		return nil
+	case p.stopped && errors.Is(err, context.Canceled):
+		return nil // ended by drain after Stop
+	case errors.Is(err, context.DeadlineExceeded):
+		// The server's expiry never came (it went away): pull again.
+		return fmt.Errorf("%w: %s: no end of the pull from the server within %s: %w", ErrPull, Durable(c.model), pullTimeout, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrPull, Durable(c.model), err)
+}
+
+// drain takes every message of one pull until its channel closes. Once Stop is seen, what
+// arrives is nak'd (with stopNakDelay) and the pull is cancelled after stopIdle without a
+// message, or stopMax after Stop.
+func (p *puller) drain(msgs <-chan jetstream.Msg, cancel context.CancelFunc) {
+	stopC := p.h.stop
+	var idle, hard *time.Timer
+	var idleC, hardC <-chan time.Time
+	defer func() {
+		if idle != nil {
+			idle.Stop()
+			hard.Stop()
+		}
+	}()
+	stopping := func() {
+		p.stopped = true
+		stopC = nil
+		if idle == nil {
+			idle, hard = time.NewTimer(stopIdle), time.NewTimer(stopMax)
+			idleC, hardC = idle.C, hard.C
 		}
 	}
 	for {
-		msg, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			return
-		}
-		if err != nil {
-			c.opts.log.Warn("pull", zap.String("consumer", Durable(c.model)), zap.Error(err))
-			continue
-		}
-		if stopped() {
-			_ = msg.Nak()
-			continue
-		}
-		c.opts.obs.RecordIn()
-		meta, err := msg.Metadata()
-		if err != nil {
-			c.opts.log.Error("message without JetStream metadata", zap.Error(err))
-			_ = msg.Term()
-			continue
-		}
-		rec, err := Decode(msg.Headers(), msg.Data(), meta.Sequence.Stream, c.opts.policy)
-		var rej *RejectError
-		if errors.As(err, &rej) {
-			if derr := c.deadLetter(context.Background(), msg, rej); derr != nil {
-				c.opts.log.Error("dead-letter", zap.Error(derr))
-			}
-			continue
-		}
-		rec.Delivered, rec.Msg = meta.NumDelivered, msg
-		if rec.Truncated {
-			c.opts.obs.Truncated()
-		}
 		select {
-		case h.records <- rec:
-		case <-h.stop:
-			_ = msg.Nak()
+		case msg, ok := <-msgs:
+			if !ok {
+				return
+			}
+			if p.stopped || p.stopRequested() {
+				stopping()
+				_ = msg.NakWithDelay(stopNakDelay)
+				idle.Reset(stopIdle)
+				continue
+			}
+			if !p.handle(msg) {
+				stopping()
+			}
+		case <-stopC:
+			stopping()
+		case <-idleC:
+			cancel()
+			idleC, hardC = nil, nil
+		case <-hardC:
+			cancel()
+			idleC, hardC = nil, nil
 		}
+	}
+}
+
+// handle counts, validates and hands out one message; bad records are dead-lettered. It
+// returns false when Stop came while it waited to hand the record out (the record is nak'd).
+func (p *puller) handle(msg jetstream.Msg) bool {
+	c := p.c
+	meta, err := msg.Metadata()
+	if err != nil {
+		c.opts.obs.RecordIn()
+		c.opts.log.Error("message without JetStream metadata", zap.Error(err))
+		_ = msg.Term()
+		return true
+	}
+	if meta.NumDelivered > 1 {
+		c.opts.obs.Redelivered()
+	} else {
+		c.opts.obs.RecordIn()
+	}
+	rec, err := Decode(msg.Headers(), msg.Data(), meta.Sequence.Stream, c.opts.policy)
+	var rej *RejectError
+	if errors.As(err, &rej) {
+		if derr := c.deadLetter(context.Background(), msg, rej); derr != nil {
+			c.opts.log.Error("dead-letter", zap.Error(derr))
+		}
+		return true
+	}
+	rec.Delivered, rec.Msg = meta.NumDelivered, msg
+	if rec.Truncated {
+		c.opts.obs.Truncated()
+	}
+	select {
+	case p.h.records <- rec:
+		return true
+	case <-p.h.stop:
+		_ = msg.NakWithDelay(stopNakDelay) // see stopNakDelay
+		return false
 	}
 }
 
 // deadLetter copies msg to the dead-letter subject with the reason, waits for the PubAck, then
-// terminates msg. If the copy fails, msg is nak'd with a delay so it is never lost.
+// terminates msg (see DeadLetterMsg).
 func (c *Consumer) deadLetter(ctx context.Context, msg jetstream.Msg, rej *RejectError) error {
 	return DeadLetterMsg(ctx, c.js, c.model, msg, rej, c.opts.obs, c.opts.log)
 }
 
 // DeadLetterMsg copies msg to model's dead-letter subject with headers Seqembed-Error (the message),
 // Seqembed-Reason (the code) and Seqembed-Stream-Seq, waits for the PubAck, then terminates msg.
-// The copy's Nats-Msg-Id is derived from the stream sequence, so a retry is deduplicated. If the
-// copy fails, msg is nak'd with a 5 s delay and the error is returned: a record is never dropped.
+// The copy's Nats-Msg-Id is derived from the stream sequence, so a retry is deduplicated.
+//
+// The copy always fits under the connection's max_payload as it is at the time of the call:
+// what does not fit is cut, the body first (to a prefix, with Seqembed-Body-Truncated holding its
+// full length), then the error text and the record's other headers (see dlqCopy). If the copy
+// fails for another reason (the stream is full or unreachable, the connection is down), msg is
+// nak'd with a 5 s delay and an error wrapping ErrDeadLetter is returned: a record is never
+// dropped for a fault that may pass. If no copy can be stored at any size (ErrCopyUnfit), msg
+// is terminated anyway, counted by obs.Dropped, logged with its id and stream sequence, and an
+// error wrapping ErrDropped is returned: it is never left to be redelivered for ever. obs counts
+// a stored copy (DeadLettered) only when the stream did not report it as a duplicate.
 func DeadLetterMsg(ctx context.Context, js jetstream.JetStream, model string, msg jetstream.Msg, rej *RejectError, obs Observer, log *zap.Logger) error {
-	out := dlqCopy(model, msg.Data(), msg.Headers(), rej.Reason, rej.Error(), rej.StreamSeq)
-	if _, err := js.PublishMsg(ctx, out); err != nil {
+	ack, fit, err := storeCopy(ctx, js, model, msg.Data(), msg.Headers(), rej.Reason, rej.Error(), rej.StreamSeq)
+	if errors.Is(err, ErrCopyUnfit) {
+		if terr := msg.TermWithReason(rej.Reason); terr != nil {
+			return fmt.Errorf("%w: term of stream seq %d, which has no dead-letter copy (%w): %w", ErrAck, rej.StreamSeq, err, terr)
+		}
+		obs.Dropped(rej.Reason)
+		log.Error("record terminated without a dead-letter copy: none fits", zap.String("id", rej.ID),
+			zap.Uint64("stream_seq", rej.StreamSeq), zap.String("reason", rej.Reason), zap.Int("body_bytes", fit.bodyLen),
+			zap.Int("limit", fit.limit), zap.String("error", rej.Err.Error()), zap.NamedError("copy_error", err))
+		return fmt.Errorf("%w: record %q at stream seq %d (%s): %w", ErrDropped, rej.ID, rej.StreamSeq, rej.Reason, err)
+	}
+	if err != nil {
 		_ = msg.NakWithDelay(5 * time.Second)
 		return fmt.Errorf("%w: record %q at stream seq %d (%s): %w", ErrDeadLetter, rej.ID, rej.StreamSeq, rej.Reason, err)
 	}
 	if err := msg.TermWithReason(rej.Reason); err != nil {
 		return fmt.Errorf("%w: term of stream seq %d after dead-lettering: %w", ErrAck, rej.StreamSeq, err)
 	}
+	if ack.Duplicate {
+		log.Debug("dead-letter copy was a duplicate", zap.String("id", rej.ID), zap.Uint64("stream_seq", rej.StreamSeq))
+		return nil
+	}
 	obs.DeadLettered(rej.Reason)
+	logCut(log, rej.ID, rej.StreamSeq, fit)
 	log.Info("dead-lettered", zap.String("id", rej.ID), zap.Uint64("stream_seq", rej.StreamSeq),
 		zap.String("reason", rej.Reason), zap.String("error", rej.Err.Error()))
 	return nil
 }
 
+// logCut warns when a stored dead-letter copy had to be cut to fit.
+func logCut(log *zap.Logger, id string, seq uint64, fit copyFit) {
+	if !fit.cut() {
+		return
+	}
+	log.Warn("dead-letter copy cut to fit max_payload", zap.String("id", id), zap.Uint64("stream_seq", seq),
+		zap.Int("limit", fit.limit), zap.Int("body_bytes", fit.bodyLen), zap.Bool("body_cut", fit.bodyCut),
+		zap.Bool("error_cut", fit.errorCut), zap.Int("headers_left_out", fit.headersLeft), zap.Bool("id_cut", fit.idCut))
+}
+
 // ackFlushTimeout bounds AckAll's flush when ctx has no deadline.
 const ackFlushTimeout = 10 * time.Second
-
-// dlqCopy builds the dead-letter copy of a record: its body and headers (Seq-Id included; Nats-*
-// headers dropped: they are server-set or publish controls such as expected-sequence checks),
-// Seqembed-Error, Seqembed-Reason, Seqembed-Stream-Seq, and the Nats-Msg-Id "dlq:<model>:<seq>"
-// that makes a repeated copy of the same input a duplicate.
-func dlqCopy(model string, data []byte, hdr nats.Header, reason, errText string, seq uint64) *nats.Msg {
-	out := nats.NewMsg(DLQSubject(model))
-	out.Data = data
-	for k, v := range hdr {
-		if !strings.HasPrefix(strings.ToLower(k), "nats-") {
-			out.Header[k] = v
-		}
-	}
-	out.Header.Set(HeaderError, errText)
-	out.Header.Set(HeaderReason, reason)
-	out.Header.Set(HeaderStreamSeq, strconv.FormatUint(seq, 10))
-	out.Header.Set(nats.MsgIdHdr, fmt.Sprintf("dlq:%s:%d", model, seq))
-	return out
-}
 
 // AckAll acknowledges every message and flushes the connection, so the acks have reached the
 // server when it returns nil. Call it only after the records' outputs have their PubAcks.

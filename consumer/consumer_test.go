@@ -16,10 +16,18 @@ import (
 	"github.com/seqembed/seqembed/internal/testutil"
 )
 
+// residues marks the uppercase standard residues.
+var residues = func() (t [256]bool) {
+	for _, c := range []byte("LAGVSERTIDPKQNFYMHWCXBUZO") {
+		t[c] = true
+	}
+	return t
+}()
+
 // validate accepts uppercase standard residues (the real one is batcher.Tokenizer.Validate).
 func validate(b []byte) error {
 	for i, c := range b {
-		if !strings.ContainsRune("LAGVSERTIDPKQNFYMHWCXBUZO", rune(c)) {
+		if !residues[c] {
 			return fmt.Errorf("byte %q at %d", c, i)
 		}
 	}
@@ -261,5 +269,50 @@ func TestOptions(t *testing.T) {
 	}
 	if _, err := consumer.ParseOverlength("cut"); !errors.Is(err, consumer.ErrOption) {
 		t.Errorf("ParseOverlength: err = %v", err)
+	}
+}
+
+// TestDecodeHeaderNames: Seq-Id is matched in any case; values that disagree are a bad id; a
+// missing id names the headers seen.
+func TestDecodeHeaderNames(t *testing.T) {
+	p := consumer.Policy{Validate: validate}
+	cases := []struct {
+		name   string
+		h      nats.Header
+		id     string
+		reason string
+		msg    string
+	}{
+		{"lower", nats.Header{"seq-id": {"P1"}}, "P1", "", ""},
+		{"upper", nats.Header{"SEQ-ID": {"P2"}}, "P2", "", ""},
+		{"two cases agreeing", nats.Header{"Seq-Id": {"P3"}, "seq-id": {"P3"}}, "P3", "", ""},
+		{"two cases disagreeing", nats.Header{"Seq-Id": {"P4"}, "SEQ-ID": {"P5"}}, "", consumer.ReasonBadID, `disagree`},
+		{"no headers", nil, "", consumer.ReasonMissingID, "(no headers)"},
+		{"other headers", nats.Header{"Seq_Id": {"P6"}, "Content-Type": {"x"}}, "", consumer.ReasonMissingID,
+			`headers seen: "Content-Type", "Seq_Id"`},
+		{"empty value", nats.Header{"seq-id": {""}}, "", consumer.ReasonMissingID, "Seq-Id header is empty"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec, err := consumer.Decode(c.h, []byte("MKT"), 3, p)
+			if c.reason == "" {
+				if err != nil || rec.ID != c.id {
+					t.Fatalf("got %+v, %v; want id %q", rec, err, c.id)
+				}
+				return
+			}
+			var rej *consumer.RejectError
+			if !errors.As(err, &rej) || rej.Reason != c.reason || !strings.Contains(err.Error(), c.msg) {
+				t.Fatalf("err = %v, want reason %s mentioning %q", err, c.reason, c.msg)
+			}
+		})
+	}
+	many := nats.Header{}
+	for i := range 40 {
+		many[fmt.Sprintf("H%02d-%s", i, strings.Repeat("n", 100))] = []string{"v"}
+	}
+	_, err := consumer.Decode(many, []byte("MKT"), 3, p)
+	if err == nil || len(err.Error()) > 2000 || !strings.Contains(err.Error(), "and 24 more") {
+		t.Fatalf("many headers: %d-byte error %v", len(fmt.Sprint(err)), err)
 	}
 }

@@ -16,7 +16,9 @@ type DeadLetter struct {
 	Error     string // the full error message
 	StreamSeq uint64 // the input's stream sequence (0 for records dead-lettered by the publisher)
 	DLQSeq    uint64 // the copy's own stream sequence
-	Data      []byte // the original body
+	Data      []byte // the original body, or a prefix of it when BodyBytes > len(Data)
+	BodyBytes int    // the original body's length (Seqembed-Body-Truncated on a cut copy)
+	Truncated bool   // Data is only a prefix of the body (the whole did not fit max_payload)
 }
 
 // ReadDeadLetters returns up to max dead letters of model from stream, oldest first, without
@@ -36,9 +38,13 @@ func ReadDeadLetters(ctx context.Context, js jetstream.JetStream, stream, model 
 		if err != nil {
 			return out, fmt.Errorf("reading dead letters of %s from seq %d: %w", model, seq, err)
 		}
-		in, _ := strconv.ParseUint(m.Header.Get(HeaderStreamSeq), 10, 64)
-		out = append(out, DeadLetter{ID: m.Header.Get(HeaderID), Reason: m.Header.Get(HeaderReason),
-			Error: m.Header.Get(HeaderError), StreamSeq: in, DLQSeq: m.Sequence, Data: m.Data})
+		in, _ := strconv.ParseUint(headerGet(m.Header, HeaderStreamSeq), 10, 64)
+		d := DeadLetter{ID: headerGet(m.Header, HeaderID), Reason: headerGet(m.Header, HeaderReason),
+			Error: headerGet(m.Header, HeaderError), StreamSeq: in, DLQSeq: m.Sequence, Data: m.Data, BodyBytes: len(m.Data)}
+		if n, err := strconv.Atoi(headerGet(m.Header, HeaderBodyTruncated)); err == nil && n > len(m.Data) {
+			d.BodyBytes, d.Truncated = n, true
+		}
+		out = append(out, d)
 		seq = m.Sequence + 1
 	}
 	return out, nil

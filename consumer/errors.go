@@ -21,6 +21,15 @@ var (
 	ErrInvalid = errors.New("invalid residues")
 	// ErrDeadLetter: copying a bad record to the dead-letter subject failed (it was nak'd instead).
 	ErrDeadLetter = errors.New("consumer: dead-letter publish failed")
+	// ErrCopyUnfit: no dead-letter copy of a record can be stored, even with its body and headers
+	// cut (a max_payload or max_msg_size of a few hundred bytes, or refusals at every size).
+	ErrCopyUnfit = errors.New("consumer: dead-letter copy does not fit")
+	// ErrDropped: a record was terminated (or deleted from the work queue) without a dead-letter
+	// copy, because none could be stored (ErrCopyUnfit); it is counted by Observer.Dropped and
+	// its content is only in the log.
+	ErrDropped = errors.New("consumer: record dropped without a dead-letter copy")
+	// ErrPull: a pull from the durable consumer failed (it is retried with backoff).
+	ErrPull = errors.New("consumer: pull")
 	// ErrAdvisory: a max-deliveries advisory could not be acted on (bad advisory, or the record
 	// could not be read back from the stream). The record, if any, stays in the stream.
 	ErrAdvisory = errors.New("consumer: max-deliveries advisory")

@@ -3,6 +3,7 @@ package fasta
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 var (
@@ -27,21 +28,29 @@ var (
 	ErrStdin = errors.New("fasta: cannot count records on standard input")
 )
 
-// ParseError locates a format error. It wraps ErrNoHeader, ErrEmptyID or
-// ErrRecordTooLarge, so test it with errors.Is and use errors.As to get the
-// record ID, e.g. to dead-letter an oversized record under its ID.
+// ParseError locates every error Next returns (other than io.EOF): a format
+// error wrapping ErrNoHeader, ErrEmptyID or ErrRecordTooLarge, or a failed
+// read (an I/O error, compressed data that is corrupt or ends early, which
+// wraps the cause: errors.Is(err, io.ErrUnexpectedEOF) for a truncated file).
+// Test it with errors.Is, and use errors.As to get the file, line and record
+// ID, e.g. to dead-letter an oversized record under its ID.
 type ParseError struct {
-	Line int    // 1-based line: the header line of the record, or the offending line for ErrNoHeader
+	File string // the input's name (WithName; Open sets the path, StdinName for "-"), "" if not given
+	Line int    // 1-based line: the header line of the record, the offending line for ErrNoHeader, the line being read for a read error
 	ID   string // record ID when known (ErrRecordTooLarge), else ""
-	Err  error  // the cause, wrapping one of the sentinel errors
+	Err  error  // the cause, wrapping one of the sentinel errors or the read error
 }
 
-// Error implements error.
+// Error implements error: "fasta: FILE line N (record "ID"): cause".
 func (e *ParseError) Error() string {
-	if e.ID != "" {
-		return fmt.Sprintf("%v: record %q at line %d", e.Err, e.ID, e.Line)
+	loc := fmt.Sprintf("line %d", e.Line)
+	if e.File != "" {
+		loc = e.File + " " + loc
 	}
-	return fmt.Sprintf("%v: line %d", e.Err, e.Line)
+	if e.ID != "" {
+		loc += fmt.Sprintf(" (record %q)", e.ID)
+	}
+	return "fasta: " + loc + ": " + strings.TrimPrefix(e.Err.Error(), "fasta: ")
 }
 
 // Unwrap returns the cause.

@@ -22,7 +22,7 @@ func FuzzReader(f *testing.F) {
 		} {
 			r, err := NewReader(bytes.NewReader(data), WithMaxRecordBytes(cfg.max), withBufferSize(cfg.buf))
 			if err != nil {
-				if bytes.HasPrefix(data, gzipMagic) {
+				if detect(data) != Plain {
 					return
 				}
 				t.Fatalf("NewReader: %v", err)
@@ -45,7 +45,7 @@ func FuzzReader(f *testing.F) {
 					t.Fatalf("untrimmed Desc %q", it.Desc)
 				}
 			}
-			if bytes.HasPrefix(data, gzipMagic) {
+			if detect(data) != Plain {
 				continue // compressed: no reference
 			}
 			want, fatal := refParse(data, cfg.max)

@@ -1,5 +1,6 @@
-// Package fasta streams records from protein FASTA files, plain or gzip
-// compressed (detected by the gzip magic bytes, not the file name).
+// Package fasta streams records from protein FASTA files, plain or compressed
+// with gzip (bgzip too), xz, zstd or bzip2: the compression is detected from
+// the first bytes (magic numbers), never from the file name.
 //
 // Format accepted:
 //
@@ -14,12 +15,14 @@
 //     first header only comments and blank lines are allowed.
 //   - LF and CRLF line ends, a missing final newline, a leading UTF-8 byte
 //     order mark and lines of any length are handled.
+//
+// Every error Next returns other than io.EOF is a *ParseError naming the file
+// (WithName; Open sets it) and the 1-based line.
 package fasta
 
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
@@ -34,10 +37,10 @@ const DefaultMaxRecordBytes = 1 << 20
 // pieces.
 const defaultBufferSize = 64 << 10
 
-var (
-	gzipMagic = []byte{0x1f, 0x8b}
-	utf8BOM   = []byte{0xef, 0xbb, 0xbf}
-)
+var utf8BOM = []byte{0xef, 0xbb, 0xbf}
+
+// StdinName is how standard input ("-" to Open) is named in errors.
+const StdinName = "stdin"
 
 // isSpace marks the ASCII whitespace bytes removed from sequences and used to
 // split headers.
@@ -47,6 +50,7 @@ var isSpace = [256]bool{' ': true, '\t': true, '\n': true, '\v': true, '\f': tru
 type Record struct {
 	ID   string // first word of the header; never empty
 	Desc string // rest of the header, trimmed; may be empty
+	Line int    // 1-based line of the header
 	// Seq holds the residues with whitespace removed. It aliases the
 	// Reader's buffer and is valid only until the next call to Next; copy it
 	// to keep it.
@@ -59,6 +63,7 @@ type Option func(*config) error
 type config struct {
 	maxRecordBytes int
 	bufferSize     int
+	name           string
 }
 
 // WithMaxRecordBytes sets the largest accepted record: a sequence of more
@@ -75,6 +80,15 @@ func WithMaxRecordBytes(n int) Option {
 	}
 }
 
+// WithName names the input in errors (ParseError.File), e.g. its path; Open
+// sets it. Default: none, and errors give only the line.
+func WithName(name string) Option {
+	return func(c *config) error {
+		c.name = name
+		return nil
+	}
+}
+
 // withBufferSize sets the line buffer size (minimum 16), so tests can
 // exercise lines longer than the buffer with small inputs.
 func withBufferSize(n int) Option {
@@ -87,8 +101,12 @@ func withBufferSize(n int) Option {
 // Reader reads FASTA records one at a time. It holds at most one record (plus
 // one line buffer) in memory. A Reader is not safe for concurrent use.
 type Reader struct {
-	br  *bufio.Reader
-	max int
+	br      *bufio.Reader
+	max     int
+	name    string      // ParseError.File
+	comp    Compression // of the source
+	release func()      // frees the decompressor
+	hint    string      // added to ErrNoHeader: why the data may not be FASTA
 
 	line    int  // number of the current (last started) line, 1-based
 	midLine bool // the last chunk read did not end its line
@@ -104,10 +122,11 @@ type Reader struct {
 	seq []byte
 }
 
-// NewReader returns a Reader for r, which may be plain or gzip-compressed
-// FASTA (multi-member gzip, such as bgzip output, included). The caller
-// keeps ownership of r. It fails on an invalid option, a gzip header that
-// cannot be read, or an I/O error while sniffing the first bytes.
+// NewReader returns a Reader for r: plain FASTA, or FASTA compressed with
+// gzip (multi-member, such as bgzip output, included), xz, zstd or bzip2,
+// detected from the first bytes. The caller keeps ownership of r; Close
+// releases the decompressor. It fails on an invalid option, a compressed
+// header that cannot be read, or an I/O error while sniffing the first bytes.
 func NewReader(r io.Reader, opts ...Option) (*Reader, error) {
 	cfg := config{maxRecordBytes: DefaultMaxRecordBytes, bufferSize: defaultBufferSize}
 	for _, opt := range opts {
@@ -115,52 +134,84 @@ func NewReader(r io.Reader, opts ...Option) (*Reader, error) {
 			return nil, err
 		}
 	}
-	br, err := newSource(r, cfg.bufferSize)
+	br, comp, release, err := newSource(r, cfg.bufferSize, cfg.name)
 	if err != nil {
 		return nil, err
 	}
-	return &Reader{br: br, max: cfg.maxRecordBytes}, nil
+	rd := &Reader{br: br, max: cfg.maxRecordBytes, name: cfg.name, comp: comp, release: release}
+	rd.hint = mislabelled(cfg.name, comp)
+	return rd, nil
 }
 
-// newSource buffers r, decompressing it if it starts with the gzip magic, and
-// skips a UTF-8 byte order mark.
-func newSource(r io.Reader, size int) (*bufio.Reader, error) {
+// newSource buffers r, decompressing it as its magic bytes say, and skips a
+// UTF-8 byte order mark. Errors name the source (name, may be empty).
+func newSource(r io.Reader, size int, name string) (*bufio.Reader, Compression, func(), error) {
 	br := bufio.NewReaderSize(r, size)
-	magic, err := br.Peek(len(gzipMagic))
+	magic, err := br.Peek(magicLen) // the buffer (at least 16 bytes) holds them
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("fasta: read: %w", err)
+		return nil, Plain, nil, &ParseError{File: name, Line: 1, Err: readError(Plain, err)}
 	}
-	if bytes.Equal(magic, gzipMagic) {
-		zr, err := gzip.NewReader(br)
+	comp := detect(magic)
+	release := func() {}
+	if comp != Plain {
+		zr, rel, err := decompress(br, comp)
 		if err != nil {
-			return nil, fmt.Errorf("fasta: gzip: %w", err)
+			where := "fasta: "
+			if name != "" {
+				where += name + ": "
+			}
+			return nil, comp, nil, fmt.Errorf("%s%s header: %w (the file is corrupt)", where, comp, err)
 		}
-		br = bufio.NewReaderSize(zr, size)
+		br, release = bufio.NewReaderSize(zr, size), rel
 	}
 	bom, err := br.Peek(len(utf8BOM))
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("fasta: read: %w", err)
+		release()
+		return nil, comp, nil, &ParseError{File: name, Line: 1, Err: readError(comp, err)}
 	}
 	if bytes.Equal(bom, utf8BOM) {
 		_, _ = br.Discard(len(utf8BOM))
 	}
-	return br, nil
+	return br, comp, release, nil
 }
 
-// Open opens the FASTA file at path, plain or gzip-compressed; "-" reads
-// standard input. The caller must Close the returned Closer when done (it
-// does not close standard input).
+// Compression is how the source is compressed.
+func (r *Reader) Compression() Compression { return r.comp }
+
+// Close releases the decompressor (not the io.Reader given to NewReader).
+// Calling it more than once is harmless.
+func (r *Reader) Close() error {
+	if r.release != nil {
+		r.release()
+		r.release = nil
+	}
+	return nil
+}
+
+// Open opens the FASTA file at path (plain or compressed, see NewReader);
+// "-" reads standard input, named StdinName in errors. Errors name the path
+// (WithName(path) comes first: a later WithName overrides it). The caller
+// must Close the returned Closer when done: it releases the Reader and closes
+// the file (never standard input).
 func Open(path string, opts ...Option) (*Reader, io.Closer, error) {
 	f, closer, err := openFile(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := NewReader(f, opts...)
+	r, err := NewReader(f, append([]Option{WithName(DisplayName(path))}, opts...)...)
 	if err != nil {
 		_ = closer.Close()
-		return nil, nil, fmt.Errorf("%w (%s)", err, path)
+		return nil, nil, err
 	}
-	return r, closer, nil
+	return r, readerCloser{r, closer}, nil
+}
+
+// DisplayName is how Open names path in errors: StdinName for "-", else path.
+func DisplayName(path string) string {
+	if path == "-" {
+		return StdinName
+	}
+	return path
 }
 
 func openFile(path string) (io.Reader, io.Closer, error) {
@@ -174,15 +225,26 @@ func openFile(path string) (io.Reader, io.Closer, error) {
 	return f, f, nil
 }
 
+// readerCloser is Open's Closer: the Reader's decompressor, then the file.
+type readerCloser struct {
+	r *Reader
+	f io.Closer
+}
+
+func (c readerCloser) Close() error {
+	_ = c.r.Close()
+	return c.f.Close()
+}
+
 // nopCloser is the Closer returned for standard input, which Open leaves open.
 type nopCloser struct{}
 
 func (nopCloser) Close() error { return nil }
 
-// Count returns the number of records in the file at path (plain or gzip),
-// for sizing progress bars. It counts lines that begin with '>', which is the
-// number of Next calls that return a record or a recoverable ParseError; it
-// does not validate the file. Count("-") returns ErrStdin.
+// Count returns the number of records in the file at path (plain or
+// compressed), for sizing progress bars. It counts lines that begin with '>',
+// which is the number of Next calls that return a record or a recoverable
+// ParseError; it does not validate the file. Count("-") returns ErrStdin.
 func Count(path string) (int, error) {
 	if path == "-" {
 		return 0, ErrStdin
@@ -192,10 +254,11 @@ func Count(path string) (int, error) {
 		return 0, err
 	}
 	defer closer.Close()
-	br, err := newSource(f, defaultBufferSize)
+	br, _, release, err := newSource(f, defaultBufferSize, path)
 	if err != nil {
-		return 0, fmt.Errorf("%w (%s)", err, path)
+		return 0, err
 	}
+	defer release()
 	n, err := countHeaders(br)
 	if err != nil {
 		return n, fmt.Errorf("fasta: count %s: %w", path, err)
@@ -230,8 +293,8 @@ func countHeaders(r io.Reader) (int, error) {
 //
 // A ParseError wrapping ErrEmptyID or ErrRecordTooLarge (see Recoverable)
 // skips that record: the following call continues with the next record. Any
-// other error (ErrNoHeader, I/O or gzip errors, io.EOF) is returned again by
-// every later call.
+// other error (ErrNoHeader, a read error, io.EOF) is returned again by every
+// later call.
 //
 // The returned Seq is only valid until the next call to Next; ID and Desc
 // are freshly allocated.
@@ -260,12 +323,12 @@ func (r *Reader) Next() (Record, error) {
 	}
 	if id == "" {
 		r.skip = true
-		return Record{}, &ParseError{Line: line, Err: ErrEmptyID}
+		return Record{}, &ParseError{File: r.name, Line: line, Err: ErrEmptyID}
 	}
 	r.seq = r.seq[:0]
 	switch err := r.scan(modeKeep); {
 	case err == nil || err == io.EOF:
-		return Record{ID: id, Desc: desc, Seq: r.seq}, nil
+		return Record{ID: id, Desc: desc, Line: line, Seq: r.seq}, nil
 	case errors.Is(err, errSeqTooLarge):
 		r.skip = true
 		return Record{}, r.tooLarge(id, line, "sequence")
@@ -280,7 +343,7 @@ func (r *Reader) fail(err error) (Record, error) {
 }
 
 func (r *Reader) tooLarge(id string, line int, what string) error {
-	return &ParseError{Line: line, ID: id,
+	return &ParseError{File: r.name, Line: line, ID: id,
 		Err: fmt.Errorf("%w: %s exceeds %d bytes", ErrRecordTooLarge, what, r.max)}
 }
 
@@ -324,7 +387,11 @@ func (r *Reader) scan(mode scanMode) error {
 		switch mode {
 		case modePreamble:
 			if !isBlank(chunk) {
-				return &ParseError{Line: r.line, Err: ErrNoHeader}
+				err := ErrNoHeader
+				if r.hint != "" {
+					err = fmt.Errorf("%w (%s)", ErrNoHeader, r.hint)
+				}
+				return &ParseError{File: r.name, Line: r.line, Err: err}
 			}
 		case modeKeep:
 			if err := r.appendResidues(chunk); err != nil {
@@ -380,8 +447,8 @@ func (r *Reader) appendResidues(b []byte) error {
 
 // readChunk returns the next piece of the current line, without its '\n'
 // (the bytes are valid until the next read), whether it starts a line and
-// whether it ends one. It returns io.EOF at the end of input and wraps other
-// read errors with the line number.
+// whether it ends one. It returns io.EOF at the end of input and other read
+// errors as a ParseError at the line being read.
 func (r *Reader) readChunk() (chunk []byte, first, last bool, err error) {
 	if r.eof {
 		return nil, false, false, io.EOF
@@ -406,7 +473,7 @@ func (r *Reader) readChunk() (chunk []byte, first, last bool, err error) {
 		r.midLine = false
 		return b, first, true, nil // final line without '\n'
 	default:
-		return nil, false, false, fmt.Errorf("fasta: read line %d: %w", r.line, err)
+		return nil, false, false, &ParseError{File: r.name, Line: max(r.line, 1), Err: readError(r.comp, err)}
 	}
 }
 

@@ -240,12 +240,12 @@ func TestParseErrorMessage(t *testing.T) {
 	if !errors.As(err, &pe) || pe.ID != "sp|Q9" || pe.Line != 3 || !errors.Is(err, ErrRecordTooLarge) {
 		t.Fatalf("err = %#v", err)
 	}
-	want := `fasta: record too large: sequence exceeds 10 bytes: record "sp|Q9" at line 3`
+	want := `fasta: line 3 (record "sp|Q9"): record too large: sequence exceeds 10 bytes`
 	if err.Error() != want {
 		t.Errorf("message = %q, want %q", err.Error(), want)
 	}
 	_, err = NewReaderMust(t, ">ok\nA\nB\n\nC\n>\nA\n").nextN(2)
-	if want := "fasta: header has no identifier: line 6"; err == nil || err.Error() != want {
+	if want := "fasta: line 6: header has no identifier"; err == nil || err.Error() != want {
 		t.Errorf("empty id message = %v, want %q", err, want)
 	}
 }
@@ -400,7 +400,7 @@ func gzipBytes(t testing.TB, b []byte) []byte {
 
 func mustSource(t testing.TB, b []byte) io.Reader {
 	t.Helper()
-	br, err := newSource(bytes.NewReader(b), defaultBufferSize)
+	br, _, _, err := newSource(bytes.NewReader(b), defaultBufferSize, "")
 	if err != nil {
 		t.Fatal(err)
 	}

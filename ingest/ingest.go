@@ -1,6 +1,8 @@
 // Package ingest puts FASTA files on the work queue: one record per sequence on
-// seqs.in.<model> (consumer's subject and headers), records the FASTA reader rejects on the
-// dead-letter subject with the reason, so every record of a file is accounted for.
+// seqs.in.<model> (consumer's subject and headers), a trailing stop codon stripped (and the
+// record flagged, HeaderStopStripped) or refused; records refused here (the FASTA reader's, or
+// a stop codon under StopReject) go on the dead-letter subject with the reason, and to a rejects
+// file (RejectsFile) if the caller keeps one, so every record of a file is accounted for.
 package ingest
 
 import (
@@ -8,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,11 +26,15 @@ import (
 
 // Stats counts what a FASTA publish did.
 type Stats struct {
-	Records      int   // records read from the file
+	Files        int   // input files read
+	Records      int   // records read from the files
 	Stored       int   // new messages stored by the input stream
-	Duplicates   int   // records whose id was already published within the dedupe window
-	DeadLettered int   // records the file itself could not give (no id, too large): dead-lettered here
+	Duplicates   int   // records whose id (a refused record: file, line and id) was already published within the dedupe window
+	DeadLettered int   // records refused here (no id, too large, a stop codon under StopReject): dead-lettered here
+	StopStripped int   // records published without their trailing stop codon (StopStrip)
 	Residues     int64 // residues in stored records
+	// Reasons counts the records dead-lettered here by reason code (consumer.Reason*).
+	Reasons map[string]int
 }
 
 // Window is how many PubAcks may be outstanding.
@@ -50,20 +57,49 @@ func RecordMsg(model, id string, residues []byte) *nats.Msg {
 }
 
 // PublishFASTA publishes every record of path to seqs.in.<model> (RecordMsg), up to Window
-// PubAcks outstanding. Records the FASTA reader rejects are dead-lettered with the reason.
+// PubAcks outstanding; it is Publish of one file with the default options.
 func PublishFASTA(ctx context.Context, nc *nats.Conn, path, model string, progress io.Writer, log *zap.Logger) (Stats, error) {
-	var st Stats
+	return Publish(ctx, nc, []string{path}, Options{Model: model, Progress: progress, Log: log})
+}
+
+// Publish publishes every record of files, in order ("-" is standard input, at most once), to
+// seqs.in.<model> (RecordMsg) with up to Window PubAcks outstanding, and returns once every one is
+// stored. A trailing stop codon is stripped or refused (o.StopCodon). Records refused here (the
+// FASTA reader's: no id, too large; a trailing '*' under StopReject) are dead-lettered with their
+// reason and a message naming the file, line and (for a '*') 1-based position, and passed to
+// o.OnReject with those as fields. Every file is checked to
+// exist before anything is published; a file that cannot be read to its end (I/O error,
+// truncated, not FASTA) stops the publish with an error naming it and the line.
+func Publish(ctx context.Context, nc *nats.Conn, files []string, o Options) (Stats, error) {
+	st := Stats{Reasons: map[string]int{}}
+	if err := o.check(files); err != nil {
+		return st, err
+	}
+	log := o.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return st, fmt.Errorf("ingest: JetStream: %w", err)
 	}
-	total := int64(-1)
-	if n, err := fasta.Count(path); err == nil {
-		total = int64(n)
+	total := int64(0)
+	for _, f := range files {
+		if !Rereadable(f) { // counting would consume it
+			total = -1
+			break
+		}
+		n, err := fasta.Count(f)
+		if err != nil {
+			total = -1 // unreadable: Next reports it
+			break
+		}
+		total += int64(n)
 	}
-	bar := telemetry.NewProgress(total, "publish", progress, progress != nil)
+	bar := telemetry.NewProgress(total, "publish", o.Progress, o.Progress != nil)
 	defer bar.Finish()
 	retries := 0
+	var dupIDs []string
 	pub, err := jspub.New(nc, jspub.WithWindow(Window), jspub.WithAckTimeout(30*time.Second), jspub.WithRetry(publishRetry),
 		jspub.WithOnRetry(func(m *nats.Msg, err error) {
 			if retries++; retries == 1 || retries%100 == 0 {
@@ -75,7 +111,9 @@ func PublishFASTA(ctx context.Context, nc *nats.Conn, path, model string, progre
 			// A duplicate PubAck on a republish (Tries > 1) is most likely this record's own
 			// earlier try, stored before its PubAck was lost: count it stored.
 			if a.PubAck.Duplicate && a.Tries == 1 {
-				st.Duplicates++
+				if st.Duplicates++; len(dupIDs) < maxExamples {
+					dupIDs = append(dupIDs, a.Msg.Header.Get(consumer.HeaderID))
+				}
 			} else {
 				st.Stored++
 				st.Residues += int64(len(a.Msg.Data))
@@ -86,63 +124,146 @@ func PublishFASTA(ctx context.Context, nc *nats.Conn, path, model string, progre
 		return st, fmt.Errorf("ingest: %w", err)
 	}
 	defer pub.Close()
-	r, closer, err := fasta.Open(path)
-	if err != nil {
-		return st, err
-	}
-	defer closer.Close()
-	for {
-		rec, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
+	p := publisher{js: js, pub: pub, o: o, st: &st, bar: bar, log: log}
+	for _, f := range files {
+		if err := p.file(ctx, f); err != nil {
+			return st, err
 		}
-		if err != nil {
-			if !fasta.Recoverable(err) {
-				return st, err
-			}
-			st.Records++
-			if err := deadLetterParseError(ctx, js, model, path, err); err != nil {
-				return st, err
-			}
-			st.DeadLettered++
-			log.Warn("FASTA record dead-lettered", zap.Error(err))
-			bar.Add(1)
-			continue
-		}
-		st.Records++
-		if err := pub.Publish(ctx, RecordMsg(model, rec.ID, append([]byte(nil), rec.Seq...))); err != nil {
-			return st, fmt.Errorf("publishing %s record %q: %w", path, rec.ID, err)
-		}
+		st.Files++
 	}
 	if err := pub.Flush(ctx); err != nil {
-		return st, fmt.Errorf("publishing %s: %w", path, err)
+		return st, fmt.Errorf("ingest: publishing: %w", err)
 	}
 	if st.Duplicates > 0 {
-		log.Warn("duplicate ids not stored again", zap.String("file", path), zap.Int("records", st.Duplicates))
+		// One line for all of them: a file of repeated ids must not print a line per id.
+		log.Warn("duplicate ids not stored again (the first record of each id is kept)", zap.Int("records", st.Duplicates),
+			zap.Strings("examples", dupIDs))
 	}
 	return st, nil
 }
 
-// deadLetterParseError puts a record the FASTA reader could not return (no id, too large) on the
-// dead-letter subject, so it is accounted for like any other bad record.
-func deadLetterParseError(ctx context.Context, js jetstream.JetStream, model, path string, perr error) error {
+// maxExamples bounds the example ids a summary log line names.
+const maxExamples = 5
+
+// publisher publishes the files of one Publish.
+type publisher struct {
+	js  jetstream.JetStream
+	pub *jspub.Publisher
+	o   Options
+	st  *Stats
+	bar *telemetry.Progress
+	log *zap.Logger
+}
+
+// file publishes the records of one file.
+func (p *publisher) file(ctx context.Context, path string) error {
+	r, closer, err := fasta.Open(path)
+	if err != nil {
+		return fmt.Errorf("ingest: %w", err)
+	}
+	defer closer.Close()
+	name := fasta.DisplayName(path)
+	for {
+		rec, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if !fasta.Recoverable(err) {
+				return fmt.Errorf("ingest: %w", err)
+			}
+			p.st.Records++
+			if err := p.reject(ctx, parseReject(name, err), nil); err != nil {
+				return err
+			}
+			continue
+		}
+		p.st.Records++
+		seq := rec.Seq
+		stripped := false
+		if n := len(seq); n > 0 && seq[n-1] == '*' {
+			if p.o.StopCodon == StopReject {
+				rej := Reject{ID: rec.ID, Reason: consumer.ReasonInvalid, File: name, Line: rec.Line, Position: n,
+					Message: fmt.Sprintf("ingest: %s line %d (record %q): stop codon '*' at position %d, the last residue "+
+						"(--stop-codon reject; strip, the default, removes one trailing '*')", name, rec.Line, rec.ID, n)}
+				if err := p.reject(ctx, rej, seq); err != nil {
+					return err
+				}
+				continue
+			}
+			seq, stripped = seq[:n-1], true
+		}
+		m := RecordMsg(p.o.Model, rec.ID, append([]byte(nil), seq...))
+		if stripped {
+			m.Header.Set(HeaderStopStripped, "1")
+			p.st.StopStripped++
+		}
+		if err := p.pub.Publish(ctx, m); err != nil {
+			return fmt.Errorf("ingest: publishing %s line %d record %q: %w", name, rec.Line, rec.ID, err)
+		}
+	}
+}
+
+// parseReject is the Reject for a recoverable FASTA error (no id, too large) in file.
+func parseReject(file string, err error) Reject {
+	rej := Reject{Reason: consumer.ReasonTooLarge, Message: err.Error(), File: file}
+	if errors.Is(err, fasta.ErrEmptyID) {
+		rej.Reason = consumer.ReasonMissingID
+	}
 	var pe *fasta.ParseError
-	if !errors.As(perr, &pe) {
-		return perr
+	if errors.As(err, &pe) {
+		rej.ID, rej.Line = pe.ID, pe.Line
 	}
-	reason := consumer.ReasonTooLarge
-	if errors.Is(perr, fasta.ErrEmptyID) {
-		reason = consumer.ReasonMissingID
+	return rej
+}
+
+// reject dead-letters a record refused here (body: its residues, if any were read) and reports
+// it to OnReject.
+func (p *publisher) reject(ctx context.Context, rej Reject, body []byte) error {
+	dup, err := deadLetter(ctx, p.js, p.o.Model, rej, body)
+	if err != nil {
+		return err
 	}
-	m := nats.NewMsg(consumer.DLQSubject(model))
-	if pe.ID != "" {
-		m.Header.Set(consumer.HeaderID, pe.ID)
+	p.bar.Add(1)
+	if dup { // the same file and line refused before (the file given twice, or a re-run)
+		p.st.Duplicates++
+		return nil
 	}
-	m.Header.Set(consumer.HeaderError, fmt.Sprintf("%s line %d: %v", path, pe.Line, perr))
-	m.Header.Set(consumer.HeaderReason, reason)
-	m.Header.Set(nats.MsgIdHdr, fmt.Sprintf("dlq:%s:%s:%d", model, path, pe.Line))
-	if _, err := js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("dead-lettering %s line %d: %w", path, pe.Line, err)
+	p.st.DeadLettered++
+	p.st.Reasons[rej.Reason]++
+	p.log.Debug("record refused at publish time and dead-lettered", zap.String("reason", rej.Reason), zap.String("error", rej.Message))
+	if p.o.OnReject != nil {
+		if err := p.o.OnReject(rej); err != nil {
+			return fmt.Errorf("ingest: %w", err)
+		}
 	}
 	return nil
+}
+
+// maxDeadLetterBody is the most of a refused record's residues its dead-letter copy carries; a
+// longer body is cut, with consumer.HeaderBodyTruncated holding its length (consumer's
+// convention), so that the copy fits any server's max_payload.
+const maxDeadLetterBody = 64 << 10
+
+// deadLetter puts a record refused here on the dead-letter subject with the reason and message,
+// so it is accounted for like any other bad record. Its Nats-Msg-Id derives from the file, line
+// and id: publishing the same file again does not store it twice (dup reports that).
+func deadLetter(ctx context.Context, js jetstream.JetStream, model string, rej Reject, body []byte) (dup bool, err error) {
+	m := nats.NewMsg(consumer.DLQSubject(model))
+	if rej.ID != "" {
+		m.Header.Set(consumer.HeaderID, rej.ID)
+	}
+	m.Header.Set(consumer.HeaderError, rej.Message)
+	m.Header.Set(consumer.HeaderReason, rej.Reason)
+	m.Header.Set(nats.MsgIdHdr, fmt.Sprintf("dlq:%s:%s:%d:%s", model, rej.File, rej.Line, rej.ID))
+	if len(body) > maxDeadLetterBody {
+		m.Header.Set(consumer.HeaderBodyTruncated, strconv.Itoa(len(body)))
+		body = body[:maxDeadLetterBody]
+	}
+	m.Data = append([]byte(nil), body...)
+	ack, err := js.PublishMsg(ctx, m)
+	if err != nil {
+		return false, fmt.Errorf("ingest: dead-lettering %s line %d: %w", rej.File, rej.Line, err)
+	}
+	return ack.Duplicate, nil
 }

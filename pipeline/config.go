@@ -24,13 +24,18 @@ type Config struct {
 	MaxRecordBytes int           // --max-record-bytes: larger bodies are dead-lettered
 	AckWait        time.Duration // --ack-wait: the server redelivers a record not acked within this
 	MaxAckPending  int           // --max-ack-pending: unacked records across all workers
-	MaxDeliver     int           // --max-deliver: deliveries of one record before it is given up
-	Inflight       int           // --inflight: batches in flight at once per device
-	InStream       string        // --in-stream: input stream (work queue, subjects seqs.>)
+	// MaxHeldTokens (--max-held-tokens) bounds the tokens of the records one worker holds; the
+	// consumer pulls only while there is room, the rest stays on the server. 0 = no bound (only
+	// MaxAckPending). A bound of a few seconds of work keeps what a dying worker hands back (and
+	// the MaxDeliver each record spends on it) small.
+	MaxHeldTokens int
+	MaxDeliver    int    // --max-deliver: deliveries of one record before it is given up
+	Inflight      int    // --inflight: batches in flight at once per device
+	InStream      string // --in-stream: input stream (work queue, subjects seqs.>)
 	// Replicas (--replicas) is the replica count of the streams the worker creates where they
 	// are missing; 0 = 3 when the connection is to a cluster of three or more servers, else 1.
-	Replicas int
-	OutStream      string        // --out-stream: output stream (subjects embeddings.>)
+	Replicas  int
+	OutStream string // --out-stream: output stream (subjects embeddings.>)
 	// ShutdownTimeout (--shutdown-timeout) bounds the graceful part of a shutdown: finishing
 	// in-flight batches after ctx ends.
 	ShutdownTimeout time.Duration
@@ -89,6 +94,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Replicas < 0 || c.Replicas > 5 {
 		return fmt.Errorf("%w: --replicas %d: want 0 (auto) to 5", ErrConfig, c.Replicas)
+	}
+	if c.MaxHeldTokens < 0 || (c.MaxHeldTokens > 0 && c.MaxHeldTokens < c.MaxBatchTokens) {
+		return fmt.Errorf("%w: --max-held-tokens %d: want 0 (no bound) or at least --max-batch-tokens (%d)", ErrConfig, c.MaxHeldTokens, c.MaxBatchTokens)
 	}
 	if c.Threads < 0 {
 		return fmt.Errorf("%w: --threads %d must be ≥ 0", ErrConfig, c.Threads)

@@ -98,11 +98,17 @@ func (p *Pipeline) init(ctx context.Context) error {
 	}
 	overlength, _ := consumer.ParseOverlength(cfg.Overlength) // Validate checked it
 	replicas := streamReplicas(cfg.Replicas, p.deps.Conn)
-	if p.cons, err = consumer.New(p.js, man.Name, p.eng.Tokenizer().Validate, consumer.WithStream(cfg.InStream),
+	// The keeper (heartbeat.go) must exist before the consumer, which asks it for room.
+	p.keep = newKeeper(cfg.AckWait/3, cfg.MaxHeldTokens)
+	consOpts := []consumer.Option{}
+	if cfg.MaxHeldTokens > 0 {
+		consOpts = append(consOpts, consumer.WithPullGate(p.keep.Room))
+	}
+	if p.cons, err = consumer.New(p.js, man.Name, p.eng.Tokenizer().Validate, append(consOpts, consumer.WithStream(cfg.InStream),
 		consumer.WithAckWait(cfg.AckWait), consumer.WithMaxAckPending(cfg.MaxAckPending),
 		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithMaxResidues(man.MaxLength),
 		consumer.WithOverlength(overlength), consumer.WithMaxRecordBytes(cfg.MaxRecordBytes),
-		consumer.WithReplicas(replicas), consumer.WithLogger(p.log), consumer.WithObserver(p.metrics)); err != nil {
+		consumer.WithReplicas(replicas), consumer.WithLogger(p.log), consumer.WithObserver(p.metrics))...); err != nil {
 		return fmt.Errorf("%w: consumer: %w", ErrConfig, err)
 	}
 	if err := p.eng.Warmup(ctx, p.bat, p.log); err != nil {
@@ -124,9 +130,10 @@ func (p *Pipeline) init(ctx context.Context) error {
 	}
 	meta := arrowout.Meta{Model: man.Name, ModelSHA256: man.SHA256, Pooling: man.Pooling, Dim: man.EmbeddingDim}
 	// A short PubAck timeout: after a failover a lost PubAck is retried (same Msg-Ids, deduped)
-	// in seconds rather than after the 30 s default; measured in the 3-node cluster test.
-	if p.pub, err = arrowout.NewPublisher(p.js, "embeddings."+man.Name, meta,
-		arrowout.WithMaxPayload(int(p.deps.Conn.MaxPayload())-4096), arrowout.WithAckTimeout(5*time.Second)); err != nil {
+	// in seconds rather than after the 30 s default; measured in the 3-node cluster test. The
+	// publisher reads the connection's max_payload at every publish (it can change on a
+	// reconnect).
+	if p.pub, err = arrowout.NewPublisher(p.js, "embeddings."+man.Name, meta, arrowout.WithAckTimeout(5*time.Second)); err != nil {
 		return fmt.Errorf("%w: publisher: %w", ErrSetup, err)
 	}
 	return nil
@@ -182,7 +189,6 @@ func (p *Pipeline) Stop() { p.stopOnce.Do(func() { close(p.stop) }) }
 // It releases the model on return.
 func (p *Pipeline) Run(ctx context.Context) error {
 	defer p.eng.Close()
-	p.keep = newKeeper(p.cfg.AckWait / 3)
 	defer p.keep.Stop()
 	// The stages run on their own context so that finishing in-flight work outlives ctx.
 	pipeCtx, cancelPipe := context.WithCancel(context.Background())
@@ -213,7 +219,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		for rec := range ch.Records() {
 			it := batcher.Item{ID: rec.ID, Residues: rec.Residues, StreamSeq: rec.StreamSeq, Truncated: rec.Truncated, Ref: rec.Msg}
 			p.queued.Add(1)
-			p.keep.Hold(rec.Msg)
+			p.keep.Hold(rec.Msg, len(rec.Residues)+2) // + <cls> and <eos>
 			if err := p.bat.Add(pipeCtx, it); err != nil {
 				if stopping.Load() {
 					refused = append(refused, rec.Msg)
@@ -387,15 +393,20 @@ func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, o
 func (p *Pipeline) publish(ctx context.Context, out *arrowout.Batch) error {
 	pol := publishPolicy
 	pol.OnRetry = func(try int, err error, _ time.Duration) {
+		p.deps.Health.PublishFailed() // failing for longer than a bound makes /readyz false
 		if try == 1 || try%10 == 0 {
 			p.log.Error("publish failed; retrying (inputs held, not nak'd)", zap.Uint64("batch", out.Seq),
 				zap.Int("attempt", try), zap.Error(err))
 		}
 	}
-	return retry.Do(ctx, pol, func(ctx context.Context) error {
+	err := retry.Do(ctx, pol, func(ctx context.Context) error {
 		_, err := p.pub.Publish(ctx, out)
 		return err
 	})
+	if err == nil {
+		p.deps.Health.PublishSucceeded()
+	}
+	return err
 }
 
 // watchGPU samples the pipeline's GPUs every second through NVML (when the library is there)

@@ -499,3 +499,36 @@ func TestStreamsReplicatedInCluster(t *testing.T) {
 		t.Errorf("one server: SEQS has %d replicas, want 1", r)
 	}
 }
+
+// TestHoldBudgetBoundsPulls: with --max-held-tokens the worker pulls only while the records it
+// holds are under the budget: on a slow device it never holds the whole backlog (which stays on
+// the server, safe from its death), and every record is still embedded once.
+func TestHoldBudgetBoundsPulls(t *testing.T) {
+	ctx, srv, _, js := e2etest.Server(t, 5*time.Minute)
+	cfg := e2etest.Config()
+	cfg.MaxHeldTokens, cfg.MaxBatchRows, cfg.Inflight = cfg.MaxBatchTokens, 8, 1 // 16,384 tokens: ~75 records of 30–400 residues
+	cfg.Hooks.WrapEmbed = e2etest.BeforeEmbed(func(gpurun.Input) error {
+		time.Sleep(100 * time.Millisecond) // the scenario: a slow device
+		return nil
+	})
+	w := e2etest.StartWorker(t, ctx, srv, cfg)
+	ids, seqs := e2etest.RandomSeqs("hb", 300, 8)
+	out := e2etest.NewOutputReader(t, ctx, js, seqs)
+	e2etest.PublishAsync(t, ctx, js, w.Model(), ids, seqs)
+	most := 0
+	for len(out.Seen) < len(ids) {
+		if !out.Next(time.Minute) {
+			t.Fatalf("no output for a minute: %d of %d ids", len(out.Seen), len(ids))
+		}
+		if n := e2etest.DurableInfo(t, ctx, js, w.Model()).NumAckPending; n > most {
+			most = n
+		}
+	}
+	out.CheckOnce(ids)
+	t.Logf("most records held at once: %d of %d", most, len(ids))
+	if most >= 200 {
+		t.Errorf("the worker held up to %d of %d records under a 16,384-token budget", most, len(ids))
+	}
+	w.Shutdown(t, cfg.ShutdownTimeout+time.Minute)
+	e2etest.WaitQueueEmpty(t, js, w.Model())
+}

@@ -144,10 +144,10 @@ func TestKeeperHoldsPastAckWait(t *testing.T) {
 	for m := range b.Messages() {
 		msgs = append(msgs, m)
 	}
-	k := newKeeper(ackWait / 3)
+	k := newKeeper(ackWait/3, 0)
 	defer k.Stop()
 	for _, m := range msgs {
-		k.Hold(m)
+		k.Hold(m, 100)
 	}
 	k.Release(msgs[2]) // held, then released without an ack: the server takes it back
 	if n := k.Held(); n != 2 {
@@ -178,17 +178,82 @@ func TestKeeperHoldsPastAckWait(t *testing.T) {
 	}
 }
 
+// Room, the pull gate: with a budget it answers at once while the held tokens are under it (how
+// many records of the mean size fit), waits while they are not, and answers once a release makes
+// room; ctx ends a wait.
+func TestKeeperRoomBudget(t *testing.T) {
+	srv := natstest.Server(t, nil)
+	_, js := natstest.Connect(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "RB", Subjects: []string{"rb"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "rb", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := js.Publish(ctx, "rb", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := c.Fetch(2, jetstream.FetchMaxWait(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []jetstream.Msg
+	for m := range b.Messages() {
+		msgs = append(msgs, m)
+	}
+	k := newKeeper(time.Minute, 1000)
+	defer k.Stop()
+	if n, err := k.Room(ctx); err != nil || n < 1 {
+		t.Fatalf("Room with nothing held = %d, %v; want at least 1", n, err)
+	}
+	k.Hold(msgs[0], 600)
+	k.Hold(msgs[1], 600) // 1,200 of 1,000 tokens held: no room
+	got := make(chan int, 1)
+	go func() {
+		n, err := k.Room(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- n
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	if _, err := k.Room(wctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Room over budget = %v, want it to wait until ctx ends", err)
+	}
+	wcancel()
+	select {
+	case n := <-got:
+		t.Fatalf("Room answered %d while over budget", n)
+	default:
+	}
+	k.Release(msgs[0]) // 600 held: room for 400 tokens
+	if n := <-got; n != 1 {
+		t.Errorf("Room after a release = %d, want 1 (400 tokens of room, records of ~600)", n)
+	}
+	if unlimited, _ := newKeeper(time.Minute, 0).Room(ctx); unlimited < 1<<20 {
+		t.Errorf("Room without a budget = %d, want no bound", unlimited)
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	if c := Default(); c.Validate() != nil {
 		t.Fatalf("Default() invalid: %v", c.Validate())
 	}
 	for flag, mod := range map[string]func(*Config){
-		"--inflight":    func(c *Config) { c.Inflight = 0 },
-		"--device":      func(c *Config) { c.Device = "tpu:0" },
-		"--overlength":  func(c *Config) { c.Overlength = "chop" },
-		"--cuda-graphs": func(c *Config) { c.CUDAGraphs = "maybe" },
-		"--ack-wait":    func(c *Config) { c.AckWait = 0 },
-		"--model":       func(c *Config) { c.ModelDir = "" },
+		"--inflight":        func(c *Config) { c.Inflight = 0 },
+		"--device":          func(c *Config) { c.Device = "tpu:0" },
+		"--overlength":      func(c *Config) { c.Overlength = "chop" },
+		"--cuda-graphs":     func(c *Config) { c.CUDAGraphs = "maybe" },
+		"--ack-wait":        func(c *Config) { c.AckWait = 0 },
+		"--model":           func(c *Config) { c.ModelDir = "" },
+		"--max-held-tokens": func(c *Config) { c.MaxHeldTokens = 100 },
+		"--replicas":        func(c *Config) { c.Replicas = 7 },
 	} {
 		c := Default()
 		mod(&c)

@@ -9,6 +9,9 @@
 #      telemetry/metrics.go and every label it groups by is one the worker exports.
 #   4. prometheus.yml and the Grafana provisioning files parse (if PyYAML is there) and the NATS
 #      configs name three distinct servers with routes to all three.
+#   5. the NATS image is the nats-server release go.mod requires (the one the tests run against),
+#      and every worker creates its streams with --replicas 3 (the cluster has three servers).
+#   6. .dockerignore keeps models, data and caches out of the build context.
 # Exits non-zero with a message per problem. CHECK_COMPOSE_VALIDATOR=python|grep forces a fallback
 # validator (to test the fallbacks where docker compose is installed).
 set -uo pipefail
@@ -159,6 +162,37 @@ if command -v promtool >/dev/null 2>&1; then
 else
   note "promtool not installed: prometheus.yml checked as YAML only"
 fi
+
+# --- 5. NATS release, stream replicas ---------------------------------------------------------
+nats_version=$(awk '$1 == "github.com/nats-io/nats-server/v2" {sub(/^v/, "", $2); print $2}' go.mod | head -n1)
+if [[ -z $nats_version ]]; then
+  problem "go.mod does not require github.com/nats-io/nats-server/v2"
+else
+  images=$(grep -E '^\s*image:\s*"?nats:' "$compose" | sed -E 's/^\s*image:\s*"?//; s/"?\s*$//' | sort -u)
+  [[ -n $images ]] || problem "$compose: no nats:<tag> image"
+  for img in $images; do
+    [[ $img == "nats:$nats_version" ]] || problem "$compose runs $img; pin nats:$nats_version (go.mod's nats-server, what the tests run against)"
+  done
+  note "NATS image pinned to nats:$nats_version (go.mod)"
+fi
+# Each worker command (a YAML list starting with `- worker`) must carry `--replicas` then 3.
+awk '
+  /^[[:space:]]*command:[[:space:]]*$/ { incmd = 1; first = 1; worker = 0; rep = 0; prev = ""; next }
+  incmd && /^[[:space:]]*- / {
+    v = $0; sub(/^[[:space:]]*- /, "", v); gsub(/"/, "", v)
+    if (first) { worker = (v == "worker"); first = 0 }
+    if (prev == "--replicas" && v == "3") rep = 1
+    if (v == "--replicas=3") rep = 1
+    prev = v; next
+  }
+  incmd { if (worker && !rep) { bad++; print "line " NR ": worker command without --replicas 3" > "/dev/stderr" } ; incmd = 0; workers += worker }
+  END { if (!workers) { print "no worker command found" > "/dev/stderr"; exit 1 } ; exit bad > 0 }
+' "$compose" || problem "$compose: every worker needs --replicas 3 (streams R3 on the 3-node cluster)"
+
+# --- 6. build context -------------------------------------------------------------------------
+for p in models out bench-data .device .device2 .cache; do
+  grep -qxE "/?$p/?" .dockerignore 2>/dev/null || problem ".dockerignore does not exclude $p"
+done
 
 if ((fail)); then
   echo "check-compose: problems found (validator: $validator)" >&2

@@ -27,7 +27,9 @@ import (
 //
 // The zero value is usable: live, not ready, NATS not known to be down, the
 // default publish failure limit. The worker calls Fail on a fatal error so
-// that the orchestrator restarts it. All methods are safe for concurrent use.
+// that the orchestrator restarts it. All methods are safe for concurrent use;
+// SetNATS, PublishFailed and PublishSucceeded are no-ops on a nil *Health, so
+// connection and publish hooks can be wired where no Health exists.
 type Health struct {
 	mu           sync.RWMutex
 	ready        bool
@@ -64,6 +66,9 @@ func (h *Health) SetReady(ready bool) {
 // disconnect and closed handlers and SetNATS(true) once connected and from its reconnect
 // handler. While it is down the worker is not ready.
 func (h *Health) SetNATS(connected bool) {
+	if h == nil {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
@@ -78,6 +83,9 @@ func (h *Health) SetNATS(connected bool) {
 // The first failure after a success starts the clock: once publishing has failed for longer than
 // the publish failure limit with no PublishSucceeded in between, the worker is not ready.
 func (h *Health) PublishFailed() {
+	if h == nil {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.pubFailing.IsZero() {
@@ -87,6 +95,9 @@ func (h *Health) PublishFailed() {
 
 // PublishSucceeded records a stored publish; it ends a run of failures (see PublishFailed).
 func (h *Health) PublishSucceeded() {
+	if h == nil {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pubFailing = time.Time{}

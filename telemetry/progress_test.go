@@ -2,9 +2,12 @@ package telemetry
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // syncBuffer is a bytes.Buffer safe for the progress bar's concurrent writes.
@@ -25,9 +28,10 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// TestProgressBar is the terminal bar (forced: a buffer is no terminal).
 func TestProgressBar(t *testing.T) {
 	var out syncBuffer
-	p := NewProgress(100, "embedding", &out, true)
+	p := newProgress(100, "embedding", &out, true, true, ProgressLogInterval)
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
@@ -52,7 +56,7 @@ func TestProgressBar(t *testing.T) {
 
 func TestProgressSpinner(t *testing.T) {
 	var out syncBuffer
-	p := NewProgress(-1, "reading", &out, true)
+	p := newProgress(-1, "reading", &out, true, true, ProgressLogInterval)
 	for range 10 {
 		p.Add(3)
 	}
@@ -75,5 +79,61 @@ func TestProgressNoop(t *testing.T) {
 	}
 	if s := out.String(); s != "" {
 		t.Errorf("disabled progress wrote %q", s)
+	}
+}
+
+// TestProgressLinesOffTerminal: written to a file, NewProgress writes plain lines, never a
+// carriage return; with the default interval a short job writes only its final line.
+func TestProgressLinesOffTerminal(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := NewProgress(500, "embed", f, true)
+	if p.bar != nil || p.line == nil {
+		t.Fatal("a file got the terminal bar")
+	}
+	for range 500 {
+		p.Add(1)
+	}
+	p.Finish()
+	p.Finish()
+	data, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	if strings.Contains(s, "\r") || strings.Count(s, "\n") != 1 || !strings.HasPrefix(s, "embed: 500/500 records (100%) in ") ||
+		!strings.HasSuffix(s, " rec/s\n") {
+		t.Errorf("output %q: want one final line", s)
+	}
+}
+
+// TestProgressPeriodicLines: every interval a line with count, share, rate and ETA; an unknown
+// total gives count and rate.
+func TestProgressPeriodicLines(t *testing.T) {
+	var out syncBuffer
+	p := newProgress(10, "publish", &out, true, false, 0) // a line on every Add
+	for range 4 {
+		p.Add(1)
+	}
+	p.Finish()
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("%d lines: %q", len(lines), out.String())
+	}
+	if !strings.HasPrefix(lines[1], "publish: 2/10 records (20%), ") || !strings.Contains(lines[1], " rec/s, ETA ") {
+		t.Errorf("line %q", lines[1])
+	}
+	if !strings.HasPrefix(lines[4], "publish: 4/10 records (40%) in ") {
+		t.Errorf("final line %q", lines[4])
+	}
+	var spin syncBuffer
+	q := newProgress(-1, "sink", &spin, true, false, time.Hour)
+	q.Add(7)
+	q.Finish()
+	if s := spin.String(); !strings.HasPrefix(s, "sink: 7 records in ") || strings.Contains(s, "\r") {
+		t.Errorf("unknown total: %q", s)
 	}
 }

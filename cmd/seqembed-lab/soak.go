@@ -200,6 +200,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	dir := fs.String("dir", "", "directory for the node stores, worker logs and the Parquet output (default: a new temp dir, removed at the end unless --keep)")
 	keep := fs.Bool("keep", false, "keep --dir's contents")
 	timeout := fs.Duration("timeout", 3*time.Hour, "give up after this long")
+	extra := fs.String("worker-flags", "", "more `seqembed worker` flags, space-separated (e.g. \"--max-held-tokens 32768\")")
 	exe := fs.String("seqembed", "", "the seqembed binary whose `seqembed worker` processes are soaked (default: seqembed next to seqembed-lab, else on PATH)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -279,6 +280,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 		"--model", *modelDir, "--http-addr", "", "--log-format", "console", "--log-level", "warn",
 		"--threads", strconv.Itoa(*threads), "--ack-wait", ackWait.String(), "--shutdown-timeout", "20s",
 	}}
+	run.workerArgs = append(run.workerArgs, strings.Fields(*extra)...)
 	for i := range *workers {
 		f, err := os.Create(filepath.Join(*dir, fmt.Sprintf("worker-%d.log", i+1)))
 		if err != nil {

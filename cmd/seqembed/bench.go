@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/seqembed/seqembed/internal/benchrun"
+	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/pipeline"
 	"github.com/seqembed/seqembed/telemetry"
 )
@@ -20,24 +21,26 @@ import (
 func runBenchCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var cfg pipeline.Config
-	registerConfig(fs, &cfg)
-	fastaPath := fs.String("fasta", "", "FASTA file (plain or .gz) to embed (required)")
+	registerWorkerFlags(fs, &cfg, modelFlags...)
+	fastaPath := fs.String("fasta", "", "FASTA file to embed (plain, .gz, .xz, .zst or .bz2) (required)")
 	raw := fs.Bool("raw", false, "run the same batches through ONNX Runtime alone (no NATS, no Arrow), to price the pipeline")
 	jsonOut := fs.String("json-out", "", "append the result as one JSON line to this file")
 	report := fs.String("report", "", "write summary.md and the data for plots ("+benchrun.FileSeries+", "+benchrun.FileResult+", "+
-		benchrun.FileMeta+") into this directory; `seqembed-lab plot DIR` draws the PNG plots (throughput over time, "+
+		benchrun.FileMeta+") into the directory `DIR`; 'seqembed-lab plot DIR' draws the PNG plots (throughput over time, "+
 		"batch padding, GPU busy, batch rows) and adds them to summary.md")
-	procs := fs.Bool("worker-procs", false, "end to end with one `seqembed worker` process per device of --device "+
+	procs := fs.Bool("worker-procs", false, "end to end with one 'seqembed worker' process per device of --device "+
 		"(each given one device, sharing the durable consumer) instead of one worker driving all of them")
+	setUsage(fs, "usage: seqembed bench --fasta FILE [flags]\n\n"+
+		"Measures throughput end to end (embedded JetStream, worker, sink) or, with --raw, ONNX Runtime alone, and\n"+
+		"prints the result as one JSON line.")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *fastaPath == "" {
-		fs.Usage()
-		return flag.ErrHelp
+		return cli.Usagef("--fasta FILE is required")
 	}
 	if *procs && (*raw || *report != "") {
-		return fmt.Errorf("bench: --worker-procs measures end to end only, without --raw or --report")
+		return cli.Usagef("--worker-procs measures end to end only, without --raw or --report")
 	}
 	log, err := telemetry.NewLogger("warn", "console")
 	if err != nil {

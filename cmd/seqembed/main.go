@@ -3,9 +3,9 @@
 // worker itself is package pipeline.
 //
 //	seqembed worker  --nats URL --model DIR      pull records, embed, publish, ack
-//	seqembed publish --nats URL --model NAME F   publish a FASTA file as records
-//	seqembed sink    --nats URL --out F.parquet  write the embeddings stream to Parquet
-//	seqembed run     F.fasta --out F.parquet     all of it in one process (embedded JetStream)
+//	seqembed publish --nats URL --model NAME F...  publish FASTA files as records
+//	seqembed sink    --nats URL --out F.parquet    write the embeddings stream to Parquet
+//	seqembed run     F.fasta... --out F.parquet    all of it in one process (embedded JetStream)
 package main
 
 import (
@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
-	"strings"
 
 	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/pipeline"
@@ -28,9 +27,9 @@ func program(hooks pipeline.Hooks) cli.Program {
 		Commands: []cli.Command{
 			{Name: "worker", Summary: "pull records from JetStream, embed them, publish Arrow, ack",
 				Run: func(ctx context.Context, args []string) error { return runWorkerCmd(ctx, args, hooks) }},
-			{Name: "publish", Summary: "publish a FASTA file (.gz too) as records", Run: runPublishCmd},
-			{Name: "sink", Summary: "write the embeddings stream to a Parquet file", Run: runSinkCmd},
-			{Name: "run", Summary: "embed a FASTA file end to end with an embedded JetStream server", Run: runRunCmd},
+			{Name: "publish", Summary: "publish FASTA files (plain, .gz, .xz, .zst, .bz2 or - for stdin) as records", Run: runPublishCmd},
+			{Name: "sink", Summary: "write the embeddings stream to a Parquet or Arrow IPC file", Run: runSinkCmd},
+			{Name: "run", Summary: "embed FASTA files end to end with an embedded JetStream server", Run: runRunCmd},
 			{Name: "streams", Summary: "create or update the streams and a model's consumer (idempotent) and print their state", Run: runStreamsCmd},
 			{Name: "bench", Summary: "measure throughput end to end (or --raw: ONNX Runtime alone) on a FASTA file", Run: runBenchCmd},
 			{Name: "version", Summary: "print the version", Run: func(context.Context, []string) error { fmt.Println("seqembed", version()); return nil }},
@@ -68,22 +67,20 @@ func version() string {
 
 func main() { os.Exit(realMain(os.Args[1:], pipeline.Hooks{})) }
 
-// realMain runs the subcommand args[0] and returns the exit code: 0 done, 1 failed, 2 usage.
+// realMain runs the subcommand args[0] and returns the exit code: 0 done, 1 failed, 2 usage, 3
+// finished with records rejected (see cli.Code and README's "Exit codes").
 func realMain(args []string, hooks pipeline.Hooks) int { return program(hooks).Main(args) }
 
-// parseFlags parses args, first taking defaults from SEQEMBED_<NAME> environment variables.
+// parseFlags parses a command line of flags only, first taking defaults from SEQEMBED_<NAME>
+// environment variables. An unknown flag, a bad value or a positional argument is a
+// *cli.UsageError; -h prints the usage and returns flag.ErrHelp.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		key := "SEQEMBED_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(key); ok && envErr == nil {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("%s=%q: %w", key, v, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return envErr
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
 	}
-	return fs.Parse(args)
+	if len(pos) > 0 {
+		return cli.Usagef("unexpected argument %q: seqembed %s takes flags only", pos[0], fs.Name())
+	}
+	return nil
 }

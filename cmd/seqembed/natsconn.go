@@ -105,6 +105,12 @@ func (f *natsFlags) options() ([]nats.Option, error) {
 // connect dials NATS with the flags' security settings and reconnects forever; connection events
 // are logged with the redacted URL.
 func (f *natsFlags) connect(name string, log *zap.Logger) (*nats.Conn, error) {
+	return f.connectWatched(name, log, nil, nil)
+}
+
+// connectWatched is connect that also reports the connection to health (readiness is false while
+// NATS is down) and to cm (reconnects, client-side slow-consumer drops); both may be nil.
+func (f *natsFlags) connectWatched(name string, log *zap.Logger, health *telemetry.Health, cm *telemetry.ConnMetrics) (*nats.Conn, error) {
 	opts, err := f.options()
 	if err != nil {
 		return nil, err
@@ -112,8 +118,31 @@ func (f *natsFlags) connect(name string, log *zap.Logger) (*nats.Conn, error) {
 	opts = append(opts,
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", zap.Error(err)) }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted())) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			health.SetNATS(false)
+			if err == nil { // a clean close (drain at exit): not worth a warning
+				log.Debug("nats disconnected")
+				return
+			}
+			log.Warn("nats disconnected", zap.Error(err))
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			health.SetNATS(true)
+			cm.Reconnected()
+			log.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted()))
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { health.SetNATS(false) }),
+		// Setting it replaces nats.go's default logging of asynchronous errors, so log here.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			if errors.Is(err, nats.ErrSlowConsumer) {
+				cm.SlowConsumer(subject)
+			}
+			log.Warn("nats asynchronous error", zap.String("subject", subject), zap.Error(err))
+		}),
 	)
 	nc, err := nats.Connect(f.URL, opts...)
 	if err != nil {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"time"
 
 	"github.com/seqembed/seqembed/ingest"
+	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/telemetry"
 )
 
@@ -16,35 +18,83 @@ func runPublishCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
 	var nf natsFlags
 	nf.register(fs)
-	model := fs.String("model", "", "model name the records are for (the worker's model.json name)")
-	quiet := fs.Bool("quiet", false, "no progress bar")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: seqembed publish --model NAME [flags] FILE.fasta[.gz]")
-		fs.PrintDefaults()
-	}
-	if err := parseFlags(fs, args); err != nil {
+	model := fs.String("model", "", "model name the records are for: the worker's model.json name (required)")
+	var in inputFlags
+	in.register(fs, "the records refused at publish time (no id, too large, a stop codon under --stop-codon reject)")
+	quiet := fs.Bool("quiet", false, "no progress (a bar on a terminal, else a line every few seconds)")
+	setUsage(fs, "usage: seqembed publish --model NAME [flags] FILE...\n\n"+
+		"Publishes the records of FASTA files (plain, .gz, .xz, .zst or .bz2, detected by content; - reads standard\n"+
+		"input) to seqs.in.NAME. Flags may come before, between or after the files.\n"+
+		"Exit codes: 0 every record published, 1 failed, 2 usage error, 3 finished but records were refused and\n"+
+		"dead-lettered (unless --allow-rejects).")
+	files, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 || *model == "" {
-		fs.Usage()
-		return flag.ErrHelp
+	if *model == "" {
+		return cli.Usagef("--model NAME is required (the model.json name of the workers that embed the records)")
+	}
+	if len(files) == 0 {
+		return cli.Usagef("no FASTA file given: seqembed publish --model NAME [flags] FILE... (- for standard input)")
+	}
+	stop, err := in.check(files)
+	if err != nil {
+		return err
+	}
+	if err := ingest.CheckInputs(files); err != nil {
+		return err
 	}
 	log, err := telemetry.NewLogger("warn", "console")
 	if err != nil {
 		return err
+	}
+	opts := ingest.Options{Model: *model, StopCodon: stop, Progress: os.Stderr, Log: log}
+	if *quiet {
+		opts.Progress = nil
+	}
+	var rejects *ingest.RejectsFile
+	if in.rejects != "" {
+		if rejects, err = ingest.CreateRejectsFile(in.rejects); err != nil {
+			return err
+		}
+		defer rejects.Close()
+		opts.OnReject = rejects.Write
 	}
 	nc, err := nf.connect("seqembed publish", log)
 	if err != nil {
 		return err
 	}
 	defer nc.Drain()
-	var bar io.Writer = os.Stderr
-	if *quiet {
-		bar = nil
-	}
 	start := time.Now()
-	st, err := ingest.PublishFASTA(ctx, nc, fs.Arg(0), *model, bar, log)
-	fmt.Fprintf(os.Stderr, "published %d records (%d stored, %d duplicate ids, %d dead-lettered) in %s\n",
-		st.Records, st.Stored, st.Duplicates, st.DeadLettered, time.Since(start).Round(time.Millisecond))
-	return err
+	st, err := ingest.Publish(ctx, nc, files, opts)
+	printPublished(os.Stderr, st, time.Since(start))
+	if rejects != nil {
+		if cerr := rejects.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		fmt.Fprintf(os.Stderr, "  refused records: %s (%d rows)\n", rejects.Path(), rejects.Rows())
+	}
+	if err != nil {
+		return err
+	}
+	if st.DeadLettered > 0 && !in.allowRejects {
+		return fmt.Errorf("%w: %d of %d records refused and dead-lettered (--allow-rejects exits 0)", cli.ErrRejected,
+			st.DeadLettered, st.Records)
+	}
+	return nil
+}
+
+// printPublished writes the publish summary: one line of counts, then the refused records by
+// reason.
+func printPublished(w io.Writer, st ingest.Stats, took time.Duration) {
+	fmt.Fprintf(w, "published %d records from %d files (%d stored, %d duplicate ids, %d dead-lettered, %d stop codons stripped) in %s\n",
+		st.Records, st.Files, st.Stored, st.Duplicates, st.DeadLettered, st.StopStripped, took.Round(time.Millisecond))
+	reasons := make([]string, 0, len(st.Reasons))
+	for r := range st.Reasons {
+		reasons = append(reasons, r)
+	}
+	sort.Strings(reasons)
+	for _, r := range reasons {
+		fmt.Fprintf(w, "  dead-lettered %s: %d\n", r, st.Reasons[r])
+	}
 }

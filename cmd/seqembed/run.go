@@ -2,11 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
+	"github.com/seqembed/seqembed/ingest"
+	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/internal/localrun"
 	"github.com/seqembed/seqembed/pipeline"
 	"github.com/seqembed/seqembed/telemetry"
@@ -15,42 +19,88 @@ import (
 func runRunCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	var cfg pipeline.Config
-	registerConfig(fs, &cfg)
-	out := fs.String("out", "embeddings.parquet", "file to write: an Arrow IPC file if it ends in .arrow, .arrows, .feather or .ipc, else Parquet")
+	registerWorkerFlags(fs, &cfg, modelFlags...)
+	out := fs.String("out", "embeddings.parquet", "file to write: Parquet (.parquet, .pq, .parq) or an Arrow IPC file (.arrow, .arrows, .feather, .ipc); another suffix needs --format")
+	format := fs.String("format", "", "output format, parquet or arrow (Arrow IPC file) (default: by the suffix of --out)")
+	force := fs.Bool("force", false, "replace --out if it exists (default: refuse)")
+	var in inputFlags
+	in.register(fs, "every dead-lettered record")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
-	quiet := fs.Bool("quiet", false, "no progress bars")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: seqembed run [flags] FILE.fasta[.gz]\n\nEmbeds a FASTA file end to end in one process: embedded JetStream, worker, sink.")
-		fs.PrintDefaults()
-	}
-	// Accept the FASTA file before or after the flags.
-	var file string
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		file, args = args[0], args[1:]
-	}
-	if err := parseFlags(fs, args); err != nil {
+	quiet := fs.Bool("quiet", false, "no progress (a bar on a terminal, else a line every few seconds)")
+	setUsage(fs, "usage: seqembed run [flags] FILE...\n\n"+
+		"Embeds FASTA files (plain, .gz, .xz, .zst or .bz2, detected by content; - reads standard input) end to end in\n"+
+		"one process: embedded JetStream, worker, sink. Flags may come before, between or after the files.\n"+
+		"Exit codes: 0 every record embedded, 1 failed, 2 usage error, 3 finished but records were dead-lettered\n"+
+		"(unless --allow-rejects).")
+	files, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if file == "" && fs.NArg() == 1 {
-		file = fs.Arg(0)
+	if len(files) == 0 {
+		return cli.Usagef("no FASTA file given: seqembed run [flags] FILE... (- for standard input)")
 	}
-	if file == "" {
-		fs.Usage()
-		return flag.ErrHelp
+	stop, err := in.check(files)
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return &cli.UsageError{Err: err}
 	}
 	log, err := telemetry.NewLogger(*logLevel, "console")
 	if err != nil {
-		return err
+		return &cli.UsageError{Err: fmt.Errorf("--log-level: %w", err)}
 	}
 	defer log.Sync()
 	var bar io.Writer = os.Stderr
 	if *quiet {
 		bar = nil
 	}
-	sum, err := localrun.Run(ctx, file, *out, cfg, bar, log)
+	sum, err := localrun.RunJob(ctx, localrun.Job{Inputs: files, Out: *out, Format: *format, Force: *force, Rejects: in.rejects,
+		StopCodon: stop, Config: cfg, Progress: bar, Log: log})
+	if errors.Is(err, localrun.ErrOutputFormat) {
+		return &cli.UsageError{Err: err}
+	}
 	if err != nil {
 		return err
 	}
 	sum.Print(os.Stdout, *out)
+	if sum.DeadLettered > 0 && !in.allowRejects {
+		return fmt.Errorf("%w: %d of %d records dead-lettered (--allow-rejects exits 0)", cli.ErrRejected, sum.DeadLettered,
+			sum.Published.Records)
+	}
 	return nil
+}
+
+// inputFlags are the FASTA input flags `run` and `publish` share.
+type inputFlags struct {
+	stopCodon    string
+	rejects      string
+	allowRejects bool
+}
+
+// register registers the flags on fs; rejected says which records the rejects file lists.
+func (f *inputFlags) register(fs *flag.FlagSet, rejected string) {
+	fs.StringVar(&f.stopCodon, "stop-codon", ingest.StopStrip.String(), "a sequence ending in a stop codon '*' (prodigal, transeq): strip (remove that one '*' and flag the record "+
+		ingest.HeaderStopStripped+") or reject (dead-letter it); a '*' inside a sequence is always rejected")
+	fs.StringVar(&f.rejects, "rejects", "", "write "+rejected+" to this TSV file, with a header line (columns "+
+		strings.Join(ingest.RejectsColumns, ", ")+"; line and position 1-based) (default: none)")
+	fs.BoolVar(&f.allowRejects, "allow-rejects", false, "exit 0, not 3, when records were dead-lettered")
+}
+
+// check validates the input flags and files: --stop-codon's value, at most one "-".
+func (f *inputFlags) check(files []string) (ingest.StopCodon, error) {
+	stop, err := ingest.ParseStopCodon(f.stopCodon)
+	if err != nil {
+		return 0, cli.Usagef("--stop-codon: %w", err)
+	}
+	stdin := 0
+	for _, file := range files {
+		if file == "-" {
+			stdin++
+		}
+	}
+	if stdin > 1 {
+		return 0, cli.Usagef("standard input (-) given %d times", stdin)
+	}
+	return stop, nil
 }

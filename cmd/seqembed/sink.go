@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"time"
 
 	"github.com/seqembed/seqembed/arrowout"
+	"github.com/seqembed/seqembed/internal/cli"
+	"github.com/seqembed/seqembed/internal/localrun"
 	"github.com/seqembed/seqembed/telemetry"
 )
 
@@ -15,20 +18,29 @@ func runSinkCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
 	var nf natsFlags
 	nf.register(fs)
-	out := fs.String("out", "", "Parquet or Arrow IPC file to write (required)")
-	format := fs.String("format", "", "output format, parquet or arrow (Arrow IPC file) (default: arrow if --out ends in .arrow, .arrows, .feather or .ipc, else parquet)")
+	out := fs.String("out", "", "file to write (required): Parquet (.parquet, .pq, .parq) or an Arrow IPC file (.arrow, .arrows, .feather, .ipc); another suffix needs --format")
+	format := fs.String("format", "", "output format, parquet or arrow (Arrow IPC file) (default: by the suffix of --out)")
+	force := fs.Bool("force", false, "replace --out if it exists (default: refuse)")
 	model := fs.String("model", "", "only this model's embeddings (default: every model in the stream)")
 	stream := fs.String("stream", arrowout.DefaultStreamName, "embeddings stream")
 	expect := fs.Int("expect", 0, "stop after this many distinct rows (0 = until interrupted or idle)")
 	idle := fs.Duration("idle", 0, "stop after no new rows for this long (0 = never)")
+	setUsage(fs, "usage: seqembed sink --out FILE [flags]\n\n"+
+		"Writes the embeddings stream to a Parquet or Arrow IPC file, keeping the first row per id.")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
-		fs.Usage()
-		return flag.ErrHelp
+		return cli.Usagef("--out FILE is required")
 	}
-	fsink, err := arrowout.NewFileSink(*format, *out)
+	fileFormat, err := localrun.CheckOutput(*out, *format, *force)
+	if errors.Is(err, localrun.ErrOutputFormat) {
+		return &cli.UsageError{Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	fsink, err := arrowout.NewFileSink(fileFormat, *out)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/pipeline"
 )
 
@@ -83,16 +84,18 @@ func bytesString(n uint64) string {
 func runStreamsCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("streams", flag.ContinueOnError)
 	var cfg pipeline.Config
-	registerConfig(fs, &cfg)
+	registerWorkerFlags(fs, &cfg, streamFlags...)
 	var nf natsFlags
 	nf.register(fs)
 	model := fs.String("name", "", "model name (model.json's name) whose consumer to create (required)")
+	setUsage(fs, "usage: seqembed streams --name MODEL [flags]\n\n"+
+		"Creates or updates the input stream, MODEL's durable consumer and the output stream (idempotent), with the\n"+
+		"settings below, and prints their state.")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *model == "" {
-		fs.Usage()
-		return flag.ErrHelp
+		return cli.Usagef("--name MODEL is required")
 	}
 	nc, js, err := nf.dial("seqembed streams")
 	if err != nil {

@@ -1,6 +1,7 @@
 // Package cli is the subcommand dispatch both binaries share (seqembed, seqembed-lab): a list
-// of commands, usage, SIGINT/SIGTERM as context cancellation, and exit codes 0 (done), 1
-// (failed) and 2 (usage).
+// of commands, usage, SIGINT/SIGTERM as context cancellation, and the exit codes: ExitOK (done,
+// or -h), ExitFailed (any other error), ExitUsage (a *UsageError: the command line cannot run)
+// and ExitRejected (ErrRejected: the job finished, but records were rejected).
 package cli
 
 import (
@@ -13,6 +14,32 @@ import (
 	"os/signal"
 	"syscall"
 )
+
+// Exit codes of Program.Main.
+const (
+	ExitOK       = 0 // done (every record embedded / published), or -h
+	ExitFailed   = 1 // the command failed
+	ExitUsage    = 2 // a usage error: missing required flag or argument, unknown flag, bad value
+	ExitRejected = 3 // the job finished, but records were rejected (dead-lettered)
+)
+
+// UsageError is a command line that cannot run: a required flag or argument missing, an unknown
+// flag, a value out of range. Commands return it (Usagef builds one); Main prints it with a
+// pointer to the command's -h and exits ExitUsage.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// Usagef returns a *UsageError formatted as fmt.Errorf would (%w wraps).
+func Usagef(format string, args ...any) error {
+	return &UsageError{Err: fmt.Errorf(format, args...)}
+}
+
+// ErrRejected says a job ran to the end but some of its records were rejected (dead-lettered);
+// commands wrap it with the counts (fmt.Errorf("%w: ...", ErrRejected)) and Main exits
+// ExitRejected. A flag such as --allow-rejects turns it off.
+var ErrRejected = errors.New("finished, but records were rejected")
 
 // Command is one subcommand.
 type Command struct {
@@ -42,16 +69,17 @@ func (p Program) Usage(w io.Writer) {
 }
 
 // Main runs the subcommand args[0] with a context that SIGINT and SIGTERM cancel, and returns
-// the exit code: 0 done (or -h), 1 failed (the error printed as "NAME CMD: err"), 2 usage.
+// the exit code (Code): the error, if any, is printed as "NAME CMD: err" on stderr, a usage error
+// followed by a pointer to "NAME CMD -h".
 func (p Program) Main(args []string) int {
 	if len(args) < 1 {
 		p.Usage(os.Stderr)
-		return 2
+		return ExitUsage
 	}
 	switch args[0] {
 	case "-h", "--help", "help":
 		p.Usage(os.Stderr)
-		return 0
+		return ExitOK
 	}
 	if p.Extra != nil {
 		if code, ok := p.Extra(args[0]); ok {
@@ -65,16 +93,31 @@ func (p Program) Main(args []string) int {
 			continue
 		}
 		err := c.Run(ctx, args[1:])
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		if err != nil {
+		code := Code(err)
+		switch {
+		case code == ExitUsage:
+			fmt.Fprintf(os.Stderr, "%s %s: %v\nRun '%s %s -h' for its flags.\n", p.Name, c.Name, err, p.Name, c.Name)
+		case code != ExitOK:
 			fmt.Fprintf(os.Stderr, "%s %s: %v\n", p.Name, c.Name, err)
-			return 1
 		}
-		return 0
+		return code
 	}
 	fmt.Fprintf(os.Stderr, "%s: unknown command %q\n", p.Name, args[0])
 	p.Usage(os.Stderr)
-	return 2
+	return ExitUsage
+}
+
+// Code is the exit code for a command's error: ExitOK for nil and flag.ErrHelp, ExitUsage for a
+// *UsageError, ExitRejected for ErrRejected, else ExitFailed.
+func Code(err error) int {
+	var ue *UsageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return ExitOK
+	case errors.As(err, &ue):
+		return ExitUsage
+	case errors.Is(err, ErrRejected):
+		return ExitRejected
+	}
+	return ExitFailed
 }

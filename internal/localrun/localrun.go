@@ -1,5 +1,5 @@
 // Package localrun runs a whole job in one process: an embedded JetStream server, one
-// pipeline, the FASTA file published onto it and every output sunk to a file. It is
+// pipeline, the FASTA files published onto it and every output sunk to a file. It is
 // `seqembed run` and the end-to-end benchmark.
 package localrun
 
@@ -53,10 +53,12 @@ type Summary struct {
 	Published    ingest.Stats
 	Embedded     int
 	DeadLettered int
-	Reasons      map[string]int
-	Errors       []string      // the dead-letter errors, in stream order
-	Elapsed      time.Duration // everything, model load included
-	Processing   time.Duration // first publish to last record done
+	Reasons      map[string]int    // dead-lettered records by reason code
+	Examples     map[string]string // one dead-letter message per reason (the first)
+	Rejects      string            // the rejects file written ("" = none)
+	RejectsRows  int               // rows in it
+	Elapsed      time.Duration     // everything, model load included
+	Processing   time.Duration     // first publish to last record done
 	Warmup       time.Duration
 	CUDAGraphs   bool           // the runners replay CUDA graphs
 	Stats        pipeline.Stats // the pipeline's, once it stopped
@@ -66,12 +68,57 @@ type Summary struct {
 	MeanGap time.Duration
 }
 
-// Run is `seqembed run` and the end-to-end benchmark: an embedded JetStream server, one
-// pipeline, the FASTA file at fastaPath published, every output sunk to the file out (format by
-// its extension); it returns once every stored record is embedded or dead-lettered.
+// Job is one `seqembed run`.
+type Job struct {
+	Inputs    []string         // FASTA files, read in order ("-" = standard input, once); at least one
+	Out       string           // the output file (CheckOutput)
+	Format    string           // parquet or arrow; "" = by Out's suffix
+	Force     bool             // replace an existing Out
+	Rejects   string           // write every dead-lettered record to this TSV file (ingest.RejectsFile); "" = none
+	StopCodon ingest.StopCodon // a trailing '*': strip (the default) or reject
+	Config    pipeline.Config
+	Progress  io.Writer   // progress indicators (telemetry.NewProgress); nil = none
+	Log       *zap.Logger // nil = none
+}
+
+// Run is RunJob for one file, writing out in the format its suffix says (replacing it if it
+// exists; the end-to-end benchmark writes into a fresh directory).
 func Run(ctx context.Context, fastaPath, out string, cfg pipeline.Config, progress io.Writer, log *zap.Logger) (Summary, error) {
-	sum := Summary{Reasons: map[string]int{}}
+	return RunJob(ctx, Job{Inputs: []string{fastaPath}, Out: out, Force: true, Config: cfg, Progress: progress, Log: log})
+}
+
+// RunJob is `seqembed run` and the end-to-end benchmark: an embedded JetStream server, one
+// pipeline, the input files published, every output sunk to the file job.Out; it returns once
+// every stored record is embedded or dead-lettered. The output path, the inputs, the
+// configuration and the rejects file are checked before the model loads: a bad one fails at
+// once (ErrOutputFormat, ErrOutputPath, pipeline.ErrConfig, ...).
+func RunJob(ctx context.Context, job Job) (Summary, error) {
+	sum := Summary{Reasons: map[string]int{}, Examples: map[string]string{}}
 	start := time.Now()
+	log, cfg := job.Log, job.Config
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if len(job.Inputs) == 0 {
+		return sum, errors.New("localrun: no input files")
+	}
+	format, err := CheckOutput(job.Out, job.Format, job.Force)
+	if err != nil {
+		return sum, err
+	}
+	if err := ingest.CheckInputs(job.Inputs); err != nil {
+		return sum, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return sum, err
+	}
+	var rejects *ingest.RejectsFile
+	if job.Rejects != "" {
+		if rejects, err = ingest.CreateRejectsFile(job.Rejects); err != nil {
+			return sum, err
+		}
+		defer rejects.Close()
+	}
 	srv, stopServer, err := EmbeddedServer()
 	if err != nil {
 		return sum, err
@@ -96,7 +143,7 @@ func Run(ctx context.Context, fastaPath, out string, cfg pipeline.Config, progre
 	go func() { workerDone <- p.Run(workerCtx) }()
 	defer func() { stopWorker(); <-workerDone }()
 
-	fs, err := arrowout.NewFileSink("", out)
+	fs, err := arrowout.NewFileSink(format, job.Out)
 	if err != nil {
 		return sum, err
 	}
@@ -104,11 +151,16 @@ func Run(ctx context.Context, fastaPath, out string, cfg pipeline.Config, progre
 	defer sink.Finish()
 
 	procStart := time.Now()
-	if sum.Published, err = ingest.PublishFASTA(ctx, nc, fastaPath, p.Model(), progress, log); err != nil {
+	var refused []ingest.Reject // at publish time
+	opts := ingest.Options{Model: p.Model(), StopCodon: job.StopCodon, Progress: job.Progress, Log: log}
+	if rejects != nil {
+		opts.OnReject = func(r ingest.Reject) error { refused = append(refused, r); return nil }
+	}
+	if sum.Published, err = ingest.Publish(ctx, nc, job.Inputs, opts); err != nil {
 		return sum, err
 	}
 	expected := sum.Published.Stored + sum.Published.DeadLettered
-	bar := telemetry.NewProgress(int64(expected), "embed", progress, progress != nil)
+	bar := telemetry.NewProgress(int64(expected), "embed", job.Progress, job.Progress != nil)
 	if sum.Embedded, sum.DeadLettered, err = WaitAllDone(ctx, js, cfg.InStream, p.Model(), sink, expected, bar, workerDone); err != nil {
 		return sum, err
 	}
@@ -126,8 +178,28 @@ func Run(ctx context.Context, fastaPath, out string, cfg pipeline.Config, progre
 		return sum, err
 	}
 	sum.Embedded = sink.Sink().Rows()
-	if err := readDeadLetters(ctx, js, cfg.InStream, p.Model(), &sum); err != nil {
+	dls, err := consumer.ReadDeadLetters(ctx, js, cfg.InStream, p.Model(), 0)
+	if err != nil {
 		return sum, err
+	}
+	for _, d := range dls {
+		sum.Reasons[d.Reason]++
+		if _, ok := sum.Examples[d.Reason]; !ok {
+			sum.Examples[d.Reason] = d.Error
+		}
+	}
+	if rejects != nil {
+		rows := append(refused, workerRejects(job.Inputs, dls, p.Engine().Tokenizer())...)
+		sortRejects(job.Inputs, rows)
+		for _, r := range rows {
+			if err := rejects.Write(r); err != nil {
+				return sum, err
+			}
+		}
+		if err := rejects.Close(); err != nil {
+			return sum, err
+		}
+		sum.Rejects, sum.RejectsRows = job.Rejects, rejects.Rows()
 	}
 	sum.Elapsed = time.Since(start)
 	return sum, nil
@@ -170,38 +242,41 @@ func WaitAllDone(ctx context.Context, js jetstream.JetStream, stream, model stri
 	}
 }
 
-// readDeadLetters fills the summary's reasons and errors from the dead-letter subject.
-func readDeadLetters(ctx context.Context, js jetstream.JetStream, stream, model string, sum *Summary) error {
-	dls, err := consumer.ReadDeadLetters(ctx, js, stream, model, 0)
-	for _, d := range dls {
-		sum.Reasons[d.Reason]++
-		sum.Errors = append(sum.Errors, d.Error)
-	}
-	return err
-}
-
+// Print writes the summary for the output file out: counts, the rate, and the dead-lettered
+// records counted by reason with one example message each (the rejects file lists them all).
 func (s Summary) Print(w io.Writer, out string) {
 	rate := float64(s.Published.Residues) / s.Elapsed.Seconds()
-	fmt.Fprintf(w, "\nseqembed run: %d records read, %d embedded -> %s, %d dead-lettered, %d duplicate ids\n",
-		s.Published.Records, s.Embedded, out, s.DeadLettered, s.Published.Duplicates)
+	files := "1 file"
+	if s.Published.Files != 1 {
+		files = fmt.Sprintf("%d files", s.Published.Files)
+	}
+	fmt.Fprintf(w, "\nseqembed run: %d records read from %s, %d embedded -> %s, %d dead-lettered, %d duplicate ids\n",
+		s.Published.Records, files, s.Embedded, out, s.DeadLettered, s.Published.Duplicates)
+	if s.Published.StopStripped > 0 {
+		fmt.Fprintf(w, "  %d trailing stop codons '*' stripped (records flagged %s)\n", s.Published.StopStripped, ingest.HeaderStopStripped)
+	}
 	fmt.Fprintf(w, "  %d residues in %s: %.0f residues/s, %.1f sequences/s (including model load)\n",
 		s.Published.Residues, s.Elapsed.Round(time.Millisecond), rate, float64(s.Embedded)/s.Elapsed.Seconds())
-	if s.DeadLettered > 0 {
-		reasons := make([]string, 0, len(s.Reasons))
-		for r := range s.Reasons {
-			reasons = append(reasons, r)
+	if len(s.Reasons) == 0 {
+		return
+	}
+	reasons := make([]string, 0, len(s.Reasons))
+	for r := range s.Reasons {
+		reasons = append(reasons, r)
+	}
+	sort.Slice(reasons, func(i, j int) bool {
+		if a, b := s.Reasons[reasons[i]], s.Reasons[reasons[j]]; a != b {
+			return a > b
 		}
-		sort.Strings(reasons)
-		for _, r := range reasons {
-			fmt.Fprintf(w, "  dead-lettered %s: %d\n", r, s.Reasons[r])
-		}
-		for i, e := range s.Errors {
-			if i == 10 {
-				fmt.Fprintf(w, "  ... and %d more\n", len(s.Errors)-10)
-				break
-			}
-			fmt.Fprintf(w, "  - %s\n", e)
-		}
+		return reasons[i] < reasons[j]
+	})
+	fmt.Fprintln(w, "  dead-lettered by reason:")
+	for _, r := range reasons {
+		fmt.Fprintf(w, "    %-16s %6d  e.g. %s\n", r, s.Reasons[r], s.Examples[r])
+	}
+	if s.Rejects != "" {
+		fmt.Fprintf(w, "  every dead-lettered record: %s (%d rows)\n", s.Rejects, s.RejectsRows)
+	} else {
+		fmt.Fprintln(w, "  pass --rejects FILE for the list of every dead-lettered record")
 	}
 }
-

@@ -2,16 +2,22 @@ package localrun_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/internal/localrun"
-	"go.uber.org/zap"
+	"github.com/seqembed/seqembed/pipeline"
 )
 
 // TestRun is `seqembed run` on the golden FASTA plus a header with no id: the Parquet file
@@ -48,5 +54,207 @@ func TestRun(t *testing.T) {
 	golden := e2etest.LoadGolden(t)
 	for _, r := range rows {
 		e2etest.CheckEmbedding(t, r.ID, r.Embedding, golden[r.ID].Embedding)
+	}
+}
+
+// prodigal is ingest's prodigal-style test file (see ingest/testdata).
+var prodigal = filepath.Join(e2etest.Root, "ingest", "testdata", "prodigal.faa")
+
+// TestRunJobStopCodonsAndRejects runs the prodigal file and a file of bad records in one job with
+// a rejects file: trailing stop codons are stripped and the records embedded; the transeq record's
+// inner '*', a lowercase record and a header without id are dead-lettered; the rejects file lists
+// every one with its file, line and 1-based position, in file order; the summary counts them by
+// reason.
+func TestRunJobStopCodonsAndRejects(t *testing.T) {
+	e2etest.RequireORT(t)
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.fa")
+	if err := os.WriteFile(bad, []byte(">fine\nMKTAYIAKQR\n>lower case residues\nMKTAYiAK\n>\nMKT\n>NC_000913.3_5 a repeated id\nMKT\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.arrow")
+	tsv := filepath.Join(dir, "rejects.tsv")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sum, err := localrun.RunJob(ctx, localrun.Job{Inputs: []string{bad, prodigal}, Out: out, Rejects: tsv, Config: e2etest.Config()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// bad.fa: fine embedded, lower and no-id dead-lettered, NC_000913.3_5 stored (first);
+	// prodigal.faa: NC_000913.3_5 a duplicate, EMBOSS_001_4 dead-lettered, 3 embedded.
+	if sum.Published.Records != 9 || sum.Published.Files != 2 || sum.Published.Duplicates != 1 || sum.Embedded != 5 ||
+		sum.DeadLettered != 3 || sum.Published.StopStripped != 4 {
+		t.Fatalf("summary %+v", sum)
+	}
+	if sum.Reasons[consumer.ReasonInvalid] != 2 || sum.Reasons[consumer.ReasonMissingID] != 1 || sum.RejectsRows != 3 {
+		t.Errorf("reasons %v, %d rejects rows", sum.Reasons, sum.RejectsRows)
+	}
+	data, err := os.ReadFile(tsv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows [][]string
+	for _, l := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")[1:] {
+		f := strings.Split(l, "\t")
+		rows = append(rows, []string{f[0], f[1], f[3], f[4], f[5]}) // all but the message
+	}
+	want := [][]string{
+		{"lower", "invalid_residue", bad, "3", "6"},
+		{"", "missing_id", bad, "5", ""},
+		{"EMBOSS_001_4", "invalid_residue", prodigal, "28", "15"},
+	}
+	if !reflect.DeepEqual(rows, want) {
+		t.Errorf("rejects rows\n%q\nwant\n%q\n%s", rows, want, data)
+	}
+	var buf strings.Builder
+	sum.Print(&buf, out)
+	for _, s := range []string{"9 records read from 2 files, 5 embedded", "4 trailing stop codons", "invalid_residue       2  e.g. ",
+		"missing_id            1  e.g. ", "every dead-lettered record: " + tsv + " (3 rows)"} {
+		if !strings.Contains(buf.String(), s) {
+			t.Errorf("summary lacks %q:\n%s", s, buf.String())
+		}
+	}
+	if _, err := os.Stat(out); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestRunJobChecksFirst: a bad output path, an unknown format, a missing input or a bad
+// configuration fails at once, before the model loads (the model directory here does not exist).
+func TestRunJobChecksFirst(t *testing.T) {
+	dir := t.TempDir()
+	existing := filepath.Join(dir, "old.parquet")
+	if err := os.WriteFile(existing, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e2etest.Config()
+	cfg.ModelDir = filepath.Join(dir, "no-model")
+	badCfg := cfg
+	badCfg.MaxBatchRows = 0
+	for _, tc := range []struct {
+		job  localrun.Job
+		want error
+		msg  string
+	}{
+		{localrun.Job{Out: existing}, localrun.ErrOutputPath, "--force"},
+		{localrun.Job{Out: filepath.Join(dir, "emb.csv")}, localrun.ErrOutputFormat, ".csv"},
+		{localrun.Job{Out: dir}, localrun.ErrOutputPath, "is a directory"},
+		{localrun.Job{Out: filepath.Join(existing, "x.parquet")}, localrun.ErrOutputPath, "not a directory"},
+		{localrun.Job{Out: filepath.Join(dir, "new.parquet"), Inputs: []string{filepath.Join(dir, "missing.fa")}}, os.ErrNotExist, "missing.fa"},
+		{localrun.Job{Out: filepath.Join(dir, "new.parquet"), Config: badCfg}, pipeline.ErrConfig, "--max-batch-rows"},
+	} {
+		if tc.job.Inputs == nil {
+			tc.job.Inputs = []string{prodigal}
+		}
+		if tc.job.Config.ModelDir == "" {
+			tc.job.Config = cfg
+		}
+		_, err := localrun.RunJob(context.Background(), tc.job)
+		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) || strings.Contains(err.Error(), "no-model") {
+			t.Errorf("out %s: %v, want %v mentioning %q", tc.job.Out, err, tc.want, tc.msg)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "new.parquet")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed check left an output file: %v", err)
+	}
+}
+
+func TestCheckOutput(t *testing.T) {
+	dir := t.TempDir()
+	existing := filepath.Join(dir, "old.arrow")
+	if err := os.WriteFile(existing, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path, format string
+		force        bool
+		want         string
+		err          error
+	}{
+		{filepath.Join(dir, "a.parquet"), "", false, arrowout.FormatParquet, nil},
+		{filepath.Join(dir, "a.PQ"), "", false, arrowout.FormatParquet, nil},
+		{filepath.Join(dir, "a.feather"), "", false, arrowout.FormatArrow, nil},
+		{filepath.Join(dir, "a.npy"), "", false, "", localrun.ErrOutputFormat},
+		{filepath.Join(dir, "a.npy"), "arrow", false, arrowout.FormatArrow, nil},
+		{filepath.Join(dir, "noext"), "", false, "", localrun.ErrOutputFormat},
+		{filepath.Join(dir, "a.parquet"), "csv", false, "", localrun.ErrOutputFormat},
+		{existing, "", false, "", localrun.ErrOutputPath},
+		{existing, "", true, arrowout.FormatArrow, nil},
+		{"/dev/null", "parquet", true, "", localrun.ErrOutputPath}, // not a regular file, even with --force
+		{filepath.Join(dir, "missing", "a.parquet"), "", false, "", localrun.ErrOutputPath},
+		{"", "", false, "", localrun.ErrOutputFormat},
+	} {
+		got, err := localrun.CheckOutput(tc.path, tc.format, tc.force)
+		if got != tc.want || !errors.Is(err, tc.err) {
+			t.Errorf("CheckOutput(%q, %q, %v) = %q, %v; want %q, %v", tc.path, tc.format, tc.force, got, err, tc.want, tc.err)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("CheckOutput left files behind: %v", entries)
+	}
+	// A directory that takes no new files (root ignores permissions: then nothing to check).
+	ro := filepath.Join(dir, "ro")
+	if err := os.Mkdir(ro, 0o500); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := os.CreateTemp(ro, "probe"); err == nil {
+		f.Close()
+		os.Remove(f.Name())
+		t.Log("running as root: the unwritable-directory case is covered by the missing and not-a-directory parents")
+		return
+	}
+	if _, err := localrun.CheckOutput(filepath.Join(ro, "a.parquet"), "", false); !errors.Is(err, localrun.ErrOutputPath) {
+		t.Errorf("unwritable directory: %v", err)
+	}
+}
+
+// TestRunJobPipeInput embeds the prodigal file read from a named pipe: the pipe cannot be read
+// again to locate the worker's rejects, so the transeq record's row names the pipe, with its
+// position but no line.
+func TestRunJobPipeInput(t *testing.T) {
+	e2etest.RequireORT(t)
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "pipe")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(prodigal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			wrote <- err
+			return
+		}
+		_, err = f.Write(data)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		wrote <- err
+	}()
+	tsv := filepath.Join(dir, "rejects.tsv")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sum, err := localrun.RunJob(ctx, localrun.Job{Inputs: []string{fifo}, Out: filepath.Join(dir, "o.parquet"), Rejects: tsv, Config: e2etest.Config()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if sum.Embedded != 4 || sum.DeadLettered != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
+	got, err := os.ReadFile(tsv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(got), "\n"), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[1], "EMBOSS_001_4\tinvalid_residue\t") || !strings.HasSuffix(lines[1], "\t"+fifo+"\t\t15") {
+		t.Errorf("rejects file:\n%s", got)
 	}
 }

@@ -1,0 +1,55 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"testing"
+)
+
+// TestCode maps each kind of command error to its exit code.
+func TestCode(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{nil, ExitOK},
+		{flag.ErrHelp, ExitOK},
+		{Usagef("--out is required"), ExitUsage},
+		{fmt.Errorf("run: %w", &UsageError{Err: errors.New("bad")}), ExitUsage},
+		{fmt.Errorf("%w: 3 of 10 records dead-lettered", ErrRejected), ExitRejected},
+		{errors.New("model did not load"), ExitFailed},
+	} {
+		if got := Code(tc.err); got != tc.want {
+			t.Errorf("Code(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+	inner := errors.New("inner")
+	if err := Usagef("x: %w", inner); !errors.Is(err, inner) || err.Error() != "x: inner" {
+		t.Errorf("Usagef does not wrap: %v", err)
+	}
+}
+
+// TestMainExitCodes runs a Program whose commands return each kind of error.
+func TestMainExitCodes(t *testing.T) {
+	ret := func(err error) func(context.Context, []string) error {
+		return func(context.Context, []string) error { return err }
+	}
+	p := Program{Name: "prog", Commands: []Command{
+		{Name: "ok", Run: ret(nil)},
+		{Name: "helpflag", Run: ret(flag.ErrHelp)},
+		{Name: "usage", Run: ret(Usagef("no file"))},
+		{Name: "rejects", Run: ret(fmt.Errorf("%w: 1 record", ErrRejected))},
+		{Name: "fail", Run: ret(errors.New("boom"))},
+	}}
+	for args, want := range map[string]int{"ok": 0, "helpflag": 0, "usage": 2, "rejects": 3, "fail": 1, "nosuch": 2, "": 2} {
+		var argv []string
+		if args != "" {
+			argv = []string{args}
+		}
+		if got := p.Main(argv); got != want {
+			t.Errorf("Main(%q) = %d, want %d", args, got, want)
+		}
+	}
+}
