@@ -32,6 +32,9 @@ type Config struct {
 	MaxDeliver    int    // --max-deliver: deliveries of one record before it is given up
 	Inflight      int    // --inflight: batches in flight at once per device
 	InStream      string // --in-stream: input stream (work queue, subjects seqs.>)
+	// BacklogEvery (--backlog-interval) is how often the worker reads its durable consumer's
+	// pending and unacked counts into the seqembed_backlog_records gauge.
+	BacklogEvery time.Duration
 	// Replicas (--replicas) is the replica count of the streams the worker creates where they
 	// are missing; 0 = 3 when the connection is to a cluster of three or more servers, else 1.
 	Replicas  int
@@ -57,7 +60,7 @@ func Default() Config {
 		MaxWait: 50 * time.Millisecond, BucketStep: 64, Overlength: "truncate", MaxRecordBytes: 1 << 20,
 		AckWait: 60 * time.Second, MaxAckPending: 4096, MaxDeliver: 5, Inflight: 2,
 		InStream: "SEQS", OutStream: arrowout.DefaultStreamName, ShutdownTimeout: 30 * time.Second,
-		CUDAGraphs: gpurun.GraphsAuto,
+		CUDAGraphs: gpurun.GraphsAuto, BacklogEvery: 5 * time.Second,
 	}
 }
 
@@ -87,6 +90,7 @@ func (c *Config) Validate() error {
 		{"--max-record-bytes", int64(c.MaxRecordBytes)}, {"--ack-wait", int64(c.AckWait)},
 		{"--max-ack-pending", int64(c.MaxAckPending)}, {"--max-deliver", int64(c.MaxDeliver)},
 		{"--shutdown-timeout", int64(c.ShutdownTimeout)}, {"--max-wait", int64(c.MaxWait)},
+		{"--backlog-interval", int64(c.BacklogEvery)},
 	} {
 		if v.n <= 0 {
 			return fmt.Errorf("%w: %s must be > 0", ErrConfig, v.flag)

@@ -236,6 +236,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	if p.eng.CUDA() {
 		defer p.watchGPU(pipeCtx)()
 	}
+	backlogDone := make(chan struct{})
+	go func() { defer close(backlogDone); p.watchBacklog(pipeCtx) }()
+	defer func() { cancelPipe(); <-backlogDone }()
 	var wg sync.WaitGroup
 	for range p.eng.Slots() {
 		wg.Go(func() { p.batches(pipeCtx) })
@@ -407,6 +410,33 @@ func (p *Pipeline) publish(ctx context.Context, out *arrowout.Batch) error {
 		p.deps.Health.PublishSucceeded()
 	}
 	return err
+}
+
+// watchBacklog reads the durable consumer's pending and unacked counts every BacklogEvery into
+// the backlog gauge (what an autoscaler without KEDA can scale on), until ctx ends. In a cluster
+// the consumer's leader answers the info request, so the figure is the accurate one.
+func (p *Pipeline) watchBacklog(ctx context.Context) {
+	t := time.NewTicker(p.cfg.BacklogEvery)
+	defer t.Stop()
+	for {
+		ictx, cancel := context.WithTimeout(ctx, p.cfg.BacklogEvery)
+		c, err := p.js.Consumer(ictx, p.cfg.InStream, consumer.Durable(p.model))
+		if err == nil {
+			var info *jetstream.ConsumerInfo
+			if info, err = c.Info(ictx); err == nil {
+				p.metrics.SetBacklog(info.NumPending + uint64(info.NumAckPending))
+			}
+		}
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			p.log.Debug("backlog: consumer info", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // watchGPU samples the pipeline's GPUs every second through NVML (when the library is there)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/seqembed/seqembed/arrowout"
@@ -531,4 +532,48 @@ func TestHoldBudgetBoundsPulls(t *testing.T) {
 	}
 	w.Shutdown(t, cfg.ShutdownTimeout+time.Minute)
 	e2etest.WaitQueueEmpty(t, js, w.Model())
+}
+
+// TestBacklogGauge: seqembed_backlog_records follows the durable consumer's pending + unacked
+// count as records are published (the device held back) and drained.
+func TestBacklogGauge(t *testing.T) {
+	ctx, srv, _, js := e2etest.Server(t, 3*time.Minute)
+	cfg := e2etest.Config()
+	cfg.BacklogEvery = 50 * time.Millisecond
+	release := make(chan struct{})
+	cfg.Hooks.WrapEmbed = e2etest.BeforeEmbed(func(gpurun.Input) error {
+		<-release // the scenario: a device that is not ready yet
+		return nil
+	})
+	reg := prometheus.NewRegistry()
+	nc, _ := natstest.Connect(t, srv)
+	p, err := pipeline.New(ctx, cfg, pipeline.Deps{Conn: nc, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	backlog := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "seqembed_backlog_records" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no seqembed_backlog_records in /metrics")
+		return 0
+	}
+	ids, _ := e2etest.PublishFresh(t, ctx, js, p.Model(), "bg", 40)
+	testutil.Eventually(t, time.Minute, func() (bool, string) {
+		return backlog() == float64(len(ids)), fmt.Sprintf("backlog gauge %v, want %d", backlog(), len(ids))
+	})
+	close(release)
+	testutil.Eventually(t, time.Minute, func() (bool, string) {
+		return backlog() == 0, fmt.Sprintf("backlog gauge %v after the drain, want 0", backlog())
+	})
 }

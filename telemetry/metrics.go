@@ -114,6 +114,7 @@ type Metrics struct {
 	publish     prometheus.Histogram
 	batches     *prometheus.CounterVec
 	inflight    prometheus.Gauge
+	backlog     prometheus.Gauge
 	runnerIdle  prometheus.Histogram
 
 	gpuUtil *prometheus.GaugeVec
@@ -143,6 +144,7 @@ type Metrics struct {
 //	inference_seconds                      histogram  model run per batch (5ms..120s)
 //	publish_seconds                        histogram  output encode+publish per batch (0.5ms..10s)
 //	inflight_batches                       gauge      batches between flush and publish
+//	backlog_records                        gauge      the durable consumer's pending + unacked records
 //	runner_idle_seconds                    histogram  runner wait for its next batch (0.1ms..60s)
 //	gpu_utilization_ratio{gpu}             gauge      0..1
 //	gpu_memory_used_bytes{gpu}             gauge
@@ -205,6 +207,9 @@ func NewMetrics(reg prometheus.Registerer, model string, labels Labels) (*Metric
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "inflight_batches", ConstLabels: constLabels,
 			Help: "Batches flushed but not yet published."}),
+		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "backlog_records", ConstLabels: constLabels,
+			Help: "Records of the model's durable consumer not yet acked: pending (not delivered) plus unacked, as the server reported last (every worker exports the same figure; scale on max, not sum)."}),
 		runnerIdle: histogram("runner_idle_seconds",
 			"Time the inference runner waited for its next batch.", runnerIdleBuckets),
 
@@ -224,7 +229,7 @@ func NewMetrics(reg prometheus.Registerer, model string, labels Labels) (*Metric
 	collectors := []prometheus.Collector{
 		m.recordsIn, m.redelivered, m.recordsOut, m.deadLettered, m.dropped, m.truncated,
 		m.queueWait, m.batchRows, m.batchTokens, m.padding, m.inference, m.publish,
-		m.batches, m.inflight, m.runnerIdle,
+		m.batches, m.inflight, m.backlog, m.runnerIdle,
 		m.gpuUtil, m.gpuMem, m.gpuTier,
 	}
 	for i, c := range collectors {
@@ -335,6 +340,14 @@ func (m *Metrics) InflightAdd(delta int) {
 		return
 	}
 	m.inflight.Add(float64(delta))
+}
+
+// SetBacklog sets the backlog gauge: the durable consumer's pending plus unacked records.
+func (m *Metrics) SetBacklog(records uint64) {
+	if m == nil {
+		return
+	}
+	m.backlog.Set(float64(records))
 }
 
 // ObserveRunnerIdle records how long the inference runner waited for its

@@ -32,6 +32,7 @@ func registerConfig(fs *flag.FlagSet, c *pipeline.Config) {
 	fs.IntVar(&c.Inflight, "inflight", d.Inflight, "batches in flight at once per device (inference and publishing overlap)")
 	fs.StringVar(&c.InStream, "in-stream", d.InStream, "input stream (work queue, subjects seqs.>)")
 	fs.StringVar(&c.OutStream, "out-stream", d.OutStream, "output stream (subjects embeddings.>)")
+	fs.DurationVar(&c.BacklogEvery, "backlog-interval", d.BacklogEvery, "how often the consumer's pending + unacked counts are read into seqembed_backlog_records")
 	fs.IntVar(&c.Replicas, "replicas", d.Replicas, "replicas of the streams a worker creates where they are missing (0 = 3 in a cluster of 3 or more servers, else 1)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "on SIGTERM, time allowed to finish in-flight batches")
 }
