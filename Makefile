@@ -12,20 +12,22 @@ ORT_LIB = $(shell scripts/fetch-ort.sh)
 TOOLS := $(CURDIR)/.cache/bin
 STATICCHECK_VERSION := v0.8.2
 XTOOLS_VERSION := v0.52.0
+# Helm, for the chart checks (deploy/helm): built from the module proxy like the other tools.
+HELM_VERSION := v3.22.0
 
-.PHONY: demo test build ort lint tools vet vuln bench bench-data clean soak
+.PHONY: demo test build ort lint tools vet vuln bench bench-data clean soak chart
 
 ## demo: fetch ONNX Runtime, build, embed the 500 sample proteins with the tiny model on the CPU
 demo: build ort
 	@mkdir -p out
 	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) ./$(BIN) run testdata/sample/query500.fasta.gz --out out/demo.parquet --force
 
-## test: lint (vet, staticcheck, deadcode), govulncheck, and every test (race detector) with a
-## real in-process NATS server and ORT
-test: ort lint
+## test: lint (vet, staticcheck, deadcode), the Helm chart checks, govulncheck, and every test
+## (race detector) with a real in-process NATS server and ORT
+test: ort lint chart
 	scripts/govulncheck.sh
 	scripts/check-compose.sh
-	ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) $(GO) test -race -count=1 ./...
+	HELM=$(TOOLS)/helm ONNXRUNTIME_SHARED_LIBRARY_PATH=$(ORT_LIB) $(GO) test -race -count=1 ./...
 
 ## vuln: govulncheck against the Go vulnerability database (built from golang.org/x/vulndb)
 vuln:
@@ -37,11 +39,19 @@ lint: tools
 	$(TOOLS)/staticcheck ./...
 	@out=$$($(TOOLS)/deadcode -test ./...); if [ -n "$$out" ]; then echo "deadcode: unreachable functions:"; echo "$$out"; exit 1; fi; echo "deadcode: none"
 
+## chart: helm lint + helm template of deploy/helm/seqembed for each value set, every object
+## decoded strictly into its k8s.io/api type or checked against the vendored KEDA and Prometheus
+## Operator CRD schemas (deploy/helm/chart_test.go; no cluster needed)
+chart: $(TOOLS)/helm
+	HELM=$(TOOLS)/helm $(GO) test -count=1 ./deploy/helm/...
+
 tools: $(TOOLS)/staticcheck $(TOOLS)/deadcode
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 $(TOOLS)/deadcode:
 	GOBIN=$(TOOLS) $(GO) install golang.org/x/tools/cmd/deadcode@$(XTOOLS_VERSION)
+$(TOOLS)/helm:
+	GOBIN=$(TOOLS) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 build:
 	$(GO) build -o $(BIN) ./cmd/seqembed

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,24 +18,94 @@ import (
 	"github.com/seqembed/seqembed/pipeline"
 )
 
-// ensureStreams creates or updates the input stream, model's durable consumer and the output
-// stream (idempotent), with the settings a worker would use, and writes their state to w.
-func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cfg pipeline.Config, w io.Writer) error {
+// ensureStreams creates the input stream, model's durable consumer and the output stream where
+// they are missing, with cfg's settings, and on existing ones changes only the settings whose
+// flags were given (set, by flag name: ack-wait, max-ack-pending, max-deliver, replicas), so limits
+// another client set (max bytes, max age, an operator's max ack pending) are never reset. It then
+// writes their state to w.
+func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cfg pipeline.Config, set map[string]bool, w io.Writer) error {
 	overlength, err := consumer.ParseOverlength(cfg.Overlength)
 	if err != nil {
 		return err
 	}
-	// Setup only uses the stream and consumer settings; records are validated by workers.
+	replicas := pipeline.StreamReplicas(cfg.Replicas, js.Conn())
+	// The consumer package's stream and consumer settings, for what has to be created.
 	cons, err := consumer.New(js, model, func([]byte) error { return nil }, consumer.WithStream(cfg.InStream),
 		consumer.WithAckWait(cfg.AckWait), consumer.WithMaxAckPending(cfg.MaxAckPending),
-		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithOverlength(overlength), consumer.WithUpdateStream(true))
+		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithOverlength(overlength), consumer.WithReplicas(replicas))
 	if err != nil {
 		return err
 	}
-	if err := cons.Setup(ctx); err != nil {
+	if err := ensureStream(ctx, js, cons.StreamConfig(), set["replicas"], w); err != nil {
 		return err
 	}
-	out, err := arrowout.EnsureStream(ctx, js, arrowout.StreamConfig{Name: cfg.OutStream})
+	outCfg, err := arrowout.StreamConfig{Name: cfg.OutStream, Replicas: replicas}.JetStream()
+	if err != nil {
+		return err
+	}
+	if err := ensureStream(ctx, js, outCfg, set["replicas"], w); err != nil {
+		return err
+	}
+	want := cons.ConsumerConfig()
+	c, err := js.Consumer(ctx, cfg.InStream, want.Durable)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		if _, err := js.CreateConsumer(ctx, cfg.InStream, want); err != nil {
+			return fmt.Errorf("creating consumer %s: %w", want.Durable, err)
+		}
+		fmt.Fprintf(w, "created consumer %s\n", want.Durable)
+	case err != nil:
+		return fmt.Errorf("consumer %s: %w", want.Durable, err)
+	default:
+		cur := c.CachedInfo().Config
+		var changed []string
+		if set["ack-wait"] && cur.AckWait != want.AckWait {
+			cur.AckWait, changed = want.AckWait, append(changed, "ack wait")
+		}
+		if set["max-ack-pending"] && cur.MaxAckPending != want.MaxAckPending {
+			cur.MaxAckPending, changed = want.MaxAckPending, append(changed, "max ack pending")
+		}
+		if set["max-deliver"] && cur.MaxDeliver != want.MaxDeliver {
+			cur.MaxDeliver, changed = want.MaxDeliver, append(changed, "max deliver")
+		}
+		if len(changed) > 0 {
+			if _, err := js.UpdateConsumer(ctx, cfg.InStream, cur); err != nil {
+				return fmt.Errorf("updating consumer %s (%s): %w", want.Durable, strings.Join(changed, ", "), err)
+			}
+			fmt.Fprintf(w, "updated consumer %s: %s\n", want.Durable, strings.Join(changed, ", "))
+		}
+	}
+	return printState(ctx, js, model, cfg, w)
+}
+
+// ensureStream creates the stream of want where it is missing; on an existing one it changes only
+// the replica count, and only when setReplicas (--replicas was given).
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, setReplicas bool, w io.Writer) error {
+	s, err := js.Stream(ctx, want.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if _, err := js.CreateStream(ctx, want); err != nil {
+			return fmt.Errorf("creating stream %s: %w", want.Name, err)
+		}
+		fmt.Fprintf(w, "created stream %s (%d replicas)\n", want.Name, want.Replicas)
+		return nil
+	case err != nil:
+		return fmt.Errorf("stream %s: %w", want.Name, err)
+	}
+	cur := s.CachedInfo().Config
+	if setReplicas && cur.Replicas != want.Replicas {
+		cur.Replicas = want.Replicas
+		if _, err := js.UpdateStream(ctx, cur); err != nil {
+			return fmt.Errorf("stream %s to %d replicas: %w", want.Name, want.Replicas, err)
+		}
+		fmt.Fprintf(w, "updated stream %s: %d replicas\n", want.Name, want.Replicas)
+	}
+	return nil
+}
+
+// printState writes the streams' and the consumer's state to w.
+func printState(ctx context.Context, js jetstream.JetStream, model string, cfg pipeline.Config, w io.Writer) error {
+	out, err := js.Stream(ctx, cfg.OutStream)
 	if err != nil {
 		return err
 	}
@@ -89,8 +161,9 @@ func runStreamsCmd(ctx context.Context, args []string) error {
 	nf.register(fs)
 	model := fs.String("name", "", "model name (model.json's name) whose consumer to create (required)")
 	setUsage(fs, "usage: seqembed streams --name MODEL [flags]\n\n"+
-		"Creates or updates the input stream, MODEL's durable consumer and the output stream (idempotent), with the\n"+
-		"settings below, and prints their state.")
+		"Creates the input stream, MODEL's durable consumer and the output stream where they are missing, with the\n"+
+		"settings below; on existing ones changes only the settings whose flags are given (limits set by other\n"+
+		"clients stay); prints their state.")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -104,5 +177,7 @@ func runStreamsCmd(ctx context.Context, args []string) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return ensureStreams(ctx, js, *model, cfg, os.Stdout)
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return ensureStreams(ctx, js, *model, cfg, set, os.Stdout)
 }
