@@ -71,7 +71,7 @@ func ReadArrowFile(path string) (Meta, []Row, error) {
 		return Meta{}, nil, fmt.Errorf("%w: %s: %w", ErrDecode, path, err)
 	}
 	defer r.Close()
-	meta, err := metaFromSchema(r.Schema())
+	meta, _, err := metaFromSchema(r.Schema())
 	if err != nil {
 		return Meta{}, nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -12,20 +12,27 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 )
 
-// Row is one decoded output row.
+// Row is one decoded output row. A row of a version-1 message (FormatVersion)
+// has no identity columns: SeqSHA256 and Description are "", InputLength and
+// InputIndex -1, StopStripped false.
 type Row struct {
-	ID        string
-	StreamSeq uint64
-	Length    int32
-	Truncated bool
-	Embedding []float32 // Dim values
+	ID           string
+	StreamSeq    uint64
+	Length       int32
+	Truncated    bool
+	Embedding    []float32 // Dim values
+	SeqSHA256    string    // hex SHA-256 of the whole sequence
+	Description  string
+	InputLength  int32 // residues before truncation
+	StopStripped bool
+	InputIndex   int64 // position in the input; -1 when unknown
 }
 
 // Decode reads every record batch of the Arrow IPC stream data back into
-// plain rows, in stream order, and returns the stream's Meta. The rows own
-// their memory (nothing aliases data); the embeddings of one record batch
-// share a backing array. Errors wrap ErrDecode. Decode is safe for
-// concurrent use.
+// plain rows, in stream order, and returns the stream's Meta. Streams of
+// layout version 1 and 2 are read (see Row). The rows own their memory
+// (nothing aliases data); the embeddings of one record batch share a backing
+// array. Errors wrap ErrDecode. Decode is safe for concurrent use.
 func Decode(data []byte) (Meta, []Row, error) {
 	var rows []Row
 	m, err := readStream(data, memory.DefaultAllocator, func(m Meta, c columns) error {
@@ -34,13 +41,7 @@ func Decode(data []byte) (Meta, []Row, error) {
 		for i := range n {
 			emb := vals[i*m.Dim : (i+1)*m.Dim : (i+1)*m.Dim]
 			copy(emb, c.embedding(i))
-			rows = append(rows, Row{
-				ID:        strings.Clone(c.id.Value(i)),
-				StreamSeq: c.seq.Value(i),
-				Length:    c.length.Value(i),
-				Truncated: c.truncated.Value(i),
-				Embedding: emb,
-			})
+			rows = append(rows, c.row(i, emb))
 		}
 		return nil
 	})
@@ -50,7 +51,8 @@ func Decode(data []byte) (Meta, []Row, error) {
 	return m, rows, nil
 }
 
-// columns are the typed columns of one seqembed record batch.
+// columns are the typed columns of one seqembed record batch; the version-2
+// ones are nil in a version-1 batch.
 type columns struct {
 	id        *array.String
 	seq       *array.Uint64
@@ -58,10 +60,16 @@ type columns struct {
 	truncated *array.Boolean
 	emb       *array.FixedSizeList
 	values    []float32 // emb's child values, offset-adjusted
+
+	sha      *array.String
+	desc     *array.String
+	inputLen *array.Int32
+	stop     *array.Boolean
+	index    *array.Int64
 }
 
 // columnsOf returns the typed columns of rec, which must have the column
-// types of Schema (list item names and nullability may differ).
+// types of a seqembed layout (list item names and nullability may differ).
 func columnsOf(rec arrow.RecordBatch) columns {
 	c := columns{
 		id:        rec.Column(0).(*array.String),
@@ -71,6 +79,13 @@ func columnsOf(rec arrow.RecordBatch) columns {
 		emb:       rec.Column(4).(*array.FixedSizeList),
 	}
 	c.values = c.emb.ListValues().(*array.Float32).Float32Values()
+	if rec.NumCols() > 5 {
+		c.sha = rec.Column(5).(*array.String)
+		c.desc = rec.Column(6).(*array.String)
+		c.inputLen = rec.Column(7).(*array.Int32)
+		c.stop = rec.Column(8).(*array.Boolean)
+		c.index = rec.Column(9).(*array.Int64)
+	}
 	return c
 }
 
@@ -80,6 +95,23 @@ func (c *columns) len() int { return c.id.Len() }
 func (c *columns) embedding(i int) []float32 {
 	lo, hi := c.emb.ValueOffsets(i)
 	return c.values[lo:hi]
+}
+
+// meta returns row i's identity columns, aliasing the record's memory (the
+// version-1 "unknown" values in a version-1 batch).
+func (c *columns) meta(i int) (sha, desc string, inputLen int32, stop bool, index int64) {
+	if c.sha == nil {
+		return "", "", -1, false, -1
+	}
+	return c.sha.Value(i), c.desc.Value(i), c.inputLen.Value(i), c.stop.Value(i), c.index.Value(i)
+}
+
+// row is row i with embedding emb, every string copied.
+func (c *columns) row(i int, emb []float32) Row {
+	sha, desc, inputLen, stop, index := c.meta(i)
+	return Row{ID: strings.Clone(c.id.Value(i)), StreamSeq: c.seq.Value(i), Length: c.length.Value(i),
+		Truncated: c.truncated.Value(i), Embedding: emb, SeqSHA256: strings.Clone(sha), Description: strings.Clone(desc),
+		InputLength: inputLen, StopStripped: stop, InputIndex: index}
 }
 
 // readStream parses the IPC stream data, checks that its schema is a
@@ -100,7 +132,7 @@ func readStream(data []byte, mem memory.Allocator, fn func(Meta, columns) error)
 		return Meta{}, fmt.Errorf("%w: %w", ErrDecode, err)
 	}
 	defer r.Release()
-	m, err := metaFromSchema(r.Schema())
+	m, _, err := metaFromSchema(r.Schema())
 	if err != nil {
 		return Meta{}, err
 	}
@@ -145,8 +177,7 @@ func checkedColumns(rec arrow.RecordBatch, batch int) (columns, error) {
 // aliases c's memory).
 func appendRows(rows []Row, c columns) []Row {
 	for i := range c.len() {
-		rows = append(rows, Row{ID: strings.Clone(c.id.Value(i)), StreamSeq: c.seq.Value(i), Length: c.length.Value(i),
-			Truncated: c.truncated.Value(i), Embedding: slices.Clone(c.embedding(i))})
+		rows = append(rows, c.row(i, slices.Clone(c.embedding(i))))
 	}
 	return rows
 }

@@ -13,8 +13,10 @@ import (
 )
 
 // Batch is the plain-struct result of one inference batch. Row i is
-// IDs[i], StreamSeqs[i], Lengths[i], Truncated[i] and
-// Embeddings[i*Dim:(i+1)*Dim]. All slices must have len(IDs) rows.
+// IDs[i], StreamSeqs[i], Lengths[i], Truncated[i],
+// Embeddings[i*Dim:(i+1)*Dim], SeqSHA256s[i], Descriptions[i],
+// InputLengths[i], StopStripped[i] and InputIndexes[i]. All slices must have
+// len(IDs) rows.
 //
 // The caller owns every slice. The encoder only reads them during an
 // Encode/Split call (the bytes it returns are a copy) and never keeps them,
@@ -26,6 +28,20 @@ type Batch struct {
 	Lengths    []int32   // residues embedded (after truncation); one per row
 	Truncated  []bool    // whether the sequence was truncated; one per row
 	Embeddings []float32 // row-major, len(IDs)*Dim values
+	// The record's identity and provenance (see Schema), one per row.
+	SeqSHA256s   []string // hex SHA-256 of the whole sequence
+	Descriptions []string // "" when none
+	InputLengths []int32  // residues before truncation
+	StopStripped []bool   // the publisher removed a trailing '*'
+	InputIndexes []int64  // position in the input; -1 when unknown
+}
+
+// Reset empties every slice of b, keeping their capacity.
+func (b *Batch) Reset() {
+	b.IDs, b.StreamSeqs, b.Lengths, b.Truncated = b.IDs[:0], b.StreamSeqs[:0], b.Lengths[:0], b.Truncated[:0]
+	b.Embeddings = b.Embeddings[:0]
+	b.SeqSHA256s, b.Descriptions, b.InputLengths = b.SeqSHA256s[:0], b.Descriptions[:0], b.InputLengths[:0]
+	b.StopStripped, b.InputIndexes = b.StopStripped[:0], b.InputIndexes[:0]
 }
 
 // Rows returns the number of rows of b (len(b.IDs)).
@@ -42,6 +58,16 @@ func (b *Batch) validate(dim int) error {
 		return fmt.Errorf("%w: batch %d: %d ids but %d lengths", ErrInvalidBatch, b.Seq, n, len(b.Lengths))
 	case len(b.Truncated) != n:
 		return fmt.Errorf("%w: batch %d: %d ids but %d truncated flags", ErrInvalidBatch, b.Seq, n, len(b.Truncated))
+	case len(b.SeqSHA256s) != n:
+		return fmt.Errorf("%w: batch %d: %d ids but %d sequence hashes", ErrInvalidBatch, b.Seq, n, len(b.SeqSHA256s))
+	case len(b.Descriptions) != n:
+		return fmt.Errorf("%w: batch %d: %d ids but %d descriptions", ErrInvalidBatch, b.Seq, n, len(b.Descriptions))
+	case len(b.InputLengths) != n:
+		return fmt.Errorf("%w: batch %d: %d ids but %d input lengths", ErrInvalidBatch, b.Seq, n, len(b.InputLengths))
+	case len(b.StopStripped) != n:
+		return fmt.Errorf("%w: batch %d: %d ids but %d stop-stripped flags", ErrInvalidBatch, b.Seq, n, len(b.StopStripped))
+	case len(b.InputIndexes) != n:
+		return fmt.Errorf("%w: batch %d: %d ids but %d input indexes", ErrInvalidBatch, b.Seq, n, len(b.InputIndexes))
 	case len(b.Embeddings) != n*dim:
 		return fmt.Errorf("%w: batch %d: %d rows of dim %d need %d embedding values, got %d", ErrInvalidBatch, b.Seq, n, dim, n*dim, len(b.Embeddings))
 	}
@@ -84,10 +110,11 @@ func WithAllocator(mem memory.Allocator) EncoderOption {
 
 // Encoder turns Batches into Arrow IPC streams of Schema(meta).
 //
-// The large columns (stream_seq, length, embedding) are handed to the IPC
-// writer as zero-copy views of the Batch slices, and the id and truncated
-// columns are built in scratch buffers the Encoder reuses, so the only
-// per-row copy is the one into the returned bytes. The serialized schema
+// The fixed-width columns (stream_seq, length, embedding, input_length,
+// input_index) are handed to the IPC writer as zero-copy views of the Batch
+// slices, and the string and bool columns are built in scratch buffers the
+// Encoder reuses, so the only per-row copy is the one into the returned
+// bytes. The serialized schema
 // message is computed once.
 //
 // An Encoder is NOT safe for concurrent use; use one per goroutine (they are
@@ -100,10 +127,9 @@ type Encoder struct {
 	overhead  int    // size of a stream holding a zero-row record batch
 
 	// scratch, reused across calls
-	idOffsets []int32
-	idData    []byte
-	truncBits []byte
-	pending   []pendingPart
+	ids, shas, descs    stringScratch
+	truncBits, stopBits []byte
+	pending             []pendingPart
 }
 
 // pendingPart is a row range whose record-batch payload has been sized and
@@ -113,6 +139,11 @@ type pendingPart struct {
 	payload ipc.Payload
 	size    int
 }
+
+// partPadding bounds the padding one part pays beyond e.overhead: up to 7
+// bytes for each of the record batch's buffers (3 per string column, 2 per
+// fixed-width or bool column, 1 + 2 for the embedding: 24), rounded up.
+const partPadding = 24 * 8
 
 // eos is the Arrow IPC end-of-stream marker.
 var eos = [8]byte{0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0}
@@ -262,7 +293,7 @@ func (e *Encoder) fit(rec arrow.RecordBatch, b *Batch, lo, hi, maxBytes int) err
 	// Every part pays e.overhead plus up to 7 bytes of padding per buffer;
 	// size the pieces so that the body of each fits in what is left.
 	k := n
-	if room := maxBytes - e.overhead - 64; room > 0 {
+	if room := maxBytes - e.overhead - partPadding; room > 0 {
 		k = min(n, max(2, (size-e.overhead+room-1)/room))
 	}
 	for i := range k {
@@ -290,36 +321,28 @@ func (e *Encoder) checkRange(b *Batch, lo, hi int) error {
 // the next call to record; the caller releases it.
 func (e *Encoder) record(b *Batch, lo, hi int) (arrow.RecordBatch, error) {
 	n := hi - lo
-
-	e.idOffsets = append(e.idOffsets[:0], 0)
-	e.idData = e.idData[:0]
-	for _, id := range b.IDs[lo:hi] {
-		e.idData = append(e.idData, id...)
-		if len(e.idData) > math.MaxInt32 {
-			return nil, fmt.Errorf("%w: batch %d: ids of rows [%d,%d) exceed 2 GiB", ErrInvalidBatch, b.Seq, lo, hi)
-		}
-		e.idOffsets = append(e.idOffsets, int32(len(e.idData)))
-	}
-
-	nb := int(bitutil.BytesForBits(int64(n)))
-	if cap(e.truncBits) < nb {
-		e.truncBits = make([]byte, nb)
-	}
-	e.truncBits = e.truncBits[:nb]
-	clear(e.truncBits)
-	for i, t := range b.Truncated[lo:hi] {
-		if t {
-			bitutil.SetBit(e.truncBits, i)
+	for _, col := range []struct {
+		sc   *stringScratch
+		vals []string
+		what string
+	}{{&e.ids, b.IDs, "ids"}, {&e.shas, b.SeqSHA256s, "sequence hashes"}, {&e.descs, b.Descriptions, "descriptions"}} {
+		if !col.sc.fill(col.vals[lo:hi]) {
+			return nil, fmt.Errorf("%w: batch %d: %s of rows [%d,%d) exceed 2 GiB", ErrInvalidBatch, b.Seq, col.what, lo, hi)
 		}
 	}
+	e.truncBits = fillBits(e.truncBits, b.Truncated[lo:hi])
+	e.stopBits = fillBits(e.stopBits, b.StopStripped[lo:hi])
 
 	wrap := memory.NewBufferBytes
 	values := array.NewData(arrow.PrimitiveTypes.Float32, n*e.dim,
 		[]*memory.Buffer{nil, wrap(arrow.Float32Traits.CastToBytes(b.Embeddings[lo*e.dim : hi*e.dim]))}, nil, 0, 0)
 	defer values.Release()
-	datas := [...]*array.Data{
-		array.NewData(arrow.BinaryTypes.String, n,
-			[]*memory.Buffer{nil, wrap(arrow.Int32Traits.CastToBytes(e.idOffsets)), wrap(e.idData)}, nil, 0, 0),
+	str := func(sc *stringScratch) arrow.ArrayData {
+		return array.NewData(arrow.BinaryTypes.String, n,
+			[]*memory.Buffer{nil, wrap(arrow.Int32Traits.CastToBytes(sc.offsets)), wrap(sc.data)}, nil, 0, 0)
+	}
+	datas := [...]arrow.ArrayData{
+		str(&e.ids),
 		array.NewData(arrow.PrimitiveTypes.Uint64, n,
 			[]*memory.Buffer{nil, wrap(arrow.Uint64Traits.CastToBytes(b.StreamSeqs[lo:hi]))}, nil, 0, 0),
 		array.NewData(arrow.PrimitiveTypes.Int32, n,
@@ -328,6 +351,14 @@ func (e *Encoder) record(b *Batch, lo, hi int) (arrow.RecordBatch, error) {
 			[]*memory.Buffer{nil, wrap(e.truncBits)}, nil, 0, 0),
 		array.NewData(e.schema.Field(4).Type, n,
 			[]*memory.Buffer{nil}, []arrow.ArrayData{values}, 0, 0),
+		str(&e.shas),
+		str(&e.descs),
+		array.NewData(arrow.PrimitiveTypes.Int32, n,
+			[]*memory.Buffer{nil, wrap(arrow.Int32Traits.CastToBytes(b.InputLengths[lo:hi]))}, nil, 0, 0),
+		array.NewData(arrow.FixedWidthTypes.Boolean, n,
+			[]*memory.Buffer{nil, wrap(e.stopBits)}, nil, 0, 0),
+		array.NewData(arrow.PrimitiveTypes.Int64, n,
+			[]*memory.Buffer{nil, wrap(arrow.Int64Traits.CastToBytes(b.InputIndexes[lo:hi]))}, nil, 0, 0),
 	}
 	var cols [len(datas)]arrow.Array
 	for i, d := range datas {
@@ -339,6 +370,42 @@ func (e *Encoder) record(b *Batch, lo, hi int) (arrow.RecordBatch, error) {
 		c.Release()
 	}
 	return rec, nil
+}
+
+// stringScratch holds the offsets and bytes of one utf8 column being built.
+type stringScratch struct {
+	offsets []int32
+	data    []byte
+}
+
+// fill sets sc to the column of vals; false if the bytes exceed 2 GiB.
+func (sc *stringScratch) fill(vals []string) bool {
+	sc.offsets = append(sc.offsets[:0], 0)
+	sc.data = sc.data[:0]
+	for _, v := range vals {
+		sc.data = append(sc.data, v...)
+		if len(sc.data) > math.MaxInt32 {
+			return false
+		}
+		sc.offsets = append(sc.offsets, int32(len(sc.data)))
+	}
+	return true
+}
+
+// fillBits returns buf (reused if large enough) as the validity-style bitmap of vals.
+func fillBits(buf []byte, vals []bool) []byte {
+	nb := int(bitutil.BytesForBits(int64(len(vals))))
+	if cap(buf) < nb {
+		buf = make([]byte, nb)
+	}
+	buf = buf[:nb]
+	clear(buf)
+	for i, t := range vals {
+		if t {
+			bitutil.SetBit(buf, i)
+		}
+	}
+	return buf
 }
 
 // payload encodes rec as an IPC record-batch payload and returns it with

@@ -25,6 +25,11 @@ func TestSchemaLayout(t *testing.T) {
 		{"length", "int32", true},
 		{"truncated", "bool", true},
 		{"embedding", "fixed_size_list<item: float32, nullable>[1280]", true},
+		{"seq_sha256", "utf8", true},
+		{"description", "utf8", true},
+		{"input_length", "int32", true},
+		{"stop_stripped", "bool", true},
+		{"input_index", "int64", true},
 	}
 	if s.NumFields() != len(want) {
 		t.Fatalf("schema has %d fields: %s", s.NumFields(), s)
@@ -41,7 +46,7 @@ func TestSchemaLayout(t *testing.T) {
 	}
 	md := s.Metadata()
 	wantKeys := []string{"seqembed.model", "seqembed.model_sha256", "seqembed.dim", "seqembed.pooling", "seqembed.version"}
-	wantVals := []string{"m", "sha", "1280", "cls", "1"}
+	wantVals := []string{"m", "sha", "1280", "cls", "2"}
 	if !slices.Equal(md.Keys(), wantKeys) || !slices.Equal(md.Values(), wantVals) {
 		t.Errorf("metadata %s, want keys %v values %v", md, wantKeys, wantVals)
 	}
@@ -226,7 +231,7 @@ func TestSplit(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, maxBytes := range []int{len(whole), len(whole) / 2, 20_000, 5_000, e.overhead + 400} {
+	for _, maxBytes := range []int{len(whole), len(whole) / 2, 20_000, 5_000, e.overhead + 600} {
 		parts, err := e.Split(b, maxBytes)
 		if err != nil {
 			t.Fatalf("max %d: %v", maxBytes, err)
@@ -254,7 +259,7 @@ func TestSplit(t *testing.T) {
 
 		// Close to the fewest parts possible: the body of whole spread
 		// over parts paying the fixed overhead and some padding each.
-		body, room := len(whole)-e.overhead, maxBytes-e.overhead-64
+		body, room := len(whole)-e.overhead, maxBytes-e.overhead-partPadding
 		if fewest := (body + room - 1) / room; len(parts) > fewest+fewest/4+1 {
 			t.Errorf("max %d: %d parts, fewest possible about %d", maxBytes, len(parts), fewest)
 		}

@@ -30,4 +30,9 @@ var (
 	// ErrSchemaMismatch reports an IPC message whose Meta differs from the
 	// one a ParquetSink was fixed to.
 	ErrSchemaMismatch = errors.New("arrowout: schema mismatch")
+
+	// ErrFormat reports an output file format that is unknown: a --format
+	// other than parquet or arrow, or without one a file suffix that names
+	// neither (FileFormat).
+	ErrFormat = errors.New("output format")
 )

@@ -2,8 +2,12 @@ package arrowout
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,12 +24,17 @@ var testMeta = Meta{Model: "esm2_t6_8M_UR50D", ModelSHA256: "ab12cd34", Pooling:
 // subnormals so that round trips are checked bit for bit.
 func makeBatch(seq uint64, n, dim int, seq0 uint64) *Batch {
 	b := &Batch{
-		Seq:        seq,
-		IDs:        make([]string, n),
-		StreamSeqs: make([]uint64, n),
-		Lengths:    make([]int32, n),
-		Truncated:  make([]bool, n),
-		Embeddings: make([]float32, n*dim),
+		Seq:          seq,
+		IDs:          make([]string, n),
+		StreamSeqs:   make([]uint64, n),
+		Lengths:      make([]int32, n),
+		Truncated:    make([]bool, n),
+		Embeddings:   make([]float32, n*dim),
+		SeqSHA256s:   make([]string, n),
+		Descriptions: make([]string, n),
+		InputLengths: make([]int32, n),
+		StopStripped: make([]bool, n),
+		InputIndexes: make([]int64, n),
 	}
 	special := []float32{
 		float32(math.Copysign(0, -1)), float32(math.Inf(1)), float32(math.Inf(-1)),
@@ -36,6 +45,15 @@ func makeBatch(seq uint64, n, dim int, seq0 uint64) *Batch {
 		b.StreamSeqs[i] = seq0 + uint64(i)
 		b.Lengths[i] = int32(50 + i%1000)
 		b.Truncated[i] = i%3 == 0
+		// The identity depends on the row number only: a batch made again holds the same records.
+		sum := sha256.Sum256([]byte(b.IDs[i]))
+		b.SeqSHA256s[i] = hex.EncodeToString(sum[:])
+		if i%4 != 1 {
+			b.Descriptions[i] = fmt.Sprintf("protein %d \u00e9\u4e2d\t%s", i, strings.Repeat("d", i%13))
+		}
+		b.InputLengths[i] = b.Lengths[i] + int32(i%2)
+		b.StopStripped[i] = i%5 == 0
+		b.InputIndexes[i] = int64(i) - 1 // -1 (unknown) for row 0
 		for j := range dim {
 			k := i*dim + j
 			if k%97 < len(special) {
@@ -54,7 +72,8 @@ func wantRows(b *Batch, dim, lo, hi int) []Row {
 	for i := lo; i < hi; i++ {
 		rows = append(rows, Row{
 			ID: b.IDs[i], StreamSeq: b.StreamSeqs[i], Length: b.Lengths[i], Truncated: b.Truncated[i],
-			Embedding: b.Embeddings[i*dim : (i+1)*dim],
+			Embedding: b.Embeddings[i*dim : (i+1)*dim], SeqSHA256: b.SeqSHA256s[i], Description: b.Descriptions[i],
+			InputLength: b.InputLengths[i], StopStripped: b.StopStripped[i], InputIndex: b.InputIndexes[i],
 		})
 	}
 	return rows
@@ -68,8 +87,10 @@ func equalRows(t *testing.T, got, want []Row) {
 	}
 	for i := range want {
 		g, w := got[i], want[i]
-		if g.ID != w.ID || g.StreamSeq != w.StreamSeq || g.Length != w.Length || g.Truncated != w.Truncated {
-			t.Fatalf("row %d: got %+v, want %+v", i, g, w)
+		ge, we := g, w
+		ge.Embedding, we.Embedding = nil, nil
+		if !reflect.DeepEqual(ge, we) {
+			t.Fatalf("row %d: got %+v, want %+v", i, ge, we)
 		}
 		equalFloats(t, fmt.Sprintf("row %d (%s)", i, w.ID), g.Embedding, w.Embedding)
 	}

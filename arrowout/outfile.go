@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,40 +19,62 @@ const (
 	FormatArrow   = "arrow" // an Arrow IPC file
 )
 
-// FileFormat resolves a --format value for the output path: parquet or arrow as given, or when
-// empty, arrow for the Arrow IPC file extensions .arrow, .arrows, .feather and .ipc and parquet
-// for anything else.
+// The output file suffixes FileFormat knows (lower case; matched in any case): the one list of
+// them.
+var (
+	parquetSuffixes = []string{".parquet", ".pq", ".parq"}
+	arrowSuffixes   = []string{".arrow", ".arrows", ".feather", ".ipc"}
+)
+
+// FileFormat resolves a --format value for the output path: parquet or arrow as given (in any
+// case), or when empty, parquet for the suffixes .parquet, .pq and .parq and arrow for the Arrow
+// IPC file suffixes .arrow, .arrows, .feather and .ipc. Any other --format, and without one any
+// other suffix (or none), is an error wrapping ErrFormat that says how to name the file.
 func FileFormat(format, path string) (string, error) {
 	switch f := strings.ToLower(format); f {
 	case FormatParquet, FormatArrow:
 		return f, nil
 	case "":
-		switch strings.ToLower(filepath.Ext(path)) {
-		case ".arrow", ".arrows", ".feather", ".ipc":
-			return FormatArrow, nil
-		}
+	default:
+		return "", fmt.Errorf("%w: --format %q: want %s or %s", ErrFormat, format, FormatParquet, FormatArrow)
+	}
+	ext := strings.ToLower(filepath.Ext(path))
+	if slices.Contains(parquetSuffixes, ext) {
 		return FormatParquet, nil
 	}
-	return "", fmt.Errorf("%w: --format %q: want %s or %s", ErrOption, format, FormatParquet, FormatArrow)
+	if slices.Contains(arrowSuffixes, ext) {
+		return FormatArrow, nil
+	}
+	what := "no suffix"
+	if ext != "" {
+		what = "the suffix " + ext
+	}
+	return "", fmt.Errorf("%w: %s has %s: name it %s (Parquet) or %s (Arrow IPC file), or pass --format parquet|arrow",
+		ErrFormat, path, what, strings.Join(parquetSuffixes, ", "), strings.Join(arrowSuffixes, ", "))
 }
 
 // FileSink is a *ParquetSink or an *ArrowFileSink.
 type FileSink interface {
 	MessageWriter
 	Duplicates() int
+	Conflicts() int
+	ConflictIDs() int
+	ConflictExamples(n int) []string
 	Close() error
+	Abort()
 }
 
-// NewFileSink creates the sink writing path in format (see FileFormat; empty = by extension).
-func NewFileSink(format, path string) (FileSink, error) {
+// NewFileSink creates the sink writing path in format (see FileFormat; empty = by the suffix,
+// which must then be a known one).
+func NewFileSink(format, path string, opts ...SinkOption) (FileSink, error) {
 	format, err := FileFormat(format, path)
 	if err != nil {
 		return nil, err
 	}
 	if format == FormatArrow {
-		return NewArrowFileSink(path)
+		return NewArrowFileSink(path, opts...)
 	}
-	return NewParquetSink(path)
+	return NewParquetSink(path, opts...)
 }
 
 // SinkRun is Sink running in the background into a FileSink; Rows is safe to read while it
@@ -92,7 +115,8 @@ func (s *SinkRun) Sink() FileSink { return s.sink }
 func (s *SinkRun) Done() <-chan struct{} { return s.done }
 
 // Finish stops reading (if still running), closes the output file and returns the first error
-// (none for a sink stopped by Finish itself). It is idempotent.
+// (none for a sink stopped by Finish itself). A sink that stopped on a message of another model
+// (ErrSchemaMismatch) writes no file at all: it is aborted, not closed. It is idempotent.
 func (s *SinkRun) Finish() error {
 	s.once.Do(func() {
 		s.cancel()
@@ -100,6 +124,11 @@ func (s *SinkRun) Finish() error {
 		err := s.err
 		if errors.Is(err, context.Canceled) {
 			err = nil
+		}
+		if errors.Is(err, ErrSchemaMismatch) {
+			s.sink.Abort()
+			s.finalErr = err
+			return
 		}
 		s.finalErr = errors.Join(err, s.sink.Close())
 	})

@@ -119,8 +119,12 @@ func TestPublishSplitsStoresAndDeduplicates(t *testing.T) {
 	}
 	equalRows(t, rows, wantRows(b, meta.Dim, 0, b.Rows()))
 
-	// A replay of the same batch is deduplicated by the stream.
-	res2, err := p.Publish(ctx, b)
+	// A replay of the same records (a batch rebuilt from the redelivered inputs by another
+	// worker: another batch number, the same rows, seq_sha256 and all) gets the same Msg-Ids and
+	// is deduplicated by the stream.
+	replay := makeBatch(77, 256, meta.Dim, 7_000)
+	replay.StreamSeqs[10], replay.StreamSeqs[200] = 9_999, 6_000
+	res2, err := p.Publish(ctx, replay)
 	if err != nil {
 		t.Fatal(err)
 	}

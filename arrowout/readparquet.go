@@ -31,7 +31,7 @@ func ReadParquet(path string) (Meta, []Row, error) {
 	if err != nil {
 		return Meta{}, nil, fmt.Errorf("%w: %s: %w", ErrDecode, path, err)
 	}
-	meta, err := metaFromMetadata(schema.Metadata())
+	meta, _, err := metaFromMetadata(schema.Metadata())
 	if err != nil {
 		return Meta{}, nil, fmt.Errorf("%w: %s: %w", ErrDecode, path, err)
 	}

@@ -15,13 +15,21 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 )
 
-// Column names of Schema, in order.
+// Column names of Schema, in order. The first five are the version-1 layout; version 2 appends
+// the record's identity and provenance after them, so a reader of version 1 by position still
+// finds its columns.
 const (
 	ColID        = "id"
 	ColStreamSeq = "stream_seq"
 	ColLength    = "length"
 	ColTruncated = "truncated"
 	ColEmbedding = "embedding"
+	// Version 2.
+	ColSeqSHA256    = "seq_sha256"
+	ColDescription  = "description"
+	ColInputLength  = "input_length"
+	ColStopStripped = "stop_stripped"
+	ColInputIndex   = "input_index"
 )
 
 // Schema metadata keys. The values of MetaKeyDim and MetaKeyVersion are
@@ -36,8 +44,13 @@ const (
 
 // FormatVersion is the value of the MetaKeyVersion schema metadata key: the
 // version of the column layout described by Schema. It changes only when the
-// layout changes incompatibly.
-const FormatVersion = 1
+// layout changes. Version 1 had the first five columns; version 2 added
+// seq_sha256, description, input_length, stop_stripped and input_index.
+// Decoding reads both (rows of version 1 get the "unknown" values, see Row).
+const FormatVersion = 2
+
+// minVersion is the oldest layout the decoder reads.
+const minVersion = 1
 
 // maxDim bounds Meta.Dim: Arrow fixed-size lists have an int32 length.
 const maxDim = math.MaxInt32
@@ -67,13 +80,31 @@ func (m Meta) Validate() error {
 	return nil
 }
 
-// Schema returns the Arrow schema of seqembed output for m:
+// String names the model for messages: "esm2-tiny (dim 64, model sha256 636658eb3701…)".
+func (m Meta) String() string {
+	sha := m.ModelSHA256
+	if len(sha) > 12 {
+		sha = sha[:12] + "…"
+	}
+	if sha == "" {
+		sha = "none"
+	}
+	return fmt.Sprintf("%s (dim %d, model sha256 %s)", m.Model, m.Dim, sha)
+}
+
+// Schema returns the Arrow schema of seqembed output for m (layout version
+// FormatVersion, 2):
 //
-//	id          utf8, not null
-//	stream_seq  uint64            (input JetStream stream sequence)
-//	length      int32             (residues embedded, after truncation)
-//	truncated   bool
-//	embedding   fixed_size_list<item: float32>[m.Dim]
+//	id             utf8, not null
+//	stream_seq     uint64  (input JetStream stream sequence)
+//	length         int32   (residues embedded, after truncation)
+//	truncated      bool
+//	embedding      fixed_size_list<item: float32>[m.Dim]
+//	seq_sha256     utf8    (lowercase hex SHA-256 of the whole sequence as the worker received it)
+//	description    utf8    (the FASTA header text after the id, at most 1 KiB; "" when none)
+//	input_length   int32   (residues before truncation)
+//	stop_stripped  bool    (the publisher removed a trailing '*')
+//	input_index    int64   (0-based position of the record in its input; -1 when unknown)
 //
 // with schema metadata seqembed.model, seqembed.model_sha256, seqembed.dim,
 // seqembed.pooling and seqembed.version (in that order). Only id is declared
@@ -82,18 +113,31 @@ func (m Meta) Validate() error {
 //
 // Schema panics if m.Dim is out of range; call m.Validate first when m is
 // untrusted. Each call returns a new schema.
-func Schema(m Meta) *arrow.Schema {
+func Schema(m Meta) *arrow.Schema { return schemaVersion(m, FormatVersion) }
+
+// schemaVersion is the schema of layout version v (1 or 2) for m.
+func schemaVersion(m Meta, v int) *arrow.Schema {
 	md := arrow.NewMetadata(
 		[]string{MetaKeyModel, MetaKeyModelSHA256, MetaKeyDim, MetaKeyPooling, MetaKeyVersion},
-		[]string{m.Model, m.ModelSHA256, strconv.Itoa(m.Dim), m.Pooling, strconv.Itoa(FormatVersion)},
+		[]string{m.Model, m.ModelSHA256, strconv.Itoa(m.Dim), m.Pooling, strconv.Itoa(v)},
 	)
-	return arrow.NewSchema([]arrow.Field{
+	fields := []arrow.Field{
 		{Name: ColID, Type: arrow.BinaryTypes.String, Nullable: false},
 		{Name: ColStreamSeq, Type: arrow.PrimitiveTypes.Uint64, Nullable: true},
 		{Name: ColLength, Type: arrow.PrimitiveTypes.Int32, Nullable: true},
 		{Name: ColTruncated, Type: arrow.FixedWidthTypes.Boolean, Nullable: true},
 		{Name: ColEmbedding, Type: embeddingType(m.Dim), Nullable: true},
-	}, &md)
+	}
+	if v >= 2 {
+		fields = append(fields,
+			arrow.Field{Name: ColSeqSHA256, Type: arrow.BinaryTypes.String, Nullable: true},
+			arrow.Field{Name: ColDescription, Type: arrow.BinaryTypes.String, Nullable: true},
+			arrow.Field{Name: ColInputLength, Type: arrow.PrimitiveTypes.Int32, Nullable: true},
+			arrow.Field{Name: ColStopStripped, Type: arrow.FixedWidthTypes.Boolean, Nullable: true},
+			arrow.Field{Name: ColInputIndex, Type: arrow.PrimitiveTypes.Int64, Nullable: true},
+		)
+	}
+	return arrow.NewSchema(fields, &md)
 }
 
 // embeddingType is the type of the embedding column for dimension dim.
@@ -101,21 +145,30 @@ func embeddingType(dim int) *arrow.FixedSizeListType {
 	return arrow.FixedSizeListOfField(int32(dim), arrow.Field{Name: "item", Type: arrow.PrimitiveTypes.Float32, Nullable: true})
 }
 
-// metaFromSchema recovers the Meta of a schema and checks that its columns
-// are exactly those of Schema(meta). Errors wrap ErrDecode.
-func metaFromSchema(s *arrow.Schema) (Meta, error) {
-	m, err := metaFromMetadata(s.Metadata())
+// metaFromSchema recovers the Meta and layout version of a schema and checks
+// that its columns are exactly those of that version's layout. Errors wrap
+// ErrDecode.
+func metaFromSchema(s *arrow.Schema) (Meta, int, error) {
+	m, v, err := metaFromMetadata(s.Metadata())
 	if err != nil {
-		return Meta{}, err
+		return Meta{}, 0, err
 	}
-	if want := Schema(m); !want.Equal(s) {
-		return Meta{}, fmt.Errorf("%w: columns %s do not match the seqembed layout for dim %d", ErrDecode, fieldList(s), m.Dim)
+	if v == 0 { // no version key: whichever layout the columns are
+		v = minVersion
+		if s.NumFields() == Schema(m).NumFields() {
+			v = FormatVersion
+		}
 	}
-	return m, nil
+	want := schemaVersion(m, v)
+	if !want.Equal(s) {
+		return Meta{}, 0, fmt.Errorf("%w: columns %s do not match the seqembed layout version %d for dim %d", ErrDecode, fieldList(s), v, m.Dim)
+	}
+	return m, v, nil
 }
 
-// metaFromMetadata reads and validates the Meta keys. Errors wrap ErrDecode.
-func metaFromMetadata(md arrow.Metadata) (Meta, error) {
+// metaFromMetadata reads and validates the Meta keys, and the layout version
+// (0 when the key is absent). Errors wrap ErrDecode.
+func metaFromMetadata(md arrow.Metadata) (Meta, int, error) {
 	get := func(k string) string { v, _ := md.GetValue(k); return v }
 	m := Meta{
 		Model:       get(MetaKeyModel),
@@ -124,16 +177,19 @@ func metaFromMetadata(md arrow.Metadata) (Meta, error) {
 	}
 	dim, err := strconv.Atoi(get(MetaKeyDim))
 	if err != nil {
-		return Meta{}, fmt.Errorf("%w: schema metadata %s=%q is not an integer", ErrDecode, MetaKeyDim, get(MetaKeyDim))
+		return Meta{}, 0, fmt.Errorf("%w: schema metadata %s=%q is not an integer", ErrDecode, MetaKeyDim, get(MetaKeyDim))
 	}
 	m.Dim = dim
 	if err := m.Validate(); err != nil {
-		return Meta{}, fmt.Errorf("%w: schema metadata: %w", ErrDecode, err)
+		return Meta{}, 0, fmt.Errorf("%w: schema metadata: %w", ErrDecode, err)
 	}
-	if v, ok := md.GetValue(MetaKeyVersion); ok && v != strconv.Itoa(FormatVersion) {
-		return Meta{}, fmt.Errorf("%w: unsupported %s=%q (want %d)", ErrDecode, MetaKeyVersion, v, FormatVersion)
+	v := 0
+	if s, ok := md.GetValue(MetaKeyVersion); ok {
+		if v, err = strconv.Atoi(s); err != nil || v < minVersion || v > FormatVersion {
+			return Meta{}, 0, fmt.Errorf("%w: unsupported %s=%q (this build reads %d to %d)", ErrDecode, MetaKeyVersion, s, minVersion, FormatVersion)
+		}
 	}
-	return m, nil
+	return m, v, nil
 }
 
 // fieldList renders a schema's fields compactly for error messages.

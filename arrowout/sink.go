@@ -36,6 +36,7 @@ type sinkConfig struct {
 	rowGroupRows int
 	codec        compress.Compression
 	meta         *Meta
+	conflicts    string // WithConflictsFile's path; "" none
 }
 
 // WithRowGroupRows sets the number of rows per Parquet row group (per record
@@ -79,9 +80,30 @@ func WithMeta(m Meta) SinkOption {
 	}
 }
 
-// ParquetSink appends decoded rows to a Parquet file, deduplicating by id:
-// the first occurrence of an id wins and later ones are counted as
-// duplicates. The file has the columns of Schema(meta) (the embedding is a
+// WithConflictsFile makes Close write the sink's id conflicts (rows kept
+// under an id already seen with another sequence, see ParquetSink) to a TSV
+// file at path (see ConflictsColumns), written like the output (a temporary
+// file renamed into place) and only when there is a conflict; when there is
+// none, a file already at path is removed, so that path always describes
+// this output. Default: no file (the counts are still kept).
+func WithConflictsFile(path string) SinkOption {
+	return func(c *sinkConfig) error {
+		if path == "" {
+			return fmt.Errorf("%w: WithConflictsFile(\"\")", ErrOption)
+		}
+		c.conflicts = path
+		return nil
+	}
+}
+
+// ParquetSink appends decoded rows to a Parquet file, deduplicating by
+// record identity, the pair (id, seq_sha256): the first row of a pair wins
+// and later ones (redeliveries, replayed batches, a file published twice)
+// are counted as duplicates. A row whose id was seen before with another
+// sequence (seq_sha256) is an id conflict: it is kept, so the file holds one
+// row per sequence, and counted (Conflicts, ConflictIDs; WithConflictsFile
+// lists them). Rows of version-1 messages, which carry no seq_sha256, count
+// as one more sequence (empty hash) per id. The file has the columns of Schema(meta) (the embedding is a
 // Parquet LIST; the Arrow schema is stored in the file, so arrow readers
 // such as pyarrow get fixed_size_list<float32>[dim] back), the Meta in its
 // key-value metadata, no dictionary encoding, and Zstd compression unless
@@ -89,7 +111,8 @@ func WithMeta(m Meta) SinkOption {
 //
 // Rows are written to a temporary file next to the target, which Close
 // syncs and renames into place, so the target path never holds a partial
-// file. The set of seen ids is kept in memory.
+// file. The identities seen are kept in memory: per id its first row's
+// sequence hash, input length, index, stream sequence and description.
 //
 // A ParquetSink is safe for concurrent use.
 type ParquetSink struct {
@@ -142,7 +165,8 @@ type recordWriter interface {
 }
 
 // fileSink is what ParquetSink and ArrowFileSink share, everything but the
-// file format: decoding messages, deduplicating by id, fixing the Meta,
+// file format: decoding messages, deduplicating by (id, seq_sha256) and
+// counting id conflicts, fixing the Meta,
 // buffering rows into record batches of cfg.rowGroupRows rows, the counts,
 // and the temporary file that Close renames into place. The format is the
 // recordWriter that open returns once the Meta is fixed.
@@ -158,7 +182,9 @@ type fileSink struct {
 	fixed  bool // meta, fw and rb are set
 	fw     recordWriter
 	rb     *array.RecordBuilder
-	seen   map[string]struct{}
+	seen   map[string]firstRow // id → its first row
+	others map[string][]string // id → the seq_sha256 of its further sequences (conflicts)
+	book   conflictBook
 	rows   int // unique rows accepted
 	dups   int
 	msgs   int
@@ -186,7 +212,8 @@ func (s *fileSink) init(kind, path string, cfg sinkConfig, open func(sinkConfig,
 	s.kind, s.path, s.cfg, s.open = kind, path, cfg, open
 	s.tmp = tmp
 	s.bw = bufio.NewWriterSize(tmp, 1<<20)
-	s.seen = make(map[string]struct{})
+	s.seen = make(map[string]firstRow)
+	s.others = make(map[string][]string)
 	if cfg.meta != nil {
 		if err := s.accept(*cfg.meta); err != nil {
 			s.abort()
@@ -201,7 +228,8 @@ func (s *fileSink) init(kind, path string, cfg sinkConfig, open func(sinkConfig,
 func (s *fileSink) accept(m Meta) error {
 	if s.fixed {
 		if m != s.meta {
-			return fmt.Errorf("%w: %s: message meta %+v, sink has %+v", ErrSchemaMismatch, s.path, m, s.meta)
+			return fmt.Errorf("%w: %s holds the embeddings of %s, the message is of %s: one file holds one model's embeddings",
+				ErrSchemaMismatch, s.path, s.meta, m)
 		}
 		return nil
 	}
@@ -223,10 +251,10 @@ func (s *fileSink) reserve() {
 }
 
 // WriteIPC decodes one Arrow IPC stream (one published message) and appends
-// its rows whose id was not seen before. It returns how many rows were
-// added and how many were duplicates. The first message fixes the sink's
-// Meta unless WithMeta did; a message with another Meta fails with
-// ErrSchemaMismatch and adds nothing. Undecodable data fails with
+// its rows whose identity (id, seq_sha256) was not seen before. It returns
+// how many rows were added and how many were duplicates. The first message
+// fixes the sink's Meta unless WithMeta did; a message with another Meta
+// fails with ErrSchemaMismatch and adds nothing. Undecodable data fails with
 // ErrDecode. Rows of earlier record batches of the same stream may have
 // been added when a later one fails (seqembed messages hold one batch).
 // A write error is sticky: every later call returns it.
@@ -256,32 +284,79 @@ func (s *fileSink) WriteIPC(data []byte) (added, dups int, err error) {
 	return added, dups, err
 }
 
-// appendColumns appends the unseen rows of c, flushing full row groups.
-// Caller holds s.mu and has accepted c's Meta.
+// firstRow is what a sink keeps of the first row of an id: its identity, and
+// what the conflicts file says of it.
+type firstRow struct {
+	sha, desc string
+	index     int64
+	streamSeq uint64
+	inputLen  int32
+}
+
+// seenAs classifies a row of id with sequence hash sha: a duplicate (that
+// identity was kept before), a conflict (the id was kept with another
+// sequence; first is its first row) or new. Caller holds s.mu.
+func (s *fileSink) seenAs(id, sha string) (dup, conflict bool, first firstRow) {
+	first, ok := s.seen[id]
+	switch {
+	case !ok:
+		return false, false, first
+	case first.sha == sha:
+		return true, false, first
+	}
+	for _, o := range s.others[id] {
+		if o == sha {
+			return true, false, first
+		}
+	}
+	return false, true, first
+}
+
+// appendColumns appends the rows of c whose identity is new, flushing full
+// row groups. Caller holds s.mu and has accepted c's Meta.
 func (s *fileSink) appendColumns(c columns) (added, dups int, err error) {
 	var (
-		ids   = s.rb.Field(0).(*array.StringBuilder)
-		seqs  = s.rb.Field(1).(*array.Uint64Builder)
-		lens  = s.rb.Field(2).(*array.Int32Builder)
-		truns = s.rb.Field(3).(*array.BooleanBuilder)
-		embs  = s.rb.Field(4).(*array.FixedSizeListBuilder)
-		vals  = embs.ValueBuilder().(*array.Float32Builder)
+		ids     = s.rb.Field(0).(*array.StringBuilder)
+		seqs    = s.rb.Field(1).(*array.Uint64Builder)
+		lens    = s.rb.Field(2).(*array.Int32Builder)
+		truns   = s.rb.Field(3).(*array.BooleanBuilder)
+		embs    = s.rb.Field(4).(*array.FixedSizeListBuilder)
+		vals    = embs.ValueBuilder().(*array.Float32Builder)
+		shas    = s.rb.Field(5).(*array.StringBuilder)
+		descs   = s.rb.Field(6).(*array.StringBuilder)
+		inLens  = s.rb.Field(7).(*array.Int32Builder)
+		stops   = s.rb.Field(8).(*array.BooleanBuilder)
+		indexes = s.rb.Field(9).(*array.Int64Builder)
 	)
 	for i := range c.len() {
 		id := c.id.Value(i)
-		if _, ok := s.seen[id]; ok {
+		sha, desc, inLen, stop, index := c.meta(i)
+		seq := c.seq.Value(i)
+		dup, conflict, first := s.seenAs(id, sha)
+		if dup {
 			dups++
 			s.dups++
 			continue
 		}
-		// Value aliases the IPC buffer: clone so the map does not pin it.
-		s.seen[strings.Clone(id)] = struct{}{}
+		// The values alias the IPC buffer: clone what is kept, so the maps do not pin it.
+		if conflict {
+			key := strings.Clone(id)
+			s.others[key] = append(s.others[key], strings.Clone(sha))
+			s.book.add(key, first, firstRow{sha: strings.Clone(sha), desc: strings.Clone(desc), index: index, streamSeq: seq, inputLen: inLen})
+		} else {
+			s.seen[strings.Clone(id)] = firstRow{sha: strings.Clone(sha), desc: strings.Clone(desc), index: index, streamSeq: seq, inputLen: inLen}
+		}
 		ids.Append(id)
-		seqs.Append(c.seq.Value(i))
+		seqs.Append(seq)
 		lens.Append(c.length.Value(i))
 		truns.Append(c.truncated.Value(i))
 		embs.Append(true)
 		vals.AppendValues(c.embedding(i), nil)
+		shas.Append(sha)
+		descs.Append(desc)
+		inLens.Append(inLen)
+		stops.Append(stop)
+		indexes.Append(index)
 		added++
 		s.rows++
 		if ids.Len() >= s.cfg.rowGroupRows {
@@ -317,8 +392,8 @@ func (s *fileSink) Rows() int {
 	return s.rows
 }
 
-// Duplicates returns the number of rows dropped because their id was
-// already seen.
+// Duplicates returns the number of rows dropped because their identity
+// (id, seq_sha256) was already seen.
 func (s *fileSink) Duplicates() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -330,6 +405,34 @@ func (s *fileSink) Messages() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.msgs
+}
+
+// Conflicts returns the number of rows kept although their id was seen
+// before with another sequence (id conflicts: the second, third, ...
+// sequence of an id).
+func (s *fileSink) Conflicts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.book.rows
+}
+
+// ConflictIDs returns the number of ids seen with more than one sequence.
+func (s *fileSink) ConflictIDs() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.book.groups)
+}
+
+// ConflictExamples returns up to n ids seen with more than one sequence, in
+// the order their first conflict arrived.
+func (s *fileSink) ConflictExamples(n int) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, min(n, len(s.book.groups)))
+	for _, g := range s.book.groups[:min(n, len(s.book.groups))] {
+		out = append(out, g.id)
+	}
+	return out
 }
 
 // Has reports whether a row with this id was accepted.
@@ -348,10 +451,11 @@ func (s *fileSink) Meta() (Meta, bool) {
 }
 
 // Close writes the buffered rows and the file footer, syncs the file and
-// renames it to the target path. If the Meta was never fixed (no message
-// and no WithMeta) there is nothing to describe the file with: the
-// temporary file is removed and no file is created. On error the temporary
-// file is removed too. Close is idempotent; later calls return nil.
+// renames it to the target path, and writes or removes the conflicts file
+// (WithConflictsFile). If the Meta was never fixed (no message and no
+// WithMeta) there is nothing to describe the file with: the temporary file
+// is removed and no file is created. On error the temporary files are
+// removed too. Close is idempotent; later calls return nil.
 func (s *fileSink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -380,14 +484,49 @@ func (s *fileSink) Close() error {
 	if err == nil {
 		err = s.tmp.Close()
 	}
+	var conflicts string // the conflicts file's temporary name, to rename after the output
+	if err == nil && s.cfg.conflicts != "" && len(s.book.groups) > 0 {
+		conflicts, err = s.book.writeTemp(s.cfg.conflicts)
+	}
 	if err == nil {
 		err = os.Rename(s.tmp.Name(), s.path)
 	}
 	if err != nil {
 		s.abort()
+		if conflicts != "" {
+			os.Remove(conflicts)
+		}
 		return fmt.Errorf("arrowout: %s sink %s: close: %w", s.kind, s.path, err)
 	}
+	switch {
+	case conflicts != "":
+		err = os.Rename(conflicts, s.cfg.conflicts)
+	case s.cfg.conflicts != "":
+		if err = os.Remove(s.cfg.conflicts); errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+	}
+	if err != nil {
+		os.Remove(conflicts)
+		return fmt.Errorf("arrowout: %s sink %s: conflicts file: %w", s.kind, s.path, err)
+	}
 	return nil
+}
+
+// Abort discards the sink: the temporary file is removed and neither the
+// target nor the conflicts file is written or touched. Later calls of Close
+// and Abort do nothing.
+func (s *fileSink) Abort() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	if s.rb != nil {
+		s.rb.Release()
+	}
+	s.abort()
 }
 
 // abort closes and removes the temporary file, ignoring errors (it may be
@@ -400,7 +539,7 @@ func (s *fileSink) abort() {
 // MessageWriter is what Sink writes to: *ParquetSink and *ArrowFileSink.
 // WriteIPC takes one published message (an Arrow IPC stream) and returns
 // how many rows it added and how many were duplicates; Rows is the number
-// of unique rows accepted so far.
+// of unique rows (identities) accepted so far.
 type MessageWriter interface {
 	WriteIPC(data []byte) (added, dups int, err error)
 	Rows() int

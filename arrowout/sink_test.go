@@ -116,7 +116,7 @@ func TestParquetSinkDedupAndReadBack(t *testing.T) {
 	if rdr.NumRowGroups() != 3 {
 		t.Errorf("%d row groups, want 3 of at most 4 rows", rdr.NumRowGroups())
 	}
-	wantTypes := []string{"utf8", "uint64", "int32", "bool", "fixed_size_list<element: float32, nullable>[8]"}
+	wantTypes := []string{"utf8", "uint64", "int32", "bool", "fixed_size_list<element: float32, nullable>[8]", "utf8", "utf8", "int32", "bool", "int64"}
 	for i, f := range schema.Fields() {
 		if f.Name != Schema(testMeta).Field(i).Name || f.Type.String() != wantTypes[i] || f.Nullable != Schema(testMeta).Field(i).Nullable {
 			t.Errorf("parquet field %d: %s %s nullable=%v", i, f.Name, f.Type, f.Nullable)
@@ -124,7 +124,7 @@ func TestParquetSinkDedupAndReadBack(t *testing.T) {
 	}
 	kv := rdr.MetaData().KeyValueMetadata()
 	for k, v := range map[string]string{MetaKeyModel: testMeta.Model, MetaKeyModelSHA256: testMeta.ModelSHA256,
-		MetaKeyDim: "8", MetaKeyPooling: testMeta.Pooling, MetaKeyVersion: "1"} {
+		MetaKeyDim: "8", MetaKeyPooling: testMeta.Pooling, MetaKeyVersion: "2"} {
 		if got := kv.FindValue(k); got == nil || *got != v {
 			t.Errorf("parquet metadata %s = %v, want %q", k, got, v)
 		}

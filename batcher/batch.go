@@ -17,6 +17,15 @@ type Item struct {
 	Residues  []byte
 	StreamSeq uint64
 	Truncated bool
+	// The record's identity and provenance, passed through unchanged to the output row (the
+	// batcher uses none of them): its description, its length before truncation, the hex
+	// SHA-256 of its whole sequence, whether the publisher stripped a stop codon, and its
+	// position in its input (-1 when unknown).
+	Description  string
+	InputLength  int
+	SeqSHA256    string
+	StopStripped bool
+	InputIndex   int64
 	// Ref is opaque to the batcher (the caller puts its message handle
 	// here) and passed through unchanged.
 	Ref any

@@ -2,6 +2,8 @@ package consumer_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -314,5 +316,65 @@ func TestDecodeHeaderNames(t *testing.T) {
 	_, err := consumer.Decode(many, []byte("MKT"), 3, p)
 	if err == nil || len(err.Error()) > 2000 || !strings.Contains(err.Error(), "and 24 more") {
 		t.Fatalf("many headers: %d-byte error %v", len(fmt.Sprint(err)), err)
+	}
+}
+
+// TestDecodeRecordHeaders: the optional headers, by name in any case: Seq-Description is carried
+// cleaned and capped at MaxDescriptionBytes (never a reason to refuse); Seq-Index and
+// Seqembed-Stop-Stripped are carried, -1 and false when absent, and an unreadable or disagreeing
+// value is bad_header. SeqSHA256 hashes the residues as received: whitespace removed, before
+// truncation.
+func TestDecodeRecordHeaders(t *testing.T) {
+	p := consumer.Policy{MaxResidues: 4, Validate: validate}
+	long := strings.Repeat("é", consumer.MaxDescriptionBytes) // 2 bytes each: cut at a character boundary
+	cases := []struct {
+		name   string
+		h      nats.Header
+		desc   string
+		index  int64
+		strip  bool
+		reason string
+	}{
+		{"none", nats.Header{}, "", -1, false, ""},
+		{"all", nats.Header{"Seq-Description": {"DNA gyrase subunit B"}, "Seq-Index": {"41"}, "Seqembed-Stop-Stripped": {"1"}},
+			"DNA gyrase subunit B", 41, true, ""},
+		{"any case", nats.Header{"seq-description": {" chaperone "}, "SEQ-INDEX": {"0"}, "seqembed-stop-stripped": {"true"}},
+			"chaperone", 0, true, ""},
+		{"control and invalid utf8", nats.Header{"Seq-Description": {"a\tb\x01c\xffd"}}, "a b c\uFFFDd", -1, false, ""},
+		{"long", nats.Header{"Seq-Description": {long}}, long[:consumer.MaxDescriptionBytes], -1, false, ""},
+		{"agreeing", nats.Header{"Seq-Index": {"7"}, "seq-index": {"7"}, "Seqembed-Stop-Stripped": {"0"}}, "", 7, false, ""},
+		{"index not a number", nats.Header{"Seq-Index": {"first"}}, "", 0, false, consumer.ReasonBadHeader},
+		{"negative index", nats.Header{"Seq-Index": {"-1"}}, "", 0, false, consumer.ReasonBadHeader},
+		{"indexes disagree", nats.Header{"Seq-Index": {"1"}, "SEQ-INDEX": {"2"}}, "", 0, false, consumer.ReasonBadHeader},
+		{"stop stripped junk", nats.Header{"Seqembed-Stop-Stripped": {"yes"}}, "", 0, false, consumer.ReasonBadHeader},
+	}
+	sum := sha256.Sum256([]byte("MKTAYIAK"))
+	whole := hex.EncodeToString(sum[:])
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.h.Set(consumer.HeaderID, "P1")
+			rec, err := consumer.Decode(c.h, []byte("MKTA\nYIAK\n"), 9, p)
+			if c.reason != "" {
+				var rej *consumer.RejectError
+				if !errors.As(err, &rej) || rej.Reason != c.reason || !errors.Is(err, consumer.ErrBadHeader) || rej.ID != "P1" {
+					t.Fatalf("err = %v, want reason %s", err, c.reason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Description != c.desc || rec.InputIndex != c.index || rec.StopStripped != c.strip {
+				t.Fatalf("got description %q index %d stripped %v, want %q %d %v", rec.Description, rec.InputIndex, rec.StopStripped,
+					c.desc, c.index, c.strip)
+			}
+			if rec.SeqSHA256 != whole || rec.SeqSHA256 != consumer.SeqSHA256([]byte("MKTAYIAK")) || !rec.Truncated ||
+				string(rec.Residues) != "MKTA" || rec.Length != 8 {
+				t.Fatalf("got %+v: want the whole sequence's hash %s", rec, whole)
+			}
+		})
+	}
+	if got := consumer.CleanDescription(strings.Repeat("a", 1023) + "中"); got != strings.Repeat("a", 1023) {
+		t.Errorf("a 3-byte character over the cap: %d bytes kept", len(got))
 	}
 }

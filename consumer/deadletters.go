@@ -11,14 +11,15 @@ import (
 
 // DeadLetter is one record on a model's dead-letter subject.
 type DeadLetter struct {
-	ID        string // Seq-Id, "" when the record had none
-	Reason    string // one of the Reason* codes
-	Error     string // the full error message
-	StreamSeq uint64 // the input's stream sequence (0 for records dead-lettered by the publisher)
-	DLQSeq    uint64 // the copy's own stream sequence
-	Data      []byte // the original body, or a prefix of it when BodyBytes > len(Data)
-	BodyBytes int    // the original body's length (Seqembed-Body-Truncated on a cut copy)
-	Truncated bool   // Data is only a prefix of the body (the whole did not fit max_payload)
+	ID         string // Seq-Id, "" when the record had none
+	Reason     string // one of the Reason* codes
+	Error      string // the full error message
+	StreamSeq  uint64 // the input's stream sequence (0 for records dead-lettered by the publisher)
+	InputIndex int64  // the record's Seq-Index (its position in its input), -1 when it had none
+	DLQSeq     uint64 // the copy's own stream sequence
+	Data       []byte // the original body, or a prefix of it when BodyBytes > len(Data)
+	BodyBytes  int    // the original body's length (Seqembed-Body-Truncated on a cut copy)
+	Truncated  bool   // Data is only a prefix of the body (the whole did not fit max_payload)
 }
 
 // ReadDeadLetters returns up to max dead letters of model from stream, oldest first, without
@@ -41,6 +42,10 @@ func ReadDeadLetters(ctx context.Context, js jetstream.JetStream, stream, model 
 		in, _ := strconv.ParseUint(headerGet(m.Header, HeaderStreamSeq), 10, 64)
 		d := DeadLetter{ID: headerGet(m.Header, HeaderID), Reason: headerGet(m.Header, HeaderReason),
 			Error: headerGet(m.Header, HeaderError), StreamSeq: in, DLQSeq: m.Sequence, Data: m.Data, BodyBytes: len(m.Data)}
+		d.InputIndex = -1
+		if n, err := strconv.ParseInt(headerGet(m.Header, HeaderIndex), 10, 64); err == nil && n >= 0 {
+			d.InputIndex = n
+		}
 		if n, err := strconv.Atoi(headerGet(m.Header, HeaderBodyTruncated)); err == nil && n > len(m.Data) {
 			d.BodyBytes, d.Truncated = n, true
 		}

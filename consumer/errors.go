@@ -11,6 +11,9 @@ var (
 	ErrMissingID = errors.New("missing Seq-Id header")
 	// ErrBadID: the Seq-Id is not a usable id (whitespace, control bytes, invalid UTF-8, too long).
 	ErrBadID = errors.New("bad Seq-Id")
+	// ErrBadHeader: an optional record header (Seq-Index, Seqembed-Stop-Stripped) has a value
+	// that cannot be read, or several values that disagree.
+	ErrBadHeader = errors.New("bad record header")
 	// ErrEmpty: the body holds no residues.
 	ErrEmpty = errors.New("empty sequence")
 	// ErrTooLarge: the body is over the record size limit.
@@ -49,6 +52,7 @@ var (
 const (
 	ReasonMissingID     = "missing_id"
 	ReasonBadID         = "bad_id"
+	ReasonBadHeader     = "bad_header"
 	ReasonEmpty         = "empty"
 	ReasonTooLarge      = "too_large"
 	ReasonTooLong       = "too_long"
@@ -58,7 +62,7 @@ const (
 )
 
 // reasons lists every Reason* constant, in declaration order.
-var reasons = []string{ReasonMissingID, ReasonBadID, ReasonEmpty, ReasonTooLarge, ReasonTooLong,
+var reasons = []string{ReasonMissingID, ReasonBadID, ReasonBadHeader, ReasonEmpty, ReasonTooLarge, ReasonTooLong,
 	ReasonInvalid, ReasonMaxDeliveries, ReasonModelError}
 
 // DeadLetterReasons returns every reason code a dead-lettered record can carry (the Reason*

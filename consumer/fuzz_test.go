@@ -19,6 +19,7 @@ var reasonErr = map[string]error{
 	consumer.ReasonTooLarge:  consumer.ErrTooLarge,
 	consumer.ReasonTooLong:   consumer.ErrTooLong,
 	consumer.ReasonInvalid:   consumer.ErrInvalid,
+	consumer.ReasonBadHeader: consumer.ErrBadHeader,
 }
 
 func isBodySpace(c byte) bool {
@@ -104,6 +105,10 @@ func FuzzDecode(f *testing.F) {
 		}
 		if rec.StreamSeq != 7 {
 			t.Fatalf("stream seq %d", rec.StreamSeq)
+		}
+		if rec.SeqSHA256 != consumer.SeqSHA256(stripped) || rec.InputIndex != -1 || rec.StopStripped || rec.Description != "" {
+			t.Fatalf("identity %q index %d stripped %v description %q for %q", rec.SeqSHA256, rec.InputIndex, rec.StopStripped,
+				rec.Description, stripped)
 		}
 		if len(body) > 0 && len(rec.Residues) > 0 && &rec.Residues[0] == &body[0] {
 			t.Fatal("Residues aliases the body")

@@ -1,6 +1,8 @@
 package consumer
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strconv"
@@ -18,6 +20,16 @@ import (
 const (
 	// HeaderID carries the record's id (required).
 	HeaderID = "Seq-Id"
+	// HeaderDescription carries the record's description (optional): the FASTA header text after
+	// the id. The worker keeps at most MaxDescriptionBytes of it (CleanDescription).
+	HeaderDescription = "Seq-Description"
+	// HeaderIndex carries the record's 0-based position in its input (optional), in decimal:
+	// `seqembed publish` and `run` count the records of their input files one after another, in
+	// the order given. A record without it has index -1.
+	HeaderIndex = "Seq-Index"
+	// HeaderStopStripped is set to "1" on a record whose trailing stop codon '*' the publisher
+	// removed ("1" or "true" reads as set; "0", "false" or absent as not).
+	HeaderStopStripped = "Seqembed-Stop-Stripped"
 	// HeaderError carries a dead-lettered record's error message.
 	HeaderError = "Seqembed-Error"
 	// HeaderReason carries a dead-lettered record's reason code.
@@ -32,6 +44,10 @@ const (
 	HeaderHeadersDropped = "Seqembed-Headers-Dropped"
 	// MaxIDBytes is the longest id accepted.
 	MaxIDBytes = 512
+	// MaxDescriptionBytes is the most of a description a record carries: a longer one is cut
+	// (at a UTF-8 character boundary), so that a record's headers stay small (dead-letter
+	// copies must fit under max_payload).
+	MaxDescriptionBytes = 1024
 )
 
 // Overlength says what happens to a sequence longer than the model's max length.
@@ -57,13 +73,43 @@ func ParseOverlength(s string) (Overlength, error) {
 
 // Record is one valid input record. Residues has no whitespace and at most the max length.
 type Record struct {
-	ID        string
-	Residues  []byte
-	Length    int // residues before truncation
-	Truncated bool
-	StreamSeq uint64
-	Delivered uint64        // delivery count (1 on first delivery)
-	Msg       jetstream.Msg // ack/nak it through Ack/Nak once its output is stored (or not)
+	ID          string
+	Description string // HeaderDescription, cleaned and capped (CleanDescription); "" when absent
+	Residues    []byte
+	Length      int // residues before truncation
+	// SeqSHA256 is the hex SHA-256 of the whole sequence as received (SeqSHA256): the body with
+	// whitespace removed, before truncation. With ID it is the record's identity.
+	SeqSHA256    string
+	Truncated    bool
+	StopStripped bool  // HeaderStopStripped: the publisher removed a trailing '*'
+	InputIndex   int64 // HeaderIndex; -1 when absent
+	StreamSeq    uint64
+	Delivered    uint64        // delivery count (1 on first delivery)
+	Msg          jetstream.Msg // ack/nak it through Ack/Nak once its output is stored (or not)
+}
+
+// SeqSHA256 is the lowercase hex SHA-256 of residues: exactly the bytes given, no case folding
+// or other normalisation. The worker hashes the record's body with its whitespace removed and
+// before truncation (the residues it validated); `seqembed publish` hashes the same bytes (the
+// FASTA sequence without whitespace, after removing one trailing stop codon), so both agree.
+func SeqSHA256(residues []byte) string {
+	sum := sha256.Sum256(residues)
+	return hex.EncodeToString(sum[:])
+}
+
+// CleanDescription makes a FASTA description safe to carry as a header value and as a UTF-8
+// column: invalid UTF-8 becomes U+FFFD, control characters (tab, CR, LF, ...) become spaces,
+// surrounding spaces are trimmed, and the result is cut to at most MaxDescriptionBytes bytes at
+// a character boundary.
+func CleanDescription(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	return strings.TrimSpace(truncateUTF8(strings.TrimSpace(s), MaxDescriptionBytes))
 }
 
 // Policy is how records are checked. Validate checks residues against the model's alphabet.
@@ -76,7 +122,10 @@ type Policy struct {
 
 // Decode turns one message's headers and body into a Record, or a *RejectError saying why not.
 // Whitespace (space, tab, CR, LF, VT, FF) anywhere in the body is ignored. The returned Residues
-// is a fresh slice (the body is not retained).
+// is a fresh slice (the body is not retained). Besides Seq-Id (required) it reads, by name in
+// any case, Seq-Description (cleaned and capped, never a reason to refuse a record), Seq-Index
+// and Seqembed-Stop-Stripped (an unreadable value is ReasonBadHeader), and hashes the residues
+// (Record.SeqSHA256).
 func Decode(h nats.Header, body []byte, seq uint64, p Policy) (Record, error) {
 	rej := func(reason string, err error, id string) (Record, error) {
 		return Record{}, &RejectError{Reason: reason, ID: id, StreamSeq: seq, Err: err}
@@ -110,7 +159,12 @@ func Decode(h nats.Header, body []byte, seq uint64, p Policy) (Record, error) {
 			return rej(ReasonInvalid, fmt.Errorf("%w: %w", ErrInvalid, err), id)
 		}
 	}
-	r := Record{ID: id, Residues: res, Length: len(res), StreamSeq: seq}
+	r := Record{ID: id, Residues: res, Length: len(res), StreamSeq: seq, InputIndex: -1}
+	if r.InputIndex, r.StopStripped, err = recordMeta(h); err != nil {
+		return rej(ReasonBadHeader, err, id)
+	}
+	r.Description = CleanDescription(headerGet(h, HeaderDescription))
+	r.SeqSHA256 = SeqSHA256(res)
 	if p.MaxResidues > 0 && len(res) > p.MaxResidues {
 		if p.Overlength == Reject {
 			return rej(ReasonTooLong, fmt.Errorf("%w: %d residues > %d (overlength policy reject)", ErrTooLong, len(res), p.MaxResidues), id)
@@ -118,6 +172,51 @@ func Decode(h nats.Header, body []byte, seq uint64, p Policy) (Record, error) {
 		r.Residues, r.Truncated = res[:p.MaxResidues:p.MaxResidues], true
 	}
 	return r, nil
+}
+
+// recordMeta reads a record's optional Seq-Index and Seqembed-Stop-Stripped headers (names in
+// any case): the index -1 when absent. A value that is not a non-negative decimal index (or not
+// 1, true, 0 or false), or several values that disagree, is an error wrapping ErrBadHeader.
+func recordMeta(h nats.Header) (index int64, stripped bool, err error) {
+	index = -1
+	v, err := oneValue(h, HeaderIndex)
+	if err != nil {
+		return index, false, err
+	}
+	if v != "" {
+		n, perr := strconv.ParseInt(v, 10, 64)
+		if perr != nil || n < 0 {
+			return index, false, fmt.Errorf("%w: %s %s: want a 0-based decimal index", ErrBadHeader, HeaderIndex, quoteValues([]string{v}))
+		}
+		index = n
+	}
+	if v, err = oneValue(h, HeaderStopStripped); err != nil {
+		return index, false, err
+	}
+	switch strings.ToLower(v) {
+	case "1", "true":
+		stripped = true
+	case "", "0", "false":
+	default:
+		return index, false, fmt.Errorf("%w: %s %s: want 1 or 0", ErrBadHeader, HeaderStopStripped, quoteValues([]string{v}))
+	}
+	return index, stripped, nil
+}
+
+// oneValue is the value of the header named name in any case: "" when absent or empty; an
+// error wrapping ErrBadHeader when non-empty values disagree.
+func oneValue(h nats.Header, name string) (string, error) {
+	v := ""
+	for _, x := range headerValues(h, name) {
+		switch x = strings.TrimSpace(x); {
+		case x == "":
+		case v == "":
+			v = x
+		case x != v:
+			return "", fmt.Errorf("%w: %s headers disagree: %s", ErrBadHeader, name, quoteValues(headerValues(h, name)))
+		}
+	}
+	return v, nil
 }
 
 func checkID(id string) error {

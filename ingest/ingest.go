@@ -1,6 +1,7 @@
 // Package ingest puts FASTA files on the work queue: one record per sequence on
-// seqs.in.<model> (consumer's subject and headers), a trailing stop codon stripped (and the
-// record flagged, HeaderStopStripped) or refused; records refused here (the FASTA reader's, or
+// seqs.in.<model> (consumer's subject and headers: the id, the description, the record's index in
+// the inputs), a trailing stop codon stripped (and the record flagged, HeaderStopStripped) or
+// refused; records refused here (the FASTA reader's, or
 // a stop codon under StopReject) go on the dead-letter subject with the reason, and to a rejects
 // file (RejectsFile) if the caller keeps one, so every record of a file is accounted for.
 package ingest
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"time"
 
@@ -28,13 +30,20 @@ import (
 type Stats struct {
 	Files        int   // input files read
 	Records      int   // records read from the files
+	FileRecords  []int // records read from each file, in order (a record's Seq-Index counts across them)
 	Stored       int   // new messages stored by the input stream
-	Duplicates   int   // records whose id (a refused record: file, line and id) was already published within the dedupe window
+	Duplicates   int   // records whose id and sequence (a refused record: file, line and id) were already published within the dedupe window
 	DeadLettered int   // records refused here (no id, too large, a stop codon under StopReject): dead-lettered here
 	StopStripped int   // records published without their trailing stop codon (StopStrip)
 	Residues     int64 // residues in stored records
 	// Reasons counts the records dead-lettered here by reason code (consumer.Reason*).
 	Reasons map[string]int
+	// IDConflicts counts the records published although an earlier record of this Publish had
+	// the same id with another sequence: both are stored and embedded, and the sinks keep both
+	// rows. Conflicts with the records of an earlier Publish are for the sinks to find.
+	IDConflicts int
+	// ConflictExamples names up to 5 of the ids of IDConflicts.
+	ConflictExamples []string
 }
 
 // Window is how many PubAcks may be outstanding.
@@ -46,15 +55,26 @@ const Window = 1024
 var publishRetry = retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 
 // RecordMsg is one input record for model: the residues as the body, the id in Seq-Id and a
-// Nats-Msg-Id of "<model>:<id>", so that a re-run (or a repeated id) within the stream's dedupe
-// window is not stored twice.
+// Nats-Msg-Id of "<model>:<id>:<h>", h the first MsgIDHashHex hex digits of the residues'
+// SHA-256 (consumer.SeqSHA256), so that a re-run (or the same record twice) within the stream's
+// dedupe window is not stored twice, while another sequence under a reused id is.
 func RecordMsg(model, id string, residues []byte) *nats.Msg {
+	return recordMsg(model, id, residues, consumer.SeqSHA256(residues))
+}
+
+// recordMsg is RecordMsg for residues whose SeqSHA256 is sha.
+func recordMsg(model, id string, residues []byte, sha string) *nats.Msg {
 	m := nats.NewMsg(consumer.Subject(model))
 	m.Header.Set(consumer.HeaderID, id)
-	m.Header.Set(nats.MsgIdHdr, model+":"+id)
+	m.Header.Set(nats.MsgIdHdr, model+":"+id+":"+sha[:MsgIDHashHex])
 	m.Data = residues
 	return m
 }
+
+// MsgIDHashHex is how many hex digits of the sequence's SHA-256 a record's Nats-Msg-Id carries:
+// 16 (64 bits), so two sequences under one id are mistaken for one another with a probability
+// of about 2^-64, while the stream's dedupe table stays small.
+const MsgIDHashHex = 16
 
 // PublishFASTA publishes every record of path to seqs.in.<model> (RecordMsg), up to Window
 // PubAcks outstanding; it is Publish of one file with the default options.
@@ -124,9 +144,12 @@ func Publish(ctx context.Context, nc *nats.Conn, files []string, o Options) (Sta
 		return st, fmt.Errorf("ingest: %w", err)
 	}
 	defer pub.Close()
-	p := publisher{js: js, pub: pub, o: o, st: &st, bar: bar, log: log}
+	p := publisher{js: js, pub: pub, o: o, st: &st, bar: bar, log: log, seen: map[string]uint64{}, others: map[string][]uint64{}}
 	for _, f := range files {
-		if err := p.file(ctx, f); err != nil {
+		before := st.Records
+		err := p.file(ctx, f)
+		st.FileRecords = append(st.FileRecords, st.Records-before)
+		if err != nil {
 			return st, err
 		}
 		st.Files++
@@ -135,9 +158,13 @@ func Publish(ctx context.Context, nc *nats.Conn, files []string, o Options) (Sta
 		return st, fmt.Errorf("ingest: publishing: %w", err)
 	}
 	if st.Duplicates > 0 {
-		// One line for all of them: a file of repeated ids must not print a line per id.
-		log.Warn("duplicate ids not stored again (the first record of each id is kept)", zap.Int("records", st.Duplicates),
+		// One line for all of them: a file of repeated records must not print a line per record.
+		log.Warn("duplicate records (same id and sequence) not stored again", zap.Int("records", st.Duplicates),
 			zap.Strings("examples", dupIDs))
+	}
+	if st.IDConflicts > 0 {
+		log.Warn("ids reused with another sequence: every sequence is published and embedded", zap.Int("records", st.IDConflicts),
+			zap.Strings("examples", st.ConflictExamples))
 	}
 	return st, nil
 }
@@ -153,6 +180,10 @@ type publisher struct {
 	st  *Stats
 	bar *telemetry.Progress
 	log *zap.Logger
+	// seen maps each id published so far to 64 bits of its first sequence's SHA-256, to count
+	// the ids reused with another sequence (Stats.IDConflicts).
+	seen   map[string]uint64
+	others map[string][]uint64 // the further sequences of the ids in conflict
 }
 
 // file publishes the records of one file.
@@ -168,6 +199,9 @@ func (p *publisher) file(ctx context.Context, path string) error {
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
+		// The record's index: its position among every record of the inputs so far, refused
+		// ones included (so that it is the position in the files).
+		index := int64(p.st.Records)
 		if err != nil {
 			if !fasta.Recoverable(err) {
 				return fmt.Errorf("ingest: %w", err)
@@ -193,14 +227,38 @@ func (p *publisher) file(ctx context.Context, path string) error {
 			}
 			seq, stripped = seq[:n-1], true
 		}
-		m := RecordMsg(p.o.Model, rec.ID, append([]byte(nil), seq...))
+		sha := consumer.SeqSHA256(seq)
+		m := recordMsg(p.o.Model, rec.ID, append([]byte(nil), seq...), sha)
+		if desc := consumer.CleanDescription(rec.Desc); desc != "" {
+			m.Header.Set(consumer.HeaderDescription, desc)
+		}
+		m.Header.Set(consumer.HeaderIndex, strconv.FormatInt(index, 10))
 		if stripped {
 			m.Header.Set(HeaderStopStripped, "1")
 			p.st.StopStripped++
 		}
+		p.conflicts(rec.ID, sha)
 		if err := p.pub.Publish(ctx, m); err != nil {
 			return fmt.Errorf("ingest: publishing %s line %d record %q: %w", name, rec.Line, rec.ID, err)
 		}
+	}
+}
+
+// conflicts counts a record of id and sequence hash sha (hex) as an id conflict
+// (Stats.IDConflicts) when id was published before, in this Publish, with another sequence.
+func (p *publisher) conflicts(id, sha string) {
+	h, _ := strconv.ParseUint(sha[:16], 16, 64)
+	first, ok := p.seen[id]
+	switch {
+	case !ok:
+		p.seen[id] = h
+		return
+	case first == h || slices.Contains(p.others[id], h): // the same record again: a duplicate
+		return
+	}
+	p.others[id] = append(p.others[id], h)
+	if p.st.IDConflicts++; len(p.st.ConflictExamples) < maxExamples && !slices.Contains(p.st.ConflictExamples, id) {
+		p.st.ConflictExamples = append(p.st.ConflictExamples, id)
 	}
 }
 

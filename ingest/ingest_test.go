@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -280,13 +281,14 @@ func TestSeveralFilesAndStdin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Files != 3 || st.Records != 45 || st.Stored != 25 || st.Duplicates != 20 {
+	if st.Files != 3 || st.Records != 45 || st.Stored != 25 || st.Duplicates != 20 || st.IDConflicts != 0 ||
+		fmt.Sprint(st.FileRecords) != "[20 5 20]" {
 		t.Fatalf("stats %+v", st)
 	}
 	if n := len(inputs(t, ctx, js, "m")); n != 25 {
 		t.Errorf("%d records stored, want 25", n)
 	}
-	dup := logs.FilterMessageSnippet("duplicate ids")
+	dup := logs.FilterMessageSnippet("duplicate records")
 	if dup.Len() != 1 || logs.FilterLevelExact(zapcore.WarnLevel).Len() != 1 {
 		t.Fatalf("logs: %+v", logs.All())
 	}
@@ -385,5 +387,79 @@ func TestPipeInput(t *testing.T) {
 	}
 	if st.Records != 5 || st.Stored != 5 || len(inputs(t, ctx, js, "m")) != 5 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// stored reads every input record of model back from the stream, in order (direct gets).
+func stored(t *testing.T, ctx context.Context, js jetstream.JetStream, model string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	s, err := js.Stream(ctx, "SEQS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*jetstream.RawStreamMsg
+	for seq := uint64(1); ; {
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(consumer.Subject(model)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+		seq = m.Sequence + 1
+	}
+}
+
+// TestReusedIDs publishes two prokka-style genomes whose ids are reused (PROKKA_00001... in both
+// files): a record is (id, sequence), so the other genome's sequences under the same ids are
+// stored too and counted as id conflicts, while a record identical in both files is stored once;
+// publishing a genome again stores nothing new. Every record carries its description, its
+// running index across the files and a Nats-Msg-Id with 16 hex digits of its sequence's SHA-256.
+func TestReusedIDs(t *testing.T) {
+	ctx, nc, js := setup(t, "m")
+	dir := t.TempDir()
+	genomeA, genomeB := filepath.Join(dir, "genomeA.faa"), filepath.Join(dir, "genomeB.faa")
+	long := strings.Repeat("x", 3000)
+	os.WriteFile(genomeA, []byte(">PROKKA_00001 DNA gyrase subunit B\nMKTAYIAKQR*\n>PROKKA_00002 hypothetical protein\nMSTNPKPQRK\n"+
+		">PROKKA_00003 "+long+"\nMAAAAAAA\n"), 0o644)
+	os.WriteFile(genomeB, []byte(">PROKKA_00001 Chaperone protein DnaK\nMGKIIGIDLG\n>PROKKA_00002 hypothetical protein\nMSTNPKPQRK\n"+
+		">PROKKA_00003\nMCCCCCCC*\n"), 0o644)
+	st, err := ingest.Publish(ctx, nc, []string{genomeA, genomeB}, ingest.Options{Model: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Records != 6 || st.Stored != 5 || st.Duplicates != 1 || st.IDConflicts != 2 ||
+		strings.Join(st.ConflictExamples, ",") != "PROKKA_00001,PROKKA_00003" || fmt.Sprint(st.FileRecords) != "[3 3]" {
+		t.Fatalf("stats %+v", st)
+	}
+	msgs := stored(t, ctx, js, "m")
+	type rec struct{ id, desc, index, strip, body string }
+	var got []rec
+	for _, m := range msgs {
+		got = append(got, rec{m.Header.Get(consumer.HeaderID), m.Header.Get(consumer.HeaderDescription), m.Header.Get(consumer.HeaderIndex),
+			m.Header.Get(ingest.HeaderStopStripped), string(m.Data)})
+		want := "m:" + m.Header.Get(consumer.HeaderID) + ":" + consumer.SeqSHA256(m.Data)[:ingest.MsgIDHashHex]
+		if id := m.Header.Get(nats.MsgIdHdr); id != want || len(id) != len("m:PROKKA_00001:")+16 {
+			t.Errorf("Nats-Msg-Id %q, want %q", id, want)
+		}
+	}
+	want := []rec{
+		{"PROKKA_00001", "DNA gyrase subunit B", "0", "1", "MKTAYIAKQR"},
+		{"PROKKA_00002", "hypothetical protein", "1", "", "MSTNPKPQRK"},
+		{"PROKKA_00003", long[:consumer.MaxDescriptionBytes], "2", "", "MAAAAAAA"},
+		{"PROKKA_00001", "Chaperone protein DnaK", "3", "", "MGKIIGIDLG"},
+		{"PROKKA_00003", "", "5", "1", "MCCCCCCC"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("stored\n%v\nwant\n%v", got, want)
+	}
+	// The same file again: every record a duplicate, no conflict within this publish.
+	st, err = ingest.Publish(ctx, nc, []string{genomeB}, ingest.Options{Model: "m"})
+	if err != nil || st.Stored != 0 || st.Duplicates != 3 || st.IDConflicts != 0 {
+		t.Fatalf("genome B again: %+v, %v", st, err)
+	}
+	if n := len(stored(t, ctx, js, "m")); n != 5 {
+		t.Errorf("%d records stored after publishing genome B again, want 5", n)
 	}
 }

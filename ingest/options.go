@@ -7,11 +7,14 @@ import (
 	"os"
 
 	"go.uber.org/zap"
+
+	"github.com/seqembed/seqembed/consumer"
 )
 
 // HeaderStopStripped is set, to "1", on a record whose trailing stop codon ('*', as prodigal and
-// transeq write it) was removed at publish time (StopStrip), so that downstream can flag it.
-const HeaderStopStripped = "Seqembed-Stop-Stripped"
+// transeq write it) was removed at publish time (StopStrip), so that downstream can flag it (the
+// output's stop_stripped column). It is consumer.HeaderStopStripped.
+const HeaderStopStripped = consumer.HeaderStopStripped
 
 // ErrOption reports invalid Publish options.
 var ErrOption = errors.New("ingest: invalid option")

@@ -97,7 +97,7 @@ func (p *Pipeline) init(ctx context.Context) error {
 		return err
 	}
 	overlength, _ := consumer.ParseOverlength(cfg.Overlength) // Validate checked it
-	replicas := streamReplicas(cfg.Replicas, p.deps.Conn)
+	replicas := StreamReplicas(cfg.Replicas, p.deps.Conn)
 	// The keeper (heartbeat.go) must exist before the consumer, which asks it for room.
 	p.keep = newKeeper(cfg.AckWait/3, cfg.MaxHeldTokens)
 	consOpts := []consumer.Option{}
@@ -139,9 +139,9 @@ func (p *Pipeline) init(ctx context.Context) error {
 	return nil
 }
 
-// streamReplicas is n, or for 0 the replicas of a stream created here: 3 when nc is connected
+// StreamReplicas is n, or for 0 the replicas of a stream created here: 3 when nc is connected
 // to a cluster whose pool holds three or more servers (configured or discovered), else 1.
-func streamReplicas(n int, nc *nats.Conn) int {
+func StreamReplicas(n int, nc *nats.Conn) int {
 	if n > 0 {
 		return n
 	}
@@ -217,7 +217,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	go func() {
 		defer close(feederDone)
 		for rec := range ch.Records() {
-			it := batcher.Item{ID: rec.ID, Residues: rec.Residues, StreamSeq: rec.StreamSeq, Truncated: rec.Truncated, Ref: rec.Msg}
+			it := batcher.Item{ID: rec.ID, Residues: rec.Residues, StreamSeq: rec.StreamSeq, Truncated: rec.Truncated,
+				Description: rec.Description, InputLength: rec.Length, SeqSHA256: rec.SeqSHA256, StopStripped: rec.StopStripped,
+				InputIndex: rec.InputIndex, Ref: rec.Msg}
 			p.queued.Add(1)
 			p.keep.Hold(rec.Msg, len(rec.Residues)+2) // + <cls> and <eos>
 			if err := p.bat.Add(pipeCtx, it); err != nil {
@@ -350,8 +352,8 @@ func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, o
 		return emb
 	case deadLetterBad, allOK:
 	}
+	out.Reset()
 	out.Seq = b.Seq
-	out.IDs, out.StreamSeqs, out.Lengths, out.Truncated = out.IDs[:0], out.StreamSeqs[:0], out.Lengths[:0], out.Truncated[:0]
 	okMsgs := make([]jetstream.Msg, 0, len(msgs))
 	okItems := make([]batcher.Item, 0, len(b.Items))
 	next := 0
@@ -370,6 +372,11 @@ func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, o
 		out.StreamSeqs = append(out.StreamSeqs, it.StreamSeq)
 		out.Lengths = append(out.Lengths, int32(len(it.Residues)))
 		out.Truncated = append(out.Truncated, it.Truncated)
+		out.SeqSHA256s = append(out.SeqSHA256s, it.SeqSHA256)
+		out.Descriptions = append(out.Descriptions, it.Description)
+		out.InputLengths = append(out.InputLengths, int32(it.InputLength))
+		out.StopStripped = append(out.StopStripped, it.StopStripped)
+		out.InputIndexes = append(out.InputIndexes, it.InputIndex)
 	}
 	out.Embeddings = emb
 	p.cfg.Hooks.at(ctx, PointBeforePublish, okMsgs)

@@ -199,14 +199,14 @@ func TestPublishExitCodes(t *testing.T) {
 	defer cancel()
 	srv := natstest.Server(t, nil)
 	_, js := natstest.Connect(t, srv)
-	if err := ensureStreams(ctx, js, "m", pipeline.Default(), io.Discard); err != nil {
+	if err := ensureStreams(ctx, js, "m", pipeline.Default(), nil, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	tsv := filepath.Join(dir, "refused.tsv")
 	stdin := strings.NewReader(">\nMKT\n>ok\nMKTAY*\n")
 	c := runChild(t, "publish --nats "+srv.ClientURL()+" "+prodigalFASTA+" --model m --stop-codon reject - --rejects "+tsv, stdin)
-	if c.code != cli.ExitRejected || !strings.Contains(c.stderr, "published 7 records from 2 files (1 stored, 0 duplicate ids, 6 dead-lettered") {
+	if c.code != cli.ExitRejected || !strings.Contains(c.stderr, "published 7 records from 2 files (1 stored, 0 duplicate records, 6 dead-lettered") {
 		t.Fatalf("publish --stop-codon reject: exit %d, want 3\n%s", c.code, c.stderr)
 	}
 	data, err := os.ReadFile(tsv)
@@ -218,7 +218,7 @@ func TestPublishExitCodes(t *testing.T) {
 		t.Errorf("rejects file:\n%s", data)
 	}
 	c = runChild(t, "publish --nats "+srv.ClientURL()+" --model m "+prodigalFASTA, nil)
-	if c.code != cli.ExitOK || !strings.Contains(c.stderr, "(4 stored, 1 duplicate ids, 0 dead-lettered, 4 stop codons stripped)") {
+	if c.code != cli.ExitOK || !strings.Contains(c.stderr, "(4 stored, 1 duplicate records, 0 dead-lettered, 4 stop codons stripped)") {
 		t.Errorf("publish: exit %d\n%s", c.code, c.stderr)
 	}
 }
@@ -234,10 +234,11 @@ func TestHelpListsOwnFlags(t *testing.T) {
 			[]string{"-max-batch-tokens", "-device", "-model ", "-threads", "-shutdown-timeout"}},
 		{"bench", []string{"-max-batch-tokens", "-device", "-model", "-fasta", "-worker-procs\n", "-report DIR\n"},
 			[]string{"-ack-wait", "-in-stream", "-max-ack-pending", "-shutdown-timeout", "-nats", "-worker-procs seqembed"}},
-		{"run", []string{"-max-batch-tokens", "-stop-codon", "-rejects", "-allow-rejects", "-force", "-format"},
+		{"run", []string{"-max-batch-tokens", "-stop-codon", "-rejects", "-allow-rejects", "-force", "-format", "-conflicts", "-allow-id-conflicts"},
 			[]string{"-ack-wait", "-in-stream", "-out-stream", "-shutdown-timeout", "-nats"}},
-		{"publish", []string{"-nats", "-model", "-stop-codon", "-rejects", "-allow-rejects"}, []string{"-max-batch-tokens", "-device"}},
-		{"sink", []string{"-out", "-force", "-format"}, []string{"-max-batch-tokens", "-stop-codon"}},
+		{"publish", []string{"-nats", "-model", "-stop-codon", "-rejects", "-allow-rejects", "-allow-id-conflicts"},
+			[]string{"-max-batch-tokens", "-device", "-conflicts"}},
+		{"sink", []string{"-out", "-force", "-format", "-conflicts", "-allow-id-conflicts"}, []string{"-max-batch-tokens", "-stop-codon"}},
 	} {
 		c := runChild(t, tc.cmd+" -h", nil)
 		if c.code != cli.ExitOK {

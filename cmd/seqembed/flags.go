@@ -19,7 +19,7 @@ var (
 	modelFlags = []string{"model", "device", "threads", "max-batch-tokens", "max-batch-rows", "max-wait", "bucket-step",
 		"overlength", "max-record-bytes", "cuda-options", "cuda-graphs", "inflight"}
 	// streamFlags are the stream and durable consumer flags: what `streams` sets up.
-	streamFlags = []string{"in-stream", "out-stream", "ack-wait", "max-ack-pending", "max-deliver"}
+	streamFlags = []string{"in-stream", "out-stream", "ack-wait", "max-ack-pending", "max-deliver", "replicas"}
 )
 
 // registerWorkerFlags registers on fs only the named flags of the worker's (registerConfig), with

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/seqembed/seqembed/ingest"
@@ -26,7 +28,7 @@ func runPublishCmd(ctx context.Context, args []string) error {
 		"Publishes the records of FASTA files (plain, .gz, .xz, .zst or .bz2, detected by content; - reads standard\n"+
 		"input) to seqs.in.NAME. Flags may come before, between or after the files.\n"+
 		"Exit codes: 0 every record published, 1 failed, 2 usage error, 3 finished but records were refused and\n"+
-		"dead-lettered (unless --allow-rejects).")
+		"dead-lettered (unless --allow-rejects) or ids came with more than one sequence (unless --allow-id-conflicts).")
 	files, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -77,18 +79,27 @@ func runPublishCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var errs []error
 	if st.DeadLettered > 0 && !in.allowRejects {
-		return fmt.Errorf("%w: %d of %d records refused and dead-lettered (--allow-rejects exits 0)", cli.ErrRejected,
-			st.DeadLettered, st.Records)
+		errs = append(errs, fmt.Errorf("%w: %d of %d records refused and dead-lettered (--allow-rejects exits 0)", cli.ErrRejected,
+			st.DeadLettered, st.Records))
 	}
-	return nil
+	if st.IDConflicts > 0 && !in.allowConflicts {
+		errs = append(errs, fmt.Errorf("%w: %d records reuse an earlier record's id with another sequence, e.g. %s; all were published (--allow-id-conflicts exits 0)",
+			cli.ErrIDConflicts, st.IDConflicts, strings.Join(st.ConflictExamples, ", ")))
+	}
+	return errors.Join(errs...)
 }
 
 // printPublished writes the publish summary: one line of counts, then the refused records by
 // reason.
 func printPublished(w io.Writer, st ingest.Stats, took time.Duration) {
-	fmt.Fprintf(w, "published %d records from %d files (%d stored, %d duplicate ids, %d dead-lettered, %d stop codons stripped) in %s\n",
+	fmt.Fprintf(w, "published %d records from %d files (%d stored, %d duplicate records, %d dead-lettered, %d stop codons stripped) in %s\n",
 		st.Records, st.Files, st.Stored, st.Duplicates, st.DeadLettered, st.StopStripped, took.Round(time.Millisecond))
+	if st.IDConflicts > 0 {
+		fmt.Fprintf(w, "  %d id conflicts: records whose id came earlier with another sequence (e.g. %s); published, each embedded on its own\n",
+			st.IDConflicts, strings.Join(st.ConflictExamples, ", "))
+	}
 	reasons := make([]string, 0, len(st.Reasons))
 	for r := range st.Reasons {
 		reasons = append(reasons, r)

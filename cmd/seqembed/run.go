@@ -22,7 +22,8 @@ func runRunCmd(ctx context.Context, args []string) error {
 	registerWorkerFlags(fs, &cfg, modelFlags...)
 	out := fs.String("out", "embeddings.parquet", "file to write: Parquet (.parquet, .pq, .parq) or an Arrow IPC file (.arrow, .arrows, .feather, .ipc); another suffix needs --format")
 	format := fs.String("format", "", "output format, parquet or arrow (Arrow IPC file) (default: by the suffix of --out)")
-	force := fs.Bool("force", false, "replace --out if it exists (default: refuse)")
+	force := fs.Bool("force", false, "replace --out (and its conflicts file) if it exists (default: refuse)")
+	conflicts := fs.String("conflicts", "", "write the ids that come with more than one sequence to this TSV file, when there are any (default: --out with .conflicts.tsv appended)")
 	var in inputFlags
 	in.register(fs, "every dead-lettered record")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
@@ -31,7 +32,7 @@ func runRunCmd(ctx context.Context, args []string) error {
 		"Embeds FASTA files (plain, .gz, .xz, .zst or .bz2, detected by content; - reads standard input) end to end in\n"+
 		"one process: embedded JetStream, worker, sink. Flags may come before, between or after the files.\n"+
 		"Exit codes: 0 every record embedded, 1 failed, 2 usage error, 3 finished but records were dead-lettered\n"+
-		"(unless --allow-rejects).")
+		"(unless --allow-rejects) or ids came with more than one sequence (unless --allow-id-conflicts).")
 	files, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -56,7 +57,7 @@ func runRunCmd(ctx context.Context, args []string) error {
 		bar = nil
 	}
 	sum, err := localrun.RunJob(ctx, localrun.Job{Inputs: files, Out: *out, Format: *format, Force: *force, Rejects: in.rejects,
-		StopCodon: stop, Config: cfg, Progress: bar, Log: log})
+		Conflicts: *conflicts, StopCodon: stop, Config: cfg, Progress: bar, Log: log})
 	if errors.Is(err, localrun.ErrOutputFormat) {
 		return &cli.UsageError{Err: err}
 	}
@@ -64,18 +65,30 @@ func runRunCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	sum.Print(os.Stdout, *out)
+	var errs []error
 	if sum.DeadLettered > 0 && !in.allowRejects {
-		return fmt.Errorf("%w: %d of %d records dead-lettered (--allow-rejects exits 0)", cli.ErrRejected, sum.DeadLettered,
-			sum.Published.Records)
+		errs = append(errs, fmt.Errorf("%w: %d of %d records dead-lettered (--allow-rejects exits 0)", cli.ErrRejected, sum.DeadLettered,
+			sum.Published.Records))
 	}
-	return nil
+	if sum.Conflicts > 0 && !in.allowConflicts {
+		errs = append(errs, conflictsError(sum.ConflictIDs, sum.Conflicts, sum.ConflictsFile))
+	}
+	return errors.Join(errs...)
+}
+
+// conflictsError is the cli.ErrIDConflicts error of `run` and `sink`: ids ids came with more than
+// one sequence, rows rows beyond the first of each, listed in file.
+func conflictsError(ids, rows int, file string) error {
+	return fmt.Errorf("%w: %d ids came with more than one sequence (%d more rows, every sequence embedded), listed in %s (--allow-id-conflicts exits 0)",
+		cli.ErrIDConflicts, ids, rows, file)
 }
 
 // inputFlags are the FASTA input flags `run` and `publish` share.
 type inputFlags struct {
-	stopCodon    string
-	rejects      string
-	allowRejects bool
+	stopCodon      string
+	rejects        string
+	allowRejects   bool
+	allowConflicts bool
 }
 
 // register registers the flags on fs; rejected says which records the rejects file lists.
@@ -85,6 +98,12 @@ func (f *inputFlags) register(fs *flag.FlagSet, rejected string) {
 	fs.StringVar(&f.rejects, "rejects", "", "write "+rejected+" to this TSV file, with a header line (columns "+
 		strings.Join(ingest.RejectsColumns, ", ")+"; line and position 1-based) (default: none)")
 	fs.BoolVar(&f.allowRejects, "allow-rejects", false, "exit 0, not 3, when records were dead-lettered")
+	registerAllowConflicts(fs, &f.allowConflicts)
+}
+
+// registerAllowConflicts registers --allow-id-conflicts.
+func registerAllowConflicts(fs *flag.FlagSet, allow *bool) {
+	fs.BoolVar(allow, "allow-id-conflicts", false, "exit 0, not 3, when ids came with more than one sequence (every sequence is embedded and kept)")
 }
 
 // check validates the input flags and files: --stop-codon's value, at most one "-".

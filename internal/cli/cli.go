@@ -1,7 +1,8 @@
 // Package cli is the subcommand dispatch both binaries share (seqembed, seqembed-lab): a list
 // of commands, usage, SIGINT/SIGTERM as context cancellation, and the exit codes: ExitOK (done,
 // or -h), ExitFailed (any other error), ExitUsage (a *UsageError: the command line cannot run)
-// and ExitRejected (ErrRejected: the job finished, but records were rejected).
+// and ExitRejected (ErrRejected or ErrIDConflicts: the job finished, but records were rejected,
+// or ids came with more than one sequence).
 package cli
 
 import (
@@ -20,7 +21,7 @@ const (
 	ExitOK       = 0 // done (every record embedded / published), or -h
 	ExitFailed   = 1 // the command failed
 	ExitUsage    = 2 // a usage error: missing required flag or argument, unknown flag, bad value
-	ExitRejected = 3 // the job finished, but records were rejected (dead-lettered)
+	ExitRejected = 3 // the job finished, but records were rejected (dead-lettered) or ids conflict
 )
 
 // UsageError is a command line that cannot run: a required flag or argument missing, an unknown
@@ -40,6 +41,11 @@ func Usagef(format string, args ...any) error {
 // commands wrap it with the counts (fmt.Errorf("%w: ...", ErrRejected)) and Main exits
 // ExitRejected. A flag such as --allow-rejects turns it off.
 var ErrRejected = errors.New("finished, but records were rejected")
+
+// ErrIDConflicts says a job ran to the end but some ids came with more than one sequence (every
+// sequence was embedded, one row each): commands wrap it with the counts and Main exits
+// ExitRejected. A flag such as --allow-id-conflicts turns it off.
+var ErrIDConflicts = errors.New("finished, but ids came with more than one sequence")
 
 // Command is one subcommand.
 type Command struct {
@@ -108,7 +114,7 @@ func (p Program) Main(args []string) int {
 }
 
 // Code is the exit code for a command's error: ExitOK for nil and flag.ErrHelp, ExitUsage for a
-// *UsageError, ExitRejected for ErrRejected, else ExitFailed.
+// *UsageError, ExitRejected for ErrRejected and ErrIDConflicts, else ExitFailed.
 func Code(err error) int {
 	var ue *UsageError
 	switch {
@@ -116,7 +122,7 @@ func Code(err error) int {
 		return ExitOK
 	case errors.As(err, &ue):
 		return ExitUsage
-	case errors.Is(err, ErrRejected):
+	case errors.Is(err, ErrRejected), errors.Is(err, ErrIDConflicts):
 		return ExitRejected
 	}
 	return ExitFailed

@@ -19,6 +19,8 @@ func TestCode(t *testing.T) {
 		{Usagef("--out is required"), ExitUsage},
 		{fmt.Errorf("run: %w", &UsageError{Err: errors.New("bad")}), ExitUsage},
 		{fmt.Errorf("%w: 3 of 10 records dead-lettered", ErrRejected), ExitRejected},
+		{fmt.Errorf("%w: 2 ids", ErrIDConflicts), ExitRejected},
+		{errors.Join(fmt.Errorf("%w: 1", ErrRejected), fmt.Errorf("%w: 2", ErrIDConflicts)), ExitRejected},
 		{errors.New("model did not load"), ExitFailed},
 	} {
 		if got := Code(tc.err); got != tc.want {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -57,6 +58,13 @@ type Summary struct {
 	Examples     map[string]string // one dead-letter message per reason (the first)
 	Rejects      string            // the rejects file written ("" = none)
 	RejectsRows  int               // rows in it
+	// Conflicts counts the rows kept although their id came before with another sequence (the
+	// sink's id conflicts), in ConflictIDs ids (ConflictExamples names up to 5); ConflictsFile
+	// lists them ("" when there is none).
+	Conflicts        int
+	ConflictIDs      int
+	ConflictExamples []string
+	ConflictsFile    string
 	Elapsed      time.Duration     // everything, model load included
 	Processing   time.Duration     // first publish to last record done
 	Warmup       time.Duration
@@ -73,8 +81,9 @@ type Job struct {
 	Inputs    []string         // FASTA files, read in order ("-" = standard input, once); at least one
 	Out       string           // the output file (CheckOutput)
 	Format    string           // parquet or arrow; "" = by Out's suffix
-	Force     bool             // replace an existing Out
+	Force     bool             // replace an existing Out (and conflicts file)
 	Rejects   string           // write every dead-lettered record to this TSV file (ingest.RejectsFile); "" = none
+	Conflicts string           // write the id conflicts to this TSV file (arrowout.ConflictsColumns); "" = ConflictsPath(Out)
 	StopCodon ingest.StopCodon // a trailing '*': strip (the default) or reject
 	Config    pipeline.Config
 	Progress  io.Writer   // progress indicators (telemetry.NewProgress); nil = none
@@ -104,6 +113,13 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 	}
 	format, err := CheckOutput(job.Out, job.Format, job.Force)
 	if err != nil {
+		return sum, err
+	}
+	conflicts := job.Conflicts
+	if conflicts == "" {
+		conflicts = ConflictsPath(job.Out)
+	}
+	if err := CheckConflicts(conflicts, job.Out, job.Force); err != nil {
 		return sum, err
 	}
 	if err := ingest.CheckInputs(job.Inputs); err != nil {
@@ -143,7 +159,7 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 	go func() { workerDone <- p.Run(workerCtx) }()
 	defer func() { stopWorker(); <-workerDone }()
 
-	fs, err := arrowout.NewFileSink(format, job.Out)
+	fs, err := arrowout.NewFileSink(format, job.Out, arrowout.WithConflictsFile(conflicts))
 	if err != nil {
 		return sum, err
 	}
@@ -178,6 +194,10 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 		return sum, err
 	}
 	sum.Embedded = sink.Sink().Rows()
+	sum.Conflicts, sum.ConflictIDs = fs.Conflicts(), fs.ConflictIDs()
+	if sum.Conflicts > 0 {
+		sum.ConflictExamples, sum.ConflictsFile = fs.ConflictExamples(5), conflicts
+	}
 	dls, err := consumer.ReadDeadLetters(ctx, js, cfg.InStream, p.Model(), 0)
 	if err != nil {
 		return sum, err
@@ -189,7 +209,7 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 		}
 	}
 	if rejects != nil {
-		rows := append(refused, workerRejects(job.Inputs, dls, p.Engine().Tokenizer())...)
+		rows := append(refused, workerRejects(job.Inputs, sum.Published.FileRecords, dls, p.Engine().Tokenizer())...)
 		sortRejects(job.Inputs, rows)
 		for _, r := range rows {
 			if err := rejects.Write(r); err != nil {
@@ -250,8 +270,12 @@ func (s Summary) Print(w io.Writer, out string) {
 	if s.Published.Files != 1 {
 		files = fmt.Sprintf("%d files", s.Published.Files)
 	}
-	fmt.Fprintf(w, "\nseqembed run: %d records read from %s, %d embedded -> %s, %d dead-lettered, %d duplicate ids\n",
+	fmt.Fprintf(w, "\nseqembed run: %d records read from %s, %d embedded -> %s, %d dead-lettered, %d duplicate records\n",
 		s.Published.Records, files, s.Embedded, out, s.DeadLettered, s.Published.Duplicates)
+	if s.Conflicts > 0 {
+		fmt.Fprintf(w, "  %d id conflicts: %d ids came with more than one sequence (e.g. %s); every sequence is embedded, one row each: %s\n",
+			s.Conflicts, s.ConflictIDs, strings.Join(s.ConflictExamples, ", "), s.ConflictsFile)
+	}
 	if s.Published.StopStripped > 0 {
 		fmt.Fprintf(w, "  %d trailing stop codons '*' stripped (records flagged %s)\n", s.Published.StopStripped, ingest.HeaderStopStripped)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -80,10 +81,12 @@ func TestRunJobStopCodonsAndRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// bad.fa: fine embedded, lower and no-id dead-lettered, NC_000913.3_5 stored (first);
-	// prodigal.faa: NC_000913.3_5 a duplicate, EMBOSS_001_4 dead-lettered, 3 embedded.
-	if sum.Published.Records != 9 || sum.Published.Files != 2 || sum.Published.Duplicates != 1 || sum.Embedded != 5 ||
-		sum.DeadLettered != 3 || sum.Published.StopStripped != 4 {
+	// bad.fa: fine embedded, lower and no-id dead-lettered, NC_000913.3_5 embedded;
+	// prodigal.faa: NC_000913.3_5 again with another sequence, embedded too (an id conflict),
+	// EMBOSS_001_4 dead-lettered, 4 embedded.
+	if sum.Published.Records != 9 || sum.Published.Files != 2 || sum.Published.Duplicates != 0 || sum.Embedded != 6 ||
+		sum.DeadLettered != 3 || sum.Published.StopStripped != 4 || sum.Conflicts != 1 || sum.ConflictIDs != 1 ||
+		sum.ConflictsFile != out+".conflicts.tsv" {
 		t.Fatalf("summary %+v", sum)
 	}
 	if sum.Reasons[consumer.ReasonInvalid] != 2 || sum.Reasons[consumer.ReasonMissingID] != 1 || sum.RejectsRows != 3 {
@@ -108,7 +111,8 @@ func TestRunJobStopCodonsAndRejects(t *testing.T) {
 	}
 	var buf strings.Builder
 	sum.Print(&buf, out)
-	for _, s := range []string{"9 records read from 2 files, 5 embedded", "4 trailing stop codons", "invalid_residue       2  e.g. ",
+	for _, s := range []string{"9 records read from 2 files, 6 embedded", "4 trailing stop codons", "invalid_residue       2  e.g. ",
+		"1 id conflicts: 1 ids came with more than one sequence (e.g. NC_000913.3_5)",
 		"missing_id            1  e.g. ", "every dead-lettered record: " + tsv + " (3 rows)"} {
 		if !strings.Contains(buf.String(), s) {
 			t.Errorf("summary lacks %q:\n%s", s, buf.String())
@@ -142,7 +146,17 @@ func TestRunJobChecksFirst(t *testing.T) {
 		{localrun.Job{Out: filepath.Join(existing, "x.parquet")}, localrun.ErrOutputPath, "not a directory"},
 		{localrun.Job{Out: filepath.Join(dir, "new.parquet"), Inputs: []string{filepath.Join(dir, "missing.fa")}}, os.ErrNotExist, "missing.fa"},
 		{localrun.Job{Out: filepath.Join(dir, "new.parquet"), Config: badCfg}, pipeline.ErrConfig, "--max-batch-rows"},
+		{localrun.Job{Out: filepath.Join(dir, "old")}, localrun.ErrOutputPath, "old.parquet.conflicts.tsv exists; pass --force"},
+		{localrun.Job{Out: filepath.Join(dir, "new.parquet"), Conflicts: filepath.Join(dir, "new.parquet")}, localrun.ErrOutputPath,
+			"is the output file"},
 	} {
+		if tc.job.Out == filepath.Join(dir, "old") {
+			tc.job.Out = filepath.Join(dir, "a.parquet")
+			tc.job.Conflicts = existing + ".conflicts.tsv"
+			if err := os.WriteFile(tc.job.Conflicts, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if tc.job.Inputs == nil {
 			tc.job.Inputs = []string{prodigal}
 		}
@@ -257,4 +271,99 @@ func TestRunJobPipeInput(t *testing.T) {
 	if len(lines) != 2 || !strings.HasPrefix(lines[1], "EMBOSS_001_4\tinvalid_residue\t") || !strings.HasSuffix(lines[1], "\t"+fifo+"\t\t15") {
 		t.Errorf("rejects file:\n%s", got)
 	}
+}
+
+// TestRunTwoGenomes runs two prokka genomes whose ids are reused (PROKKA_00001... in both, with
+// other sequences), the first one given twice: every sequence is embedded once, both rows of a
+// reused id are kept, the conflicts are counted and listed in the conflicts file, the first
+// genome's second reading is deduplicated; every row carries its identity and provenance.
+func TestRunTwoGenomes(t *testing.T) {
+	e2etest.RequireORT(t)
+	dir := t.TempDir()
+	genomeA, genomeB := filepath.Join(dir, "genomeA.faa"), filepath.Join(dir, "genomeB.faa")
+	os.WriteFile(genomeA, []byte(">PROKKA_00001 DNA gyrase subunit B\nMKTAYIAKQRQISFVKSHFSRQ*\n"+
+		">PROKKA_00002 hypothetical protein\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n"), 0o644)
+	os.WriteFile(genomeB, []byte(">PROKKA_00001 Chaperone protein DnaK\nMGKIIGIDLGTTNSCVAIMEGTQ\n"+
+		">PROKKA_00002 hypothetical protein\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n>PROKKA_00003\nMAAAAAAAAAAAAAAAAAAAAAAAA\n"), 0o644)
+	out := filepath.Join(dir, "emb.arrow")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sum, err := localrun.RunJob(ctx, localrun.Job{Inputs: []string{genomeA, genomeB, genomeA}, Out: out, Config: e2etest.Config()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// genomeA: 2 embedded; genomeB: PROKKA_00001 (another sequence) and PROKKA_00003 embedded,
+	// PROKKA_00002 (the same sequence) a duplicate; genomeA again: 2 duplicates.
+	if sum.Published.Records != 7 || sum.Published.Stored != 4 || sum.Published.Duplicates != 3 || sum.Published.IDConflicts != 1 ||
+		sum.Embedded != 4 || sum.Conflicts != 1 || sum.ConflictIDs != 1 || sum.ConflictsFile != out+".conflicts.tsv" {
+		t.Fatalf("summary %+v", sum)
+	}
+	_, rows, err := arrowout.ReadArrowFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].InputIndex < rows[j].InputIndex })
+	type row struct {
+		id, desc    string
+		index       int64
+		length, in  int32
+		strip, hash bool
+	}
+	var got []row
+	for _, r := range rows {
+		got = append(got, row{r.ID, r.Description, r.InputIndex, r.Length, r.InputLength, r.StopStripped,
+			r.SeqSHA256 == consumer.SeqSHA256([]byte(strings.TrimSuffix(seqOf(t, r.InputIndex, genomeA, genomeB), "*")))})
+	}
+	want := []row{
+		{"PROKKA_00001", "DNA gyrase subunit B", 0, 22, 22, true, true},
+		{"PROKKA_00002", "hypothetical protein", 1, 27, 27, false, true},
+		{"PROKKA_00001", "Chaperone protein DnaK", 2, 23, 23, false, true},
+		{"PROKKA_00003", "", 4, 25, 25, false, true},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rows\n%+v\nwant\n%+v", got, want)
+	}
+	data, err := os.ReadFile(sum.ConflictsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	if len(lines) != 3 || lines[0] != strings.Join(arrowout.ConflictsColumns, "\t") ||
+		!strings.HasPrefix(lines[1], "PROKKA_00001\t"+rows[0].SeqSHA256+"\t22\t0\t") || !strings.HasSuffix(lines[1], "\tDNA gyrase subunit B") ||
+		!strings.HasPrefix(lines[2], "PROKKA_00001\t"+rows[2].SeqSHA256+"\t23\t2\t") || !strings.HasSuffix(lines[2], "\tChaperone protein DnaK") {
+		t.Errorf("conflicts file:\n%s", data)
+	}
+	var buf strings.Builder
+	sum.Print(&buf, out)
+	if !strings.Contains(buf.String(), "1 id conflicts: 1 ids came with more than one sequence (e.g. PROKKA_00001); every sequence is embedded, one row each: "+sum.ConflictsFile) ||
+		!strings.Contains(buf.String(), "3 duplicate records") {
+		t.Errorf("summary:\n%s", buf.String())
+	}
+
+	// Again over the same output (--force) with the genomes' conflict gone: the stale conflicts
+	// file goes with it.
+	sum, err = localrun.RunJob(ctx, localrun.Job{Inputs: []string{genomeB}, Out: out, Force: true, Config: e2etest.Config()})
+	if err != nil || sum.Embedded != 3 || sum.Conflicts != 0 || sum.ConflictsFile != "" {
+		t.Fatalf("genome B alone: %+v, %v", sum, err)
+	}
+	if _, err := os.Stat(out + ".conflicts.tsv"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale conflicts file: %v", err)
+	}
+}
+
+// seqOf is the sequence of the record at index (0-based, counted across the files in turn).
+func seqOf(t *testing.T, index int64, files ...string) string {
+	t.Helper()
+	var all []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range strings.Split(string(data), ">")[1:] {
+			_, seq, _ := strings.Cut(rec, "\n")
+			all = append(all, strings.ReplaceAll(seq, "\n", ""))
+		}
+	}
+	return all[index]
 }

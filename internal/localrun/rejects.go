@@ -13,13 +13,13 @@ import (
 
 // workerRejects turns the dead letters a worker made (those with an input stream sequence; the
 // ones refused at publish time have none and come from ingest with their location) into rejects
-// rows: the file and line found by reading the inputs again for their ids (the first record of
-// an id is the one stored), the 1-based position of the first residue outside tok's alphabet for
-// invalid_residue. Standard input and pipes cannot be read again: rows not found in the other
-// files get the one such input's name and no line (no name when there are several).
-func workerRejects(inputs []string, dls []consumer.DeadLetter, tok *batcher.Tokenizer) []ingest.Reject {
+// rows: the file and line found from the record's input index (Seq-Index: its position among the
+// records of the inputs, fileRecords of them in each input in turn) by reading that file again,
+// the 1-based position of the first residue outside tok's alphabet for invalid_residue.
+// Standard input and pipes cannot be read again: their rows get the input's name and no line.
+func workerRejects(inputs []string, fileRecords []int, dls []consumer.DeadLetter, tok *batcher.Tokenizer) []ingest.Reject {
 	var out []ingest.Reject
-	want := map[string][]int{} // id → indexes into out
+	want := make([]map[int]int, len(inputs)) // per input: record index in the file → index into out
 	for _, d := range dls {
 		if d.StreamSeq == 0 {
 			continue
@@ -31,54 +31,54 @@ func workerRejects(inputs []string, dls []consumer.DeadLetter, tok *batcher.Toke
 				r.Position = re.Pos + 1
 			}
 		}
-		if d.ID != "" {
-			want[d.ID] = append(want[d.ID], len(out))
+		start := int64(0)
+		for i, n := range fileRecords {
+			if i >= len(inputs) || d.InputIndex < start {
+				break
+			}
+			if d.InputIndex < start+int64(n) {
+				r.File = fasta.DisplayName(inputs[i])
+				if want[i] == nil {
+					want[i] = map[int]int{}
+				}
+				want[i][int(d.InputIndex-start)] = len(out)
+				break
+			}
+			start += int64(n)
 		}
 		out = append(out, r)
 	}
-	var once []string // inputs that cannot be read again
-	for _, path := range inputs {
-		if !ingest.Rereadable(path) {
-			once = append(once, path)
-			continue
-		}
-		if len(want) > 0 {
-			locate(path, want, out)
-		}
-	}
-	if len(once) == 1 {
-		for _, idx := range want {
-			for _, i := range idx {
-				out[i].File = fasta.DisplayName(once[0])
-			}
+	for i, path := range inputs {
+		if len(want[i]) > 0 && ingest.Rereadable(path) {
+			locate(path, want[i], out)
 		}
 	}
 	return out
 }
 
-// locate reads the FASTA file at path and, for each record whose id is in want, sets the file
-// and line of its rows in out and removes the id from want. A file that cannot be read again
-// leaves its rows unlocated: the rows are a report, not the job.
-func locate(path string, want map[string][]int, out []ingest.Reject) {
+// locate reads the FASTA file at path and sets the line of the rows in out of the records whose
+// position in the file (0-based, every record counted, as ingest counts them) is in want. A file
+// that cannot be read again leaves its rows without a line: the rows are a report, not the job.
+func locate(path string, want map[int]int, out []ingest.Reject) {
 	r, closer, err := fasta.Open(path)
 	if err != nil {
 		return
 	}
 	defer closer.Close()
-	name := fasta.DisplayName(path)
-	for len(want) > 0 {
+	for k, left := 0, len(want); left > 0; k++ {
 		rec, err := r.Next()
 		if errors.Is(err, io.EOF) || (err != nil && !fasta.Recoverable(err)) {
 			return
 		}
-		if err != nil {
+		i, ok := want[k]
+		if !ok {
 			continue
 		}
-		if idx, ok := want[rec.ID]; ok {
-			for _, i := range idx {
-				out[i].File, out[i].Line = name, rec.Line
-			}
-			delete(want, rec.ID)
+		left--
+		if err == nil {
+			out[i].Line = rec.Line
+		} else if pe := (*fasta.ParseError)(nil); errors.As(err, &pe) {
+			out[i].Line = pe.Line
 		}
 	}
 }
