@@ -13,16 +13,17 @@ import (
 
 // ArrowFileSink appends decoded rows to an Arrow IPC file (the random-access
 // "Feather v2" format that pyarrow.ipc.open_file, pyarrow.feather and DuckDB
-// read), deduplicating by id exactly like ParquetSink: the first occurrence
-// of an id wins and later ones are counted as duplicates. The file's schema
+// read), deduplicating by (id, seq_sha256) and counting id conflicts exactly
+// like ParquetSink: the first row of a record wins and later ones are counted
+// as duplicates; another sequence under a known id is kept. The file's schema
 // is exactly Schema(meta), metadata included, so the embedding column is
 // fixed_size_list<item: float32>[dim]; rows are written in record batches
 // of WithRowGroupRows rows (default DefaultRowGroupRows), uncompressed
 // unless WithCompression(compress.Codecs.Zstd).
 //
 // As with ParquetSink, rows go to a temporary file next to the target,
-// which Close syncs and renames into place, and the set of seen ids is kept
-// in memory.
+// which Close syncs and renames into place, and the identities seen are
+// kept in memory.
 //
 // An ArrowFileSink is safe for concurrent use.
 type ArrowFileSink struct {

@@ -2,18 +2,20 @@ package arrowout
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
 
 // ConflictsColumns are the columns of a conflicts file (WithConflictsFile), in order: one line
-// per sequence of each id that was seen with more than one, the id's first row first, then
-// each other sequence in the order it arrived; the ids in the order their first conflict
-// arrived. input_length and input_index are empty when unknown (-1), seq_sha256 when the row
-// came from a version-1 message. A backslash, tab, newline or carriage return inside a value is
+// per sequence of each id that was seen with more than one, in input order (by input_index, then
+// stream_seq; unknown indexes last), the ids in the input order of their first line.
+// input_length and input_index are empty when unknown (-1), seq_sha256 when the row came from a
+// version-1 message. A backslash, tab, newline or carriage return inside a value is
 // written \\, \t, \n or \r, so every row is one line.
 var ConflictsColumns = []string{"id", "seq_sha256", "input_length", "input_index", "stream_seq", "description"}
 
@@ -68,7 +70,7 @@ func (b *conflictBook) writeTemp(path string) (string, error) {
 		}
 		return strconv.FormatInt(n, 10)
 	}
-	for _, g := range b.groups {
+	for _, g := range b.sorted() {
 		for _, r := range g.rows {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", tsvEscape(g.id), tsvEscape(r.sha), num(int64(r.inputLen)), num(r.index),
 				r.streamSeq, tsvEscape(r.desc))
@@ -85,6 +87,27 @@ func (b *conflictBook) writeTemp(path string) (string, error) {
 		return "", err
 	}
 	return f.Name(), nil
+}
+
+// sorted returns the groups in input order, each one's rows in input order (see
+// ConflictsColumns); the book is not changed.
+func (b *conflictBook) sorted() []conflictGroup {
+	before := func(x, y firstRow) int {
+		switch {
+		case (x.index < 0) != (y.index < 0): // unknown last
+			return cmp.Compare(y.index, x.index)
+		case x.index != y.index:
+			return cmp.Compare(x.index, y.index)
+		}
+		return cmp.Compare(x.streamSeq, y.streamSeq)
+	}
+	out := make([]conflictGroup, len(b.groups))
+	for i, g := range b.groups {
+		out[i] = conflictGroup{id: g.id, rows: slices.Clone(g.rows)}
+		slices.SortStableFunc(out[i].rows, before)
+	}
+	slices.SortStableFunc(out, func(x, y conflictGroup) int { return before(x.rows[0], y.rows[0]) })
+	return out
 }
 
 var tsvEscaper = strings.NewReplacer(`\`, `\\`, "\t", `\t`, "\n", `\n`, "\r", `\r`)

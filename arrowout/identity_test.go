@@ -28,7 +28,7 @@ func identityBatch(seq uint64, seq0 uint64, rows ...[4]string) *Batch {
 
 // TestSinkIdentityAndConflicts runs both file sinks over the same messages: rows are kept once
 // per (id, seq_sha256); a row under a known id with another sequence is kept and counted as a
-// conflict; the conflicts file lists every sequence of each conflicting id, first row first;
+// conflict; the conflicts file lists every sequence of each conflicting id, in input order;
 // Close with no conflict removes a stale conflicts file instead of leaving it.
 func TestSinkIdentityAndConflicts(t *testing.T) {
 	for _, tc := range []struct {
@@ -48,7 +48,7 @@ func TestSinkIdentityAndConflicts(t *testing.T) {
 			}
 			e, _ := NewEncoder(testMeta)
 			// Two genomes with prokka-style reused ids, then genome A again (a replay).
-			genomeA := identityBatch(1, 100, [4]string{"PROKKA_00001", "a1", "DNA gyrase", ""},
+			genomeA := identityBatch(1, 100, [4]string{"PROKKA_00001", "a1", "DNA gyrase", "x"},
 				[4]string{"PROKKA_00002", "a2", "hypothetical protein", "x"})
 			genomeB := identityBatch(2, 200, [4]string{"PROKKA_00001", "b1", "chaperone\tDnaK", ""},
 				[4]string{"PROKKA_00002", "a2", "hypothetical protein", "x"}, // the same sequence: a duplicate
@@ -90,9 +90,9 @@ func TestSinkIdentityAndConflicts(t *testing.T) {
 				t.Fatal(err)
 			}
 			wantTSV := "id\tseq_sha256\tinput_length\tinput_index\tstream_seq\tdescription\n" +
-				"PROKKA_00001\ta1\t50\t\t100\tDNA gyrase\n" + // input index -1: unknown, empty
-				"PROKKA_00001\tb1\t50\t\t200\tchaperone\\tDnaK\n" +
-				"PROKKA_00001\tc1\t50\t2\t300\t\n"
+				"PROKKA_00001\ta1\t50\t0\t100\tDNA gyrase\n" + // in input order,
+				"PROKKA_00001\tc1\t50\t2\t300\t\n" +
+				"PROKKA_00001\tb1\t50\t\t200\tchaperone\\tDnaK\n" // an unknown index (-1: empty) last
 			if string(data) != wantTSV {
 				t.Errorf("conflicts file\n%q\nwant\n%q", data, wantTSV)
 			}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/seqembed/seqembed/internal/natsconn"
 )
 
 // Headers set on every published message, besides jetstream.MsgIDHeader.
@@ -234,7 +235,8 @@ var errAckTimeout = errors.New("ack timeout")
 // shrank between the split and the send), the batch is split again under the
 // new limit and published again, up to 4 splits in one call; rows of parts
 // already sent under the old split may then be stored twice, under other
-// Msg-Ids (readers deduplicate by id, as they do for redeliveries).
+// Msg-Ids (readers deduplicate by id and seq_sha256, as they do for
+// redeliveries).
 //
 // Parts are sent back to back without waiting (async publish) and then
 // awaited. A single connection delivers them in order, but after an outage
@@ -269,7 +271,7 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch) (PublishResult, error
 	lo, hi := b.seqRange(0, b.Rows())
 	limit := 0
 	for split := 1; ; split++ {
-		if err := awaitConnected(ctx, p.js.Conn()); err != nil {
+		if err := natsconn.AwaitConnected(ctx, p.js.Conn()); err != nil {
 			if ctx.Err() != nil {
 				err = ctxErr()
 			}
@@ -373,29 +375,6 @@ func (p *Publisher) publishSplit(ctx context.Context, ctxErr func() error, b *Ba
 	*bufp = buf[:0]
 	p.bufs.Put(bufp)
 	return res, false, nil
-}
-
-// awaitConnected returns nil once nc is connected, nats.ErrConnectionClosed
-// if it is closed, or ctx's error.
-func awaitConnected(ctx context.Context, nc *nats.Conn) error {
-	if nc == nil || nc.IsConnected() {
-		return nil
-	}
-	ch := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
-	defer nc.RemoveStatusListener(ch)
-	for {
-		switch {
-		case nc.IsConnected():
-			return nil
-		case nc.IsClosed():
-			return nats.ErrConnectionClosed
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }
 
 // msgIDBase returns "<prefix>:<first seq>-<last seq>:<fnv1a-64 hex>:" for b,

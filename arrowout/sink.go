@@ -103,11 +103,12 @@ func WithConflictsFile(path string) SinkOption {
 // sequence (seq_sha256) is an id conflict: it is kept, so the file holds one
 // row per sequence, and counted (Conflicts, ConflictIDs; WithConflictsFile
 // lists them). Rows of version-1 messages, which carry no seq_sha256, count
-// as one more sequence (empty hash) per id. The file has the columns of Schema(meta) (the embedding is a
-// Parquet LIST; the Arrow schema is stored in the file, so arrow readers
-// such as pyarrow get fixed_size_list<float32>[dim] back), the Meta in its
-// key-value metadata, no dictionary encoding, and Zstd compression unless
-// WithCompression says otherwise.
+// as one more sequence (empty hash) per id. The file has the columns of
+// Schema(meta) (the embedding is a Parquet LIST; the Arrow schema is stored
+// in the file, so arrow readers such as pyarrow get
+// fixed_size_list<float32>[dim] back), the Meta in its key-value metadata, no
+// dictionary encoding, and Zstd compression unless WithCompression says
+// otherwise.
 //
 // Rows are written to a temporary file next to the target, which Close
 // syncs and renames into place, so the target path never holds a partial
@@ -555,7 +556,10 @@ var (
 // feeds each message to s.WriteIPC, until stop(s.Rows()) returns true or
 // ctx is done. stop may be nil (run until ctx is done) and is checked once
 // before the first message. The counts are on s (for a ParquetSink or an
-// ArrowFileSink: Rows, Duplicates, Messages). Sink does not close s.
+// ArrowFileSink: Rows, Duplicates, Conflicts, Messages). Sink does not close
+// s. A stream of several models' embeddings stops at the first message of
+// another model (ErrSchemaMismatch): filter by subject, or check the stream
+// first with StreamModels.
 //
 // It returns nil when stop returned true, an error wrapping ctx.Err() when
 // ctx ended first, and otherwise the consumer or WriteIPC error naming the

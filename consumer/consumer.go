@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/seqembed/seqembed/internal/natsconn"
 	"github.com/seqembed/seqembed/internal/retry"
 )
 
@@ -53,7 +54,6 @@ type options struct {
 	policy         Policy
 	log            *zap.Logger
 	obs            Observer
-	updateStream   bool
 }
 
 // Option configures a Consumer.
@@ -141,12 +141,6 @@ func WithMaxResidues(n int) Option {
 // WithOverlength chooses truncate (default) or reject for sequences over the max length.
 func WithOverlength(p Overlength) Option {
 	return func(o *options) error { o.policy.Overlength = p; return nil }
-}
-
-// WithUpdateStream makes Setup apply the stream settings to an existing input stream. Default
-// false: workers create the stream when it is missing but never reset an operator's limits.
-func WithUpdateStream(v bool) Option {
-	return func(o *options) error { o.updateStream = v; return nil }
 }
 
 // WithLogger sets the logger. Default: no logging.
@@ -250,15 +244,14 @@ func (c *Consumer) ConsumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
-// Setup creates the input stream if it is missing (or updates it, WithUpdateStream) and creates
-// or updates the durable consumer. Idempotent.
+// Setup creates the input stream if it is missing (an existing one's limits are never reset:
+// `seqembed streams` changes only what its flags name) and creates or updates the durable
+// consumer. Idempotent.
 func (c *Consumer) Setup(ctx context.Context) error {
 	_, err := c.js.Stream(ctx, c.opts.stream)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		_, err = c.js.CreateStream(ctx, c.StreamConfig())
-	case err == nil && c.opts.updateStream:
-		_, err = c.js.UpdateStream(ctx, c.StreamConfig())
 	}
 	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		return fmt.Errorf("%w: stream %s: %w", ErrSetup, c.opts.stream, err)
@@ -401,7 +394,7 @@ func (p *puller) pull(ctx context.Context) error {
 		return nil
 	}
 	nc := c.js.Conn()
-	if err := awaitConnected(ctx, nc); err != nil {
+	if err := natsconn.AwaitConnected(ctx, nc); err != nil {
 		return fmt.Errorf("%w: %s: waiting for the connection: %w", ErrPull, Durable(c.model), err)
 	}
 	n := c.opts.pullBatch

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/seqembed/seqembed/internal/natsconn"
 )
 
 // Dead-letter copy limits.
@@ -209,7 +210,7 @@ func storeCopy(ctx context.Context, js jetstream.JetStream, model string, data [
 		if err != nil {
 			return nil, fit, err
 		}
-		if err := awaitConnected(ctx, nc); err != nil {
+		if err := natsconn.AwaitConnected(ctx, nc); err != nil {
 			return nil, fit, fmt.Errorf("waiting for the NATS connection: %w", err)
 		}
 		ack, err := js.PublishMsg(ctx, out)
@@ -235,27 +236,4 @@ func storeCopy(ctx context.Context, js jetstream.JetStream, model string, data [
 	}
 	return nil, fit, fmt.Errorf("%w: refused for its size %d times, last under a %d-byte limit: %w",
 		ErrCopyUnfit, copyAttempts, used, last)
-}
-
-// awaitConnected returns nil once nc is connected, nats.ErrConnectionClosed if it is closed,
-// or ctx's error.
-func awaitConnected(ctx context.Context, nc *nats.Conn) error {
-	if nc == nil || nc.IsConnected() {
-		return nil
-	}
-	ch := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
-	defer nc.RemoveStatusListener(ch)
-	for {
-		switch {
-		case nc.IsConnected():
-			return nil
-		case nc.IsClosed():
-			return nats.ErrConnectionClosed
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }

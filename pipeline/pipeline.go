@@ -390,7 +390,7 @@ func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, o
 	p.cfg.Hooks.at(ctx, PointAfterPublish, okMsgs)
 	p.cfg.Hooks.at(ctx, PointBeforeAck, okMsgs)
 	if err := consumer.AckAll(ctx, p.deps.Conn, okMsgs); err != nil {
-		// The outputs are stored; a redelivery is deduplicated downstream by id.
+		// The outputs are stored; a redelivery is deduplicated downstream by id and seq_sha256.
 		p.log.Warn("ack failed after publish", zap.Uint64("batch", b.Seq), zap.Error(err))
 		return emb
 	}

@@ -223,10 +223,11 @@ func TestOutputStreamFullNaksInputs(t *testing.T) {
 	}
 }
 
-// TestDuplicateIDPublish: a FASTA file with one id twice (different sequences): publishFASTA
-// stores the first, reports the second as a duplicate, and the output has that id once, with the
-// first sequence.
-func TestDuplicateIDPublish(t *testing.T) {
+// TestReusedIDPublish: a FASTA file with one id twice with different sequences, and one record
+// twice exactly: a record is (id, sequence), so publishFASTA stores both sequences of the reused
+// id (counted as an id conflict) and the exact repeat once (a duplicate); the output holds one
+// row per (id, seq_sha256), each with its own description, input index and lengths.
+func TestReusedIDPublish(t *testing.T) {
 	ctx, srv, _, js := e2etest.Server(t, 60*time.Second)
 
 	cfg := e2etest.Config()
@@ -244,6 +245,7 @@ func TestDuplicateIDPublish(t *testing.T) {
 		fmt.Fprintf(&fa, ">%s some description\n%s\n", id, seqs[id])
 	}
 	fmt.Fprintf(&fa, ">d2 the same id again\n%s\n", second)
+	fmt.Fprintf(&fa, ">d3 the same record again\n%s\n", seqs["d3"])
 	path := filepath.Join(t.TempDir(), "dup.fasta")
 	if err := os.WriteFile(path, []byte(fa.String()), 0o644); err != nil {
 		t.Fatal(err)
@@ -253,22 +255,53 @@ func TestDuplicateIDPublish(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Records != len(ids)+1 || st.Stored != len(ids) || st.Duplicates != 1 || st.DeadLettered != 0 {
-		t.Fatalf("publish stats %+v, want %d records, %d stored, 1 duplicate, 0 dead-lettered", st, len(ids)+1, len(ids))
+	if st.Records != len(ids)+2 || st.Stored != len(ids)+1 || st.Duplicates != 1 || st.IDConflicts != 1 || st.DeadLettered != 0 {
+		t.Fatalf("publish stats %+v, want %d records, %d stored, 1 duplicate, 1 id conflict", st, len(ids)+2, len(ids)+1)
 	}
-	// Before any worker runs, the input subject holds exactly one message per distinct id.
 	in := e2etest.MustStream(t, ctx, js, "SEQS")
-	if got := e2etest.InputLeft(t, ctx, in, model); got != uint64(len(ids)) {
-		t.Fatalf("input subject holds %d messages, want %d (the duplicate was stored)", got, len(ids))
+	if got := e2etest.InputLeft(t, ctx, in, model); got != uint64(len(ids)+1) {
+		t.Fatalf("input subject holds %d messages, want %d", got, len(ids)+1)
 	}
 
 	rw := w.Start(t, ctx)
-	out := e2etest.NewOutputReader(t, ctx, js, seqs) // seqs["d2"] is the first sequence
-	out.Until(len(ids), 20*time.Second)
-	out.DrainFor(500 * time.Millisecond)
-	out.CheckOnce(ids)
-	if r := out.Rows["d2"]; int(r.Length) != len(first) {
-		t.Errorf("d2: output length %d, want %d (the first sequence; the duplicate has %d)", r.Length, len(first), len(second))
+	oc := e2etest.OutputConsumer(t, ctx, js)
+	rows := map[[2]string][]arrowout.Row{} // (id, seq_sha256) → rows
+	read := func(wait time.Duration) {
+		if m, err := oc.Next(jetstream.FetchMaxWait(wait)); err == nil {
+			_, rs, err := arrowout.Decode(m.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rs {
+				rows[[2]string{r.ID, r.SeqSHA256}] = append(rows[[2]string{r.ID, r.SeqSHA256}], r)
+			}
+		}
+	}
+	testutil.Eventually(t, 20*time.Second, func() (bool, string) {
+		read(time.Second)
+		return len(rows) == len(ids)+1, fmt.Sprintf("%d of %d records in the output", len(rows), len(ids)+1)
+	})
+	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); { // late duplicates
+		read(time.Until(deadline) + time.Millisecond)
+	}
+	want := map[[2]string]arrowout.Row{}
+	for i, id := range ids {
+		want[[2]string{id, consumer.SeqSHA256([]byte(seqs[id]))}] = arrowout.Row{ID: id, Description: "some description", InputIndex: int64(i),
+			Length: int32(len(seqs[id])), InputLength: int32(len(seqs[id]))}
+	}
+	want[[2]string{"d2", consumer.SeqSHA256([]byte(second))}] = arrowout.Row{ID: "d2", Description: "the same id again",
+		InputIndex: int64(len(ids)), Length: int32(len(second)), InputLength: int32(len(second))}
+	for key, w := range want {
+		got := rows[key]
+		if len(got) != 1 {
+			t.Errorf("%v: %d rows, want 1", key, len(got))
+			continue
+		}
+		g := got[0]
+		if g.Description != w.Description || g.InputIndex != w.InputIndex || g.Length != w.Length || g.InputLength != w.InputLength ||
+			g.StopStripped || g.Truncated || g.SeqSHA256 != key[1] {
+			t.Errorf("%v: got %+v, want %+v", key, g, w)
+		}
 	}
 	rw.Shutdown(t, cfg.ShutdownTimeout+3*time.Second)
 	e2etest.WaitQueueEmpty(t, js, model)

@@ -46,7 +46,7 @@ func TestIDConflictExitCodes(t *testing.T) {
 	c := runChild(t, "run "+a+" "+b+" --out "+out+" "+model, nil)
 	if c.code != cli.ExitRejected || !strings.Contains(c.stdout, "6 records read from 2 files, 5 embedded") ||
 		!strings.Contains(c.stdout, "2 id conflicts: 2 ids came with more than one sequence (e.g. PROKKA_00001, PROKKA_00003)") ||
-		!strings.Contains(c.stderr, "2 ids came with more than one sequence (2 more rows, every sequence embedded), listed in "+out+".conflicts.tsv (--allow-id-conflicts exits 0)") {
+		!strings.Contains(c.stderr, "ids came with more than one sequence: 2 ids, 2 more rows (every sequence embedded, one row each), listed in "+out+".conflicts.tsv (--allow-id-conflicts exits 0)") {
 		t.Fatalf("run with reused ids: exit %d, want 3\nstdout:\n%s\nstderr:\n%s", c.code, c.stdout, c.stderr)
 	}
 	_, rows, err := arrowout.ReadParquet(out)

@@ -79,7 +79,7 @@ func runRunCmd(ctx context.Context, args []string) error {
 // conflictsError is the cli.ErrIDConflicts error of `run` and `sink`: ids ids came with more than
 // one sequence, rows rows beyond the first of each, listed in file.
 func conflictsError(ids, rows int, file string) error {
-	return fmt.Errorf("%w: %d ids came with more than one sequence (%d more rows, every sequence embedded), listed in %s (--allow-id-conflicts exits 0)",
+	return fmt.Errorf("%w: %d ids, %d more rows (every sequence embedded, one row each), listed in %s (--allow-id-conflicts exits 0)",
 		cli.ErrIDConflicts, ids, rows, file)
 }
 

@@ -65,11 +65,11 @@ type Summary struct {
 	ConflictIDs      int
 	ConflictExamples []string
 	ConflictsFile    string
-	Elapsed      time.Duration     // everything, model load included
-	Processing   time.Duration     // first publish to last record done
-	Warmup       time.Duration
-	CUDAGraphs   bool           // the runners replay CUDA graphs
-	Stats        pipeline.Stats // the pipeline's, once it stopped
+	Elapsed          time.Duration // everything, model load included
+	Processing       time.Duration // first publish to last record done
+	Warmup           time.Duration
+	CUDAGraphs       bool           // the runners replay CUDA graphs
+	Stats            pipeline.Stats // the pipeline's, once it stopped
 	// Busy is the fraction of Processing with at least one run in flight; MeanGap the runner's
 	// mean wait between runs.
 	Busy    float64
