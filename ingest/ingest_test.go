@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/seqembed/seqembed/fasta"
 	"github.com/seqembed/seqembed/ingest"
 	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/internal/testutil"
 )
 
 // prodigal is a prodigal-style protein file: four records ending in '*' (one of them with the
@@ -56,22 +56,11 @@ func setup(t *testing.T, model string) (context.Context, *nats.Conn, jetstream.J
 // consumed).
 func inputs(t *testing.T, ctx context.Context, js jetstream.JetStream, model string) map[string]record {
 	t.Helper()
-	s, err := js.Stream(ctx, "SEQS")
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]record{}
-	for seq := uint64(1); ; {
-		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(consumer.Subject(model)))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, m := range stored(t, ctx, js, model) {
 		out[m.Header.Get(consumer.HeaderID)] = record{string(m.Data), m.Header.Get(ingest.HeaderStopStripped) == "1"}
-		seq = m.Sequence + 1
 	}
+	return out
 }
 
 // fileRecords reads path with the fasta package: id → residues and header line.
@@ -355,29 +344,14 @@ func TestRejectsFileEscapes(t *testing.T) {
 func TestPipeInput(t *testing.T) {
 	ctx, nc, js := setup(t, "m")
 	fifo := filepath.Join(t.TempDir(), "pipe")
-	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if ingest.Rereadable(fifo) || ingest.Rereadable("-") || !ingest.Rereadable(prodigal) {
-		t.Fatal("Rereadable is wrong")
-	}
 	data, err := os.ReadFile(prodigal)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wrote := make(chan error, 1)
-	go func() {
-		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-		if err != nil {
-			wrote <- err
-			return
-		}
-		_, err = f.Write(data)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		wrote <- err
-	}()
+	wrote := testutil.FIFO(t, fifo, data)
+	if ingest.Rereadable(fifo) || ingest.Rereadable("-") || !ingest.Rereadable(prodigal) {
+		t.Fatal("Rereadable is wrong")
+	}
 	st, err := ingest.Publish(ctx, nc, []string{fifo}, ingest.Options{Model: "m"})
 	if err != nil {
 		t.Fatal(err)

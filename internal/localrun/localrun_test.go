@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/internal/localrun"
+	"github.com/seqembed/seqembed/internal/testutil"
 	"github.com/seqembed/seqembed/pipeline"
 )
 
@@ -230,26 +230,11 @@ func TestRunJobPipeInput(t *testing.T) {
 	e2etest.RequireORT(t)
 	dir := t.TempDir()
 	fifo := filepath.Join(dir, "pipe")
-	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	data, err := os.ReadFile(prodigal)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wrote := make(chan error, 1)
-	go func() {
-		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-		if err != nil {
-			wrote <- err
-			return
-		}
-		_, err = f.Write(data)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		wrote <- err
-	}()
+	wrote := testutil.FIFO(t, fifo, data)
 	tsv := filepath.Join(dir, "rejects.tsv")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
