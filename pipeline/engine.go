@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -28,8 +29,12 @@ type Engine struct {
 	warmup  time.Duration
 }
 
-// NewEngine validates cfg and loads the model on every device of cfg.Device. Close releases it.
-func NewEngine(cfg Config) (*Engine, error) {
+// NewEngine validates cfg and loads the model on every device of cfg.Device; log (nil: none)
+// hears a warning for a random-weight model. Close releases it.
+func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -59,6 +64,10 @@ func NewEngine(cfg Config) (*Engine, error) {
 		}
 	}
 	man := e.runners[0].Manifest()
+	if strings.HasPrefix(man.Source, "preset:") {
+		log.Warn("random-weight model: its embeddings are not biologically meaningful (export real weights with tools/export_esm2.py --hf)",
+			zap.String("model", man.Name), zap.String("source", man.Source))
+	}
 	if e.tok, err = batcher.NewTokenizer(man.Residues); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%w: model %s alphabet: %w", ErrSetup, man.Name, err)

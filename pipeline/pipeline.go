@@ -67,7 +67,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Pipeline, error) {
 	if deps.Health == nil {
 		deps.Health = telemetry.NewHealth()
 	}
-	eng, err := NewEngine(cfg)
+	eng, err := NewEngine(cfg, deps.Log)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"flag"
+	"os"
+	"path/filepath"
 
 	"go.uber.org/zap"
 
@@ -14,6 +16,7 @@ import (
 // are pipeline.Default()'s.
 func registerConfig(fs *flag.FlagSet, c *pipeline.Config) {
 	d := pipeline.Default()
+	d.ModelDir = defaultModelDir(d.ModelDir)
 	fs.StringVar(&c.ModelDir, "model", d.ModelDir, "model directory holding model.onnx and model.json")
 	fs.StringVar(&c.Device, "device", d.Device, "where inference runs: cpu, cuda:N, a list (cuda:0,cuda:1: one runner per GPU fed by one batcher) or cuda:all")
 	fs.IntVar(&c.Threads, "threads", d.Threads, "ONNX Runtime intra-op threads on the CPU (0 = one per core)")
@@ -86,4 +89,27 @@ func runWorkerCmd(ctx context.Context, args []string, hooks pipeline.Hooks) erro
 		return err
 	}
 	return p.Run(ctx)
+}
+
+// defaultModelDir finds the default model (the tiny one of the repository, rel) from wherever the
+// command runs: rel itself where it exists (the repository's root), else next to the binary
+// (bin/seqembed of a checkout: ../testdata/esm2-tiny) or beside it; rel unchanged when none is
+// there, so the error names the path a user expects.
+func defaultModelDir(rel string) string {
+	if _, err := os.Stat(filepath.Join(rel, "model.json")); err == nil {
+		return rel
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return rel
+	}
+	if real, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = real
+	}
+	for _, dir := range []string{filepath.Join(filepath.Dir(exe), "..", rel), filepath.Join(filepath.Dir(exe), rel)} {
+		if _, err := os.Stat(filepath.Join(dir, "model.json")); err == nil {
+			return filepath.Clean(dir)
+		}
+	}
+	return rel
 }

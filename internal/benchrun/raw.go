@@ -24,7 +24,7 @@ func Raw(ctx context.Context, cfg pipeline.Config, path string, log *zap.Logger,
 	if log == nil {
 		log = zap.NewNop()
 	}
-	eng, err := pipeline.NewEngine(cfg)
+	eng, err := pipeline.NewEngine(cfg, nil)
 	if err != nil {
 		return Result{}, nil, err
 	}
