@@ -99,9 +99,10 @@ func (p *Pipeline) init(ctx context.Context) error {
 	overlength, _ := consumer.ParseOverlength(cfg.Overlength) // Validate checked it
 	replicas := StreamReplicas(cfg.Replicas, p.deps.Conn)
 	// The keeper (heartbeat.go) must exist before the consumer, which asks it for room.
-	p.keep = newKeeper(cfg.AckWait/3, cfg.MaxHeldTokens)
+	budget := cfg.heldBudget(p.eng.Slots())
+	p.keep = newKeeper(cfg.AckWait/3, budget)
 	consOpts := []consumer.Option{}
-	if cfg.MaxHeldTokens > 0 {
+	if budget > 0 {
 		consOpts = append(consOpts, consumer.WithPullGate(p.keep.Room))
 	}
 	if p.cons, err = consumer.New(p.js, man.Name, p.eng.Tokenizer().Validate, append(consOpts, consumer.WithStream(cfg.InStream),

@@ -246,14 +246,15 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("Default() invalid: %v", c.Validate())
 	}
 	for flag, mod := range map[string]func(*Config){
-		"--inflight":        func(c *Config) { c.Inflight = 0 },
-		"--device":          func(c *Config) { c.Device = "tpu:0" },
-		"--overlength":      func(c *Config) { c.Overlength = "chop" },
-		"--cuda-graphs":     func(c *Config) { c.CUDAGraphs = "maybe" },
-		"--ack-wait":        func(c *Config) { c.AckWait = 0 },
-		"--model":           func(c *Config) { c.ModelDir = "" },
-		"--max-held-tokens": func(c *Config) { c.MaxHeldTokens = 100 },
-		"--replicas":        func(c *Config) { c.Replicas = 7 },
+		"--inflight":         func(c *Config) { c.Inflight = 0 },
+		"--device":           func(c *Config) { c.Device = "tpu:0" },
+		"--overlength":       func(c *Config) { c.Overlength = "chop" },
+		"--cuda-graphs":      func(c *Config) { c.CUDAGraphs = "maybe" },
+		"--ack-wait":         func(c *Config) { c.AckWait = 0 },
+		"--model":            func(c *Config) { c.ModelDir = "" },
+		"--max-held-tokens":  func(c *Config) { c.MaxHeldTokens = 100 },
+		"--max-held-tokens ": func(c *Config) { c.MaxHeldTokens = -2 },
+		"--replicas":         func(c *Config) { c.Replicas = 7 },
 	} {
 		c := Default()
 		mod(&c)
