@@ -26,9 +26,10 @@ type Config struct {
 	MaxAckPending  int           // --max-ack-pending: unacked records across all workers
 	// MaxHeldTokens (--max-held-tokens) bounds the tokens of the records one worker holds; the
 	// consumer pulls only while there is room, the rest stays on the server, safe from this
-	// worker's death. 0 = auto, DefaultHeldBatches batches' worth per run slot; -1 = no bound
-	// (only MaxAckPending). See docs/reliability.md: what a dying worker hands back is redelivered,
-	// and each redelivery spends MaxDeliver.
+	// worker's death. 0 = no bound (only MaxAckPending), the default until its effect on GPU
+	// throughput is measured (a small budget starves the batcher's buckets, which then flush on
+	// the linger). See docs/reliability.md: what a dying worker hands back is redelivered, and
+	// each redelivery spends MaxDeliver; where workers die often, set a few batches' worth.
 	MaxHeldTokens int
 	MaxDeliver    int    // --max-deliver: deliveries of one record before it is given up
 	Inflight      int    // --inflight: batches in flight at once per device
@@ -63,23 +64,6 @@ func Default() Config {
 		InStream: "SEQS", OutStream: arrowout.DefaultStreamName, ShutdownTimeout: 30 * time.Second,
 		CUDAGraphs: gpurun.GraphsAuto, BacklogEvery: 5 * time.Second,
 	}
-}
-
-// DefaultHeldBatches is how many full batches of tokens per run slot a worker holds when
-// MaxHeldTokens is 0 (auto): enough to keep every slot fed and the buckets filling, little
-// enough that a worker's death hands back seconds of work, not MaxAckPending records.
-const DefaultHeldBatches = 4
-
-// heldBudget is MaxHeldTokens resolved for slots run slots: the tokens a worker may hold, 0 for
-// no bound.
-func (c *Config) heldBudget(slots int) int {
-	switch {
-	case c.MaxHeldTokens < 0:
-		return 0
-	case c.MaxHeldTokens == 0:
-		return DefaultHeldBatches * c.MaxBatchTokens * slots
-	}
-	return c.MaxHeldTokens
 }
 
 // Validate reports the first setting that cannot work, naming its flag.
@@ -117,8 +101,8 @@ func (c *Config) Validate() error {
 	if c.Replicas < 0 || c.Replicas > 5 {
 		return fmt.Errorf("%w: --replicas %d: want 0 (auto) to 5", ErrConfig, c.Replicas)
 	}
-	if c.MaxHeldTokens < -1 || (c.MaxHeldTokens > 0 && c.MaxHeldTokens < c.MaxBatchTokens) {
-		return fmt.Errorf("%w: --max-held-tokens %d: want 0 (auto), -1 (no bound) or at least --max-batch-tokens (%d)", ErrConfig, c.MaxHeldTokens, c.MaxBatchTokens)
+	if c.MaxHeldTokens < 0 || (c.MaxHeldTokens > 0 && c.MaxHeldTokens < c.MaxBatchTokens) {
+		return fmt.Errorf("%w: --max-held-tokens %d: want 0 (no bound) or at least --max-batch-tokens (%d)", ErrConfig, c.MaxHeldTokens, c.MaxBatchTokens)
 	}
 	if c.Threads < 0 {
 		return fmt.Errorf("%w: --threads %d must be ≥ 0", ErrConfig, c.Threads)

@@ -99,10 +99,9 @@ func (p *Pipeline) init(ctx context.Context) error {
 	overlength, _ := consumer.ParseOverlength(cfg.Overlength) // Validate checked it
 	replicas := StreamReplicas(cfg.Replicas, p.deps.Conn)
 	// The keeper (heartbeat.go) must exist before the consumer, which asks it for room.
-	budget := cfg.heldBudget(p.eng.Slots())
-	p.keep = newKeeper(cfg.AckWait/3, budget)
+	p.keep = newKeeper(cfg.AckWait/3, cfg.MaxHeldTokens)
 	consOpts := []consumer.Option{}
-	if budget > 0 {
+	if cfg.MaxHeldTokens > 0 {
 		consOpts = append(consOpts, consumer.WithPullGate(p.keep.Room))
 	}
 	if p.cons, err = consumer.New(p.js, man.Name, p.eng.Tokenizer().Validate, append(consOpts, consumer.WithStream(cfg.InStream),

@@ -253,7 +253,7 @@ func TestConfigValidate(t *testing.T) {
 		"--ack-wait":         func(c *Config) { c.AckWait = 0 },
 		"--model":            func(c *Config) { c.ModelDir = "" },
 		"--max-held-tokens":  func(c *Config) { c.MaxHeldTokens = 100 },
-		"--max-held-tokens ": func(c *Config) { c.MaxHeldTokens = -2 },
+		"--max-held-tokens ": func(c *Config) { c.MaxHeldTokens = -1 },
 		"--replicas":         func(c *Config) { c.Replicas = 7 },
 	} {
 		c := Default()

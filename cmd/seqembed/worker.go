@@ -29,7 +29,7 @@ func registerConfig(fs *flag.FlagSet, c *pipeline.Config) {
 	fs.DurationVar(&c.AckWait, "ack-wait", d.AckWait, "server redelivers a record not acked within this time")
 	fs.IntVar(&c.MaxAckPending, "max-ack-pending", d.MaxAckPending, "unacked records allowed across all workers of the durable consumer")
 	fs.IntVar(&c.MaxDeliver, "max-deliver", d.MaxDeliver, "deliveries of one record before it is given up")
-	fs.IntVar(&c.MaxHeldTokens, "max-held-tokens", d.MaxHeldTokens, "most tokens of records one worker holds; pulls wait for room, the rest stays on the server (0 = auto: 4 batches of --max-batch-tokens per run slot; -1 = no bound but --max-ack-pending): what a dying worker hands back is redelivered, spending --max-deliver")
+	fs.IntVar(&c.MaxHeldTokens, "max-held-tokens", d.MaxHeldTokens, "most tokens of records one worker holds; pulls wait for room, the rest stays on the server (0 = no bound but --max-ack-pending): what a dying worker hands back is redelivered, spending --max-deliver, so where workers die often set a few batches' worth (docs/reliability.md)")
 	fs.StringVar(&c.CUDAOptions, "cuda-options", d.CUDAOptions, "extra ONNX Runtime CUDA provider options, key=value,... (e.g. sdpa_kernel=8 for cuDNN attention in mha graphs); they override seqembed's own")
 	fs.StringVar(&c.CUDAGraphs, "cuda-graphs", d.CUDAGraphs, "CUDA graphs, one per bucket shape captured at warm-up: auto (for --fused mha exports on CUDA), on or off")
 	fs.IntVar(&c.Inflight, "inflight", d.Inflight, "batches in flight at once per device (inference and publishing overlap)")
