@@ -426,13 +426,12 @@ func (p *Pipeline) watchBacklog(ctx context.Context) {
 	t := time.NewTicker(p.cfg.BacklogEvery)
 	defer t.Stop()
 	for {
+		// js.Consumer is one consumer-info request; its cached info is that answer.
 		ictx, cancel := context.WithTimeout(ctx, p.cfg.BacklogEvery)
 		c, err := p.js.Consumer(ictx, p.cfg.InStream, consumer.Durable(p.model))
 		if err == nil {
-			var info *jetstream.ConsumerInfo
-			if info, err = c.Info(ictx); err == nil {
-				p.metrics.SetBacklog(info.NumPending + uint64(info.NumAckPending))
-			}
+			info := c.CachedInfo()
+			p.metrics.SetBacklog(info.NumPending + uint64(info.NumAckPending))
 		}
 		cancel()
 		if err != nil && ctx.Err() == nil {
