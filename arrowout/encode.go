@@ -44,6 +44,20 @@ func (b *Batch) Reset() {
 	b.StopStripped, b.InputIndexes = b.StopStripped[:0], b.InputIndexes[:0]
 }
 
+// AppendRow appends row r of src, whose embeddings are dim wide, to b.
+func (b *Batch) AppendRow(src *Batch, r, dim int) {
+	b.IDs = append(b.IDs, src.IDs[r])
+	b.StreamSeqs = append(b.StreamSeqs, src.StreamSeqs[r])
+	b.Lengths = append(b.Lengths, src.Lengths[r])
+	b.Truncated = append(b.Truncated, src.Truncated[r])
+	b.Embeddings = append(b.Embeddings, src.Embeddings[r*dim:(r+1)*dim]...)
+	b.SeqSHA256s = append(b.SeqSHA256s, src.SeqSHA256s[r])
+	b.Descriptions = append(b.Descriptions, src.Descriptions[r])
+	b.InputLengths = append(b.InputLengths, src.InputLengths[r])
+	b.StopStripped = append(b.StopStripped, src.StopStripped[r])
+	b.InputIndexes = append(b.InputIndexes, src.InputIndexes[r])
+}
+
 // Rows returns the number of rows of b (len(b.IDs)).
 func (b *Batch) Rows() int { return len(b.IDs) }
 

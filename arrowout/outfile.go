@@ -85,6 +85,7 @@ type SinkRun struct {
 	done   chan struct{}
 	err    error // Sink's, once done is closed
 	rows   atomic.Int64
+	seq    atomic.Uint64 // the last message's stream sequence
 
 	once     sync.Once
 	finalErr error
@@ -92,21 +93,34 @@ type SinkRun struct {
 
 // StartSink starts reading stream (filtered to subject unless empty) into sink until
 // until(rows) returns true (nil: until Finish or ctx ends).
-func StartSink(ctx context.Context, js jetstream.JetStream, stream, subject string, sink FileSink, until func(rows int) bool) *SinkRun {
+func StartSink(ctx context.Context, js jetstream.JetStream, stream, subject string, fs FileSink, until func(rows int) bool) *SinkRun {
+	var subjects []string
+	if subject != "" {
+		subjects = []string{subject}
+	}
+	return StartSinkSubjects(ctx, js, stream, subjects, fs, until)
+}
+
+// StartSinkSubjects is StartSink filtered to any of subjects (none: every subject), e.g.
+// ModelSubjects.
+func StartSinkSubjects(ctx context.Context, js jetstream.JetStream, stream string, subjects []string, fs FileSink, until func(rows int) bool) *SinkRun {
 	ctx, cancel := context.WithCancel(ctx)
-	s := &SinkRun{sink: sink, cancel: cancel, done: make(chan struct{})}
+	s := &SinkRun{sink: fs, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
-		s.err = Sink(ctx, js, stream, subject, sink, func(rows int) bool {
+		s.err = sink(ctx, js, stream, subjects, fs, func(rows int) bool {
 			s.rows.Store(int64(rows))
 			return until != nil && until(rows)
-		})
+		}, func(seq uint64) { s.seq.Store(seq) })
 	}()
 	return s
 }
 
 // Rows is the unique rows written so far.
 func (s *SinkRun) Rows() int { return int(s.rows.Load()) }
+
+// Seq is the stream sequence of the last message written (0 = none yet).
+func (s *SinkRun) Seq() uint64 { return s.seq.Load() }
 
 // Sink is the file sink being written.
 func (s *SinkRun) Sink() FileSink { return s.sink }

@@ -252,7 +252,16 @@ var errAckTimeout = errors.New("ack timeout")
 // nothing was sent and retrying cannot help. An empty batch publishes
 // nothing and succeeds. On error the result counts the parts sent so far.
 func (p *Publisher) Publish(ctx context.Context, b *Batch) (PublishResult, error) {
+	return p.PublishTo(ctx, p.subject, b)
+}
+
+// PublishTo is Publish to subject (which must be bound to a stream) instead of the Publisher's
+// own: the pipeline publishes each job's rows to that job's Subject.
+func (p *Publisher) PublishTo(ctx context.Context, subject string, b *Batch) (PublishResult, error) {
 	var res PublishResult
+	if subject == "" || strings.ContainsAny(subject, " \t\r\n*>") {
+		return res, fmt.Errorf("%w: publish subject %q must be non-empty, without whitespace or wildcards", ErrOption, subject)
+	}
 	if b.Rows() == 0 {
 		return res, b.validate(p.enc.dim)
 	}
@@ -287,7 +296,7 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch) (PublishResult, error
 			return res, fmt.Errorf("%w: batch %d (stream seqs %d-%d): server max_payload %d leaves no room beyond the %d-byte header headroom",
 				ErrPublish, b.Seq, lo, hi, p.serverMax(), HeaderHeadroom)
 		}
-		r, refused, err := p.publishSplit(ctx, ctxErr, b, limit)
+		r, refused, err := p.publishSplit(ctx, ctxErr, subject, b, limit)
 		res.Parts += r.Parts
 		res.Bytes += r.Bytes
 		res.Duplicates += r.Duplicates
@@ -304,7 +313,7 @@ func (p *Publisher) Publish(ctx context.Context, b *Batch) (PublishResult, error
 // publishSplit splits b under limit and publishes the parts (see Publish).
 // refused reports a part refused as larger than the connection's
 // max_payload, before or while sending: err then wraps nats.ErrMaxPayload.
-func (p *Publisher) publishSplit(ctx context.Context, ctxErr func() error, b *Batch, limit int) (res PublishResult, refused bool, err error) {
+func (p *Publisher) publishSplit(ctx context.Context, ctxErr func() error, subject string, b *Batch, limit int) (res PublishResult, refused bool, err error) {
 	bufp, _ := p.bufs.Get().(*[]byte)
 	if bufp == nil {
 		bufp = new([]byte)
@@ -328,7 +337,7 @@ func (p *Publisher) publishSplit(ctx context.Context, ctxErr func() error, b *Ba
 	for i, part := range parts {
 		minSeq, maxSeq := b.seqRange(part.Lo, part.Hi)
 		msgs[i] = &nats.Msg{
-			Subject: p.subject,
+			Subject: subject,
 			Data:    part.Data,
 			Header: nats.Header{
 				jetstream.MsgIDHeader: {idBase + strconv.Itoa(i+1) + "/" + strconv.Itoa(len(parts))},

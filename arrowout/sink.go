@@ -565,18 +565,25 @@ var (
 // ctx ended first, and otherwise the consumer or WriteIPC error naming the
 // message's stream sequence. The consumer buffers at most 64 MiB.
 func Sink(ctx context.Context, js jetstream.JetStream, stream, subject string, s MessageWriter, stop func(rows int) bool) error {
+	var subjects []string
+	if subject != "" {
+		subjects = []string{subject}
+	}
+	return sink(ctx, js, stream, subjects, s, stop, nil)
+}
+
+// sink is Sink filtered to subjects (none: every subject); read (when not nil) gets the stream
+// sequence of each message once written.
+func sink(ctx context.Context, js jetstream.JetStream, stream string, subjects []string, s MessageWriter, stop func(rows int) bool, read func(seq uint64)) error {
 	done := func() bool { return stop != nil && stop(s.Rows()) }
 	if done() {
 		return nil
 	}
 	where := "stream " + stream
-	if subject != "" {
-		where += " subject " + subject
+	if len(subjects) > 0 {
+		where += " subject " + strings.Join(subjects, ", ")
 	}
-	cfg := jetstream.OrderedConsumerConfig{}
-	if subject != "" {
-		cfg.FilterSubjects = []string{subject}
-	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: subjects}
 	cons, err := js.OrderedConsumer(ctx, stream, cfg)
 	if err != nil {
 		return fmt.Errorf("arrowout: sink %s: create consumer: %w", where, err)
@@ -594,12 +601,15 @@ func Sink(ctx context.Context, js jetstream.JetStream, stream, subject string, s
 			}
 			return fmt.Errorf("arrowout: sink %s after %d rows: %w", where, s.Rows(), err)
 		}
+		var seq uint64
+		if md, mdErr := msg.Metadata(); mdErr == nil {
+			seq = md.Sequence.Stream
+		}
 		if _, _, err := s.WriteIPC(msg.Data()); err != nil {
-			var seq uint64
-			if md, mdErr := msg.Metadata(); mdErr == nil {
-				seq = md.Sequence.Stream
-			}
 			return fmt.Errorf("arrowout: sink %s: message at stream seq %d (subject %s): %w", where, seq, msg.Subject(), err)
+		}
+		if read != nil {
+			read(seq)
 		}
 		if done() {
 			return nil

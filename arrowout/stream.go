@@ -15,6 +15,20 @@ const (
 	DefaultDuplicates = 10 * time.Minute
 )
 
+// Subject is where the embeddings of model's records in job go: embeddings.<model>.<job>, or
+// embeddings.<model> for records outside any job (see consumer.JobSubject).
+func Subject(model, job string) string {
+	if job == "" {
+		return "embeddings." + model
+	}
+	return "embeddings." + model + "." + job
+}
+
+// ModelSubjects are the subjects of all of model's embeddings: outside any job and in every job.
+func ModelSubjects(model string) []string {
+	return []string{Subject(model, ""), Subject(model, "*")}
+}
+
 // StreamConfig describes the output stream. The zero value is usable: every
 // zero field takes its documented default. Retention is always limits.
 type StreamConfig struct {
@@ -24,6 +38,8 @@ type StreamConfig struct {
 	Subjects []string
 	// MaxBytes caps the stored bytes. Default 0: unlimited.
 	MaxBytes int64
+	// MaxAge is how long a message is kept. Default 0: for ever.
+	MaxAge time.Duration
 	// Replicas in clustered JetStream. Default 0: 1.
 	Replicas int
 	// Storage backend. Default (the zero value) jetstream.FileStorage.
@@ -41,14 +57,15 @@ type StreamConfig struct {
 
 // jetstreamConfig applies the defaults and converts c.
 func (c StreamConfig) jetstreamConfig() (jetstream.StreamConfig, error) {
-	if c.MaxBytes < 0 || c.Replicas < 0 || c.Duplicates < 0 {
-		return jetstream.StreamConfig{}, fmt.Errorf("%w: stream config has a negative MaxBytes, Replicas or Duplicates: %+v", ErrOption, c)
+	if c.MaxBytes < 0 || c.Replicas < 0 || c.Duplicates < 0 || c.MaxAge < 0 {
+		return jetstream.StreamConfig{}, fmt.Errorf("%w: stream config has a negative MaxBytes, MaxAge, Replicas or Duplicates: %+v", ErrOption, c)
 	}
 	sc := jetstream.StreamConfig{
 		Name:       c.Name,
 		Subjects:   c.Subjects,
 		Retention:  jetstream.LimitsPolicy,
 		MaxBytes:   c.MaxBytes,
+		MaxAge:     c.MaxAge,
 		MaxMsgs:    -1,
 		Discard:    jetstream.DiscardNew,
 		Storage:    c.Storage,

@@ -209,8 +209,9 @@ func (c *Consumer) deadLetterSeq(ctx context.Context, stream jetstream.Stream, s
 		return fmt.Errorf("%w: reading stream seq %d of %s: %w", ErrAdvisory, seq, c.opts.stream, err)
 	}
 	id := headerGet(raw.Header, HeaderID)
-	if raw.Subject != Subject(c.model) {
-		return fmt.Errorf("%w: stream seq %d (record %q) is on %s, not %s: left alone",
+	job := JobOf(c.model, raw.Subject)
+	if raw.Subject != JobSubject(c.model, job) || (job != "" && CheckJob(job) != nil) {
+		return fmt.Errorf("%w: stream seq %d (record %q) is on %s, not %s or a job's subject under it: left alone",
 			ErrAdvisory, seq, id, raw.Subject, Subject(c.model))
 	}
 	msgErr := fmt.Sprintf("delivered %d times without success (max deliver %d)", deliveries, c.opts.maxDeliver)
@@ -224,7 +225,7 @@ func (c *Consumer) deadLetterSeq(ctx context.Context, stream jetstream.Stream, s
 			zap.Int("try", try), zap.Duration("wait", wait), zap.Error(err))
 	}
 	err = retry.Do(ctx, pol, func(ctx context.Context) (err error) {
-		ack, fit, err = storeCopy(ctx, c.js, c.model, raw.Data, raw.Header, ReasonMaxDeliveries, msgErr, seq)
+		ack, fit, err = storeCopy(ctx, c.js, JobDLQSubject(c.model, job), c.model, raw.Data, raw.Header, ReasonMaxDeliveries, msgErr, seq)
 		return err
 	})
 	if errors.Is(err, ErrCopyUnfit) {

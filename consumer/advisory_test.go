@@ -97,7 +97,7 @@ func subjectCount(t *testing.T, js jetstream.JetStream, subject string) uint64 {
 
 func deadLetters(t *testing.T, js jetstream.JetStream) []consumer.DeadLetter {
 	t.Helper()
-	dl, err := consumer.ReadDeadLetters(context.Background(), js, "SEQS", "m", 0)
+	dl, err := consumer.ReadDeadLetters(context.Background(), js, "SEQS", "m", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

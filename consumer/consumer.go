@@ -175,11 +175,58 @@ type Consumer struct {
 	cons  jetstream.Consumer
 }
 
-// Subject is where producers publish records for model: seqs.in.<model>.
+// Subject is where producers publish records for model outside any job: seqs.in.<model>.
 func Subject(model string) string { return "seqs.in." + model }
 
-// DLQSubject is where bad records of model go: seqs.dlq.<model>.
+// DLQSubject is where bad records of model outside any job go: seqs.dlq.<model>.
 func DLQSubject(model string) string { return "seqs.dlq." + model }
+
+// JobSubject is where the records of a job go: seqs.in.<model>.<job> (Subject for job "").
+// A job namespaces one run's records, dead letters and outputs (embeddings.<model>.<job>), so
+// that a sink can read that run alone and know when it is complete. The workers of a model
+// serve every job's records through one durable consumer.
+func JobSubject(model, job string) string {
+	if job == "" {
+		return Subject(model)
+	}
+	return Subject(model) + "." + job
+}
+
+// JobDLQSubject is where the bad records of a job go: seqs.dlq.<model>.<job> (DLQSubject for "").
+func JobDLQSubject(model, job string) string {
+	if job == "" {
+		return DLQSubject(model)
+	}
+	return DLQSubject(model) + "." + job
+}
+
+// JobOf returns the job of a record of model that came on subject (JobSubject): "" for
+// Subject(model) or a subject of another model.
+func JobOf(model, subject string) string {
+	job, ok := strings.CutPrefix(subject, Subject(model)+".")
+	if !ok {
+		return ""
+	}
+	return job
+}
+
+// MaxJobBytes is the longest job name accepted.
+const MaxJobBytes = 64
+
+// CheckJob accepts job names of 1..MaxJobBytes letters, digits, '-' and '_' (one NATS subject
+// token, safe in file names and KV keys).
+func CheckJob(job string) error {
+	if job == "" || len(job) > MaxJobBytes {
+		return fmt.Errorf("%w: job name %q: want 1 to %d characters", ErrOption, job, MaxJobBytes)
+	}
+	for i := 0; i < len(job); i++ {
+		c := job[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("%w: job name %q: character %d (%q) is not a letter, digit, '-' or '_'", ErrOption, job, i+1, c)
+		}
+	}
+	return nil
+}
 
 // Durable is the durable consumer's name for model.
 func Durable(model string) string { return "seqembed-" + model }
@@ -235,7 +282,8 @@ func (c *Consumer) ConsumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       Durable(c.model),
 		Description:   "seqembed workers for model " + c.model,
-		FilterSubject: Subject(c.model),
+		// The model's records outside any job and those of every job (JobSubject).
+		FilterSubjects: []string{Subject(c.model), JobSubject(c.model, "*")},
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.opts.ackWait,
 		MaxAckPending: c.opts.maxAckPending,
@@ -534,7 +582,7 @@ func (c *Consumer) deadLetter(ctx context.Context, msg jetstream.Msg, rej *Rejec
 // error wrapping ErrDropped is returned: it is never left to be redelivered for ever. obs counts
 // a stored copy (DeadLettered) only when the stream did not report it as a duplicate.
 func DeadLetterMsg(ctx context.Context, js jetstream.JetStream, model string, msg jetstream.Msg, rej *RejectError, obs Observer, log *zap.Logger) error {
-	ack, fit, err := storeCopy(ctx, js, model, msg.Data(), msg.Headers(), rej.Reason, rej.Error(), rej.StreamSeq)
+	ack, fit, err := storeCopy(ctx, js, JobDLQSubject(model, JobOf(model, msg.Subject())), model, msg.Data(), msg.Headers(), rej.Reason, rej.Error(), rej.StreamSeq)
 	if errors.Is(err, ErrCopyUnfit) {
 		if terr := msg.TermWithReason(rej.Reason); terr != nil {
 			return fmt.Errorf("%w: term of stream seq %d, which has no dead-letter copy (%w): %w", ErrAck, rej.StreamSeq, err, terr)

@@ -22,17 +22,18 @@ type DeadLetter struct {
 	Truncated  bool   // Data is only a prefix of the body (the whole did not fit max_payload)
 }
 
-// ReadDeadLetters returns up to max dead letters of model from stream, oldest first, without
+// ReadDeadLetters returns up to max dead letters of model's job (JobDLQSubject; "" = outside any
+// job) from stream, oldest first, without
 // consuming them (direct gets: the DLQ shares the work-queue stream, where reading through a
 // consumer would remove them). max <= 0 means all.
-func ReadDeadLetters(ctx context.Context, js jetstream.JetStream, stream, model string, max int) ([]DeadLetter, error) {
+func ReadDeadLetters(ctx context.Context, js jetstream.JetStream, stream, model, job string, max int) ([]DeadLetter, error) {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return nil, fmt.Errorf("reading dead letters of %s: %w", model, err)
 	}
 	var out []DeadLetter
 	for seq := uint64(1); max <= 0 || len(out) < max; {
-		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(DLQSubject(model)))
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(JobDLQSubject(model, job)))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}

@@ -71,8 +71,8 @@ func headerSize(h nats.Header) int {
 // headers, left out with Seqembed-Headers-Dropped giving how many; Seq-Id to MaxIDBytes and one
 // value; Seqembed-Error altogether. A copy that still does not fit (a limit of a few hundred
 // bytes) is an error wrapping ErrCopyUnfit.
-func dlqCopy(model string, data []byte, hdr nats.Header, reason, errText string, seq uint64, limit int) (*nats.Msg, copyFit, error) {
-	out := nats.NewMsg(DLQSubject(model))
+func dlqCopy(subject, model string, data []byte, hdr nats.Header, reason, errText string, seq uint64, limit int) (*nats.Msg, copyFit, error) {
+	out := nats.NewMsg(subject)
 	var ids []string
 	others := 0
 	for k, v := range hdr {
@@ -182,7 +182,8 @@ func tooLarge(err error) bool {
 		(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum)
 }
 
-// storeCopy stores the dead-letter copy of a record (see dlqCopy) on DLQSubject(model) and
+// storeCopy stores the dead-letter copy of a record of model (see dlqCopy) on subject (its job's
+// JobDLQSubject) and
 // returns its PubAck. The copy is sized at the time of the call to the connection's current
 // max_payload; it is published only while the connection is up (a copy buffered for a
 // reconnect could reach a server with a smaller max_payload, which closes the connection for
@@ -191,7 +192,7 @@ func tooLarge(err error) bool {
 // rebuilt, up to copyAttempts times. ErrCopyUnfit (permanent: no copy of this record can be
 // stored) is returned when no size works; any other error is transient. Without a deadline on
 // ctx the call is bounded by copyTimeout.
-func storeCopy(ctx context.Context, js jetstream.JetStream, model string, data []byte, hdr nats.Header,
+func storeCopy(ctx context.Context, js jetstream.JetStream, subject, model string, data []byte, hdr nats.Header,
 	reason, errText string, seq uint64) (*jetstream.PubAck, copyFit, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -205,7 +206,7 @@ func storeCopy(ctx context.Context, js jetstream.JetStream, model string, data [
 	used := limit
 	for range copyAttempts {
 		used = limit
-		out, f, err := dlqCopy(model, data, hdr, reason, errText, seq, limit)
+		out, f, err := dlqCopy(subject, model, data, hdr, reason, errText, seq, limit)
 		fit = f
 		if err != nil {
 			return nil, fit, err
@@ -222,7 +223,7 @@ func storeCopy(ctx context.Context, js jetstream.JetStream, model string, data [
 		}
 		last = err
 		next := connMaxPayload(nc)
-		if name, serr := js.StreamNameBySubject(ctx, DLQSubject(model)); serr == nil {
+		if name, serr := js.StreamNameBySubject(ctx, subject); serr == nil {
 			if s, serr := js.Stream(ctx, name); serr == nil {
 				if m := int(s.CachedInfo().Config.MaxMsgSize); m > 0 {
 					next = min(next, m)

@@ -33,7 +33,7 @@ func TestDLQCopyFits(t *testing.T) {
 	size := func(m *nats.Msg) int { return headerSize(m.Header) + len(m.Data) }
 
 	// Everything fits: the copy is whole, Nats-* and stale Seqembed-* headers replaced.
-	m, fit, err := dlqCopy("m", body, hdr, ReasonInvalid, "short", 7, 1<<20)
+	m, fit, err := dlqCopy(DLQSubject("m"), "m", body, hdr, ReasonInvalid, "short", 7, 1<<20)
 	if err != nil || fit.cut() || !bytes.Equal(m.Data, body) {
 		t.Fatalf("roomy copy: fit %+v, err %v", fit, err)
 	}
@@ -44,7 +44,7 @@ func TestDLQCopyFits(t *testing.T) {
 
 	// The body is cut first, to exactly the room left.
 	limit := 6000
-	m, fit, err = dlqCopy("m", body, hdr, ReasonInvalid, errText, 7, limit)
+	m, fit, err = dlqCopy(DLQSubject("m"), "m", body, hdr, ReasonInvalid, errText, 7, limit)
 	if err != nil || !fit.bodyCut || fit.errorCut || size(m) != limit || !bytes.HasPrefix(body, m.Data) ||
 		m.Header.Get(HeaderBodyTruncated) != strconv.Itoa(len(body)) || m.Header.Get(HeaderError) != errText {
 		t.Fatalf("limit %d: size %d, fit %+v, err %v", limit, size(m), fit, err)
@@ -52,14 +52,14 @@ func TestDLQCopyFits(t *testing.T) {
 
 	// Headers alone over the limit: the error text is cut to 1 KiB first...
 	limit = 1200
-	m, fit, err = dlqCopy("m", body, hdr, ReasonInvalid, errText, 7, limit)
+	m, fit, err = dlqCopy(DLQSubject("m"), "m", body, hdr, ReasonInvalid, errText, 7, limit)
 	if err != nil || !fit.errorCut || fit.headersLeft != 0 || !fit.bodyCut || size(m) != limit ||
 		len(m.Header.Get(HeaderError)) != maxCopyErrorBytes || m.Header.Get("Producer") != "loader" {
 		t.Fatalf("limit %d: size %d, fit %+v, err %v", limit, size(m), fit, err)
 	}
 	// ... then the record's own headers go, then the error text.
 	limit = 1000
-	m, fit, err = dlqCopy("m", body, hdr, ReasonInvalid, errText, 7, limit)
+	m, fit, err = dlqCopy(DLQSubject("m"), "m", body, hdr, ReasonInvalid, errText, 7, limit)
 	if err != nil || !fit.errorCut || fit.headersLeft != 1 || size(m) != limit || len(m.Header[HeaderError]) != 0 ||
 		m.Header.Get(HeaderHeadersDropped) != "1" || m.Header.Get(HeaderID) != "P1" || m.Header.Get(HeaderReason) != ReasonInvalid {
 		t.Fatalf("limit %d: size %d, fit %+v, headers %v, err %v", limit, size(m), fit, m.Header, err)
@@ -67,18 +67,18 @@ func TestDLQCopyFits(t *testing.T) {
 
 	// A huge Seq-Id (a bad id) is cut to MaxIDBytes, then the error text dropped.
 	long := nats.Header{"seq-id": {strings.Repeat("i", 5000)}}
-	m, fit, err = dlqCopy("m", []byte("x"), long, ReasonBadID, errText, 7, 800)
+	m, fit, err = dlqCopy(DLQSubject("m"), "m", []byte("x"), long, ReasonBadID, errText, 7, 800)
 	if err != nil || !fit.idCut || size(m) > 800 || len(m.Header.Get(HeaderID)) != MaxIDBytes || len(m.Header["seq-id"]) != 0 {
 		t.Fatalf("long id: size %d, fit %+v, err %v", size(m), fit, err)
 	}
 
 	// Nothing fits a limit below the copy's own headers.
-	if _, _, err := dlqCopy("m", body, hdr, ReasonInvalid, errText, 7, 60); !errors.Is(err, ErrCopyUnfit) {
+	if _, _, err := dlqCopy(DLQSubject("m"), "m", body, hdr, ReasonInvalid, errText, 7, 60); !errors.Is(err, ErrCopyUnfit) {
 		t.Fatalf("tiny limit: err %v, want ErrCopyUnfit", err)
 	}
 	// Large header values in the record, small body: dropping the headers lets the whole body in.
 	big := nats.Header{"Seq-Id": {"P1"}, "Trace": {strings.Repeat("t", 4000)}}
-	m, fit, err = dlqCopy("m", []byte("MKT"), big, ReasonInvalid, "e", 7, 1000)
+	m, fit, err = dlqCopy(DLQSubject("m"), "m", []byte("MKT"), big, ReasonInvalid, "e", 7, 1000)
 	if err != nil || fit.bodyCut || fit.headersLeft != 1 || string(m.Data) != "MKT" || m.Header.Get(HeaderBodyTruncated) != "" {
 		t.Fatalf("big record header: fit %+v, headers %v, err %v", fit, m.Header, err)
 	}

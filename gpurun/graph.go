@@ -10,7 +10,7 @@ import "C"
 import (
 	"context"
 	"fmt"
-	"runtime"
+	"time"
 	"unsafe"
 )
 
@@ -45,39 +45,47 @@ func padRows(ids, mask []int64, cols int) {
 
 // Warmup runs each shape graphPlainRuns times without a graph id (so that ORT's arena holds
 // everything the shape allocates: nothing may be allocated while a graph is captured), then
-// graphCaptureRuns times with it: ORT's CUDA EP counts two regular runs of a graph id before
-// the run that captures it; the last replays.
+// graphCaptureRuns times with each buffer set's id: ORT's CUDA EP counts two regular runs of a
+// graph id before the run that captures it; the last replays.
 const (
 	graphPlainRuns   = 2
 	graphCaptureRuns = 4
 )
 
-// graphPool is a CUDA-graph runner's sessions: each serves one batch at a time (ORT does not
-// support concurrent runs of a graph-capturing session), so Embed takes a free one.
-type graphPool struct {
-	sessions []*graphSession
-	free     chan *graphSession
+// graphOverlapSets is the number of buffer sets (graphs per shape) of a session with copy overlap.
+const graphOverlapSets = 2
+
+// newCUDAGraphPool is r's pool of CUDA-graph sessions (see graphsched.go).
+func newCUDAGraphPool(r *Runner) (*graphPool, error) {
+	sets := 1
+	if r.opts.graphOverlap {
+		sets = graphOverlapSets
+	}
+	n := r.opts.graphSessions
+	if n == 0 {
+		n = r.opts.concurrent
+	}
+	return newGraphPool(n, sets, r.opts.graphOverlap, r.opts.graphTimeline, func(int) (graphDevice, error) {
+		return openCUDAGraphSession(r, sets)
+	})
 }
 
-// graphSession is one ORT session with enable_cuda_graph (ORT runs it on a stream of its own),
-// owned by one goroutine locked to its OS thread: ORT keeps captured graphs in per-thread state,
-// so every capture and replay must come from the same thread. Each warmed-up bucket length has
-// device buffers at fixed addresses (bound through IoBinding) and its own gpu_graph_id; inputs
-// and outputs are copied on a second stream of the session's, synchronised before and after
-// each run (ORT's Run returns once its stream is done).
-type graphSession struct {
-	r     *Runner
-	reqs  chan graphReq
-	reply chan error
-	done  chan struct{}
-
-	// Set by open on the loop goroutine, freed by it; noGraph is also terminated by embed's caller.
+// cudaGraphSession is the device side of one ORT session with enable_cuda_graph (ORT runs it on
+// a stream of its own), opened, run and closed on its graphSession's goroutine. Each warmed-up
+// bucket length has, per buffer set, device buffers at fixed addresses (bound through IoBinding)
+// and its own gpu_graph_id. Inputs are copied in on a stream of the session's and outputs out on
+// a second one (with copy overlap; else on the first), ordered against the runs on the host:
+// with overlap by the sets' CUDA events, else by synchronising the stream before and after each
+// run (ORT's Run returns once its stream is done).
+type cudaGraphSession struct {
+	r       *Runner
+	sets    int
+	overlap bool
 	s       *session
-	noGraph *C.OrtRunOptions // gpu_graph_id -1: warm-up runs and batches of shapes not captured
-
-	// Owned by the loop goroutine.
-	shapes map[int]graphShape // by cols
-	nextID int                // the next shape's gpu_graph_id
+	noGraph []*C.OrtRunOptions // per set, gpu_graph_id -1: warm-up runs and batches of shapes not captured
+	events  []*C.se_events     // per set; nil without copy overlap and timeline
+	shapes  map[int]graphShape // by cols; changed by capture only, while every token is held
+	nextID  int                // the next shape's first gpu_graph_id
 }
 
 type graphShape struct {
@@ -85,168 +93,109 @@ type graphShape struct {
 	rows int
 }
 
-// graphReq asks the session's goroutine to capture rows×cols (capture) or to embed in into out;
-// ctx bounds its waits (see Runner.Embed and Runner.Warmup).
-type graphReq struct {
-	ctx        context.Context
-	capture    bool
-	rows, cols int
-	in         Input
-	out        []float32
-}
-
-func newGraphPool(r *Runner, n int) (*graphPool, error) {
-	p := &graphPool{free: make(chan *graphSession, n)}
-	for range n {
-		g := &graphSession{r: r, reqs: make(chan graphReq), reply: make(chan error, 1),
-			done: make(chan struct{}), shapes: map[int]graphShape{}}
-		ready := make(chan error, 1)
-		go g.loop(ready)
-		if err := <-ready; err != nil {
-			<-g.done
-			p.close()
-			return nil, err
-		}
-		p.sessions = append(p.sessions, g)
-		p.free <- g
-	}
-	return p, nil
-}
-
-// embed runs in on a free session, writing Rows × dim floats to out. It honours ctx while it
-// waits for a session and for the session's goroutine; once the run has started, ctx's end
-// terminates a run without a graph, and a graph replay (not interruptible) is waited for. It
-// returns only once the session is done with in and out.
-func (p *graphPool) embed(ctx context.Context, in Input, out []float32) error {
-	var g *graphSession
-	select {
-	case g = <-p.free:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { p.free <- g }()
-	select {
-	case g.reqs <- graphReq{ctx: ctx, in: in, out: out}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-g.reply:
-		return err
-	case <-ctx.Done():
-	}
-	C.se_ro_terminate(g.noGraph)
-	err := <-g.reply
-	C.se_ro_unterminate(g.noGraph) // the session is still this call's: no other run sees the flag
-	return err
-}
-
-// capture captures rows×cols on every session, one after another, holding all of them (Embed
-// calls meanwhile wait for a session). ctx is checked before each session's capture and bounds
-// the waits for sessions and for the capture lock; a capture that has started runs to its end.
-func (p *graphPool) capture(ctx context.Context, rows, cols int) error {
-	held := make([]*graphSession, 0, len(p.sessions))
-	defer func() {
-		for _, g := range held {
-			p.free <- g
-		}
-	}()
-	for len(held) < len(p.sessions) {
-		select {
-		case g := <-p.free:
-			held = append(held, g)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	for _, g := range held {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		g.reqs <- graphReq{ctx: ctx, capture: true, rows: rows, cols: cols} // held: its loop is waiting
-		if err := <-g.reply; err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// close stops every session's goroutine, which frees its buffers and session.
-func (p *graphPool) close() {
-	for _, g := range p.sessions {
-		close(g.reqs)
-		<-g.done
-	}
-	p.sessions = nil
-}
-
-func (g *graphSession) loop(ready chan<- error) {
-	// Never unlocked: the thread, with ORT's per-thread graph state, ends with the goroutine.
-	runtime.LockOSThread()
-	defer close(g.done)
-	defer g.free()
-	if err := g.open(); err != nil {
-		ready <- err
-		return
-	}
-	ready <- nil
-	for req := range g.reqs {
-		if req.capture {
-			g.reply <- g.capture(req.ctx, req.rows, req.cols)
-		} else {
-			g.reply <- g.embed(req.ctx, req.in, req.out)
-		}
-	}
-}
-
-func (g *graphSession) open() error {
-	r := g.r
+// openCUDAGraphSession opens a session of sets buffer sets, holding the capture lock shared.
+func openCUDAGraphSession(r *Runner, sets int) (graphDevice, error) {
 	if err := loadCudart(); err != nil {
-		return err
+		return nil, err
 	}
-	var stream unsafe.Pointer
-	if rc := C.se_stream_create(C.int(r.opts.device.Index), &stream); rc != 0 {
+	_ = captureMu.rlock(context.Background()) // cannot fail: Background never ends
+	defer captureMu.runlock()
+	d := &cudaGraphSession{r: r, sets: sets, overlap: r.opts.graphOverlap, shapes: map[int]graphShape{}}
+	if err := d.open(); err != nil {
+		d.free()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *cudaGraphSession) open() error {
+	r := d.r
+	dev := C.int(r.opts.device.Index)
+	var in, out unsafe.Pointer
+	if rc := C.se_stream_create(dev, &in); rc != 0 {
 		return fmt.Errorf("%w: creating a CUDA stream on %s: %s", ErrDevice, r.opts.device, C.GoString(C.se_err(rc)))
+	}
+	if d.overlap {
+		if rc := C.se_stream_create(dev, &out); rc != 0 {
+			C.se_stream_destroy(in)
+			return fmt.Errorf("%w: creating a CUDA stream on %s: %s", ErrDevice, r.opts.device, C.GoString(C.se_err(rc)))
+		}
 	}
 	// The session runs on ORT's own stream: with user_compute_stream set as well, ORT 1.29's
 	// capture fails (CUDA error 900 from cudaStreamBeginCapture; docs/perf.md, 2026-11-25).
 	cfg := r.sessionConfig(map[string]string{"enable_cuda_graph": "1", "do_copy_in_default_stream": "1"})
-	cfg.stream = stream // adopted by the session, also on error
+	cfg.stream, cfg.outStream = in, out // adopted by the session, also on error
 	cfg.note = " with CUDA graphs"
-	_ = captureMu.rlock(context.Background()) // cannot fail: Background never ends
-	defer captureMu.runlock()
 	var err error
-	if g.s, err = openSession(cfg); err != nil {
+	if d.s, err = openSession(cfg); err != nil {
 		return err
 	}
-	if g.noGraph, err = newRunOptions("-1"); err != nil {
-		return fmt.Errorf("%w: %v", ErrSession, err)
+	timing := r.opts.graphTimeline != nil
+	for range d.sets {
+		ro, err := newRunOptions("-1")
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrSession, err)
+		}
+		d.noGraph = append(d.noGraph, ro)
+		if !d.overlap && !timing {
+			d.events = append(d.events, nil)
+			continue
+		}
+		var ev *C.se_events
+		if rc := C.se_events_new(dev, boolInt(timing), &ev); rc != 0 {
+			return fmt.Errorf("%w: creating CUDA events on %s (WithGraphCopyOverlap(false) does without): %s",
+				ErrDevice, r.opts.device, C.GoString(C.se_err(rc)))
+		}
+		d.events = append(d.events, ev)
 	}
 	return nil
 }
 
-func (g *graphSession) free() {
+func boolInt(b bool) C.int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// close frees the session and its buffers (nothing may be in flight).
+func (d *cudaGraphSession) close() {
 	_ = captureMu.rlock(context.Background())
 	defer captureMu.runlock()
-	for _, s := range g.shapes {
+	d.free()
+}
+
+// free is close with the capture lock held.
+func (d *cudaGraphSession) free() {
+	for _, s := range d.shapes {
 		C.se_gshape_free(s.c)
 	}
-	g.shapes = nil
-	if g.noGraph != nil {
-		C.se_ro_free(g.noGraph)
-		g.noGraph = nil
+	d.shapes = nil
+	for _, ro := range d.noGraph {
+		C.se_ro_free(ro)
 	}
-	if g.s != nil {
-		g.s.close()
-		g.s = nil
+	d.noGraph = nil
+	for _, ev := range d.events {
+		C.se_events_free(ev) // NULL is fine
+	}
+	d.events = nil
+	if d.s != nil {
+		d.s.close()
+		d.s = nil
 	}
 }
 
+func (d *cudaGraphSession) captured(rows, cols int) bool {
+	s, ok := d.shapes[cols]
+	return ok && rows <= s.rows
+}
+
 // capture binds buffers for rows×cols (unless a shape of cols with at least rows exists) and runs
-// it graphCaptureRuns times on padding rows, so that ORT captures its graph. It waits for the
-// capture lock until ctx ends; from then on it runs to its end.
-func (g *graphSession) capture(ctx context.Context, rows, cols int) error {
-	old, ok := g.shapes[cols]
+// it on padding rows: graphPlainRuns plain runs, then graphCaptureRuns runs with each set's graph
+// id, so that ORT captures the set's graph. It waits for the capture lock until ctx ends; from
+// then on it runs to its end.
+func (d *cudaGraphSession) capture(ctx context.Context, rows, cols int) error {
+	old, ok := d.shapes[cols]
 	if ok && old.rows >= rows {
 		return nil
 	}
@@ -256,37 +205,130 @@ func (g *graphSession) capture(ctx context.Context, rows, cols int) error {
 	defer captureMu.unlock()
 	if ok {
 		C.se_gshape_free(old.c)
-		delete(g.shapes, cols)
+		delete(d.shapes, cols)
 	}
 	ids, mask := make([]int64, rows*cols), make([]int64, rows*cols)
 	padRows(ids, mask, cols)
 	var sh *C.se_gshape
-	id := g.nextID // graph ids only need to be distinct per session; a replaced shape's is not reused
-	g.nextID++
-	err := cErr(C.se_gshape_new(g.s.c, C.int64_t(rows), C.int64_t(cols), C.int64_t(g.r.man.EmbeddingDim), C.int(id),
+	id := d.nextID // graph ids only need to be distinct per session; a replaced shape's are not reused
+	d.nextID += d.sets
+	err := cErr(C.se_gshape_new(d.s.c, C.int64_t(rows), C.int64_t(cols), C.int64_t(d.r.man.EmbeddingDim), C.int(id), C.int(d.sets),
 		(*C.int64_t)(unsafe.Pointer(&ids[0])), (*C.int64_t)(unsafe.Pointer(&mask[0])), &sh))
-	for i := 0; err == nil && i < graphPlainRuns+graphCaptureRuns; i++ {
-		err = cErr(C.se_gshape_run(sh, g.noGraph, nil, nil, 0, nil, C.int(min(1, i/graphPlainRuns))))
+	for i := 0; err == nil && i < graphPlainRuns; i++ {
+		_, _, err = d.runSync(sh, 0, Input{}, nil, false, nil)
+	}
+	for set := 0; err == nil && set < d.sets; set++ {
+		for i := 0; err == nil && i < graphCaptureRuns; i++ {
+			_, _, err = d.runSync(sh, set, Input{}, nil, true, nil)
+		}
 	}
 	if err != nil {
 		C.se_gshape_free(sh)
-		return fmt.Errorf("%w: capturing a CUDA graph of batch %d×%d on %s: %v", ErrRun, rows, cols, g.r.opts.device, err)
+		return fmt.Errorf("%w: capturing a CUDA graph of batch %d×%d on %s: %v", ErrRun, rows, cols, d.r.opts.device, err)
 	}
-	g.shapes[cols] = graphShape{c: sh, rows: rows}
+	d.shapes[cols] = graphShape{c: sh, rows: rows}
 	return nil
 }
 
-// embed replays the captured graph of in.Cols when it has at least in.Rows rows (the rest are
-// padding), and otherwise runs in without a graph (with noGraph, which the caller may terminate).
-func (g *graphSession) embed(ctx context.Context, in Input, out []float32) error {
-	if err := captureMu.rlock(ctx); err != nil {
+// runSync copies in's rows in (none: padding only), pads the rest, runs set's buffers (with its
+// graph, or plain), and copies the outputs to out (nil: not), each step waiting for the copies
+// before it goes on: the synchronous path. ev (nil: none) times the copies. It returns the
+// times around ORT's Run.
+func (d *cudaGraphSession) runSync(sh *C.se_gshape, set int, in Input, out []float32, graph bool,
+	ev *C.se_events) (start, end time.Time, err error) {
+	var ids, mask *C.int64_t
+	if in.Rows > 0 {
+		ids, mask = (*C.int64_t)(unsafe.Pointer(&in.IDs[0])), (*C.int64_t)(unsafe.Pointer(&in.Mask[0]))
+	}
+	if err = cErr(C.se_gshape_copy_in(sh, C.int(set), ids, mask, C.int64_t(in.Rows), ev)); err != nil {
+		return start, end, err
+	}
+	// The session runs on ORT's stream: the inputs must be in place before it starts.
+	if err = cErr(C.se_sess_sync(d.s.c)); err != nil {
+		return start, end, err
+	}
+	start = time.Now()
+	err = cErr(C.se_gshape_run(sh, C.int(set), d.noGraph[set], C.int(boolInt(graph))))
+	end = time.Now()
+	if err != nil || out == nil {
+		return start, end, err
+	}
+	if err = cErr(C.se_gshape_copy_out(sh, C.int(set), (*C.float)(unsafe.Pointer(&out[0])), C.int64_t(in.Rows), ev)); err != nil {
+		return start, end, err
+	}
+	return start, end, cErr(C.se_sess_sync(d.s.c))
+}
+
+// copyIn enqueues b's inputs into its set's buffers of b's shape and records the set's in-event.
+func (d *cudaGraphSession) copyIn(b *graphBatch) error {
+	sh := d.shapes[b.in.Cols].c
+	ids, mask := (*C.int64_t)(unsafe.Pointer(&b.in.IDs[0])), (*C.int64_t)(unsafe.Pointer(&b.in.Mask[0]))
+	return cErr(C.se_gshape_copy_in(sh, C.int(b.set), ids, mask, C.int64_t(b.in.Rows), d.events[b.set]))
+}
+
+func (d *cudaGraphSession) waitIn(set int) error  { return d.wait(set, 1, "copy in") }
+func (d *cudaGraphSession) waitOut(set int) error { return d.wait(set, 0, "copy out") }
+
+func (d *cudaGraphSession) wait(set int, in C.int, what string) error {
+	if rc := C.se_events_wait(d.events[set], in); rc != 0 {
+		C.se_clear_err()
+		return fmt.Errorf("waiting for the %s: CUDA error %d (%s)", what, int(rc), C.GoString(C.se_err(rc)))
+	}
+	return nil
+}
+
+// run replays b's shape's graph of its set (the rest of its rows are padding), and otherwise
+// runs b without a graph from host memory (with the set's noGraph, which the caller may
+// terminate). With overlap it waits for the copy in first and enqueues the copy out after.
+func (d *cudaGraphSession) run(b *graphBatch) error {
+	if !b.replay {
+		ins, outs := tokenTensors(b.in, b.out)
+		b.runStart = time.Now()
+		err := d.s.runWith(d.noGraph[b.set], ins[:], outs[:])
+		b.runEnd = time.Now()
 		return err
 	}
-	defer captureMu.runlock()
-	if s, ok := g.shapes[in.Cols]; ok && in.Rows <= s.rows {
-		ids, mask := (*C.int64_t)(unsafe.Pointer(&in.IDs[0])), (*C.int64_t)(unsafe.Pointer(&in.Mask[0]))
-		return cErr(C.se_gshape_run(s.c, g.noGraph, ids, mask, C.int64_t(in.Rows), (*C.float)(unsafe.Pointer(&out[0])), 1))
+	sh, ev := d.shapes[b.in.Cols].c, d.events[b.set]
+	if !b.overlap {
+		var err error
+		b.runStart, b.runEnd, err = d.runSync(sh, b.set, b.in, b.out, true, ev)
+		return err
 	}
-	ins, outs := tokenTensors(in, out)
-	return g.s.runWith(g.noGraph, ins[:], outs[:])
+	if err := d.waitIn(b.set); err != nil {
+		return err
+	}
+	b.runStart = time.Now()
+	err := cErr(C.se_gshape_run(sh, C.int(b.set), d.noGraph[b.set], 1))
+	b.runEnd = time.Now()
+	if err != nil {
+		return err
+	}
+	out := (*C.float)(unsafe.Pointer(&b.out[0]))
+	if err := cErr(C.se_gshape_copy_out(sh, C.int(b.set), out, C.int64_t(b.in.Rows), ev)); err != nil {
+		return err
+	}
+	b.outIssued = true
+	return nil
+}
+
+func (d *cudaGraphSession) terminate(set int, on bool) {
+	if on {
+		C.se_ro_terminate(d.noGraph[set])
+	} else {
+		C.se_ro_unterminate(d.noGraph[set])
+	}
+}
+
+func (d *cudaGraphSession) times(set int) (in, out time.Duration) {
+	ev := d.events[set]
+	if ev == nil {
+		return 0, 0
+	}
+	ms := func(x C.int) time.Duration {
+		if v := float64(C.se_events_ms(ev, x)); v > 0 {
+			return time.Duration(v * float64(time.Millisecond))
+		}
+		return 0
+	}
+	return ms(1), ms(0)
 }

@@ -105,6 +105,7 @@ type sessionConfig struct {
 	customOps       string            // custom-op library to register; "" for none
 	inputs, outputs []string          // names, in the order runs pass tensors
 	stream          unsafe.Pointer    // CUDA-graph sessions: adopted, also on error (see se_sess_open)
+	outStream       unsafe.Pointer    // CUDA-graph sessions with copy overlap: likewise; nil: none
 	note            string            // added to error messages after the device, e.g. " with CUDA graphs"
 }
 
@@ -118,7 +119,8 @@ type session struct{ c *C.se_sess }
 func openSession(cfg sessionConfig) (*session, error) {
 	var cs cStrings
 	defer cs.free()
-	c := C.se_sess_cfg{model: cs.str(cfg.model), threads: C.int(cfg.threads), cuda_dev: -1, stream: cfg.stream}
+	c := C.se_sess_cfg{model: cs.str(cfg.model), threads: C.int(cfg.threads), cuda_dev: -1,
+		stream: cfg.stream, out_stream: cfg.outStream}
 	if cfg.device.Kind == "cuda" {
 		keys := slices.Sorted(maps.Keys(cfg.cuda))
 		vals := make([]string, len(keys))

@@ -93,12 +93,15 @@ func ParseDevices(s string) ([]Device, error) {
 }
 
 type options struct {
-	device     Device
-	threads    int
-	maxRows    int
-	cudaExtra  map[string]string
-	graphs     string
-	concurrent int
+	device        Device
+	threads       int
+	maxRows       int
+	cudaExtra     map[string]string
+	graphs        string
+	concurrent    int
+	graphOverlap  bool
+	graphSessions int // 0: concurrent
+	graphTimeline func(GraphBatch)
 }
 
 // Option configures a Runner.
@@ -194,15 +197,57 @@ func ParseCUDAGraphs(s string) (string, error) {
 }
 
 // WithConcurrentRuns sets how many Embed calls run at once. A CUDA-graph runner has this many
-// sessions (each with its own stream, captured graphs and copy of the weights; ORT runs one
-// batch at a time on such a session); other runners run any number at once and ignore it.
-// Default 2 (the worker passes --inflight).
+// sessions unless WithGraphSessions says otherwise (each with its own stream, captured graphs
+// and copy of the weights; ORT runs one batch at a time on such a session); other runners run
+// any number at once and ignore it. Default 2 (the worker passes --inflight).
 func WithConcurrentRuns(n int) Option {
 	return func(o *options) error {
 		if n <= 0 {
 			return fmt.Errorf("%w: concurrent runs %d must be > 0", ErrOption, n)
 		}
 		o.concurrent = n
+		return nil
+	}
+}
+
+// WithGraphSessions sets how many sessions a CUDA-graph runner has (default 0: as many as
+// WithConcurrentRuns). Each replays one batch at a time; with copy overlap each also holds a
+// second batch, so a runner takes up to twice as many Embed calls at once as it has sessions,
+// and a session replays back to back only when more batches are in flight than sessions
+// (e.g. 1 session for 2 concurrent runs). Ignored without CUDA graphs.
+func WithGraphSessions(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("%w: graph sessions %d must be >= 0", ErrOption, n)
+		}
+		o.graphSessions = n
+		return nil
+	}
+}
+
+// WithGraphCopyOverlap sets whether a CUDA-graph runner's copies overlap its replays (default
+// true). On: every session has two buffer sets per captured shape, each captured as its own graph
+// (twice the captures at Warmup), and a batch's copy in is enqueued on a copy stream by its Embed
+// call, while the session replays another batch, and its copy out on a second stream after its
+// replay, which the Embed call waits for while the session goes on to its next batch; CUDA events
+// order the copies against the replays on the host (ORT gives no handle on the stream it replays
+// on: see graphsched.go). Off: a session copies in, replays and copies out one batch at a time,
+// synchronising its copy stream before and after each replay. Outputs are the same either way.
+// Ignored without CUDA graphs.
+func WithGraphCopyOverlap(on bool) Option {
+	return func(o *options) error {
+		o.graphOverlap = on
+		return nil
+	}
+}
+
+// WithGraphTimeline has a CUDA-graph runner time every batch's copies with CUDA events and call
+// fn with the batch's timeline (GraphBatch) once its outputs are in host memory, from the Embed
+// call, before it returns: fn must be quick and safe for concurrent use. nil (the default): no
+// timeline, and no copy timing in GraphStats. Ignored without CUDA graphs.
+func WithGraphTimeline(fn func(GraphBatch)) Option {
+	return func(o *options) error {
+		o.graphTimeline = fn
 		return nil
 	}
 }
@@ -216,9 +261,10 @@ type Input struct {
 }
 
 // Runner runs one ONNX model on one device. Embed is safe for concurrent use: each concurrent call
-// is its own ORT Run (on CUDA, its own stream); a CUDA-graph runner (WithCUDAGraphs) runs up to
-// WithConcurrentRuns calls at once, one per session, and the rest wait for a free session. Close
-// waits for nothing: callers stop calling Embed first.
+// is its own ORT Run (on CUDA, its own stream); a CUDA-graph runner (WithCUDAGraphs) runs one
+// call at a time per session (WithGraphSessions), with copy overlap (WithGraphCopyOverlap) holds
+// a second one per session whose inputs go to the device meanwhile, and the rest wait for a free
+// session. Close waits for nothing: callers stop calling Embed first.
 type Runner struct {
 	man    *Manifest
 	opts   options
@@ -237,7 +283,7 @@ type Runner struct {
 // runner's sessions are made while no CUDA graph capture of this process runs: New waits for one
 // in progress (another runner's Warmup) to end.
 func New(modelDir string, opts ...Option) (*Runner, error) {
-	o := options{device: Device{Kind: "cpu"}, maxRows: 256, graphs: GraphsAuto, concurrent: 2}
+	o := options{device: Device{Kind: "cpu"}, maxRows: 256, graphs: GraphsAuto, concurrent: 2, graphOverlap: true}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -264,7 +310,7 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 	}
 	r := &Runner{man: man, opts: o}
 	if graphs {
-		if r.graphs, err = newGraphPool(r, o.concurrent); err != nil {
+		if r.graphs, err = newCUDAGraphPool(r); err != nil {
 			releaseEnv()
 			return nil, err
 		}
@@ -295,6 +341,15 @@ func (o *options) useGraphs(man *Manifest) (bool, error) {
 
 // CUDAGraphs says whether the runner replays CUDA graphs.
 func (r *Runner) CUDAGraphs() bool { return r.graphs != nil }
+
+// GraphStats are the cumulative counts and times of a CUDA-graph runner's batches (zero for
+// other runners): cheap, always kept; the copies' device times only with WithGraphTimeline.
+func (r *Runner) GraphStats() GraphStats {
+	if r.graphs == nil {
+		return GraphStats{}
+	}
+	return r.graphs.stats.snapshot()
+}
 
 // sessionConfig is the runner's session: the model, its custom ops, threads, and on CUDA the
 // execution provider options (seqembed's, then extra, then WithCUDAProviderOptions').
@@ -364,11 +419,13 @@ func (r *Runner) putOut(b *floatBuf) {
 // Embed runs one batch and appends Rows × Dim float32 embeddings (row-major) to dst.
 //
 // ctx is honoured while Embed waits: for a free session (CUDA-graph runners), for a CUDA graph
-// capture of this process to end (CUDA runners; Warmup), for an output buffer, and during a
-// plain ORT run, which its end terminates (ORT stops the run at its next kernel boundary). A CUDA
-// graph replay cannot be interrupted: Embed waits for it (one graph launch, the batch's own GPU
-// time) and returns its result even if ctx ended meanwhile. In every case Embed returns only once
-// ORT is done with in's buffers and its own: the caller may reuse in as soon as Embed returns.
+// capture of this process to end (CUDA runners; Warmup), for an output buffer, for its session's
+// thread to take the batch (CUDA-graph runners: the batch is then not run), and during a plain
+// ORT run, which its end terminates (ORT stops the run at its next kernel boundary). A CUDA graph
+// replay cannot be interrupted: Embed waits for it (one graph launch, the batch's own GPU time)
+// and its copies, and returns its result even if ctx ended meanwhile. In every case Embed returns
+// only once ORT and the copies are done with in's buffers and its own: the caller may reuse in as
+// soon as Embed returns.
 // Errors wrap ErrRun, and ctx.Err() when ctx ended, ErrAlloc when no output buffer could be had,
 // ErrShape for an input that does not match its Rows and Cols.
 func (r *Runner) Embed(ctx context.Context, in Input, dst []float32) ([]float32, error) {
@@ -425,9 +482,9 @@ func (r *Runner) run(ctx context.Context, in Input, out []float32) error {
 // Warmup runs one all-<cls>/<eos> batch of each given shape ({rows, cols} pairs), so that no real
 // batch pays for kernel selection or arena growth; it returns how long that took. The batches'
 // buffers come from alloc (not used, and may be nil, for CUDA-graph runners). A CUDA-graph runner
-// instead captures each shape's graph on each of its sessions (one shape per cols: a later shape
-// with more rows replaces it), without other CUDA work of this process meanwhile; call it before
-// serving.
+// instead captures each shape's graph on each of its sessions, one per buffer set (two with copy
+// overlap; one shape per cols: a later shape with more rows replaces it), without other CUDA work
+// of this process meanwhile; call it before serving.
 //
 // ctx is checked before every shape (and, with CUDA graphs, before every session's capture) and
 // honoured while Warmup waits for sessions and for other CUDA work to end; a warm-up run is

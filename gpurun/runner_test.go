@@ -404,3 +404,24 @@ func TestCUDAGraphModes(t *testing.T) {
 		t.Errorf("0 concurrent runs: err = %v, want ErrOption", err)
 	}
 }
+
+// TestGraphOptions: the CUDA-graph options are checked, and ignored by a runner without graphs,
+// whose GraphStats stay zero.
+func TestGraphOptions(t *testing.T) {
+	if _, err := gpurun.New(tinyModel, gpurun.WithGraphSessions(-1)); !errors.Is(err, gpurun.ErrOption) {
+		t.Errorf("-1 graph sessions: err = %v, want ErrOption", err)
+	}
+	called := false
+	r := newRunner(t, gpurun.WithGraphCopyOverlap(false), gpurun.WithGraphSessions(1),
+		gpurun.WithGraphTimeline(func(gpurun.GraphBatch) { called = true }))
+	ids, mask := make([]int64, 64), make([]int64, 64)
+	for i := range ids {
+		ids[i], mask[i] = int64(4+i%20), 1
+	}
+	if _, err := r.Embed(context.Background(), gpurun.Input{IDs: ids, Mask: mask, Rows: 1, Cols: 64}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.GraphStats(); st != (gpurun.GraphStats{}) || called || r.CUDAGraphs() {
+		t.Errorf("CPU runner: stats %+v, timeline called %v, CUDA graphs %v", st, called, r.CUDAGraphs())
+	}
+}

@@ -23,5 +23,26 @@ int se_stream_create(int dev, void **stream);
 int se_stream_destroy(void *stream);
 int se_stream_sync(void *stream);
 int se_memcpy_async(void *dst, const void *src, size_t n, void *stream);
+// se_clear_err clears the calling thread's last CUDA error after a failed call, so that a later
+// cudaGetLastError on the thread (ORT checks kernel launches that way) does not report it.
+void se_clear_err(void);
+
+// se_events are the CUDA events of one buffer set of a CUDA-graph session: in_done and out_done
+// mark the end of the set's last copy in and copy out (the host waits for them: nothing can wait
+// on ORT's own stream); with timing, in_start and out_start also mark their starts, and
+// se_events_ms gives the copies' device time. Events may be recorded and waited for from any
+// thread. se_events_new fails with cudaErrorNotSupported (801) when the CUDA runtime lacks the
+// event functions; *out is NULL on error.
+typedef struct se_events se_events;
+int se_events_new(int dev, int timing, se_events **out);
+void se_events_free(se_events *ev);
+// se_events_record records the start (start != 0; nothing without timing) or the end of the copy
+// in (in != 0) or out on stream.
+int se_events_record(se_events *ev, int in, int start, void *stream);
+// se_events_wait blocks until the last recorded end of the copy in (in != 0) or out is done.
+int se_events_wait(se_events *ev, int in);
+// se_events_ms is the device time in milliseconds between the last start and end of the copy in
+// or out, once both are done; -1 when they were not both recorded with timing, or not done.
+float se_events_ms(se_events *ev, int in);
 
 #endif

@@ -77,19 +77,27 @@ void se_env_close(void) {
 struct se_sess {
 	OrtSession *sess;
 	OrtMemoryInfo *cpu_mem, *cuda_mem;  // cuda_mem: CUDA-graph sessions only
-	void *stream;                       // CUDA-graph sessions only
+	void *stream, *out_stream;          // CUDA-graph sessions only (out_stream may be NULL: stream)
 	int dev;
 	int n_in, n_out;
 	char **in_names, **out_names;
 };
 
+// One buffer set of a shape.
+typedef struct {
+	void *ids, *mask, *out;  // device memory
+	OrtValue *v_ids, *v_mask, *v_out;
+	OrtIoBinding *bind;
+	OrtRunOptions *ro;    // gpu_graph_id = the set's
+	int64_t padded_from;  // rows from here on hold padding rows (rows: none known to)
+} se_gset;
+
 struct se_gshape {
 	se_sess *s;
 	int64_t rows, cols, dim;
-	void *ids, *mask, *pad_ids, *pad_mask, *out;  // device memory
-	OrtValue *v_ids, *v_mask, *v_out;
-	OrtIoBinding *bind;
-	OrtRunOptions *ro;  // gpu_graph_id = the shape's
+	int n_sets;
+	void *pad_ids, *pad_mask;  // device memory: the padding rows, shared by the sets
+	se_gset set[SE_MAX_SETS];
 };
 
 // A run has at most this many inputs and outputs (seqembed's models: 2 and 1).
@@ -144,9 +152,11 @@ char *se_sess_open(const se_sess_cfg *cfg, int *device, se_sess **out) {
 	*out = s;
 	if (!s) {
 		if (cfg->stream) se_stream_destroy(cfg->stream);
+		if (cfg->out_stream) se_stream_destroy(cfg->out_stream);
 		return strdup("out of memory");
 	}
 	s->stream = cfg->stream;
+	s->out_stream = cfg->out_stream;
 	s->dev = cfg->cuda_dev;
 	if (!api || !env) return strdup("the ONNX Runtime environment is not open");
 	char *err = copy_names(cfg->inputs, cfg->n_inputs, &s->in_names);
@@ -173,6 +183,7 @@ void se_sess_close(se_sess *s) {
 		if (s->sess) api->ReleaseSession(s->sess);
 	}
 	if (s->stream) se_stream_destroy(s->stream);
+	if (s->out_stream) se_stream_destroy(s->out_stream);
 	free_names(s->in_names);
 	free_names(s->out_names);
 	free(s);
@@ -251,7 +262,14 @@ char *se_run(se_sess *s, OrtRunOptions *ro, const se_tensor *in, int n_in, const
 	return err;
 }
 
-char *se_gshape_new(se_sess *s, int64_t rows, int64_t cols, int64_t dim, int graph_id,
+char *se_sess_sync(se_sess *s) {
+	CUDA_TRY(se_set_device(s->dev), "cudaSetDevice");
+	CUDA_TRY(se_stream_sync(s->stream), "cudaStreamSynchronize");
+	if (s->out_stream) CUDA_TRY(se_stream_sync(s->out_stream), "cudaStreamSynchronize");
+	return NULL;
+}
+
+char *se_gshape_new(se_sess *s, int64_t rows, int64_t cols, int64_t dim, int graph_id, int n_sets,
                     const int64_t *pad_ids, const int64_t *pad_mask, se_gshape **out) {
 	se_gshape *sh = calloc(1, sizeof *sh);
 	*out = sh;
@@ -260,62 +278,129 @@ char *se_gshape_new(se_sess *s, int64_t rows, int64_t cols, int64_t dim, int gra
 	sh->rows = rows, sh->cols = cols, sh->dim = dim;
 	if (!s->stream || s->n_in != 2 || s->n_out != 1)
 		return strdup("CUDA graph shapes need a CUDA-graph session of two inputs (ids, mask) and one output");
+	if (n_sets < 1 || n_sets > SE_MAX_SETS) return fmt("%d buffer sets: 1 to %d", n_sets, SE_MAX_SETS);
+	if (rows <= 0 || cols <= 0 || dim <= 0) return fmt("shape %lld×%lld, dim %lld", (long long)rows, (long long)cols, (long long)dim);
+	sh->n_sets = n_sets;
 	const size_t tok = (size_t)(rows * cols) * sizeof(int64_t);
-	CUDA_TRY(se_malloc(s->dev, &sh->ids, tok), "cudaMalloc");
-	CUDA_TRY(se_malloc(s->dev, &sh->mask, tok), "cudaMalloc");
 	CUDA_TRY(se_malloc(s->dev, &sh->pad_ids, tok), "cudaMalloc");
 	CUDA_TRY(se_malloc(s->dev, &sh->pad_mask, tok), "cudaMalloc");
-	CUDA_TRY(se_malloc(s->dev, &sh->out, (size_t)(rows * dim) * sizeof(float)), "cudaMalloc");
 	CUDA_TRY(se_memcpy_async(sh->pad_ids, pad_ids, tok, s->stream), "copying padding rows");
 	CUDA_TRY(se_memcpy_async(sh->pad_mask, pad_mask, tok, s->stream), "copying padding rows");
 	CUDA_TRY(se_stream_sync(s->stream), "cudaStreamSynchronize");
-	char *err;
 	const int64_t tshape[2] = {rows, cols}, oshape[2] = {rows, dim};
 	const int32_t i64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-	if ((err = value(s->cuda_mem, sh->ids, i64, tshape, 2, &sh->v_ids)) ||
-	    (err = value(s->cuda_mem, sh->mask, i64, tshape, 2, &sh->v_mask)) ||
-	    (err = value(s->cuda_mem, sh->out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, oshape, 2, &sh->v_out)))
-		return err;
-	ORT_TRY(api->CreateIoBinding(s->sess, &sh->bind), "IoBinding");
-	ORT_TRY(api->BindInput(sh->bind, s->in_names[0], sh->v_ids), "binding the input ids");
-	ORT_TRY(api->BindInput(sh->bind, s->in_names[1], sh->v_mask), "binding the attention mask");
-	ORT_TRY(api->BindOutput(sh->bind, s->out_names[0], sh->v_out), "binding the output");
-	char id[16];
-	snprintf(id, sizeof id, "%d", graph_id);
-	return se_ro_new(id, &sh->ro);
+	for (int k = 0; k < n_sets; k++) {
+		se_gset *g = &sh->set[k];
+		g->padded_from = rows;
+		CUDA_TRY(se_malloc(s->dev, &g->ids, tok), "cudaMalloc");
+		CUDA_TRY(se_malloc(s->dev, &g->mask, tok), "cudaMalloc");
+		CUDA_TRY(se_malloc(s->dev, &g->out, (size_t)(rows * dim) * sizeof(float)), "cudaMalloc");
+		char *err;
+		if ((err = value(s->cuda_mem, g->ids, i64, tshape, 2, &g->v_ids)) ||
+		    (err = value(s->cuda_mem, g->mask, i64, tshape, 2, &g->v_mask)) ||
+		    (err = value(s->cuda_mem, g->out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, oshape, 2, &g->v_out)))
+			return err;
+		ORT_TRY(api->CreateIoBinding(s->sess, &g->bind), "IoBinding");
+		ORT_TRY(api->BindInput(g->bind, s->in_names[0], g->v_ids), "binding the input ids");
+		ORT_TRY(api->BindInput(g->bind, s->in_names[1], g->v_mask), "binding the attention mask");
+		ORT_TRY(api->BindOutput(g->bind, s->out_names[0], g->v_out), "binding the output");
+		char id[16];
+		snprintf(id, sizeof id, "%d", graph_id + k);
+		if ((err = se_ro_new(id, &g->ro))) return err;
+	}
+	return NULL;
 }
 
 void se_gshape_free(se_gshape *sh) {
 	if (!sh) return;
-	se_ro_free(sh->ro);
-	if (sh->bind) api->ReleaseIoBinding(sh->bind);
-	free_value(sh->v_ids);
-	free_value(sh->v_mask);
-	free_value(sh->v_out);
-	void *bufs[] = {sh->ids, sh->mask, sh->pad_ids, sh->pad_mask, sh->out};
-	for (int i = 0; i < 5; i++)
-		if (bufs[i]) se_free(bufs[i]);
+	for (int k = 0; k < SE_MAX_SETS; k++) {
+		se_gset *g = &sh->set[k];
+		se_ro_free(g->ro);
+		if (g->bind) api->ReleaseIoBinding(g->bind);
+		free_value(g->v_ids);
+		free_value(g->v_mask);
+		free_value(g->v_out);
+		void *bufs[] = {g->ids, g->mask, g->out};
+		for (int i = 0; i < 3; i++)
+			if (bufs[i]) se_free(bufs[i]);
+	}
+	if (sh->pad_ids) se_free(sh->pad_ids);
+	if (sh->pad_mask) se_free(sh->pad_mask);
 	free(sh);
 }
 
-char *se_gshape_run(se_gshape *sh, OrtRunOptions *plain, const int64_t *ids, const int64_t *mask, int64_t real,
-                    float *out, int graph) {
+static char *check_set(const se_gshape *sh, int set, int64_t real) {
+	if (set < 0 || set >= sh->n_sets) return fmt("buffer set %d of a shape of %d", set, sh->n_sets);
+	if (real < 0 || real > sh->rows) return fmt("%lld rows in a shape of %lld", (long long)real, (long long)sh->rows);
+	return NULL;
+}
+
+// cuda_fail turns CUDA error rc of what into a message, after waiting for stream (so that nothing
+// enqueued before the failure is left in flight) and clearing the thread's last error.
+static char *cuda_fail(int rc, const char *what, void *stream) {
+	char *m = fmt("%s: CUDA error %d (%s)", what, rc, se_err(rc));
+	se_clear_err();
+	if (stream && se_stream_sync(stream)) se_clear_err();
+	return m;
+}
+
+// STEP runs call (a CUDA call) unless an earlier step failed, naming it what when it fails.
+#define STEP(call, name)         \
+	do {                         \
+		if (!rc) {               \
+			what = (name);       \
+			rc = (call);         \
+		}                        \
+	} while (0)
+
+char *se_gshape_copy_in(se_gshape *sh, int set, const int64_t *ids, const int64_t *mask, int64_t real, se_events *ev) {
+	char *err = check_set(sh, set, real);
+	if (err) return err;
 	se_sess *s = sh->s;
-	const size_t row = (size_t)sh->cols * sizeof(int64_t), n = (size_t)real * row, rest = (size_t)(sh->rows - real) * row;
-	CUDA_TRY(se_set_device(s->dev), "cudaSetDevice");
+	se_gset *g = &sh->set[set];
+	const size_t row = (size_t)sh->cols * sizeof(int64_t), n = (size_t)real * row;
+	const int64_t pad_to = g->padded_from;
+	g->padded_from = sh->rows;  // unknown until the copies are enqueued
+	int rc = 0;
+	const char *what = "";
+	STEP(se_set_device(s->dev), "cudaSetDevice");
+	if (ev) STEP(se_events_record(ev, 1, 1, s->stream), "recording a CUDA event");
 	if (n) {
-		CUDA_TRY(se_memcpy_async(sh->ids, ids, n, s->stream), "copying input ids");
-		CUDA_TRY(se_memcpy_async(sh->mask, mask, n, s->stream), "copying the attention mask");
+		STEP(se_memcpy_async(g->ids, ids, n, s->stream), "copying the input ids");
+		STEP(se_memcpy_async(g->mask, mask, n, s->stream), "copying the attention mask");
 	}
-	if (rest) {
-		CUDA_TRY(se_memcpy_async((char *)sh->ids + n, (char *)sh->pad_ids + n, rest, s->stream), "padding input ids");
-		CUDA_TRY(se_memcpy_async((char *)sh->mask + n, (char *)sh->pad_mask + n, rest, s->stream), "padding the attention mask");
+	if (real < pad_to) {
+		// Rows from pad_to on hold padding already; rows before it may hold an earlier batch's.
+		const size_t rest = (size_t)(pad_to - real) * row;
+		STEP(se_memcpy_async((char *)g->ids + n, (char *)sh->pad_ids + n, rest, s->stream), "padding the input ids");
+		STEP(se_memcpy_async((char *)g->mask + n, (char *)sh->pad_mask + n, rest, s->stream), "padding the attention mask");
 	}
-	// The session runs on ORT's stream: the inputs must be in place before it starts.
-	CUDA_TRY(se_stream_sync(s->stream), "cudaStreamSynchronize");
-	ORT_TRY(api->RunWithBinding(s->sess, graph ? sh->ro : plain, sh->bind), "run");
-	if (out && real)
-		CUDA_TRY(se_memcpy_async(out, sh->out, (size_t)(real * sh->dim) * sizeof(float), s->stream), "copying the output");
-	CUDA_TRY(se_stream_sync(s->stream), "cudaStreamSynchronize");
+	if (ev) STEP(se_events_record(ev, 1, 0, s->stream), "recording a CUDA event");
+	if (rc) return cuda_fail(rc, what, s->stream);
+	g->padded_from = real;
+	return NULL;
+}
+
+char *se_gshape_copy_out(se_gshape *sh, int set, float *out, int64_t real, se_events *ev) {
+	char *err = check_set(sh, set, real);
+	if (err) return err;
+	se_sess *s = sh->s;
+	void *stream = s->out_stream ? s->out_stream : s->stream;
+	int rc = 0;
+	const char *what = "";
+	STEP(se_set_device(s->dev), "cudaSetDevice");
+	if (ev) STEP(se_events_record(ev, 0, 1, stream), "recording a CUDA event");
+	if (real) STEP(se_memcpy_async(out, sh->set[set].out, (size_t)(real * sh->dim) * sizeof(float), stream), "copying the output");
+	if (ev) STEP(se_events_record(ev, 0, 0, stream), "recording a CUDA event");
+	if (rc) return cuda_fail(rc, what, stream);
+	return NULL;
+}
+
+char *se_gshape_run(se_gshape *sh, int set, OrtRunOptions *plain, int graph) {
+	char *err = check_set(sh, set, 0);
+	if (err) return err;
+	se_sess *s = sh->s;
+	CUDA_TRY(se_set_device(s->dev), "cudaSetDevice");
+	ORT_TRY(api->RunWithBinding(s->sess, graph ? sh->set[set].ro : plain, sh->set[set].bind), "run");
 	return NULL;
 }

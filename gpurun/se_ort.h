@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "onnxruntime_c_api.h"
+#include "se_cuda.h"
 
 // se_env_open loads the ONNX Runtime library at ortlib on its first call (the library then stays
 // loaded for the life of the process; later calls reuse it whatever their path) and creates the
@@ -38,14 +39,15 @@ typedef struct {
 	const char *custom_ops;  // custom-op library to register, or NULL
 	const char *const *inputs, *const *outputs;  // names, in the order runs give tensors
 	int n_inputs, n_outputs;
-	void *stream;            // CUDA-graph sessions: the stream inputs and outputs are copied on, else NULL
+	void *stream;            // CUDA-graph sessions: the stream inputs (and outputs) are copied on, else NULL
+	void *out_stream;        // CUDA-graph sessions: the stream outputs are copied on; NULL: stream
 } se_sess_cfg;
 
 typedef struct se_sess se_sess;
 typedef struct se_gshape se_gshape;
 
 // se_sess_open creates a session. With cfg->stream it is a CUDA-graph session (cfg->cuda_dev set,
-// enable_cuda_graph among the CUDA options): it adopts the stream, also on error, and can bind
+// enable_cuda_graph among the CUDA options): it adopts the streams, also on error, and can bind
 // se_gshape shapes; its kernels run on ORT's own stream. *device is set to 1 when the CUDA
 // execution provider could not be appended (the device is the problem), else 0. *out is set even
 // on error; se_sess_close frees what was made.
@@ -65,19 +67,36 @@ void se_ro_unterminate(OrtRunOptions *ro);
 // CUDA-graph session, the copy stream is synchronised after the run.
 char *se_run(se_sess *s, OrtRunOptions *ro, const se_tensor *in, int n_in, const se_tensor *out, int n_out);
 
-// se_gshape_new binds device buffers for one [rows, cols] batch shape (output [rows, dim]) of a
-// CUDA-graph session, with CUDA graph id graph_id; pad_ids and pad_mask (rows * cols host values,
-// copied) are what rows beyond a batch's real ones hold. *out is set even on error;
-// se_gshape_free frees it.
-char *se_gshape_new(se_sess *s, int64_t rows, int64_t cols, int64_t dim, int graph_id,
+// se_sess_sync waits for the copy streams of a CUDA-graph session.
+char *se_sess_sync(se_sess *s);
+
+// A CUDA-graph shape: device buffers for [rows, cols] batches (output [rows, dim]) in n_sets
+// buffer sets (at most SE_MAX_SETS), each bound through its own IoBinding and run with its own
+// CUDA graph id, graph_id + its index, so that one set's inputs can be copied in while another
+// set's graph replays. Rows beyond a batch's real ones are filled with padding rows (pad_ids,
+// pad_mask: rows * cols host values, copied to the device); a set keeps track of the rows that
+// hold padding already and copies only the rest.
+#define SE_MAX_SETS 2
+
+// se_gshape_new binds the shape's buffers. *out is set even on error; se_gshape_free frees it.
+char *se_gshape_new(se_sess *s, int64_t rows, int64_t cols, int64_t dim, int graph_id, int n_sets,
                     const int64_t *pad_ids, const int64_t *pad_mask, se_gshape **out);
 void se_gshape_free(se_gshape *sh);
 
-// se_gshape_run copies real rows of ids and mask (row-major, the shape's cols) in, pads the rest,
-// runs the session on the bound buffers and copies real rows × dim floats out (out may be NULL).
-// With graph, the run has the shape's gpu_graph_id (ORT captures the graph on the run it chooses
-// and replays it after); without, it runs with plain (gpu_graph_id -1). Synchronous.
-char *se_gshape_run(se_gshape *sh, OrtRunOptions *plain, const int64_t *ids, const int64_t *mask, int64_t real,
-                    float *out, int graph);
+// se_gshape_copy_in enqueues, on the session's stream, the copy of real rows of ids and mask
+// (host memory, row-major, the shape's cols; NULL when real is 0) into the set's inputs and the
+// padding of the rows after them; with ev, it records the copy's start and end there.
+// se_gshape_copy_out enqueues the copy of real rows × dim floats of the set's output into out
+// (host memory) on the session's out_stream (else its stream), with ev likewise. Both return
+// once the work is enqueued (a copy from pageable memory returns once the source is read); on
+// error nothing they enqueued is left in flight.
+char *se_gshape_copy_in(se_gshape *sh, int set, const int64_t *ids, const int64_t *mask, int64_t real, se_events *ev);
+char *se_gshape_copy_out(se_gshape *sh, int set, float *out, int64_t real, se_events *ev);
+
+// se_gshape_run runs the session on the set's buffers: with graph, with the set's gpu_graph_id
+// (ORT captures the graph on the run it chooses and replays it after), else with run options
+// plain (gpu_graph_id -1). The inputs must be in place: ORT's stream cannot wait for the copy
+// streams. It returns once ORT's Run has, which with a graph is once the replay is done.
+char *se_gshape_run(se_gshape *sh, int set, OrtRunOptions *plain, int graph);
 
 #endif

@@ -54,19 +54,39 @@ const Window = 1024
 // while the input stream is full, say — until ctx ends (the user interrupts).
 var publishRetry = retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 
+// CheckStream fails with ErrNoStream when no stream captures the subject of model's job
+// (consumer.JobSubject): a publish would otherwise wait for ever for PubAcks that never come.
+func CheckStream(ctx context.Context, js jetstream.JetStream, model, job string) error {
+	subject := consumer.JobSubject(model, job)
+	if _, err := js.StreamNameBySubject(ctx, subject); err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("%w: no stream captures %s: start a worker for model %s or run `seqembed streams --name %s` first",
+				ErrNoStream, subject, model, model)
+		}
+		return fmt.Errorf("ingest: looking up the stream of %s: %w", subject, err)
+	}
+	return nil
+}
+
 // RecordMsg is one input record for model: the residues as the body, the id in Seq-Id and a
 // Nats-Msg-Id of "<model>:<id>:<h>", h the first MsgIDHashHex hex digits of the residues'
 // SHA-256 (consumer.SeqSHA256), so that a re-run (or the same record twice) within the stream's
 // dedupe window is not stored twice, while another sequence under a reused id is.
 func RecordMsg(model, id string, residues []byte) *nats.Msg {
-	return recordMsg(model, id, residues, consumer.SeqSHA256(residues))
+	return recordMsg(model, "", id, residues, consumer.SeqSHA256(residues))
 }
 
-// recordMsg is RecordMsg for residues whose SeqSHA256 is sha.
-func recordMsg(model, id string, residues []byte, sha string) *nats.Msg {
-	m := nats.NewMsg(consumer.Subject(model))
+// recordMsg is RecordMsg for residues whose SeqSHA256 is sha, in job (consumer.JobSubject; ""
+// = none): a job's records have the Nats-Msg-Id "<model>.<job>:<id>:<h>", so that the same file
+// published as two jobs is stored (and embedded) for each.
+func recordMsg(model, job, id string, residues []byte, sha string) *nats.Msg {
+	m := nats.NewMsg(consumer.JobSubject(model, job))
 	m.Header.Set(consumer.HeaderID, id)
-	m.Header.Set(nats.MsgIdHdr, model+":"+id+":"+sha[:MsgIDHashHex])
+	prefix := model
+	if job != "" {
+		prefix += "." + job
+	}
+	m.Header.Set(nats.MsgIdHdr, prefix+":"+id+":"+sha[:MsgIDHashHex])
 	m.Data = residues
 	return m
 }
@@ -102,6 +122,9 @@ func Publish(ctx context.Context, nc *nats.Conn, files []string, o Options) (Sta
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return st, fmt.Errorf("ingest: JetStream: %w", err)
+	}
+	if err := CheckStream(ctx, js, o.Model, o.Job); err != nil {
+		return st, err
 	}
 	total := int64(0)
 	for _, f := range files {
@@ -228,7 +251,7 @@ func (p *publisher) file(ctx context.Context, path string) error {
 			seq, stripped = seq[:n-1], true
 		}
 		sha := consumer.SeqSHA256(seq)
-		m := recordMsg(p.o.Model, rec.ID, append([]byte(nil), seq...), sha)
+		m := recordMsg(p.o.Model, p.o.Job, rec.ID, append([]byte(nil), seq...), sha)
 		if desc := consumer.CleanDescription(rec.Desc); desc != "" {
 			m.Header.Set(consumer.HeaderDescription, desc)
 		}
@@ -278,7 +301,7 @@ func parseReject(file string, err error) Reject {
 // reject dead-letters a record refused here (body: its residues, if any were read) and reports
 // it to OnReject.
 func (p *publisher) reject(ctx context.Context, rej Reject, body []byte) error {
-	dup, err := deadLetter(ctx, p.js, p.o.Model, rej, body)
+	dup, err := deadLetter(ctx, p.js, p.o.Model, p.o.Job, rej, body)
 	if err != nil {
 		return err
 	}
@@ -306,14 +329,14 @@ const maxDeadLetterBody = 64 << 10
 // deadLetter puts a record refused here on the dead-letter subject with the reason and message,
 // so it is accounted for like any other bad record. Its Nats-Msg-Id derives from the file, line
 // and id: publishing the same file again does not store it twice (dup reports that).
-func deadLetter(ctx context.Context, js jetstream.JetStream, model string, rej Reject, body []byte) (dup bool, err error) {
-	m := nats.NewMsg(consumer.DLQSubject(model))
+func deadLetter(ctx context.Context, js jetstream.JetStream, model, job string, rej Reject, body []byte) (dup bool, err error) {
+	m := nats.NewMsg(consumer.JobDLQSubject(model, job))
 	if rej.ID != "" {
 		m.Header.Set(consumer.HeaderID, rej.ID)
 	}
 	m.Header.Set(consumer.HeaderError, rej.Message)
 	m.Header.Set(consumer.HeaderReason, rej.Reason)
-	m.Header.Set(nats.MsgIdHdr, fmt.Sprintf("dlq:%s:%s:%d:%s", model, rej.File, rej.Line, rej.ID))
+	m.Header.Set(nats.MsgIdHdr, fmt.Sprintf("dlq:%s:%s:%s:%d:%s", model, job, rej.File, rej.Line, rej.ID))
 	if len(body) > maxDeadLetterBody {
 		m.Header.Set(consumer.HeaderBodyTruncated, strconv.Itoa(len(body)))
 		body = body[:maxDeadLetterBody]

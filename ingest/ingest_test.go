@@ -152,7 +152,7 @@ func TestStopCodonReject(t *testing.T) {
 	if got := inputs(t, ctx, js, "m"); len(got) != 1 || got["NC_000913.3_3"].body != seqs["NC_000913.3_3"] {
 		t.Errorf("stored %v", got)
 	}
-	dls, err := consumer.ReadDeadLetters(ctx, js, "SEQS", "m", 0)
+	dls, err := consumer.ReadDeadLetters(ctx, js, "SEQS", "m", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestParseRejectsNameFileAndLine(t *testing.T) {
 	if len(rejects) != 2 || rejects[0] != want[0] || rejects[1] != want[1] {
 		t.Errorf("rejects\n%+v\nwant\n%+v", rejects, want)
 	}
-	dls, err := consumer.ReadDeadLetters(ctx, js, "SEQS", "m", 0)
+	dls, err := consumer.ReadDeadLetters(ctx, js, "SEQS", "m", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,9 +14,6 @@ import (
 // transeq write it) was removed at publish time (StopStrip), so that downstream can flag it (the
 // output's stop_stripped column). It is consumer.HeaderStopStripped.
 const HeaderStopStripped = consumer.HeaderStopStripped
-
-// ErrOption reports invalid Publish options.
-var ErrOption = errors.New("ingest: invalid option")
 
 // StopCodon says what Publish does with a sequence whose last residue is a stop codon '*'. A '*'
 // anywhere else is left for the worker, which dead-letters the record (invalid_residue).
@@ -53,6 +49,7 @@ func (s StopCodon) String() string {
 // Options are a Publish's settings.
 type Options struct {
 	Model     string      // required: the records go to seqs.in.<Model>
+	Job       string      // the records go to seqs.in.<Model>.<Job> (consumer.JobSubject); "" = seqs.in.<Model>
 	StopCodon StopCodon   // a trailing '*': StopStrip (the default) or StopReject
 	Progress  io.Writer   // where the progress is drawn (telemetry.NewProgress); nil: nowhere
 	Log       *zap.Logger // nil: no logging
@@ -66,6 +63,11 @@ type Options struct {
 func (o Options) check(files []string) error {
 	if o.Model == "" {
 		return fmt.Errorf("%w: no model name", ErrOption)
+	}
+	if o.Job != "" {
+		if err := consumer.CheckJob(o.Job); err != nil {
+			return err
+		}
 	}
 	if o.StopCodon != StopStrip && o.StopCodon != StopReject {
 		return fmt.Errorf("%w: stop codon policy %d", ErrOption, o.StopCodon)

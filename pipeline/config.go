@@ -41,11 +41,25 @@ type Config struct {
 	// are missing; 0 = 3 when the connection is to a cluster of three or more servers, else 1.
 	Replicas  int
 	OutStream string // --out-stream: output stream (subjects embeddings.>)
+	// InMaxBytes (--in-max-bytes) caps the input stream a worker (or `streams`) creates; a full
+	// one refuses new records (publish waits). OutMaxBytes (--out-max-bytes, 0 = no cap) and
+	// OutMaxAge (--max-age, 0 = for ever) bound the output stream: a full one refuses outputs
+	// (inputs stay unacked until a sink makes room), an aged-out output is gone from the stream
+	// (read it before). The input stream never ages records out: that would lose them.
+	InMaxBytes  int64
+	OutMaxBytes int64
+	OutMaxAge   time.Duration
 	// ShutdownTimeout (--shutdown-timeout) bounds the graceful part of a shutdown: finishing
 	// in-flight batches after ctx ends.
 	ShutdownTimeout time.Duration
 	CUDAOptions     string // --cuda-options: extra ORT CUDA provider options, key=value,...
 	CUDAGraphs      string // --cuda-graphs: auto, on or off
+	// GraphCopySync (--graph-copy-overlap=false) copies a CUDA-graph batch in and out
+	// synchronously around its replay instead of on copy streams overlapping other batches'
+	// replays (gpurun.WithGraphCopyOverlap); GraphSessions (--graph-sessions, 0 = --inflight)
+	// is the number of graph-capturing sessions per device (gpurun.WithGraphSessions).
+	GraphCopySync bool
+	GraphSessions int
 
 	// CollectLatency keeps per-record latencies and a per-batch timeline in Stats (bench).
 	CollectLatency bool
@@ -55,14 +69,15 @@ type Config struct {
 
 // Default is the worker's configuration before any flag: the tiny model on the CPU, a 16,384
 // padded-token budget, 256 rows, a 50 ms linger, 64-token buckets, 60 s AckWait, 4,096 unacked
-// records, 5 deliveries, 2 batches in flight per device, a 30 s shutdown.
+// records, 5 deliveries, 2 batches in flight per device, a 30 s shutdown, a 1 GiB input stream and
+// an output stream without limits.
 func Default() Config {
 	return Config{
 		ModelDir: "testdata/esm2-tiny", Device: "cpu", MaxBatchTokens: 16384, MaxBatchRows: 256,
 		MaxWait: 50 * time.Millisecond, BucketStep: 64, Overlength: "truncate", MaxRecordBytes: 1 << 20,
 		AckWait: 60 * time.Second, MaxAckPending: 4096, MaxDeliver: 5, Inflight: 2,
 		InStream: "SEQS", OutStream: arrowout.DefaultStreamName, ShutdownTimeout: 30 * time.Second,
-		CUDAGraphs: gpurun.GraphsAuto, BacklogEvery: 5 * time.Second,
+		CUDAGraphs: gpurun.GraphsAuto, BacklogEvery: 5 * time.Second, InMaxBytes: 1 << 30,
 	}
 }
 
@@ -98,6 +113,18 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%w: %s must be > 0", ErrConfig, v.flag)
 		}
 	}
+	if c.InMaxBytes <= 0 {
+		return fmt.Errorf("%w: --in-max-bytes %d: want > 0", ErrConfig, c.InMaxBytes)
+	}
+	if c.OutMaxBytes < 0 {
+		return fmt.Errorf("%w: --out-max-bytes %d: want 0 (no cap) or more", ErrConfig, c.OutMaxBytes)
+	}
+	if c.OutMaxAge < 0 {
+		return fmt.Errorf("%w: --max-age %s: want 0 (for ever) or more", ErrConfig, c.OutMaxAge)
+	}
+	if c.GraphSessions < 0 || c.GraphSessions > c.Inflight {
+		return fmt.Errorf("%w: --graph-sessions %d: want 0 (= --inflight) to --inflight (%d)", ErrConfig, c.GraphSessions, c.Inflight)
+	}
 	if c.Replicas < 0 || c.Replicas > 5 {
 		return fmt.Errorf("%w: --replicas %d: want 0 (auto) to 5", ErrConfig, c.Replicas)
 	}
@@ -120,5 +147,11 @@ func (c *Config) runnerOptions(dev gpurun.Device) ([]gpurun.Option, error) {
 		return nil, fmt.Errorf("%w: --cuda-options: %w", ErrConfig, err)
 	}
 	return []gpurun.Option{gpurun.WithDevice(dev), gpurun.WithThreads(c.Threads), gpurun.WithMaxRows(c.MaxBatchRows),
-		gpurun.WithCUDAProviderOptions(cuda), gpurun.WithCUDAGraphs(c.CUDAGraphs), gpurun.WithConcurrentRuns(c.Inflight)}, nil
+		gpurun.WithCUDAProviderOptions(cuda), gpurun.WithCUDAGraphs(c.CUDAGraphs), gpurun.WithConcurrentRuns(c.Inflight),
+		gpurun.WithGraphCopyOverlap(!c.GraphCopySync), gpurun.WithGraphSessions(c.GraphSessions)}, nil
+}
+
+// OutStreamConfig is the output stream a worker creates where it is missing, with replicas copies.
+func (c *Config) OutStreamConfig(replicas int) arrowout.StreamConfig {
+	return arrowout.StreamConfig{Name: c.OutStream, Replicas: replicas, MaxBytes: c.OutMaxBytes, MaxAge: c.OutMaxAge}
 }

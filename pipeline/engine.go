@@ -42,6 +42,9 @@ func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: --device: %w", ErrConfig, err)
 	}
+	if err := cudaPreflight(devs, cudaNeeds{driver: "/proc/driver/nvidia/version", ortLib: gpurun.LibraryPath()}); err != nil {
+		return nil, err
+	}
 	e := &Engine{cfg: cfg, slots: make(chan *gpurun.Runner, cfg.Inflight*len(devs)),
 		runs: make([]atomic.Int64, len(devs)), busy: gpurun.NewBusyMeter()}
 	for _, dev := range devs {
@@ -53,6 +56,9 @@ func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
 		r, err := gpurun.New(cfg.ModelDir, opts...)
 		if err != nil {
 			e.Close()
+			if hinted := sessionHint(dev, err); hinted != err {
+				return nil, hinted
+			}
 			return nil, fmt.Errorf("%w: model %s on %s: %w", ErrSetup, cfg.ModelDir, dev, err)
 		}
 		e.runners = append(e.runners, r)
@@ -109,6 +115,18 @@ func (e *Engine) Slots() int { return cap(e.slots) }
 
 // Busy is the meter of time with at least one run in flight.
 func (e *Engine) Busy() *gpurun.BusyMeter { return e.busy }
+
+// GraphStats sums the CUDA-graph runners' counters (gpurun.Runner.GraphStats; zero without graphs).
+func (e *Engine) GraphStats() gpurun.GraphStats {
+	var t gpurun.GraphStats
+	for _, r := range e.runners {
+		g := r.GraphStats()
+		t.Batches, t.Replayed = t.Batches+g.Batches, t.Replayed+g.Replayed
+		t.Queue, t.Run, t.Finish, t.Gap = t.Queue+g.Queue, t.Run+g.Run, t.Finish+g.Finish, t.Gap+g.Gap
+		t.CopyIn, t.CopyOut = t.CopyIn+g.CopyIn, t.CopyOut+g.CopyOut
+	}
+	return t
+}
 
 // Runs is the number of batches run on each device so far, in Devices order.
 func (e *Engine) Runs() []int64 {

@@ -108,7 +108,7 @@ func (p *Pipeline) init(ctx context.Context) error {
 		consumer.WithAckWait(cfg.AckWait), consumer.WithMaxAckPending(cfg.MaxAckPending),
 		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithMaxResidues(man.MaxLength),
 		consumer.WithOverlength(overlength), consumer.WithMaxRecordBytes(cfg.MaxRecordBytes),
-		consumer.WithReplicas(replicas), consumer.WithLogger(p.log), consumer.WithObserver(p.metrics))...); err != nil {
+		consumer.WithReplicas(replicas), consumer.WithStreamMaxBytes(cfg.InMaxBytes), consumer.WithLogger(p.log), consumer.WithObserver(p.metrics))...); err != nil {
 		return fmt.Errorf("%w: consumer: %w", ErrConfig, err)
 	}
 	if err := p.eng.Warmup(ctx, p.bat, p.log); err != nil {
@@ -122,7 +122,7 @@ func (p *Pipeline) init(ctx context.Context) error {
 	if err := retry.Do(ctx, setupPolicy, func(ctx context.Context) error {
 		_, err := p.js.Stream(ctx, cfg.OutStream)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			_, err = arrowout.EnsureStream(ctx, p.js, arrowout.StreamConfig{Name: cfg.OutStream, Replicas: replicas})
+			_, err = arrowout.EnsureStream(ctx, p.js, cfg.OutStreamConfig(replicas))
 		}
 		return err
 	}); err != nil {
@@ -133,7 +133,7 @@ func (p *Pipeline) init(ctx context.Context) error {
 	// in seconds rather than after the 30 s default; measured in the 3-node cluster test. The
 	// publisher reads the connection's max_payload at every publish (it can change on a
 	// reconnect).
-	if p.pub, err = arrowout.NewPublisher(p.js, "embeddings."+man.Name, meta, arrowout.WithAckTimeout(5*time.Second)); err != nil {
+	if p.pub, err = arrowout.NewPublisher(p.js, arrowout.Subject(man.Name, ""), meta, arrowout.WithAckTimeout(5*time.Second)); err != nil {
 		return fmt.Errorf("%w: publisher: %w", ErrSetup, err)
 	}
 	return nil
@@ -247,7 +247,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	p.deps.Health.SetReady(true)
 	p.log.Info("worker ready", zap.String("model", p.model), zap.String("device", p.cfg.Device),
-		zap.String("subject", consumer.Subject(p.model)))
+		zap.Strings("subjects", []string{consumer.Subject(p.model), consumer.JobSubject(p.model, "*")}))
 
 	select {
 	case <-ctx.Done():
@@ -381,7 +381,7 @@ func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, o
 	out.Embeddings = emb
 	p.cfg.Hooks.at(ctx, PointBeforePublish, okMsgs)
 	t1 := time.Now()
-	if err := p.publish(ctx, out); err != nil {
+	if err := p.publishJobs(ctx, out, okMsgs); err != nil {
 		p.log.Warn("publish abandoned at shutdown; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
 		consumer.NakAll(okMsgs, 0)
 		return emb
@@ -399,8 +399,8 @@ func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, o
 	return emb
 }
 
-// publish stores a batch's outputs under publishPolicy; it gives up only when ctx ends.
-func (p *Pipeline) publish(ctx context.Context, out *arrowout.Batch) error {
+// publish stores a batch's outputs on subject under publishPolicy; it gives up only when ctx ends.
+func (p *Pipeline) publish(ctx context.Context, subject string, out *arrowout.Batch) error {
 	pol := publishPolicy
 	pol.OnRetry = func(try int, err error, _ time.Duration) {
 		p.deps.Health.PublishFailed() // failing for longer than a bound makes /readyz false
@@ -410,7 +410,7 @@ func (p *Pipeline) publish(ctx context.Context, out *arrowout.Batch) error {
 		}
 	}
 	err := retry.Do(ctx, pol, func(ctx context.Context) error {
-		_, err := p.pub.Publish(ctx, out)
+		_, err := p.pub.PublishTo(ctx, subject, out)
 		return err
 	})
 	if err == nil {

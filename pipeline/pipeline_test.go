@@ -215,7 +215,7 @@ func TestOOMHalvesBatch(t *testing.T) {
 	seen := e2etest.OutputIDs(t, js, len(recs))
 	stop()
 	e2etest.CheckEachOnce(t, seen)
-	if dls, _ := consumer.ReadDeadLetters(ctx, js, "SEQS", w.Model(), 0); len(dls) != 0 {
+	if dls, _ := consumer.ReadDeadLetters(ctx, js, "SEQS", w.Model(), "", 0); len(dls) != 0 {
 		t.Errorf("dead letters %+v", dls)
 	}
 	e2etest.WaitQueueEmpty(t, js, w.Model())

@@ -218,7 +218,7 @@ func TestOutputStreamFullNaksInputs(t *testing.T) {
 	out.CheckOnce(ids)
 	rw.Shutdown(t, cfg.ShutdownTimeout+3*time.Second)
 	e2etest.WaitQueueEmpty(t, js, model)
-	if dls, err := consumer.ReadDeadLetters(ctx, js, "SEQS", model, 0); err != nil || len(dls) != 0 {
+	if dls, err := consumer.ReadDeadLetters(ctx, js, "SEQS", model, "", 0); err != nil || len(dls) != 0 {
 		t.Errorf("dead letters %v (err %v), want none", dls, err)
 	}
 }

@@ -3,6 +3,8 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -262,5 +264,49 @@ func TestConfigValidate(t *testing.T) {
 		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), flag) {
 			t.Errorf("%s: Validate() = %v, want ErrConfig naming the flag", flag, err)
 		}
+	}
+}
+
+// TestCUDAPreflight: --device cuda:N where there is no NVIDIA driver or ONNX Runtime has no CUDA
+// provider fails before any session with one sentence naming what is missing; a CPU device needs
+// neither; a provider that fails to load for want of a CUDA library is named too.
+func TestCUDAPreflight(t *testing.T) {
+	dir := t.TempDir()
+	ortLib := filepath.Join(dir, "libonnxruntime.so")
+	driver := filepath.Join(dir, "version")
+	cuda := []gpurun.Device{{Kind: "cpu"}, {Kind: "cuda", Index: 1}}
+	if err := cudaPreflight([]gpurun.Device{{Kind: "cpu"}}, cudaNeeds{driver: driver, ortLib: ortLib}); err != nil {
+		t.Errorf("cpu: %v", err)
+	}
+	err := cudaPreflight(cuda, cudaNeeds{driver: driver, ortLib: ortLib})
+	want := "pipeline: device unusable: --device cuda:1 cannot run here: missing the NVIDIA driver (no " + driver +
+		": no GPU, or the container was started without one), and ONNX Runtime's CUDA provider (no libonnxruntime_providers_shared.so or " +
+		"libonnxruntime_providers_cuda.so next to " + ortLib + ", a CPU-only build: point ONNXRUNTIME_SHARED_LIBRARY_PATH at a GPU build, " +
+		"README \"GPU\"); --device cpu runs on the CPU"
+	if !errors.Is(err, ErrDevice) || err.Error() != want || strings.Count(err.Error(), ". ") != 0 {
+		t.Errorf("no driver, no provider:\n got %v\nwant %s", err, want)
+	}
+	for _, f := range []string{driver, filepath.Join(dir, "libonnxruntime_providers_shared.so")} {
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cudaPreflight(cuda, cudaNeeds{driver: driver, ortLib: ortLib}); err == nil ||
+		!strings.Contains(err.Error(), "missing ONNX Runtime's CUDA provider (no libonnxruntime_providers_cuda.so next to") || strings.Contains(err.Error(), "driver") {
+		t.Errorf("driver, no CUDA provider: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "libonnxruntime_providers_cuda.so"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := cudaPreflight(cuda, cudaNeeds{driver: driver, ortLib: ortLib}); err != nil {
+		t.Errorf("all there: %v", err)
+	}
+	ortErr := errors.New("gpurun: session: CUDA provider options: [ONNXRuntimeError] : 1 : FAIL : Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open shared object file")
+	if err := sessionHint(gpurun.Device{Kind: "cuda"}, ortErr); !errors.Is(err, ErrDevice) ||
+		!strings.HasPrefix(err.Error(), "pipeline: device unusable: --device cuda:0 cannot run here: cuBLAS is missing or does not load") {
+		t.Errorf("cuBLAS missing: %v", err)
+	}
+	if err := sessionHint(gpurun.Device{Kind: "cpu"}, ortErr); err != ortErr {
+		t.Errorf("cpu errors are left alone: %v", err)
 	}
 }

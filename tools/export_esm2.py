@@ -108,6 +108,44 @@ def load_model(args):
     return esm, name
 
 
+# HF EsmModel parameter names -> fair-esm ESM-2 names (fair-esm's esm/model/esm2.py; its
+# checkpoints prefix them with "encoder.sentence_encoder.", which fair-esm's loader strips).
+FAIRESM_LAYER = {
+    "attention.self.query": "self_attn.q_proj",
+    "attention.self.key": "self_attn.k_proj",
+    "attention.self.value": "self_attn.v_proj",
+    "attention.output.dense": "self_attn.out_proj",
+    "attention.LayerNorm": "self_attn_layer_norm",
+    "intermediate.dense": "fc1",
+    "output.dense": "fc2",
+    "LayerNorm": "final_layer_norm",
+}
+
+
+def fairesm_state_dict(esm):
+    """The fair-esm names and tensors of EsmModel esm's weights (float32)."""
+    out = {"embed_tokens.weight": esm.embeddings.word_embeddings.weight,
+           "emb_layer_norm_after.weight": esm.encoder.emb_layer_norm_after.weight,
+           "emb_layer_norm_after.bias": esm.encoder.emb_layer_norm_after.bias}
+    for i, lay in enumerate(esm.encoder.layer):
+        mods = dict(lay.named_modules())
+        for hf, fe in FAIRESM_LAYER.items():
+            for p in ("weight", "bias"):
+                out[f"layers.{i}.{fe}.{p}"] = getattr(mods[hf], p)
+        hd = esm.config.hidden_size // esm.config.num_attention_heads
+        out[f"layers.{i}.self_attn.rot_emb.inv_freq"] = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+    return {"encoder.sentence_encoder." + k: v.detach().float().cpu().clone() for k, v in out.items()}
+
+
+def save_fairesm(esm, path):
+    cfg = esm.config
+    torch.save({"model": fairesm_state_dict(esm),
+                "cfg": {"model": {"encoder_layers": cfg.num_hidden_layers, "encoder_embed_dim": cfg.hidden_size,
+                                  "encoder_ffn_embed_dim": cfg.intermediate_size,
+                                  "encoder_attention_heads": cfg.num_attention_heads,
+                                  "token_dropout": bool(cfg.token_dropout)}}}, path)
+
+
 def encode(seqs, length=None):
     rows = [[CLS] + [VOCAB.index(c) for c in s] + [EOS] for s in seqs]
     L = length or max(len(r) for r in rows)
@@ -289,6 +327,10 @@ def main():
     ap.add_argument("--custom-ops", action="store_true", help="--fused mha|packed --fp16: bias + rotary as seqembed's "
                     "ai.seqembed.BiasRotary (build the library into --out with scripts/build-ops.sh "
                     "OUT/libseqembed_ops.so)")
+    ap.add_argument("--save-pretrained", metavar="DIR", help="also write the weights as a Hugging Face directory "
+                    "(config.json + model.safetensors, save_pretrained): what `seqembed model` reads")
+    ap.add_argument("--save-fairesm", metavar="FILE", help="also write the weights as a fair-esm checkpoint "
+                    "(torch.save of {'model': state_dict with encoder.sentence_encoder.* keys, 'cfg': {'model': ...}})")
     args = ap.parse_args()
     if args.custom_ops and (not args.fused or not args.fp16):
         sys.exit("--custom-ops needs --fused mha|packed --fp16")
@@ -303,6 +345,12 @@ def main():
     if args.fp16 and device != "cuda" and not args.fused:
         sys.exit("--fp16 needs a CUDA device for the traced export (or use --fused)")
     os.makedirs(args.out, exist_ok=True)
+    if args.save_pretrained:
+        model.save_pretrained(args.save_pretrained, safe_serialization=True)
+        print(f"save_pretrained: {args.save_pretrained}", file=sys.stderr)
+    if args.save_fairesm:
+        save_fairesm(model, args.save_fairesm)
+        print(f"fair-esm checkpoint: {args.save_fairesm}", file=sys.stderr)
     pooled = Pooled(model).to(device)
     if args.golden:
         # Golden vectors always come from the float32 model: the reference an fp16 export is held to.

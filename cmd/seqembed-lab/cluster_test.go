@@ -274,7 +274,7 @@ func TestClusterFailover(t *testing.T) {
 		t.Errorf("%d distinct ids in the output, want 300", len(seen))
 	}
 	t.Logf("output: %d distinct ids, %d duplicate rows before dedupe", len(seen), dups)
-	dl, err := consumer.ReadDeadLetters(ctx, js, stream, model, 0)
+	dl, err := consumer.ReadDeadLetters(ctx, js, stream, model, "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -477,7 +477,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	for _, n := range embedded {
 		dupsAfter += n - 1
 	}
-	dls, err := consumer.ReadDeadLetters(ctx, js, cons.StreamConfig().Name, model, 0)
+	dls, err := consumer.ReadDeadLetters(ctx, js, cons.StreamConfig().Name, model, "", 0)
 	if err != nil {
 		return err
 	}

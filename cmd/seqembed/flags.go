@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/seqembed/seqembed/internal/cli"
@@ -17,9 +18,10 @@ import (
 var (
 	// modelFlags are the model, device and batching flags: what `run` and `bench` use.
 	modelFlags = []string{"model", "device", "threads", "max-batch-tokens", "max-batch-rows", "max-wait", "bucket-step",
-		"overlength", "max-record-bytes", "cuda-options", "cuda-graphs", "inflight", "max-held-tokens"}
+		"overlength", "max-record-bytes", "cuda-options", "cuda-graphs", "graph-copy-overlap", "graph-sessions", "inflight", "max-held-tokens"}
 	// streamFlags are the stream and durable consumer flags: what `streams` sets up.
-	streamFlags = []string{"in-stream", "out-stream", "ack-wait", "max-ack-pending", "max-deliver", "replicas"}
+	streamFlags = []string{"in-stream", "out-stream", "ack-wait", "max-ack-pending", "max-deliver", "replicas",
+		"in-max-bytes", "out-max-bytes", "max-age"}
 )
 
 // registerWorkerFlags registers on fs only the named flags of the worker's (registerConfig), with
@@ -100,4 +102,41 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 		}
 		pos, args = append(pos, rest[0]), rest[1:]
 	}
+}
+
+// byteSize is a flag.Value of a byte count: a number with an optional unit (B, KB, MB, GB, TB
+// powers of 1000; KiB, MiB, GiB, TiB powers of 1024; case-insensitive), e.g. 1073741824, 10GiB, 500MB.
+type byteSize struct{ n *int64 }
+
+func (b byteSize) String() string {
+	if b.n == nil {
+		return "0"
+	}
+	return bytesString(uint64(max(*b.n, 0)))
+}
+
+func (b byteSize) Set(s string) error {
+	n, err := parseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b.n = n
+	return nil
+}
+
+func parseByteSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	units := map[string]float64{"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+		"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+	mult, ok := units[unit]
+	v, err := strconv.ParseFloat(num, 64)
+	if !ok || err != nil || num == "" || v < 0 || v*mult > 1<<62 {
+		return 0, fmt.Errorf("%q: want a byte count such as 1073741824, 10GiB or 500MB", s)
+	}
+	return int64(v * mult), nil
 }

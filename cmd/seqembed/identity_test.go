@@ -135,8 +135,8 @@ func TestSinkModelsAndConflicts(t *testing.T) {
 	nats := "--nats " + srv.ClientURL() + " "
 	c := runChild(t, "sink "+nats+"--out "+out+" --idle 2s", nil)
 	if c.code != cli.ExitUsage || !strings.Contains(c.stderr, "stream EMBEDDINGS holds the embeddings of 2 models") ||
-		!strings.Contains(c.stderr, "embeddings.esm2-a: esm2-a (dim 2, model sha256 none), 2 messages") ||
-		!strings.Contains(c.stderr, "embeddings.esm2-b: esm2-b (dim 2") || !strings.Contains(c.stderr, "pass --model NAME") {
+		!strings.Contains(c.stderr, "esm2-a: esm2-a (dim 2, model sha256 none), 2 messages") ||
+		!strings.Contains(c.stderr, "esm2-b: esm2-b (dim 2") || !strings.Contains(c.stderr, "pass --model NAME") {
 		t.Fatalf("sink over two models: exit %d, want 2\n%s", c.code, c.stderr)
 	}
 	if left, _ := os.ReadDir(dir); len(left) != 0 {

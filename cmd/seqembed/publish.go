@@ -11,8 +11,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/seqembed/seqembed/ingest"
 	"github.com/seqembed/seqembed/internal/cli"
+	"github.com/seqembed/seqembed/internal/jobs"
 	"github.com/seqembed/seqembed/telemetry"
 )
 
@@ -23,10 +27,12 @@ func runPublishCmd(ctx context.Context, args []string) error {
 	model := fs.String("model", "", "model name the records are for: the worker's model.json name (required)")
 	var in inputFlags
 	in.register(fs, "the records refused at publish time (no id, too large, a stop codon under --stop-codon reject)")
+	fs.StringVar(&in.job, "job", "", "publish the records as this job: to seqs.in.MODEL.JOB, embedded to embeddings.MODEL.JOB, which `seqembed sink --job JOB` reads "+
+		"and stops at once the job is complete (default: none, seqs.in.MODEL)")
 	quiet := fs.Bool("quiet", false, "no progress (a bar on a terminal, else a line every few seconds)")
 	setUsage(fs, "usage: seqembed publish --model NAME [flags] FILE...\n\n"+
 		"Publishes the records of FASTA files (plain, .gz, .xz, .zst or .bz2, detected by content; - reads standard\n"+
-		"input) to seqs.in.NAME. Flags may come before, between or after the files.\n"+
+		"input) to seqs.in.NAME (seqs.in.NAME.JOB with --job). Flags may come before, between or after the files.\n"+
 		"Exit codes: 0 every record published, 1 failed, 2 usage error, 3 finished but records were refused and\n"+
 		"dead-lettered (unless --allow-rejects) or ids came with more than one sequence (unless --allow-id-conflicts).")
 	files, err := parseArgs(fs, args)
@@ -50,7 +56,7 @@ func runPublishCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	opts := ingest.Options{Model: *model, StopCodon: stop, Progress: os.Stderr, Log: log}
+	opts := ingest.Options{Model: *model, Job: in.job, StopCodon: stop, Progress: os.Stderr, Log: log}
 	if *quiet {
 		opts.Progress = nil
 	}
@@ -67,8 +73,27 @@ func runPublishCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	defer nc.Drain()
+	var ledger *jobs.Ledger
+	if in.job != "" {
+		if ledger, err = beginJob(ctx, nc, in.job, *model); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
 	st, err := ingest.Publish(ctx, nc, files, opts)
+	if ledger != nil {
+		// A failed or interrupted publish is finished too, with what it stored (on a context of
+		// its own: ctx may be what ended it).
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		j, ferr := ledger.Finish(fctx, in.job, *model, st.Stored+st.DeadLettered)
+		cancel()
+		if ferr != nil {
+			err = errors.Join(err, ferr)
+		} else {
+			fmt.Fprintf(os.Stderr, "job %s: %d records published in %d publish runs (%d under way); read them with: seqembed sink --job %s --out FILE\n",
+				in.job, j.Published, j.Publishes, j.Active, in.job)
+		}
+	}
 	printPublished(os.Stderr, st, time.Since(start))
 	if rejects != nil {
 		if cerr := rejects.Close(); cerr != nil && err == nil {
@@ -108,4 +133,27 @@ func printPublished(w io.Writer, st ingest.Stats, took time.Duration) {
 	for _, r := range reasons {
 		fmt.Fprintf(w, "  dead-lettered %s: %d\n", r, st.Reasons[r])
 	}
+}
+
+// beginJob opens the jobs ledger (with the input stream's replicas) and records that a publish of
+// job for model begins.
+func beginJob(ctx context.Context, nc *nats.Conn, job, model string) (*jobs.Ledger, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	if err := ingest.CheckStream(ctx, js, model, job); err != nil {
+		return nil, err
+	}
+	ledger, err := jobs.Open(ctx, js, 1)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := ledger.Begin(ctx, job, model); err != nil {
+		if errors.Is(err, jobs.ErrModel) {
+			return nil, &cli.UsageError{Err: err}
+		}
+		return nil, err
+	}
+	return ledger, nil
 }

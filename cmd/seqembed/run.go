@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/ingest"
 	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/internal/localrun"
@@ -26,6 +27,7 @@ func runRunCmd(ctx context.Context, args []string) error {
 	conflicts := fs.String("conflicts", "", "write the ids that come with more than one sequence to this TSV file, when there are any (default: --out with .conflicts.tsv appended)")
 	var in inputFlags
 	in.register(fs, "every dead-lettered record")
+	fs.StringVar(&in.job, "job", "", "the job's name: its records, dead letters and embeddings go to subjects of their own (default: a fresh run-XXXXXXXXXXXX)")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
 	quiet := fs.Bool("quiet", false, "no progress (a bar on a terminal, else a line every few seconds)")
 	setUsage(fs, "usage: seqembed run [flags] FILE...\n\n"+
@@ -56,7 +58,7 @@ func runRunCmd(ctx context.Context, args []string) error {
 	if *quiet {
 		bar = nil
 	}
-	sum, err := localrun.RunJob(ctx, localrun.Job{Inputs: files, Out: *out, Format: *format, Force: *force, Rejects: in.rejects,
+	sum, err := localrun.RunJob(ctx, localrun.Job{Inputs: files, Name: in.job, Out: *out, Format: *format, Force: *force, Rejects: in.rejects,
 		Conflicts: *conflicts, StopCodon: stop, Config: cfg, Progress: bar, Log: log})
 	if errors.Is(err, localrun.ErrOutputFormat) {
 		return &cli.UsageError{Err: err}
@@ -85,6 +87,7 @@ func conflictsError(ids, rows int, file string) error {
 
 // inputFlags are the FASTA input flags `run` and `publish` share.
 type inputFlags struct {
+	job            string // --job (registered by run and publish with their own defaults)
 	stopCodon      string
 	rejects        string
 	allowRejects   bool
@@ -120,6 +123,11 @@ func (f *inputFlags) check(files []string) (ingest.StopCodon, error) {
 	}
 	if stdin > 1 {
 		return 0, cli.Usagef("standard input (-) given %d times", stdin)
+	}
+	if f.job != "" {
+		if err := consumer.CheckJob(f.job); err != nil {
+			return 0, cli.Usagef("--job: %w", err)
+		}
 	}
 	return stop, nil
 }

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/pipeline"
@@ -32,18 +32,19 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cf
 	// The consumer package's stream and consumer settings, for what has to be created.
 	cons, err := consumer.New(js, model, func([]byte) error { return nil }, consumer.WithStream(cfg.InStream),
 		consumer.WithAckWait(cfg.AckWait), consumer.WithMaxAckPending(cfg.MaxAckPending),
-		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithOverlength(overlength), consumer.WithReplicas(replicas))
+		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithOverlength(overlength), consumer.WithReplicas(replicas),
+		consumer.WithStreamMaxBytes(cfg.InMaxBytes))
 	if err != nil {
 		return err
 	}
-	if err := ensureStream(ctx, js, cons.StreamConfig(), set["replicas"], w); err != nil {
+	if err := ensureStream(ctx, js, cons.StreamConfig(), streamChanges{replicas: set["replicas"], maxBytes: set["in-max-bytes"]}, w); err != nil {
 		return err
 	}
-	outCfg, err := arrowout.StreamConfig{Name: cfg.OutStream, Replicas: replicas}.JetStream()
+	outCfg, err := cfg.OutStreamConfig(replicas).JetStream()
 	if err != nil {
 		return err
 	}
-	if err := ensureStream(ctx, js, outCfg, set["replicas"], w); err != nil {
+	if err := ensureStream(ctx, js, outCfg, streamChanges{replicas: set["replicas"], maxBytes: set["out-max-bytes"], maxAge: set["max-age"]}, w); err != nil {
 		return err
 	}
 	want := cons.ConsumerConfig()
@@ -68,6 +69,12 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cf
 		if set["max-deliver"] && cur.MaxDeliver != want.MaxDeliver {
 			cur.MaxDeliver, changed = want.MaxDeliver, append(changed, "max deliver")
 		}
+		if !slices.Equal(cur.FilterSubjects, want.FilterSubjects) || cur.FilterSubject != "" {
+			// The model's subjects are seqembed's own routing (a durable made before jobs
+			// existed filtered on seqs.in.MODEL alone), not a limit anyone tunes.
+			cur.FilterSubject, cur.FilterSubjects = "", want.FilterSubjects
+			changed = append(changed, "subjects "+strings.Join(want.FilterSubjects, ", "))
+		}
 		if len(changed) > 0 {
 			if _, err := js.UpdateConsumer(ctx, cfg.InStream, cur); err != nil {
 				return fmt.Errorf("updating consumer %s (%s): %w", want.Durable, strings.Join(changed, ", "), err)
@@ -78,9 +85,13 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cf
 	return printState(ctx, js, model, cfg, w)
 }
 
+// streamChanges names the settings of an existing stream that ensureStream changes (their flags
+// were given).
+type streamChanges struct{ replicas, maxBytes, maxAge bool }
+
 // ensureStream creates the stream of want where it is missing; on an existing one it changes only
-// the replica count, and only when setReplicas (--replicas was given).
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, setReplicas bool, w io.Writer) error {
+// the settings that change names.
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, change streamChanges, w io.Writer) error {
 	s, err := js.Stream(ctx, want.Name)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
@@ -93,12 +104,21 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		return fmt.Errorf("stream %s: %w", want.Name, err)
 	}
 	cur := s.CachedInfo().Config
-	if setReplicas && cur.Replicas != want.Replicas {
-		cur.Replicas = want.Replicas
+	var changed []string
+	if change.replicas && cur.Replicas != want.Replicas {
+		cur.Replicas, changed = want.Replicas, append(changed, fmt.Sprintf("%d replicas", want.Replicas))
+	}
+	if change.maxBytes && cur.MaxBytes != want.MaxBytes {
+		cur.MaxBytes, changed = want.MaxBytes, append(changed, "max bytes "+bytesString(uint64(max(want.MaxBytes, 0))))
+	}
+	if change.maxAge && cur.MaxAge != want.MaxAge {
+		cur.MaxAge, changed = want.MaxAge, append(changed, "max age "+want.MaxAge.String())
+	}
+	if len(changed) > 0 {
 		if _, err := js.UpdateStream(ctx, cur); err != nil {
-			return fmt.Errorf("stream %s to %d replicas: %w", want.Name, want.Replicas, err)
+			return fmt.Errorf("stream %s (%s): %w", want.Name, strings.Join(changed, ", "), err)
 		}
-		fmt.Fprintf(w, "updated stream %s: %d replicas\n", want.Name, want.Replicas)
+		fmt.Fprintf(w, "updated stream %s: %s\n", want.Name, strings.Join(changed, ", "))
 	}
 	return nil
 }
@@ -118,9 +138,20 @@ func printState(ctx context.Context, js jetstream.JetStream, model string, cfg p
 		return err
 	}
 	fmt.Fprintf(w, "stream %s: %d messages, %s of %s, subjects %v, %s retention\n", info.Config.Name, info.State.Msgs,
-		bytesString(info.State.Bytes), bytesString(uint64(max(0, info.Config.MaxBytes))), info.Config.Subjects, info.Config.Retention)
+		bytesString(info.State.Bytes), bytesLimit(info.Config.MaxBytes), info.Config.Subjects, info.Config.Retention)
 	fmt.Fprintf(w, "  %s: %d waiting, %s: %d dead letters\n", consumer.Subject(model), info.State.Subjects[consumer.Subject(model)],
 		consumer.DLQSubject(model), info.State.Subjects[consumer.DLQSubject(model)])
+	var jobLines []string
+	for subj, n := range info.State.Subjects {
+		if job := consumer.JobOf(model, subj); job != "" {
+			dlq := consumer.JobDLQSubject(model, job)
+			jobLines = append(jobLines, fmt.Sprintf("  job %s: %d waiting, %d dead letters", job, n, info.State.Subjects[dlq]))
+		}
+	}
+	slices.Sort(jobLines)
+	for _, l := range jobLines {
+		fmt.Fprintln(w, l)
+	}
 	c, err := js.Consumer(ctx, cfg.InStream, consumer.Durable(model))
 	if err != nil {
 		return err
@@ -135,8 +166,21 @@ func printState(ctx context.Context, js jetstream.JetStream, model string, cfg p
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "stream %s: %d messages, %s, subjects %v\n", oi.Config.Name, oi.State.Msgs, bytesString(oi.State.Bytes), oi.Config.Subjects)
+	age := "for ever"
+	if oi.Config.MaxAge > 0 {
+		age = oi.Config.MaxAge.String()
+	}
+	fmt.Fprintf(w, "stream %s: %d messages, %s of %s, kept %s, subjects %v\n", oi.Config.Name, oi.State.Msgs, bytesString(oi.State.Bytes),
+		bytesLimit(oi.Config.MaxBytes), age, oi.Config.Subjects)
 	return nil
+}
+
+// bytesLimit is a stream's max bytes: "no limit" for -1 or 0.
+func bytesLimit(n int64) string {
+	if n <= 0 {
+		return "no limit"
+	}
+	return bytesString(uint64(n))
 }
 
 func bytesString(n uint64) string {

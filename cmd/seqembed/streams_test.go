@@ -92,3 +92,65 @@ func TestStreamsKeepOtherClientsLimits(t *testing.T) {
 		t.Errorf("streams did not say what it changed:\n%s", sb.String())
 	}
 }
+
+// TestStreamsSizeAndAgeFlags: --in-max-bytes, --out-max-bytes and --max-age set the limits of
+// streams they create, change those of existing ones only when given, and byte counts take units.
+func TestStreamsSizeAndAgeFlags(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, js := natstest.Connect(t, natstest.Server(t, nil))
+	cfg := pipeline.Default()
+	cfg.InMaxBytes, cfg.OutMaxBytes, cfg.OutMaxAge = 64<<20, 5<<30, 72*time.Hour
+	var sb strings.Builder
+	if err := ensureStreams(ctx, js, "m", cfg, nil, &sb); err != nil {
+		t.Fatal(err)
+	}
+	limits := func(name string) (int64, time.Duration) {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config.MaxBytes, s.CachedInfo().Config.MaxAge
+	}
+	if b, a := limits("SEQS"); b != 64<<20 || a != 0 {
+		t.Errorf("SEQS created with max bytes %d, max age %s; want 64 MiB, none", b, a)
+	}
+	if b, a := limits("EMBEDDINGS"); b != 5<<30 || a != 72*time.Hour {
+		t.Errorf("EMBEDDINGS created with max bytes %d, max age %s; want 5 GiB, 72h", b, a)
+	}
+	if !strings.Contains(sb.String(), "stream EMBEDDINGS: 0 messages, 0 B of 5.0 GiB, kept 72h0m0s") {
+		t.Errorf("state:\n%s", sb.String())
+	}
+	// Other values, but only --max-age named: only the output stream's age changes.
+	cfg.InMaxBytes, cfg.OutMaxBytes, cfg.OutMaxAge = 1<<30, 0, time.Hour
+	sb.Reset()
+	if err := ensureStreams(ctx, js, "m", cfg, map[string]bool{"max-age": true}, &sb); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := limits("SEQS"); b != 64<<20 {
+		t.Errorf("SEQS max bytes %d after --max-age alone", b)
+	}
+	if b, a := limits("EMBEDDINGS"); b != 5<<30 || a != time.Hour {
+		t.Errorf("EMBEDDINGS after --max-age 1h: max bytes %d, max age %s", b, a)
+	}
+	if !strings.Contains(sb.String(), "updated stream EMBEDDINGS: max age 1h0m0s") || strings.Contains(sb.String(), "updated stream SEQS") {
+		t.Errorf("streams did not say what it changed:\n%s", sb.String())
+	}
+	sb.Reset()
+	if err := ensureStreams(ctx, js, "m", cfg, map[string]bool{"in-max-bytes": true}, &sb); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := limits("SEQS"); b != 1<<30 || !strings.Contains(sb.String(), "updated stream SEQS: max bytes 1.0 GiB") {
+		t.Errorf("SEQS after --in-max-bytes 1GiB: %d\n%s", b, sb.String())
+	}
+	for in, want := range map[string]int64{"1073741824": 1 << 30, "10GiB": 10 << 30, "500MB": 500e6, "2 mib": 2 << 20, "1.5KiB": 1536} {
+		if got, err := parseByteSize(in); err != nil || got != want {
+			t.Errorf("parseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "GiB", "-1", "10 parsecs", "1e3"} {
+		if _, err := parseByteSize(bad); err == nil {
+			t.Errorf("parseByteSize(%q) accepted", bad)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"go.uber.org/zap"
 
@@ -32,10 +33,21 @@ func registerConfig(fs *flag.FlagSet, c *pipeline.Config) {
 	fs.IntVar(&c.MaxHeldTokens, "max-held-tokens", d.MaxHeldTokens, "most tokens of records one worker holds; pulls wait for room, the rest stays on the server (0 = no bound but --max-ack-pending): what a dying worker hands back is redelivered, spending --max-deliver, so where workers die often set a few batches' worth (docs/reliability.md)")
 	fs.StringVar(&c.CUDAOptions, "cuda-options", d.CUDAOptions, "extra ONNX Runtime CUDA provider options, key=value,... (e.g. sdpa_kernel=8 for cuDNN attention in mha graphs); they override seqembed's own")
 	fs.StringVar(&c.CUDAGraphs, "cuda-graphs", d.CUDAGraphs, "CUDA graphs, one per bucket shape captured at warm-up: auto (for --fused mha exports on CUDA), on or off")
+	fs.BoolFunc("graph-copy-overlap", "CUDA graphs: copy batches in and out on copy streams while other batches replay (default true; =false: synchronous copies around each replay)",
+		func(v string) error {
+			on, err := strconv.ParseBool(v)
+			c.GraphCopySync = !on
+			return err
+		})
+	fs.IntVar(&c.GraphSessions, "graph-sessions", d.GraphSessions, "CUDA-graph sessions per device (0 = --inflight); fewer sessions than batches in flight lets copies overlap replays")
 	fs.IntVar(&c.Inflight, "inflight", d.Inflight, "batches in flight at once per device (inference and publishing overlap)")
 	fs.StringVar(&c.InStream, "in-stream", d.InStream, "input stream (work queue, subjects seqs.>)")
 	fs.StringVar(&c.OutStream, "out-stream", d.OutStream, "output stream (subjects embeddings.>)")
 	fs.DurationVar(&c.BacklogEvery, "backlog-interval", d.BacklogEvery, "how often the consumer's pending + unacked counts are read into seqembed_backlog_records")
+	c.InMaxBytes, c.OutMaxBytes = d.InMaxBytes, d.OutMaxBytes
+	fs.Var(byteSize{&c.InMaxBytes}, "in-max-bytes", "size cap of the input stream where it is created (or changed by `streams`): a full one refuses new records and `publish` waits (e.g. 10GiB)")
+	fs.Var(byteSize{&c.OutMaxBytes}, "out-max-bytes", "size cap of the output stream where it is created (or changed by `streams`), 0 = none: a full one refuses outputs and their records wait unacked until a sink makes room")
+	fs.DurationVar(&c.OutMaxAge, "max-age", d.OutMaxAge, "how long the output stream keeps embeddings, where it is created (or changed by `streams`), 0 = for ever (the input stream never ages records out)")
 	fs.IntVar(&c.Replicas, "replicas", d.Replicas, "replicas of the streams a worker creates where they are missing (0 = 3 in a cluster of 3 or more servers, else 1)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "on SIGTERM, time allowed to finish in-flight batches")
 }

@@ -36,6 +36,7 @@ func E2E(ctx context.Context, cfg pipeline.Config, path string, log *zap.Logger,
 		Batches: st.Batches, RunnerBusy: sum.Busy, MeanGapMs: ms(sum.MeanGap), WarmupSeconds: sum.Warmup.Seconds(),
 		CUDAGraphs: sum.CUDAGraphs}
 	res.PaddingEfficiency = float64(st.RealTokens) / float64(max(1, st.PaddedTokens))
+	graphTimes(&res, cfg, sum.GraphsBefore, sum.GraphsAfter)
 	res.LatencyP50Ms, res.LatencyP99Ms = percentileMs(st.Latencies, 0.50), percentileMs(st.Latencies, 0.99)
 	res.GPUUtil, res.GPUUtilPerDevice = gpu.Mean(series.Start, series.End), gpu.PerDevice(series.Start, series.End)
 	return finish(res, cfg), series, nil

@@ -101,14 +101,14 @@ func Procs(ctx context.Context, cfg pipeline.Config, path string, opts ProcsOpti
 	if err != nil {
 		return Result{}, err
 	}
-	sink := arrowout.StartSink(ctx, js, cfg.OutStream, "embeddings."+man.Name, fs, nil)
+	sink := arrowout.StartSink(ctx, js, cfg.OutStream, arrowout.Subject(man.Name, ""), fs, nil)
 	defer sink.Finish()
 	start := time.Now()
 	pub, err := ingest.PublishFASTA(ctx, nc, path, man.Name, nil, log)
 	if err != nil {
 		return Result{}, err
 	}
-	embedded, _, err := localrun.WaitAllDone(ctx, js, cfg.InStream, man.Name, sink, pub.Stored+pub.DeadLettered,
+	embedded, _, err := localrun.WaitAllDone(ctx, js, cfg.InStream, man.Name, "", sink, pub.Stored+pub.DeadLettered,
 		telemetry.NewProgress(0, "", nil, false), died)
 	if err != nil {
 		return Result{}, err

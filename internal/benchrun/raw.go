@@ -59,6 +59,7 @@ func Raw(ctx context.Context, cfg pipeline.Config, path string, log *zap.Logger,
 	var runErr error
 	var wg sync.WaitGroup
 	eng.Busy().Snapshot(true) // the meter's window is the timed part only
+	graphs0 := eng.GraphStats()
 	start := time.Now()
 	for range eng.Slots() {
 		wg.Go(func() {
@@ -82,6 +83,7 @@ func Raw(ctx context.Context, cfg pipeline.Config, path string, log *zap.Logger,
 	series.Start, series.End = start, start.Add(elapsed)
 	res.Seconds = elapsed.Seconds()
 	res.RunnerBusy, res.MeanGapMs = busy, ms(gap)
+	graphTimes(&res, cfg, graphs0, eng.GraphStats())
 	res.GPUUtil, res.GPUUtilPerDevice = gpu.Mean(series.Start, series.End), gpu.PerDevice(series.Start, series.End)
 	return finish(res, cfg), series, nil
 }

@@ -34,6 +34,31 @@ type Result struct {
 	LatencyP99Ms  float64 `json:"latency_p99_ms"`
 	WarmupSeconds float64 `json:"warmup_seconds"`
 	CUDAGraphs    bool    `json:"cuda_graphs"` // runs replayed CUDA graphs (--cuda-graphs)
+	// CUDA-graph runs only: copies on copy streams (--graph-copy-overlap), sessions per device,
+	// and per batch (means over the timed part, gpurun.GraphStats): queued before its replay,
+	// replaying, after the replay until the outputs were back, and the session's idle gap
+	// before it.
+	GraphCopyOverlap bool    `json:"graph_copy_overlap,omitempty"`
+	GraphSessions    int     `json:"graph_sessions,omitempty"`
+	GraphQueueMs     float64 `json:"graph_queue_ms,omitempty"`
+	GraphRunMs       float64 `json:"graph_run_ms,omitempty"`
+	GraphFinishMs    float64 `json:"graph_finish_ms,omitempty"`
+	GraphGapMs       float64 `json:"graph_gap_ms,omitempty"`
+}
+
+// graphTimes fills res's per-batch CUDA-graph means from the counters' change between before and after.
+func graphTimes(res *Result, cfg pipeline.Config, before, after gpurun.GraphStats) {
+	n := after.Batches - before.Batches
+	if n <= 0 {
+		return
+	}
+	per := func(a, b time.Duration) float64 { return ms((a - b) / time.Duration(n)) }
+	res.GraphCopyOverlap, res.GraphSessions = !cfg.GraphCopySync, cfg.GraphSessions
+	if res.GraphSessions == 0 {
+		res.GraphSessions = cfg.Inflight
+	}
+	res.GraphQueueMs, res.GraphRunMs = per(after.Queue, before.Queue), per(after.Run, before.Run)
+	res.GraphFinishMs, res.GraphGapMs = per(after.Finish, before.Finish), per(after.Gap, before.Gap)
 }
 
 // finish fills in what every mode reports the same way: the configuration, the model (from the

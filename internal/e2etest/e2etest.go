@@ -219,7 +219,7 @@ func DeadLetters(t testing.TB, ctx context.Context, js jetstream.JetStream, mode
 	var dls []consumer.DeadLetter
 	testutil.Eventually(t, 30*time.Second, func() (bool, string) {
 		var err error
-		if dls, err = consumer.ReadDeadLetters(ctx, js, "SEQS", model, 0); err != nil {
+		if dls, err = consumer.ReadDeadLetters(ctx, js, "SEQS", model, "", 0); err != nil {
 			t.Fatal(err)
 		}
 		return len(dls) >= n, fmt.Sprintf("%d of %d dead letters", len(dls), n)

@@ -20,7 +20,9 @@ import (
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/gpurun"
 	"github.com/seqembed/seqembed/ingest"
+	"github.com/seqembed/seqembed/internal/jobs"
 	"github.com/seqembed/seqembed/pipeline"
 	"github.com/seqembed/seqembed/telemetry"
 )
@@ -51,6 +53,7 @@ func EmbeddedServer() (*server.Server, func(), error) {
 
 // Summary is what `seqembed run` reports.
 type Summary struct {
+	Job          string // the job's name (its subjects: consumer.JobSubject, arrowout.Subject)
 	Published    ingest.Stats
 	Embedded     int
 	DeadLettered int
@@ -69,6 +72,9 @@ type Summary struct {
 	Processing       time.Duration // first publish to last record done
 	Warmup           time.Duration
 	CUDAGraphs       bool           // the runners replay CUDA graphs
+	// GraphsBefore and GraphsAfter are the CUDA-graph counters at the first publish and once
+	// every record was done (pipeline.Engine.GraphStats).
+	GraphsBefore, GraphsAfter gpurun.GraphStats
 	Stats            pipeline.Stats // the pipeline's, once it stopped
 	// Busy is the fraction of Processing with at least one run in flight; MeanGap the runner's
 	// mean wait between runs.
@@ -79,6 +85,7 @@ type Summary struct {
 // Job is one `seqembed run`.
 type Job struct {
 	Inputs    []string         // FASTA files, read in order ("-" = standard input, once); at least one
+	Name      string           // the job (consumer.JobSubject); "" = a fresh one (jobs.NewName)
 	Out       string           // the output file (CheckOutput)
 	Format    string           // parquet or arrow; "" = by Out's suffix
 	Force     bool             // replace an existing Out (and conflicts file)
@@ -102,7 +109,12 @@ func Run(ctx context.Context, fastaPath, out string, cfg pipeline.Config, progre
 // configuration and the rejects file are checked before the model loads: a bad one fails at
 // once (ErrOutputFormat, ErrOutputPath, pipeline.ErrConfig, ...).
 func RunJob(ctx context.Context, job Job) (Summary, error) {
-	sum := Summary{Reasons: map[string]int{}, Examples: map[string]string{}}
+	sum := Summary{Job: job.Name, Reasons: map[string]int{}, Examples: map[string]string{}}
+	if sum.Job == "" {
+		sum.Job = jobs.NewName()
+	} else if err := consumer.CheckJob(sum.Job); err != nil {
+		return sum, err
+	}
 	start := time.Now()
 	log, cfg := job.Log, job.Config
 	if log == nil {
@@ -163,12 +175,13 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 	if err != nil {
 		return sum, err
 	}
-	sink := arrowout.StartSink(ctx, js, cfg.OutStream, "embeddings."+p.Model(), fs, nil)
+	sink := arrowout.StartSink(ctx, js, cfg.OutStream, arrowout.Subject(p.Model(), sum.Job), fs, nil)
 	defer sink.Finish()
 
 	procStart := time.Now()
+	sum.GraphsBefore = p.Engine().GraphStats()
 	var refused []ingest.Reject // at publish time
-	opts := ingest.Options{Model: p.Model(), StopCodon: job.StopCodon, Progress: job.Progress, Log: log}
+	opts := ingest.Options{Model: p.Model(), Job: sum.Job, StopCodon: job.StopCodon, Progress: job.Progress, Log: log}
 	if rejects != nil {
 		opts.OnReject = func(r ingest.Reject) error { refused = append(refused, r); return nil }
 	}
@@ -177,10 +190,11 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 	}
 	expected := sum.Published.Stored + sum.Published.DeadLettered
 	bar := telemetry.NewProgress(int64(expected), "embed", job.Progress, job.Progress != nil)
-	if sum.Embedded, sum.DeadLettered, err = WaitAllDone(ctx, js, cfg.InStream, p.Model(), sink, expected, bar, workerDone); err != nil {
+	if sum.Embedded, sum.DeadLettered, err = WaitAllDone(ctx, js, cfg.InStream, p.Model(), sum.Job, sink, expected, bar, workerDone); err != nil {
 		return sum, err
 	}
 	sum.Processing = time.Since(procStart)
+	sum.GraphsAfter = p.Engine().GraphStats()
 	bar.Finish()
 	busy, _, gap := p.Engine().Busy().Snapshot(false)
 	sum.Busy, sum.MeanGap = busy, gap
@@ -198,7 +212,7 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 	if sum.Conflicts > 0 {
 		sum.ConflictExamples, sum.ConflictsFile = fs.ConflictExamples(5), conflicts
 	}
-	dls, err := consumer.ReadDeadLetters(ctx, js, cfg.InStream, p.Model(), 0)
+	dls, err := consumer.ReadDeadLetters(ctx, js, cfg.InStream, p.Model(), sum.Job, 0)
 	if err != nil {
 		return sum, err
 	}
@@ -225,16 +239,16 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 	return sum, nil
 }
 
-// WaitAllDone polls (every 50 ms) until all expected records are embedded (rows the sink wrote)
+// WaitAllDone polls (every 50 ms) until all expected records of model's job are embedded (rows the sink wrote)
 // or dead-lettered, advancing bar. A value on died (a worker stopped) ends it with an error; the
 // value is put back for the caller's own shutdown.
-func WaitAllDone(ctx context.Context, js jetstream.JetStream, stream, model string, sink *arrowout.SinkRun, expected int,
+func WaitAllDone(ctx context.Context, js jetstream.JetStream, stream, model, job string, sink *arrowout.SinkRun, expected int,
 	bar *telemetry.Progress, died chan error) (embedded, deadLettered int, err error) {
 	in, err := js.Stream(ctx, stream)
 	if err != nil {
 		return 0, 0, err
 	}
-	dlq := consumer.DLQSubject(model)
+	dlq := consumer.JobDLQSubject(model, job)
 	shown := 0
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()

@@ -1,0 +1,448 @@
+package esm2graph
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+
+	"github.com/seqembed/seqembed/esm2graph/internal/half"
+	"github.com/seqembed/seqembed/esm2graph/onnxpb"
+)
+
+// Domains and the custom-op library (tools/esm2_graph.py MS, SEQEMBED_OPS, CUSTOM_OPS_LIBRARY).
+const (
+	domainMS         = "com.microsoft"
+	domainSeqembed   = "ai.seqembed"
+	CustomOpsLibrary = "libseqembed_ops.so"
+	producerName     = "seqembed esm2graph"
+	opsetVersion     = 17
+	irVersion        = 8
+)
+
+// graph accumulates nodes and initializers the way tools/esm2_graph.py's _Graph does, so that
+// node names (OP_N), output names (OP_N_i) and initializer order come out the same.
+type graph struct {
+	ctx   context.Context
+	ck    *Checkpoint
+	fp16  bool
+	dt    onnxpb.DataType
+	nodes []onnxpb.Node
+	inits []*onnxpb.Tensor
+	n     int
+}
+
+// op appends a node with outputs outputs (those whose index is in skip left unnamed) and returns
+// their names. Attributes are sorted by name, as onnx.helper.make_node does.
+func (g *graph) op(op string, inputs []string, outputs int, domain string, skip []int, attrs ...onnxpb.Attribute) []string {
+	g.n++
+	base := op + "_" + strconv.Itoa(g.n)
+	outs := make([]string, outputs)
+	for i := range outs {
+		if !slices.Contains(skip, i) {
+			outs[i] = base + "_" + strconv.Itoa(i)
+		}
+	}
+	slices.SortStableFunc(attrs, func(a, b onnxpb.Attribute) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	g.nodes = append(g.nodes, onnxpb.Node{Name: base, OpType: op, Domain: domain, Inputs: inputs, Outputs: outs, Attrs: attrs})
+	return outs
+}
+
+// o is a one-output node of the default domain; ms one of com.microsoft.
+func (g *graph) o(op string, inputs []string, attrs ...onnxpb.Attribute) string {
+	return g.op(op, inputs, 1, "", nil, attrs...)[0]
+}
+
+func (g *graph) ms(op string, inputs []string, attrs ...onnxpb.Attribute) string {
+	return g.op(op, inputs, 1, domainMS, nil, attrs...)[0]
+}
+
+func intAttr(name string, v int64) onnxpb.Attribute { return onnxpb.IntAttr(name, v) }
+
+// init adds an initializer whose size bytes write streams when the model is written.
+func (g *graph) init(name string, dt onnxpb.DataType, dims []int64, write func(w io.Writer) error) string {
+	n := numel(dims)
+	g.inits = append(g.inits, &onnxpb.Tensor{Name: name, DataType: dt, Dims: dims, Size: n * dt.Size(), Data: func(w io.Writer) error {
+		if err := g.ctx.Err(); err != nil {
+			return err
+		}
+		return write(w)
+	}})
+	return name
+}
+
+// w is a float initializer in the graph's dtype; load gives its float32 values when it is written
+// (one weight in memory at a time).
+func (g *graph) w(name string, dims []int64, load func() ([]float32, error)) string {
+	return g.init(name, g.dt, dims, func(w io.Writer) error {
+		v, err := load()
+		if err != nil {
+			return err
+		}
+		return g.writeFloats(w, name, dims, len(v), func(i int) float64 { return float64(v[i]) })
+	})
+}
+
+// w64 is a float initializer from float64 values (rounded once to the graph's dtype, as numpy's
+// astype does from float64).
+func (g *graph) w64(name string, dims []int64, load func() []float64) string {
+	return g.init(name, g.dt, dims, func(w io.Writer) error {
+		v := load()
+		return g.writeFloats(w, name, dims, len(v), func(i int) float64 { return v[i] })
+	})
+}
+
+func (g *graph) writeFloats(w io.Writer, name string, dims []int64, n int, at func(int) float64) error {
+	if int64(n) != numel(dims) {
+		return fmt.Errorf("%w: initializer %s: %d values for shape %v", ErrCheckpoint, name, n, dims)
+	}
+	buf := make([]byte, 0, 1<<16)
+	flush := func() error {
+		_, err := w.Write(buf)
+		buf = buf[:0]
+		return err
+	}
+	for i := range n {
+		if g.fp16 {
+			buf = binary.LittleEndian.AppendUint16(buf, half.FromFloat64(at(i)))
+		} else {
+			buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(float32(at(i))))
+		}
+		if len(buf) >= cap(buf)-4 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// i64 and f32 are small constant initializers of fixed type (dims nil: a scalar).
+func (g *graph) i64(name string, dims []int64, v ...int64) string {
+	raw := make([]byte, 0, 8*len(v))
+	for _, x := range v {
+		raw = binary.LittleEndian.AppendUint64(raw, uint64(x))
+	}
+	g.inits = append(g.inits, &onnxpb.Tensor{Name: name, DataType: onnxpb.Int64, Dims: dims, Raw: raw})
+	return name
+}
+
+func (g *graph) f32(name string, dims []int64, v ...float32) string {
+	raw := make([]byte, 0, 4*len(v))
+	for _, x := range v {
+		raw = binary.LittleEndian.AppendUint32(raw, math.Float32bits(x))
+	}
+	g.inits = append(g.inits, &onnxpb.Tensor{Name: name, DataType: onnxpb.Float, Dims: dims, Raw: raw})
+	return name
+}
+
+// weight loads a checkpoint tensor.
+func (g *graph) weight(name string) func() ([]float32, error) {
+	return func() ([]float32, error) {
+		v, _, err := g.ck.Tensor(name)
+		return v, err
+	}
+}
+
+// linT loads linear layer module's weight [out, in] as MatMul's [in, out], its columns in perm's
+// order (nil: as they are).
+func (g *graph) linT(module string, perm []int) func() ([]float32, error) {
+	return func() ([]float32, error) {
+		v, shape, err := g.ck.Tensor(module + ".weight")
+		if err != nil {
+			return nil, err
+		}
+		out, in := int(shape[0]), int(shape[1])
+		t := make([]float32, len(v))
+		for j := range out {
+			src := j
+			if perm != nil {
+				src = perm[j]
+			}
+			row := v[src*in : (src+1)*in]
+			for i, x := range row {
+				t[i*out+j] = x
+			}
+		}
+		return t, nil
+	}
+}
+
+// bias loads module's bias, in perm's order (nil: as it is).
+func (g *graph) bias(module string, perm []int) func() ([]float32, error) {
+	return func() ([]float32, error) {
+		v, _, err := g.ck.Tensor(module + ".bias")
+		if err != nil || perm == nil {
+			return v, err
+		}
+		p := make([]float32, len(v))
+		for j := range p {
+			p[j] = v[perm[j]]
+		}
+		return p, nil
+	}
+}
+
+// foldedOutputBias is bo + Wo·bv: attention rows sum to one, so the value bias passes through
+// attention unchanged and can join the output projection's bias.
+func (g *graph) foldedOutputBias(layer string) func() ([]float32, error) {
+	return func() ([]float32, error) {
+		wo, shape, err := g.ck.Tensor(layer + ".attention.output.dense.weight")
+		if err != nil {
+			return nil, err
+		}
+		bo, _, err := g.ck.Tensor(layer + ".attention.output.dense.bias")
+		if err != nil {
+			return nil, err
+		}
+		bv, _, err := g.ck.Tensor(layer + ".attention.self.value.bias")
+		if err != nil {
+			return nil, err
+		}
+		out, in := int(shape[0]), int(shape[1])
+		folded := make([]float32, out)
+		for j := range out {
+			s := float64(bo[j])
+			for i, x := range wo[j*in : (j+1)*in] {
+				s += float64(x) * float64(bv[i])
+			}
+			folded[j] = float32(s)
+		}
+		return folded, nil
+	}
+}
+
+// RotaryGroup is the width of the column groups RotaryEmbedding is given: the widest multiple of
+// headSize that divides dim and fits one CUDA block of 1024 threads (tools/esm2_graph.py
+// rotary_group: ORT's kernel runs one block per head and token).
+func RotaryGroup(dim, headSize int) int {
+	best := headSize
+	for g := headSize; g <= min(dim, 1024); g += headSize {
+		if dim%g == 0 {
+			best = g
+		}
+	}
+	return best
+}
+
+// InterleaveHeads is the column order that puts each head's rotate-half pairs (p, p + head/2)
+// side by side (2p, 2p+1), so ORT's interleaved rotary rotates exactly ESM's pairs; applied to q
+// and k alike it leaves every q·k product unchanged (tools/esm2_graph.py interleave_heads).
+func InterleaveHeads(dim, headSize int) []int {
+	half := headSize / 2
+	perm := make([]int, 0, dim)
+	for h := range dim / headSize {
+		for k := range headSize {
+			w := k / 2
+			if k%2 == 1 {
+				w = half + k/2
+			}
+			perm = append(perm, h*headSize+w)
+		}
+	}
+	return perm
+}
+
+// buildGraph is tools/esm2_graph.py build() for checkpoint ck and resolved options o: the same
+// nodes in the same order with the same names, the same initializers. Weights are not read here:
+// each initializer reads its checkpoint tensors when the model is written.
+func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
+	cfg := ck.Config
+	D, H, L := cfg.HiddenSize, cfg.NumAttentionHeads, cfg.NumHiddenLayers
+	hd, eps := D/H, float32(cfg.LayerNormEps)
+	d := int64(D)
+	g := &graph{ctx: ctx, ck: ck, fp16: o.FP16, dt: onnxpb.Float}
+	if o.FP16 {
+		g.dt = onnxpb.Float16
+	}
+	custom, packed := o.CustomOps, o.Attention == AttentionPacked
+	one := []int64{1}
+	axLast, ax1 := g.i64("axes_last", one, -1), g.i64("axes_1", one, 1)
+	tokAx := ax1 // where packed tensors get their unit axis
+	if o.PackedLayout != LayoutRows {
+		tokAx = g.i64("axes_0", one, 0)
+	}
+	ids, mask := "input_ids", "attention_mask"
+	toFloat, toDT := intAttr("to", int64(onnxpb.Float)), intAttr("to", int64(g.dt))
+	keep1, keep0 := intAttr("keepdims", 1), intAttr("keepdims", 0)
+
+	// Embeddings, as HF EsmEmbeddings with token_dropout: zero <mask> rows, scale by
+	// (1 - 0.15*0.8) / (1 - observed mask ratio), then zero padded rows.
+	x := g.o("Gather", []string{g.w("word_embeddings", []int64{int64(cfg.VocabSize), d}, g.weight(nameEmbed)), ids}, intAttr("axis", 0))
+	if cfg.TokenDropout {
+		isMask := g.o("Equal", []string{ids, g.i64("mask_token_id", nil, int64(cfg.MaskTokenID))})
+		un := g.o("Unsqueeze", []string{isMask, axLast})
+		x = g.o("Where", []string{un, g.w("zero", nil, func() ([]float32, error) { return []float32{0}, nil }), x})
+		nMask := g.o("ReduceSum", []string{g.o("Cast", []string{isMask}, toFloat), axLast}, keep1)
+		nTok := g.o("ReduceSum", []string{g.o("Cast", []string{mask}, toFloat), axLast}, keep1)
+		ratio := g.o("Div", []string{nMask, nTok})
+		pMask, pRandom := 0.15, 0.8 // float64 arithmetic, then float32, as numpy does
+		keepRatio := g.f32("keep_ratio_train", nil, float32(1.0-pMask*pRandom))
+		scale := g.o("Div", []string{keepRatio, g.o("Sub", []string{g.f32("one_f32", nil, 1), ratio})})
+		x = g.o("Mul", []string{x, g.o("Cast", []string{g.o("Unsqueeze", []string{scale, axLast})}, toDT)})
+	}
+	x = g.o("Mul", []string{x, g.o("Cast", []string{g.o("Unsqueeze", []string{mask, axLast})}, toDT)})
+	lengths := g.o("Cast", []string{g.o("ReduceSum", []string{mask, ax1}, keep0)}, intAttr("to", int64(onnxpb.Int32))) // [batch]
+
+	// Rotary: q and k columns are interleaved per head and RotaryEmbedding runs interleaved on
+	// groups of RotaryGroup(D, hd) columns; the cos/sin tables repeat the head's hd/2 frequencies
+	// once per real head in a group (BiasRotary takes pair j's angle from column j % (hd/2)).
+	perm, group := InterleaveHeads(D, hd), RotaryGroup(D, hd)
+	rows := cfg.MaxPositionEmbeddings
+	if packed && o.PackedLayout == LayoutSequence {
+		rows = max(rows, SequenceLayoutMaxTokens)
+	}
+	tile := group / hd
+	if custom {
+		tile = 1
+	}
+	cols := hd / 2 * tile
+	table := func(f func(float64) float64) func() []float64 {
+		return func() []float64 {
+			invFreq := make([]float64, hd/2) // 1 / 10000^(2j/hd), in float64 as numpy
+			for j := range invFreq {
+				invFreq[j] = 1 / math.Pow(10000, float64(2*j)/float64(hd))
+			}
+			out := make([]float64, rows*cols)
+			for r := range rows {
+				row := out[r*cols : (r+1)*cols]
+				for c := range hd / 2 {
+					row[c] = f(float64(r) * invFreq[c])
+				}
+				for c := hd / 2; c < cols; c++ {
+					row[c] = row[c-hd/2]
+				}
+			}
+			return out
+		}
+	}
+	cacheDims := []int64{int64(rows), int64(cols)}
+	cos, sin := g.w64("rotary_cos", cacheDims, table(math.Cos)), g.w64("rotary_sin", cacheDims, table(math.Sin))
+
+	var pos, keyMask, offs, cu string
+	if packed {
+		// Packed activations: one position per token; position = offset in the padded batch
+		// modulo the padded length.
+		outs := g.op("RemovePadding", []string{x, lengths}, 4, domainMS, nil) // [tokens, D]
+		xp := outs[0]
+		offs, cu = outs[1], outs[2]
+		x = g.o("Unsqueeze", []string{xp, tokAx})
+		ntok := g.o("Shape", []string{xp}, intAttr("start", 0), intAttr("end", 1))
+		width := g.o("Cast", []string{g.o("Shape", []string{ids}, intAttr("start", 1), intAttr("end", 2))}, intAttr("to", int64(onnxpb.Int32)))
+		flat := g.o("Reshape", []string{offs, g.i64("flat", one, -1)})
+		first := g.o("Slice", []string{flat, g.i64("start0", one, 0), ntok})
+		pos = g.o("Unsqueeze", []string{g.o("Cast", []string{g.o("Mod", []string{first, width})}, intAttr("to", int64(onnxpb.Int64))), tokAx})
+	} else {
+		pos = g.i64("position_start", one, 0) // positions 0..length-1 in every row
+		if o.MaskForm == Mask2D {
+			keyMask = g.o("Cast", []string{mask}, intAttr("to", int64(onnxpb.Int32)))
+		} else {
+			keyMask = lengths
+		}
+	}
+
+	epsAttr := onnxpb.FloatAttr("epsilon", eps)
+	dd, df, fd := []int64{d, d}, []int64{d, int64(cfg.IntermediateSize)}, []int64{int64(cfg.IntermediateSize), d}
+	vec, vecF := []int64{d}, []int64{int64(cfg.IntermediateSize)}
+	lay := func(i int) string { return "encoder.layer." + strconv.Itoa(i) }
+	ln := g.o("LayerNormalization", []string{x, g.w("l0_ln1_g", vec, g.weight(lay(0)+".attention.LayerNorm.weight")),
+		g.w("l0_ln1_b", vec, g.weight(lay(0)+".attention.LayerNorm.bias"))}, intAttr("axis", -1), epsAttr)
+	resid := x
+	for i := range L {
+		p, m := "l"+strconv.Itoa(i)+"_", lay(i)
+		q := g.o("MatMul", []string{ln, g.w(p+"wq", dd, g.linT(m+".attention.self.query", perm))})
+		k := g.o("MatMul", []string{ln, g.w(p+"wk", dd, g.linT(m+".attention.self.key", perm))})
+		bq := g.w(p+"bq", vec, g.bias(m+".attention.self.query", perm))
+		bk := g.w(p+"bk", vec, g.bias(m+".attention.self.key", perm))
+		v := g.o("MatMul", []string{ln, g.w(p+"wv", dd, g.linT(m+".attention.self.value", nil))})
+		if custom {
+			q = g.op("BiasRotary", []string{q, bq, pos, cos, sin}, 1, domainSeqembed, nil)[0]
+			k = g.op("BiasRotary", []string{k, bk, pos, cos, sin}, 1, domainSeqembed, nil)[0]
+		} else {
+			q = g.ms("RotaryEmbedding", []string{g.o("Add", []string{q, bq}), pos, cos, sin}, intAttr("interleaved", 1))
+			k = g.ms("RotaryEmbedding", []string{g.o("Add", []string{k, bk}), pos, cos, sin}, intAttr("interleaved", 1))
+		}
+		var ctxOut string
+		if packed {
+			sq := []string{g.o("Squeeze", []string{q, tokAx}), g.o("Squeeze", []string{k, tokAx}), g.o("Squeeze", []string{v, tokAx})}
+			att := g.ms("PackedMultiHeadAttention", append(sq, "", offs, cu), intAttr("num_heads", int64(H)))
+			ctxOut = g.o("Unsqueeze", []string{att, tokAx})
+		} else {
+			ctxOut = g.ms("MultiHeadAttention", []string{q, k, v, "", keyMask}, intAttr("num_heads", int64(H)))
+		}
+		o := g.o("MatMul", []string{ctxOut, g.w(p+"wo", dd, g.linT(m+".attention.output.dense", nil))})
+		outs := g.op("SkipLayerNormalization", []string{o, resid, g.w(p+"ln2_g", vec, g.weight(m+".LayerNorm.weight")),
+			g.w(p+"ln2_b", vec, g.weight(m+".LayerNorm.bias")), g.w(p+"bo", vec, g.foldedOutputBias(m))}, 4, domainMS, []int{1, 2}, epsAttr)
+		ln2 := outs[0]
+		resid = outs[3]
+		h := g.ms("BiasGelu", []string{g.o("MatMul", []string{ln2, g.w(p+"w1", df, g.linT(m+".intermediate.dense", nil))}),
+			g.w(p+"b1", vecF, g.bias(m+".intermediate.dense", nil))})
+		y := g.o("MatMul", []string{h, g.w(p+"w2", fd, g.linT(m+".output.dense", nil))})
+		next, gname, bname, skip := lay(i+1)+".attention.LayerNorm", "l"+strconv.Itoa(i+1)+"_ln1_g", "l"+strconv.Itoa(i+1)+"_ln1_b", []int{1, 2}
+		if i+1 == L {
+			// The last block's residual sum is not needed: leave that output unnamed.
+			next, gname, bname, skip = nameFinalLN, "final_ln_g", "final_ln_b", []int{1, 2, 3}
+		}
+		outs = g.op("SkipLayerNormalization", []string{y, resid, g.w(gname, vec, g.weight(next+".weight")), g.w(bname, vec, g.weight(next+".bias")),
+			g.w(p+"b2", vec, g.bias(m+".output.dense", nil))}, 4, domainMS, skip, epsAttr)
+		ln, resid = outs[0], outs[3]
+	}
+	hidden := ln
+	if packed {
+		hidden = g.ms("RestorePadding", []string{g.o("Squeeze", []string{ln, tokAx}), offs}) // [B, S, D], zero rows
+	}
+
+	// Mean over residues (not <cls>, <eos> or padding), in float32.
+	isMaskBool := g.o("Cast", []string{mask}, intAttr("to", int64(onnxpb.Bool)))
+	notCLS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("cls_id", nil, clsID)})})
+	notEOS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("eos_id", nil, eosID)})})
+	keep := g.o("And", []string{isMaskBool, g.o("And", []string{notCLS, notEOS})})
+	wt := g.o("Unsqueeze", []string{g.o("Cast", []string{keep}, toFloat), axLast})
+	total := g.o("ReduceSum", []string{g.o("Mul", []string{g.o("Cast", []string{hidden}, toFloat), wt}), ax1}, keep0)
+	count := g.o("Max", []string{g.o("ReduceSum", []string{wt, ax1}, keep0), g.f32("one_count", nil, 1)})
+	g.nodes = append(g.nodes, onnxpb.Node{Name: "pool", OpType: "Div", Inputs: []string{total, count}, Outputs: []string{"embedding"}})
+
+	tokens := []onnxpb.Dim{{Param: "batch"}, {Param: "length"}}
+	opsets := []onnxpb.OpsetID{{Domain: "", Version: opsetVersion}, {Domain: domainMS, Version: 1}}
+	if custom {
+		opsets = append(opsets, onnxpb.OpsetID{Domain: domainSeqembed, Version: 1})
+	}
+	return &onnxpb.Model{
+		IRVersion: irVersion, ProducerName: producerName, Opsets: opsets,
+		Graph: onnxpb.Graph{
+			Name: "esm2-" + o.Attention, Nodes: g.nodes, Initializers: g.inits,
+			Inputs:  []onnxpb.ValueInfo{{Name: ids, ElemType: onnxpb.Int64, Shape: tokens}, {Name: mask, ElemType: onnxpb.Int64, Shape: tokens}},
+			Outputs: []onnxpb.ValueInfo{{Name: "embedding", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "batch"}, {Value: d}}}},
+		},
+	}
+}
+
+// opCounts counts the fused and matrix ops as tools/export_esm2.py does for the manifest's
+// "optimized": com.microsoft and ai.seqembed ops, LayerNormalization, MatMul and Add, in
+// first-seen order.
+func opCounts(nodes []onnxpb.Node) OpCounts {
+	var c OpCounts
+	for _, n := range nodes {
+		if n.Domain != domainMS && n.Domain != domainSeqembed && n.OpType != "LayerNormalization" && n.OpType != "MatMul" && n.OpType != "Add" {
+			continue
+		}
+		i := slices.IndexFunc(c, func(x OpCount) bool { return x.Op == n.OpType })
+		if i < 0 {
+			c = append(c, OpCount{Op: n.OpType})
+			i = len(c) - 1
+		}
+		c[i].N++
+	}
+	return c
+}

@@ -1,0 +1,151 @@
+package esm2graph
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// Attention forms, mask forms, packed layouts and devices (tools/esm2_graph.py build's arguments).
+const (
+	AttentionAuto   = "auto"   // mha up to AutoMHAMaxHidden on CUDA, packed above; mha on the CPU
+	AttentionMHA    = "mha"    // padded batches, com.microsoft.MultiHeadAttention (CPU and CUDA)
+	AttentionPacked = "packed" // padding removed in the graph, PackedMultiHeadAttention (CUDA only)
+
+	MaskLengths = "lengths" // mha key mask as int32 [batch] key lengths (what CUDA's fused kernels take)
+	Mask2D      = "2d"      // mha key mask as int32 [batch, length] (the Python export's CPU parity twin)
+
+	LayoutRows     = "rows"     // packed activations [tokens, 1, dim]
+	LayoutSequence = "sequence" // packed activations [1, tokens, dim] (up to SequenceLayoutMaxTokens)
+
+	DeviceCUDA = "cuda"
+	DeviceCPU  = "cpu"
+)
+
+// AutoMHAMaxHidden is tools/export_esm2.py's AUTO_MHA_MAX_HIDDEN: up to this hidden size the
+// padded mha graph (with CUDA graphs) beats the packed one on an H200 (ESM-2 8M, 35M), above it
+// packed wins (docs/perf.md).
+const AutoMHAMaxHidden = 480
+
+// DefaultMaxLength is the manifest's max_length (residues) unless Options say otherwise.
+const DefaultMaxLength = 1022
+
+// SequenceLayoutMaxTokens is the most real tokens one batch of a packed graph with layout
+// "sequence" may hold (its rotary cache has that many rows).
+const SequenceLayoutMaxTokens = 1 << 17
+
+// Options say which graph Build writes.
+type Options struct {
+	// Attention is AttentionAuto (the default), AttentionMHA or AttentionPacked.
+	Attention string
+	// Device is the execution provider the graph is for: DeviceCUDA (the default) or DeviceCPU.
+	// It decides auto, and CPU graphs may not use CUDA-only ops (packed attention, custom ops).
+	Device string
+	// MaskForm applies to mha: MaskLengths (the default) or Mask2D.
+	MaskForm string
+	// PackedLayout applies to packed: LayoutRows (the default) or LayoutSequence.
+	PackedLayout string
+	// FP16 stores weights and activations as float16 (the pooled output stays float32).
+	FP16 bool
+	// CustomOps replaces each q/k bias Add + RotaryEmbedding with seqembed's ai.seqembed.BiasRotary
+	// CUDA op (float16, so FP16 is needed). The worker needs CustomOpsLibrary to run the graph; see
+	// LocateCustomOps and CustomOpsFallback for a caller without it.
+	CustomOps bool
+	// Name is the manifest's name; default: the checkpoint's base name (without extension).
+	Name string
+	// Source is the manifest's source; default: the checkpoint's path.
+	Source string
+	// MaxLength is the manifest's max_length in residues; default DefaultMaxLength. It must leave
+	// room for <cls> and <eos> within the model's max_position_embeddings.
+	MaxLength int
+}
+
+// AutoAttention is what AttentionAuto picks for a model of hidden size hidden on device: packed
+// above AutoMHAMaxHidden on CUDA, mha otherwise (packed attention has no CPU kernels).
+func AutoAttention(hidden int, device string) string {
+	if device == DeviceCPU || hidden <= AutoMHAMaxHidden {
+		return AttentionMHA
+	}
+	return AttentionPacked
+}
+
+// resolve fills in defaults and checks o against the checkpoint.
+func (o Options) resolve(ck *Checkpoint) (Options, error) {
+	bad := func(format string, args ...any) (Options, error) {
+		return o, fmt.Errorf("%w: "+format, append([]any{ErrOption}, args...)...)
+	}
+	if o.Device == "" {
+		o.Device = DeviceCUDA
+	}
+	if o.Device != DeviceCUDA && o.Device != DeviceCPU {
+		return bad("device %q (want cuda or cpu)", o.Device)
+	}
+	switch o.Attention {
+	case "", AttentionAuto:
+		o.Attention = AutoAttention(ck.Config.HiddenSize, o.Device)
+	case AttentionMHA, AttentionPacked:
+	default:
+		return bad("attention %q (want auto, mha or packed)", o.Attention)
+	}
+	switch o.MaskForm {
+	case "":
+		o.MaskForm = MaskLengths
+	case MaskLengths, Mask2D:
+		if o.Attention != AttentionMHA {
+			return bad("mask form %q applies to mha attention, not %s", o.MaskForm, o.Attention)
+		}
+	default:
+		return bad("mask form %q (want lengths or 2d)", o.MaskForm)
+	}
+	switch o.PackedLayout {
+	case "":
+		o.PackedLayout = LayoutRows
+	case LayoutRows, LayoutSequence:
+		if o.Attention != AttentionPacked {
+			return bad("packed layout %q applies to packed attention, not %s", o.PackedLayout, o.Attention)
+		}
+	default:
+		return bad("packed layout %q (want rows or sequence)", o.PackedLayout)
+	}
+	if o.CustomOps && !o.FP16 {
+		return bad("custom ops need fp16 (the CUDA BiasRotary op is float16)")
+	}
+	if o.Device == DeviceCPU && o.Attention == AttentionPacked {
+		return bad("packed attention runs on CUDA only (RemovePadding, PackedMultiHeadAttention have no CPU kernels): use mha for the CPU")
+	}
+	if o.Device == DeviceCPU && o.CustomOps {
+		return bad("custom ops (ai.seqembed.BiasRotary) run on CUDA only")
+	}
+	if o.MaxLength == 0 {
+		o.MaxLength = min(DefaultMaxLength, ck.Config.MaxPositionEmbeddings-2)
+	}
+	if o.MaxLength < 1 || o.MaxLength+2 > ck.Config.MaxPositionEmbeddings {
+		return bad("max length %d residues: the model has %d positions, room for 1 to %d residues besides <cls> and <eos>",
+			o.MaxLength, ck.Config.MaxPositionEmbeddings, ck.Config.MaxPositionEmbeddings-2)
+	}
+	if o.Name == "" {
+		o.Name = defaultName(ck.Path)
+	}
+	if o.Source == "" {
+		o.Source = ck.Path
+	}
+	return o, nil
+}
+
+// defaultName is a checkpoint's base name: the directory's, or the file's without its extension
+// (a generic file name like model.safetensors gives its directory's name).
+func defaultName(path string) string {
+	p := filepath.Clean(path)
+	base := filepath.Base(p)
+	stem := strings.TrimSuffix(base, filepath.Ext(base))
+	switch stem {
+	case "model", "pytorch_model", "":
+		if d := filepath.Base(filepath.Dir(p)); d != "." && d != "/" {
+			return d
+		}
+	}
+	if ext := strings.ToLower(filepath.Ext(base)); ext == ".pt" || ext == ".pth" || ext == ".bin" || ext == ".safetensors" {
+		return stem
+	}
+	return base
+}
