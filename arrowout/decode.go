@@ -26,6 +26,9 @@ type Row struct {
 	InputLength  int32 // residues before truncation
 	StopStripped bool
 	InputIndex   int64 // position in the input; -1 when unknown
+	// Outputs are the row's extra outputs (Meta.Outputs' order; nil for none): Dim values of a
+	// pooled output, Length × Dim of a per-residue one (float16 columns widened to float32).
+	Outputs [][]float32
 }
 
 // Decode reads every record batch of the Arrow IPC stream data back into
@@ -42,6 +45,7 @@ func Decode(data []byte) (Meta, []Row, error) {
 			emb := vals[i*m.Dim : (i+1)*m.Dim : (i+1)*m.Dim]
 			copy(emb, c.embedding(i))
 			rows = append(rows, c.row(i, emb))
+			rows[len(rows)-1].Outputs = c.outputs(i)
 		}
 		return nil
 	})
@@ -66,6 +70,42 @@ type columns struct {
 	inputLen *array.Int32
 	stop     *array.Boolean
 	index    *array.Int64
+
+	extra []arrow.Array // version 3: the extra output columns
+}
+
+// outputs returns row i's extra outputs, copied (float16 widened).
+func (c *columns) outputs(i int) [][]float32 {
+	if len(c.extra) == 0 {
+		return nil
+	}
+	out := make([][]float32, len(c.extra))
+	for k, col := range c.extra {
+		switch a := col.(type) {
+		case *array.FixedSizeList:
+			lo, hi := a.ValueOffsets(i)
+			out[k] = slices.Clone(a.ListValues().(*array.Float32).Float32Values()[lo:hi])
+		case *array.List:
+			lo, hi := a.ValueOffsets(i)
+			rows := a.ListValues().(*array.FixedSizeList)
+			vlo, _ := rows.ValueOffsets(int(lo))
+			vhi := vlo
+			if hi > lo {
+				_, vhi = rows.ValueOffsets(int(hi) - 1)
+			}
+			switch v := rows.ListValues().(type) {
+			case *array.Float32:
+				out[k] = slices.Clone(v.Float32Values()[vlo:vhi])
+			case *array.Float16:
+				f := make([]float32, 0, vhi-vlo)
+				for _, h := range v.Values()[vlo:vhi] {
+					f = append(f, h.Float32())
+				}
+				out[k] = f
+			}
+		}
+	}
+	return out
 }
 
 // columnsOf returns the typed columns of rec, which must have the column
@@ -85,6 +125,9 @@ func columnsOf(rec arrow.RecordBatch) columns {
 		c.inputLen = rec.Column(7).(*array.Int32)
 		c.stop = rec.Column(8).(*array.Boolean)
 		c.index = rec.Column(9).(*array.Int64)
+	}
+	if rec.NumCols() > 10 {
+		c.extra = rec.Columns()[10:]
 	}
 	return c
 }
@@ -178,6 +221,7 @@ func checkedColumns(rec arrow.RecordBatch, batch int) (columns, error) {
 func appendRows(rows []Row, c columns) []Row {
 	for i := range c.len() {
 		rows = append(rows, c.row(i, slices.Clone(c.embedding(i))))
+		rows[len(rows)-1].Outputs = c.outputs(i)
 	}
 	return rows
 }

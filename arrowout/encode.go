@@ -34,6 +34,8 @@ type Batch struct {
 	InputLengths []int32  // residues before truncation
 	StopStripped []bool   // the publisher removed a trailing '*'
 	InputIndexes []int64  // position in the input; -1 when unknown
+	// Outputs are the extra outputs of Meta.Outputs, in its order (none for a Meta without).
+	Outputs []OutputData
 }
 
 // Reset empties every slice of b, keeping their capacity.
@@ -42,6 +44,9 @@ func (b *Batch) Reset() {
 	b.Embeddings = b.Embeddings[:0]
 	b.SeqSHA256s, b.Descriptions, b.InputLengths = b.SeqSHA256s[:0], b.Descriptions[:0], b.InputLengths[:0]
 	b.StopStripped, b.InputIndexes = b.StopStripped[:0], b.InputIndexes[:0]
+	for k := range b.Outputs {
+		b.Outputs[k].F32, b.Outputs[k].F16 = b.Outputs[k].F32[:0], b.Outputs[k].F16[:0]
+	}
 }
 
 // AppendRow appends row r of src, whose embeddings are dim wide, to b.
@@ -56,6 +61,25 @@ func (b *Batch) AppendRow(src *Batch, r, dim int) {
 	b.InputLengths = append(b.InputLengths, src.InputLengths[r])
 	b.StopStripped = append(b.StopStripped, src.StopStripped[r])
 	b.InputIndexes = append(b.InputIndexes, src.InputIndexes[r])
+	if len(src.Outputs) == 0 {
+		return
+	}
+	if len(b.Outputs) != len(src.Outputs) {
+		b.Outputs = make([]OutputData, len(src.Outputs))
+	}
+	first, n := src.residueOffset(r), int(src.Lengths[r])
+	for k, o := range src.Outputs {
+		d := &b.Outputs[k]
+		d.PerResidue = o.PerResidue
+		switch {
+		case !o.PerResidue:
+			d.F32 = append(d.F32, o.F32[r*dim:(r+1)*dim]...)
+		case o.F16 != nil:
+			d.F16 = append(d.F16, o.F16[first*dim:(first+n)*dim]...)
+		default:
+			d.F32 = append(d.F32, o.F32[first*dim:(first+n)*dim]...)
+		}
+	}
 }
 
 // Rows returns the number of rows of b (len(b.IDs)).
@@ -134,11 +158,15 @@ func WithAllocator(mem memory.Allocator) EncoderOption {
 // An Encoder is NOT safe for concurrent use; use one per goroutine (they are
 // cheap) or guard it with a mutex.
 type Encoder struct {
-	schema    *arrow.Schema
-	dim       int
-	mem       memory.Allocator
-	schemaMsg []byte // encapsulated schema message opening every stream
-	overhead  int    // size of a stream holding a zero-row record batch
+	schema      *arrow.Schema
+	meta        Meta
+	cols        []OutputColumn // extra outputs
+	residueCols int
+	offsets     []int32 // scratch: per-residue list offsets
+	dim         int
+	mem         memory.Allocator
+	schemaMsg   []byte // encapsulated schema message opening every stream
+	overhead    int    // size of a stream holding a zero-row record batch
 
 	// scratch, reused across calls
 	ids, shas, descs    stringScratch
@@ -174,7 +202,12 @@ func NewEncoder(m Meta, opts ...EncoderOption) (*Encoder, error) {
 			return nil, err
 		}
 	}
-	e := &Encoder{schema: Schema(m), dim: m.Dim, mem: cfg.mem}
+	e := &Encoder{schema: Schema(m), meta: m, cols: m.mustOutputColumns(), dim: m.Dim, mem: cfg.mem}
+	for _, c := range e.cols {
+		if c.Pooling == PoolPerResidue {
+			e.residueCols++
+		}
+	}
 
 	sp := ipc.GetSchemaPayload(e.schema, e.mem)
 	defer sp.Release()
@@ -248,7 +281,7 @@ func (e *Encoder) split(buf []byte, parts []Part, b *Batch, maxBytes int) ([]byt
 	if maxBytes <= 0 {
 		return buf, parts, fmt.Errorf("%w: batch %d: maxBytes %d must be > 0", ErrOption, b.Seq, maxBytes)
 	}
-	if err := b.validate(e.dim); err != nil {
+	if err := e.validate(b); err != nil {
 		return buf, parts, err
 	}
 	n := b.Rows()
@@ -320,13 +353,24 @@ func (e *Encoder) fit(rec arrow.RecordBatch, b *Batch, lo, hi, maxBytes int) err
 
 // checkRange validates b and the row range [lo,hi).
 func (e *Encoder) checkRange(b *Batch, lo, hi int) error {
-	if err := b.validate(e.dim); err != nil {
+	if err := e.validate(b); err != nil {
 		return err
 	}
 	if lo < 0 || hi < lo || hi > b.Rows() {
 		return fmt.Errorf("%w: batch %d: row range [%d,%d) outside [0,%d)", ErrInvalidBatch, b.Seq, lo, hi, b.Rows())
 	}
 	return nil
+}
+
+// validate checks b for e's schema. Errors wrap ErrInvalidBatch.
+func (e *Encoder) validate(b *Batch) error {
+	if err := b.validate(e.dim); err != nil {
+		return err
+	}
+	if len(e.cols) == 0 && len(b.Outputs) == 0 || b.Rows() == 0 && len(b.Outputs) == 0 {
+		return nil
+	}
+	return b.validateOutputs(e.meta, e.cols)
 }
 
 // record assembles rows [lo,hi) of b as a record batch. stream_seq, length
@@ -374,12 +418,13 @@ func (e *Encoder) record(b *Batch, lo, hi int) (arrow.RecordBatch, error) {
 		array.NewData(arrow.PrimitiveTypes.Int64, n,
 			[]*memory.Buffer{nil, wrap(arrow.Int64Traits.CastToBytes(b.InputIndexes[lo:hi]))}, nil, 0, 0),
 	}
-	var cols [len(datas)]arrow.Array
-	for i, d := range datas {
+	all := append(datas[:], e.outputArrays(b, lo, hi)...)
+	cols := make([]arrow.Array, len(all))
+	for i, d := range all {
 		cols[i] = array.MakeFromData(d)
 		d.Release()
 	}
-	rec := array.NewRecordBatch(e.schema, cols[:], int64(n))
+	rec := array.NewRecordBatch(e.schema, cols, int64(n))
 	for _, c := range cols {
 		c.Release()
 	}

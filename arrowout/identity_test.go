@@ -199,9 +199,9 @@ func TestDecodeVersion1(t *testing.T) {
 	if _, rows, err := Decode(noKey); err != nil || len(rows) != 3 {
 		t.Errorf("no version key, version-1 columns: %d rows, %v", len(rows), err)
 	}
-	md := arrow.NewMetadata([]string{MetaKeyModel, MetaKeyDim, MetaKeyVersion}, []string{"m", "8", "3"})
-	if _, _, err := metaFromMetadata(md); !errors.Is(err, ErrDecode) || !strings.Contains(err.Error(), `seqembed.version="3" (this build reads 1 to 2)`) {
-		t.Errorf("version 3: %v", err)
+	md := arrow.NewMetadata([]string{MetaKeyModel, MetaKeyDim, MetaKeyVersion}, []string{"m", "8", "4"})
+	if _, _, err := metaFromMetadata(md); !errors.Is(err, ErrDecode) || !strings.Contains(err.Error(), `seqembed.version="4" (this build reads 1 to 3)`) {
+		t.Errorf("version 4: %v", err)
 	}
 }
 

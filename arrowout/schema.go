@@ -46,8 +46,17 @@ const (
 // version of the column layout described by Schema. It changes only when the
 // layout changes. Version 1 had the first five columns; version 2 added
 // seq_sha256, description, input_length, stop_stripped and input_index.
-// Decoding reads both (rows of version 1 get the "unknown" values, see Row).
+// Version 3 (OutputsVersion) is written for models with extra outputs only.
+// Decoding reads all three (rows of version 1 get the "unknown" values, see Row).
 const FormatVersion = 2
+
+// OutputsVersion is the layout of streams of a Meta with extra outputs (Meta.Outputs): version
+// 2's columns, then one column per extra output, and the metadata keys MetaKeyOutputs,
+// MetaKeyLayers, MetaKeyPoolings and MetaKeyResiduesDType after seqembed.version.
+const OutputsVersion = 3
+
+// maxVersion is the newest layout the decoder reads.
+const maxVersion = OutputsVersion
 
 // minVersion is the oldest layout the decoder reads.
 const minVersion = 1
@@ -66,6 +75,11 @@ type Meta struct {
 	Pooling string
 	// Dim is the embedding width; it must be in [1, math.MaxInt32].
 	Dim int
+	// Outputs names the extra output columns, comma-separated in column order (mean_lN, bos_lN,
+	// residues_lN: see OutputColumn); "" for none (layout version 2).
+	Outputs string
+	// ResiduesFP16: the per-residue columns hold float16 (default float32).
+	ResiduesFP16 bool
 }
 
 // Validate reports whether m can describe a schema: Model non-empty and Dim
@@ -77,7 +91,8 @@ func (m Meta) Validate() error {
 	if m.Dim <= 0 || m.Dim > maxDim {
 		return fmt.Errorf("%w: Meta.Dim %d out of range [1, %d]", ErrOption, m.Dim, maxDim)
 	}
-	return nil
+	_, err := m.OutputColumns()
+	return err
 }
 
 // String names the model for messages: "esm2-tiny (dim 64, model sha256 636658eb3701…)".
@@ -113,14 +128,21 @@ func (m Meta) String() string {
 //
 // Schema panics if m.Dim is out of range; call m.Validate first when m is
 // untrusted. Each call returns a new schema.
-func Schema(m Meta) *arrow.Schema { return schemaVersion(m, FormatVersion) }
+//
+// A Meta with extra outputs (Outputs) gets layout version 3: one more column per output after
+// input_index, and metadata keys seqembed.outputs, seqembed.layers, seqembed.poolings and
+// seqembed.residues_dtype after seqembed.version.
+func Schema(m Meta) *arrow.Schema { return schemaVersion(m, m.layoutVersion()) }
 
-// schemaVersion is the schema of layout version v (1 or 2) for m.
+// schemaVersion is the schema of layout version v (1, 2 or 3) for m.
 func schemaVersion(m Meta, v int) *arrow.Schema {
-	md := arrow.NewMetadata(
-		[]string{MetaKeyModel, MetaKeyModelSHA256, MetaKeyDim, MetaKeyPooling, MetaKeyVersion},
-		[]string{m.Model, m.ModelSHA256, strconv.Itoa(m.Dim), m.Pooling, strconv.Itoa(v)},
-	)
+	keys := []string{MetaKeyModel, MetaKeyModelSHA256, MetaKeyDim, MetaKeyPooling, MetaKeyVersion}
+	vals := []string{m.Model, m.ModelSHA256, strconv.Itoa(m.Dim), m.Pooling, strconv.Itoa(v)}
+	if v >= 3 {
+		k, x := outputMetadata(m)
+		keys, vals = append(keys, k...), append(vals, x...)
+	}
+	md := arrow.NewMetadata(keys, vals)
 	fields := []arrow.Field{
 		{Name: ColID, Type: arrow.BinaryTypes.String, Nullable: false},
 		{Name: ColStreamSeq, Type: arrow.PrimitiveTypes.Uint64, Nullable: true},
@@ -136,6 +158,9 @@ func schemaVersion(m Meta, v int) *arrow.Schema {
 			arrow.Field{Name: ColStopStripped, Type: arrow.FixedWidthTypes.Boolean, Nullable: true},
 			arrow.Field{Name: ColInputIndex, Type: arrow.PrimitiveTypes.Int64, Nullable: true},
 		)
+	}
+	if v >= 3 {
+		fields = append(fields, outputFields(m)...)
 	}
 	return arrow.NewSchema(fields, &md)
 }
@@ -155,9 +180,12 @@ func metaFromSchema(s *arrow.Schema) (Meta, int, error) {
 	}
 	if v == 0 { // no version key: whichever layout the columns are
 		v = minVersion
-		if s.NumFields() == Schema(m).NumFields() {
-			v = FormatVersion
+		if s.NumFields() == schemaVersion(m, 2).NumFields() {
+			v = 2
 		}
+	}
+	if (v >= 3) != (m.Outputs != "") {
+		return Meta{}, 0, fmt.Errorf("%w: layout version %d with extra outputs %q", ErrDecode, v, m.Outputs)
 	}
 	want := schemaVersion(m, v)
 	if !want.Equal(s) {
@@ -174,6 +202,14 @@ func metaFromMetadata(md arrow.Metadata) (Meta, int, error) {
 		Model:       get(MetaKeyModel),
 		ModelSHA256: get(MetaKeyModelSHA256),
 		Pooling:     get(MetaKeyPooling),
+		Outputs:     get(MetaKeyOutputs),
+	}
+	switch dt := get(MetaKeyResiduesDType); dt {
+	case "", "float32":
+	case "float16":
+		m.ResiduesFP16 = true
+	default:
+		return Meta{}, 0, fmt.Errorf("%w: schema metadata %s=%q (want float32 or float16)", ErrDecode, MetaKeyResiduesDType, dt)
 	}
 	dim, err := strconv.Atoi(get(MetaKeyDim))
 	if err != nil {
@@ -185,8 +221,8 @@ func metaFromMetadata(md arrow.Metadata) (Meta, int, error) {
 	}
 	v := 0
 	if s, ok := md.GetValue(MetaKeyVersion); ok {
-		if v, err = strconv.Atoi(s); err != nil || v < minVersion || v > FormatVersion {
-			return Meta{}, 0, fmt.Errorf("%w: unsupported %s=%q (this build reads %d to %d)", ErrDecode, MetaKeyVersion, s, minVersion, FormatVersion)
+		if v, err = strconv.Atoi(s); err != nil || v < minVersion || v > maxVersion {
+			return Meta{}, 0, fmt.Errorf("%w: unsupported %s=%q (this build reads %d to %d)", ErrDecode, MetaKeyVersion, s, minVersion, maxVersion)
 		}
 	}
 	return m, v, nil

@@ -358,6 +358,7 @@ func (s *fileSink) appendColumns(c columns) (added, dups int, err error) {
 		inLens.Append(inLen)
 		stops.Append(stop)
 		indexes.Append(index)
+		appendOutputs(s.rb, c, i)
 		added++
 		s.rows++
 		if ids.Len() >= s.cfg.rowGroupRows {

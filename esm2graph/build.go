@@ -293,6 +293,8 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 		x = g.o("Mul", []string{x, g.o("Cast", []string{g.o("Unsqueeze", []string{scale, axLast})}, toDT)})
 	}
 	x = g.o("Mul", []string{x, g.o("Cast", []string{g.o("Unsqueeze", []string{mask, axLast})}, toDT)})
+	states := make([]string, L+1) // representation layers: 0 the embeddings (padded), i < L block i's residual sum, L the final LN
+	states[0] = x
 	lengths := g.o("Cast", []string{g.o("ReduceSum", []string{mask, ax1}, keep0)}, intAttr("to", int64(onnxpb.Int32))) // [batch]
 
 	// Rotary: q and k columns are interleaved per head and RotaryEmbedding runs interleaved on
@@ -397,6 +399,11 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 		outs = g.op("SkipLayerNormalization", []string{y, resid, g.w(gname, vec, g.weight(next+".weight")), g.w(bname, vec, g.weight(next+".bias")),
 			g.w(p+"b2", vec, g.bias(m+".output.dense", nil))}, 4, domainMS, skip, epsAttr)
 		ln, resid = outs[0], outs[3]
+		states[i+1] = resid
+	}
+	states[L] = ln
+	if len(o.Outputs) > 0 {
+		return g.model(o, outputsHead(g, o, states, ids, mask, offs, tokAx, axLast, ax1, packed))
 	}
 	hidden := ln
 	if packed {
@@ -412,10 +419,80 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 	total := g.o("ReduceSum", []string{g.o("Mul", []string{g.o("Cast", []string{hidden}, toFloat), wt}), ax1}, keep0)
 	count := g.o("Max", []string{g.o("ReduceSum", []string{wt, ax1}, keep0), g.f32("one_count", nil, 1)})
 	g.nodes = append(g.nodes, onnxpb.Node{Name: "pool", OpType: "Div", Inputs: []string{total, count}, Outputs: []string{"embedding"}})
+	return g.model(o, []onnxpb.ValueInfo{{Name: "embedding", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "batch"}, {Value: d}}}})
+}
 
+// outputsHead writes the pooling of o.Outputs (in order) from the representation layers states
+// and returns the graph outputs. Each layer an output needs is made padded [batch, length, dim]
+// once (packed graphs: RestorePadding; layer 0 is padded already), cast to float32 once, and
+// multiplied by the residue weights once when a mean or per-residue output needs it; pooling is
+// in float32 as the default graph's.
+func outputsHead(g *graph, o Options, states []string, ids, mask, offs, tokAx, axLast, ax1 string, packed bool) []onnxpb.ValueInfo {
+	L, d := len(states)-1, int64(g.ck.Config.HiddenSize)
+	toFloat := intAttr("to", int64(onnxpb.Float))
+	isMaskBool := g.o("Cast", []string{mask}, intAttr("to", int64(onnxpb.Bool)))
+	notCLS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("cls_id", nil, clsID)})})
+	notEOS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("eos_id", nil, eosID)})})
+	keep := g.o("And", []string{isMaskBool, g.o("And", []string{notCLS, notEOS})})
+	wt := g.o("Unsqueeze", []string{g.o("Cast", []string{keep}, toFloat), axLast}) // [B, S, 1]
+	count := g.o("Max", []string{g.o("ReduceSum", []string{wt, ax1}, intAttr("keepdims", 0)), g.f32("one_count", nil, 1)})
+	padded, asFloat, weighted, bosIndex := map[int]string{}, map[int]string{}, map[int]string{}, ""
+	layer := func(l int) string { // [B, S, D] in the graph's dtype
+		if padded[l] == "" {
+			padded[l] = states[l]
+			if packed && l > 0 {
+				padded[l] = g.ms("RestorePadding", []string{g.o("Squeeze", []string{states[l], tokAx}), offs})
+			}
+		}
+		return padded[l]
+	}
+	float := func(l int) string {
+		if asFloat[l] == "" {
+			asFloat[l] = g.o("Cast", []string{layer(l)}, toFloat)
+		}
+		return asFloat[l]
+	}
+	residues := func(l int) string { // cls, eos and padding rows zero
+		if weighted[l] == "" {
+			weighted[l] = g.o("Mul", []string{float(l), wt})
+		}
+		return weighted[l]
+	}
+	var outs []onnxpb.ValueInfo
+	pooled := []onnxpb.Dim{{Param: "batch"}, {Value: d}}
+	for _, out := range o.Outputs {
+		name := out.Name(L)
+		switch out.Pooling {
+		case PoolMean:
+			total := g.o("ReduceSum", []string{residues(out.Layer), ax1}, intAttr("keepdims", 0))
+			g.nodes = append(g.nodes, onnxpb.Node{Name: "pool_" + name, OpType: "Div", Inputs: []string{total, count}, Outputs: []string{name}})
+			outs = append(outs, onnxpb.ValueInfo{Name: name, ElemType: onnxpb.Float, Shape: pooled})
+		case PoolBOS:
+			if bosIndex == "" {
+				bosIndex = g.i64("bos_index", nil, 0)
+			}
+			bos := g.o("Gather", []string{layer(out.Layer), bosIndex}, intAttr("axis", 1))
+			g.nodes = append(g.nodes, onnxpb.Node{Name: "pool_" + name, OpType: "Cast", Inputs: []string{bos}, Outputs: []string{name}, Attrs: []onnxpb.Attribute{toFloat}})
+			outs = append(outs, onnxpb.ValueInfo{Name: name, ElemType: onnxpb.Float, Shape: pooled})
+		case PoolPerResidue:
+			dt := onnxpb.Float
+			if o.ResiduesFP16 {
+				dt = onnxpb.Float16
+			}
+			g.nodes = append(g.nodes, onnxpb.Node{Name: "pool_" + name, OpType: "Cast", Inputs: []string{residues(out.Layer)}, Outputs: []string{name},
+				Attrs: []onnxpb.Attribute{intAttr("to", int64(dt))}})
+			outs = append(outs, onnxpb.ValueInfo{Name: name, ElemType: dt, Shape: []onnxpb.Dim{{Param: "batch"}, {Param: "length"}, {Value: d}}})
+		}
+	}
+	return outs
+}
+
+// model wraps g's nodes and initializers as the model of options o with the given outputs.
+func (g *graph) model(o Options, outputs []onnxpb.ValueInfo) *onnxpb.Model {
+	ids, mask := "input_ids", "attention_mask"
 	tokens := []onnxpb.Dim{{Param: "batch"}, {Param: "length"}}
 	opsets := []onnxpb.OpsetID{{Domain: "", Version: opsetVersion}, {Domain: domainMS, Version: 1}}
-	if custom {
+	if o.CustomOps {
 		opsets = append(opsets, onnxpb.OpsetID{Domain: domainSeqembed, Version: 1})
 	}
 	return &onnxpb.Model{
@@ -423,7 +500,7 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 		Graph: onnxpb.Graph{
 			Name: "esm2-" + o.Attention, Nodes: g.nodes, Initializers: g.inits,
 			Inputs:  []onnxpb.ValueInfo{{Name: ids, ElemType: onnxpb.Int64, Shape: tokens}, {Name: mask, ElemType: onnxpb.Int64, Shape: tokens}},
-			Outputs: []onnxpb.ValueInfo{{Name: "embedding", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "batch"}, {Value: d}}}},
+			Outputs: outputs,
 		},
 	}
 }

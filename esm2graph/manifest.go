@@ -24,8 +24,12 @@ type Manifest struct {
 	Inputs       []string `json:"inputs"`
 	Output       string   `json:"output"`
 	Pooling      string   `json:"pooling"`
-	DType        string   `json:"dtype"`
-	Opset        int      `json:"opset"`
+	// Outputs are the graph's outputs in order, for graphs built with Options.Outputs (absent for
+	// the default graph, whose one output is Output). Output and Pooling name the "embedding"
+	// output ("mean") when there is one, else they are "".
+	Outputs []OutputInfo `json:"outputs,omitempty"`
+	DType   string       `json:"dtype"`
+	Opset   int          `json:"opset"`
 	// Parity is the export's own check against a reference; Build runs none (null).
 	Parity *Parity `json:"parity"`
 	// Optimized counts the graph's fused and matrix ops, as the Python export does.
@@ -34,6 +38,17 @@ type Manifest struct {
 	Requires  []string `json:"requires"`
 	CustomOps string   `json:"custom_ops"`
 	Exported  Exported `json:"exported"`
+}
+
+// OutputInfo is one graph output in the manifest: its name, representation layer (0 to
+// num_layers), pooling (PoolMean, PoolBOS, PoolPerResidue), element type ("float32", "float16")
+// and shape (strings for the symbolic batch and length, numbers for dim).
+type OutputInfo struct {
+	Name    string `json:"name"`
+	Layer   int    `json:"layer"`
+	Pooling string `json:"pooling"`
+	DType   string `json:"dtype"`
+	Shape   []any  `json:"shape"`
 }
 
 // Tokens are the special token ids.

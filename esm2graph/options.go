@@ -3,6 +3,7 @@ package esm2graph
 import (
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -58,6 +59,91 @@ type Options struct {
 	// MaxLength is the manifest's max_length in residues; default DefaultMaxLength. It must leave
 	// room for <cls> and <eos> within the model's max_position_embeddings.
 	MaxLength int
+	// Outputs lists the graph's outputs, in order (see Output); none (the default): the single
+	// "embedding" output, mean over residues of the last layer.
+	Outputs []Output
+	// ResiduesFP16 writes per-residue outputs as float16 (default float32). Pooled outputs are
+	// float32 always.
+	ResiduesFP16 bool
+}
+
+// Poolings of an Output.
+const (
+	PoolMean       = "mean"        // mean over positions 1..L (residues only): [batch, dim]
+	PoolBOS        = "bos"         // position 0, the <cls> row: [batch, dim]
+	PoolPerResidue = "per-residue" // [batch, length, dim], aligned with input_ids: rows 1..L are the residues, <cls>, <eos> and padding rows zero
+)
+
+// EmbeddingOutput is the name of the last layer's mean output (the default graph's only one).
+const EmbeddingOutput = "embedding"
+
+// Output is one graph output: a representation layer pooled one way. Layer counts as fair-esm's
+// repr_layers: 0 is the embedding output (after token-dropout scaling, padded rows zero), i in
+// 1..num_layers-1 the residual stream after block i, num_layers the last block's output after the
+// final LayerNorm (emb_layer_norm_after); negative layers count from the end (-1 = num_layers).
+type Output struct {
+	Layer   int
+	Pooling string
+}
+
+// Name is the output's graph name for a model of numLayers layers (Layer resolved):
+// "embedding" for the mean of the last layer, else mean_lN, bos_lN or residues_lN.
+func (o Output) Name(numLayers int) string {
+	switch o.Pooling {
+	case PoolMean:
+		if o.Layer == numLayers {
+			return EmbeddingOutput
+		}
+		return "mean_l" + strconv.Itoa(o.Layer)
+	case PoolBOS:
+		return "bos_l" + strconv.Itoa(o.Layer)
+	}
+	return "residues_l" + strconv.Itoa(o.Layer)
+}
+
+// ParseOutputs reads a comma-separated list of pooling:layer pairs ("mean:-1,bos:-1,per-residue:20";
+// poolings mean, bos, per-residue; layers as Output's). Layers are checked by Build.
+func ParseOutputs(s string) ([]Output, error) {
+	var outs []Output
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		p, l, ok := strings.Cut(part, ":")
+		n, err := strconv.Atoi(strings.TrimSpace(l))
+		if !ok || err != nil {
+			return nil, fmt.Errorf("%w: output %q: want pooling:layer (e.g. mean:-1)", ErrOption, part)
+		}
+		outs = append(outs, Output{Layer: n, Pooling: strings.TrimSpace(p)})
+	}
+	return outs, nil
+}
+
+// resolveOutputs makes layers non-negative and checks poolings, ranges and duplicates.
+func resolveOutputs(outs []Output, numLayers int) ([]Output, error) {
+	res := make([]Output, 0, len(outs))
+	seen := map[string]bool{}
+	for _, o := range outs {
+		if o.Pooling != PoolMean && o.Pooling != PoolBOS && o.Pooling != PoolPerResidue {
+			return nil, fmt.Errorf("%w: output pooling %q (want mean, bos or per-residue)", ErrOption, o.Pooling)
+		}
+		l := o.Layer
+		if l < 0 {
+			l += numLayers + 1
+		}
+		if l < 0 || l > numLayers {
+			return nil, fmt.Errorf("%w: output layer %d: the model has layers 0 to %d (or -1 to -%d)", ErrOption, o.Layer, numLayers, numLayers+1)
+		}
+		r := Output{Layer: l, Pooling: o.Pooling}
+		name := r.Name(numLayers)
+		if seen[name] {
+			return nil, fmt.Errorf("%w: output %s:%d given twice (%s)", ErrOption, o.Pooling, o.Layer, name)
+		}
+		seen[name] = true
+		res = append(res, r)
+	}
+	return res, nil
 }
 
 // AutoAttention is what AttentionAuto picks for a model of hidden size hidden on device: packed
@@ -122,6 +208,15 @@ func (o Options) resolve(ck *Checkpoint) (Options, error) {
 	if o.MaxLength < 1 || o.MaxLength+2 > ck.Config.MaxPositionEmbeddings {
 		return bad("max length %d residues: the model has %d positions, room for 1 to %d residues besides <cls> and <eos>",
 			o.MaxLength, ck.Config.MaxPositionEmbeddings, ck.Config.MaxPositionEmbeddings-2)
+	}
+	if len(o.Outputs) > 0 {
+		outs, err := resolveOutputs(o.Outputs, ck.Config.NumHiddenLayers)
+		if err != nil {
+			return o, err
+		}
+		o.Outputs = outs
+	} else if o.ResiduesFP16 {
+		return bad("residues fp16 applies to per-residue outputs, and there are none")
 	}
 	if o.Name == "" {
 		o.Name = defaultName(ck.Path)

@@ -85,12 +85,35 @@ func manifest(ck *Checkpoint, o Options, m *onnxpb.Model, sum string) Manifest {
 	} else {
 		exp.PackedLayout = o.PackedLayout
 	}
+	output, pooling := "", ""
+	var outs []OutputInfo
+	for _, v := range m.Graph.Outputs {
+		info := OutputInfo{Name: v.Name, Layer: cfg.NumHiddenLayers, Pooling: PoolMean, DType: "float32", Shape: []any{"batch", cfg.HiddenSize}}
+		for _, x := range o.Outputs {
+			if x.Name(cfg.NumHiddenLayers) == v.Name {
+				info.Layer, info.Pooling = x.Layer, x.Pooling
+			}
+		}
+		if v.ElemType == onnxpb.Float16 {
+			info.DType = "float16"
+		}
+		if info.Pooling == PoolPerResidue {
+			info.Shape = []any{"batch", "length", cfg.HiddenSize}
+		}
+		if v.Name == EmbeddingOutput {
+			output, pooling = EmbeddingOutput, PoolMean
+		}
+		outs = append(outs, info)
+	}
+	if len(o.Outputs) == 0 {
+		outs = nil // the default graph's manifest is the Python export's
+	}
 	return Manifest{
 		Name: o.Name, Architecture: "esm2", Source: o.Source, ModelFile: modelFile, SHA256: sum,
 		EmbeddingDim: cfg.HiddenSize, NumLayers: cfg.NumHiddenLayers, NumHeads: cfg.NumAttentionHeads,
 		Alphabet: "esm", Residues: residues,
 		Tokens:    Tokens{CLS: clsID, Pad: padID, EOS: eosID, Mask: maskID, Unk: unkID},
-		MaxLength: o.MaxLength, Inputs: []string{"input_ids", "attention_mask"}, Output: "embedding", Pooling: "mean",
+		MaxLength: o.MaxLength, Inputs: []string{"input_ids", "attention_mask"}, Output: output, Pooling: pooling, Outputs: outs,
 		DType: dtype, Opset: opsetVersion, Parity: nil, Optimized: opCounts(m.Graph.Nodes), Attention: o.Attention,
 		Requires: requires, CustomOps: customOps, Exported: exp,
 	}

@@ -26,7 +26,10 @@ type Manifest struct {
 	Inputs       []string         `json:"inputs"`
 	Output       string           `json:"output"`
 	Pooling      string           `json:"pooling"`
-	DType        string           `json:"dtype"`
+	// Outputs are the graph's outputs, in order (esm2graph / tools/esm2_graph.py with outputs).
+	// Older manifests have none: LoadManifest then makes it the one Output, the last layer's mean.
+	Outputs []OutputSpec `json:"outputs,omitempty"`
+	DType   string       `json:"dtype"`
 	// Attention is how the export wrote attention: "traced" (TorchScript export), "mha" or
 	// "packed" (tools/esm2_graph.py fused graphs). Informational; empty in older manifests.
 	Attention string `json:"attention,omitempty"`
@@ -42,8 +45,82 @@ type Manifest struct {
 	Dir string `json:"-"`
 }
 
+// Output poolings (OutputSpec.Pooling).
+const (
+	PoolMean       = "mean"        // [batch, dim]: mean over the residues
+	PoolBOS        = "bos"         // [batch, dim]: the <cls> row
+	PoolPerResidue = "per-residue" // [batch, length, dim] aligned with the input; Embed keeps each row's residues
+)
+
+// OutputSpec is one model output: its graph name, representation layer (fair-esm repr_layers:
+// 0 the embeddings, num_layers the last layer after the final LayerNorm), pooling and element
+// type ("float32"; per-residue outputs also "float16").
+type OutputSpec struct {
+	Name    string `json:"name"`
+	Layer   int    `json:"layer"`
+	Pooling string `json:"pooling"`
+	DType   string `json:"dtype"`
+	Shape   []any  `json:"shape,omitempty"`
+}
+
+// PerResidue says whether the output has a row per residue.
+func (o OutputSpec) PerResidue() bool { return o.Pooling == PoolPerResidue }
+
+// checkOutputs validates m.Outputs (filling them in from Output for older manifests).
+func (m *Manifest) checkOutputs(path string) error {
+	if len(m.Outputs) == 0 {
+		if m.Output == "" {
+			return fmt.Errorf("%w: %s: want inputs [input_ids, attention_mask] and one output, got %v -> %q",
+				ErrManifest, path, m.Inputs, m.Output)
+		}
+		if m.Pooling != PoolMean {
+			return fmt.Errorf("%w: %s: pooling %q (only mean is supported)", ErrManifest, path, m.Pooling)
+		}
+		m.Outputs = []OutputSpec{{Name: m.Output, Layer: m.NumLayers, Pooling: PoolMean, DType: "float32"}}
+		return nil
+	}
+	seen := map[string]bool{}
+	for _, o := range m.Outputs {
+		switch {
+		case o.Name == "" || seen[o.Name]:
+			return fmt.Errorf("%w: %s: output name %q empty or given twice", ErrManifest, path, o.Name)
+		case o.Pooling != PoolMean && o.Pooling != PoolBOS && o.Pooling != PoolPerResidue:
+			return fmt.Errorf("%w: %s: output %s: pooling %q (want mean, bos or per-residue)", ErrManifest, path, o.Name, o.Pooling)
+		case o.DType != "float32" && !(o.PerResidue() && o.DType == "float16"):
+			return fmt.Errorf("%w: %s: output %s: dtype %q (float32; per-residue outputs also float16)", ErrManifest, path, o.Name, o.DType)
+		case o.Layer < 0 || m.NumLayers > 0 && o.Layer > m.NumLayers:
+			return fmt.Errorf("%w: %s: output %s: layer %d outside 0..%d", ErrManifest, path, o.Name, o.Layer, m.NumLayers)
+		}
+		seen[o.Name] = true
+	}
+	if m.Output != "" {
+		i := m.OutputIndex(m.Output)
+		if i < 0 || m.Outputs[i].Pooling != PoolMean || m.Pooling != PoolMean {
+			return fmt.Errorf("%w: %s: output %q with pooling %q is not a mean output of outputs", ErrManifest, path, m.Output, m.Pooling)
+		}
+	}
+	return nil
+}
+
+// OutputIndex is the index of the output named name in Outputs, or -1.
+func (m *Manifest) OutputIndex(name string) int {
+	for i, o := range m.Outputs {
+		if o.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// singleOutput says whether the model's one output is its pooled Output ("embedding"): Embed's
+// fast path (and CUDA graphs) serve it.
+func (m *Manifest) singleOutput() bool {
+	return len(m.Outputs) == 1 && m.Outputs[0].Name == m.Output && !m.Outputs[0].PerResidue()
+}
+
 // LoadManifest reads DIR/model.json and checks that it describes a model seqembed can run:
-// the ESM alphabet, two int64 inputs, one pooled output, a positive dimension and max length.
+// the ESM alphabet, two int64 inputs, its outputs (one pooled output in manifests without
+// "outputs"), a positive dimension and max length.
 func LoadManifest(dir string) (*Manifest, error) {
 	path := filepath.Join(dir, "model.json")
 	data, err := os.ReadFile(path)
@@ -67,11 +144,11 @@ func LoadManifest(dir string) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: %s: max_length %d", ErrManifest, path, m.MaxLength)
 	case m.Alphabet != "esm":
 		return nil, fmt.Errorf("%w: %s: alphabet %q (only \"esm\" is supported)", ErrManifest, path, m.Alphabet)
-	case len(m.Inputs) != 2 || m.Output == "":
-		return nil, fmt.Errorf("%w: %s: want inputs [input_ids, attention_mask] and one output, got %v -> %q",
-			ErrManifest, path, m.Inputs, m.Output)
-	case m.Pooling != "mean":
-		return nil, fmt.Errorf("%w: %s: pooling %q (only mean is supported)", ErrManifest, path, m.Pooling)
+	case len(m.Inputs) != 2:
+		return nil, fmt.Errorf("%w: %s: want inputs [input_ids, attention_mask], got %v", ErrManifest, path, m.Inputs)
+	}
+	if err := m.checkOutputs(path); err != nil {
+		return nil, err
 	}
 	if m.CustomOps != "" {
 		if _, err := os.Stat(m.CustomOpsPath()); err != nil {

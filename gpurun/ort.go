@@ -154,7 +154,8 @@ func (s *session) close() {
 
 // tensorOf describes data (host memory: C memory, or Go memory, which runs pin) as a run input
 // or output of the given shape (at most 4 dimensions).
-func tensorOf[T int64 | float32](data []T, shape ...int64) C.se_tensor {
+// uint16 data is float16 (IEEE half bits).
+func tensorOf[T int64 | float32 | uint16](data []T, shape ...int64) C.se_tensor {
 	t := C.se_tensor{data: unsafe.Pointer(unsafe.SliceData(data)), ndim: C.int32_t(len(shape))}
 	var zero T
 	switch any(zero).(type) {
@@ -162,6 +163,8 @@ func tensorOf[T int64 | float32](data []T, shape ...int64) C.se_tensor {
 		t._type = C.ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64
 	case float32:
 		t._type = C.ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+	case uint16:
+		t._type = C.ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
 	}
 	for i, d := range shape {
 		t.shape[i] = C.int64_t(d)
@@ -205,7 +208,9 @@ func (s *session) run(ctx context.Context, in, out []C.se_tensor) error {
 func tokenTensors(in Input, out []float32) (ins [2]C.se_tensor, outs [1]C.se_tensor) {
 	n, rows, cols := in.Rows*in.Cols, int64(in.Rows), int64(in.Cols)
 	ins = [2]C.se_tensor{tensorOf(in.IDs[:n], rows, cols), tensorOf(in.Mask[:n], rows, cols)}
-	outs = [1]C.se_tensor{tensorOf(out, rows, int64(len(out)/in.Rows))}
+	if out != nil {
+		outs = [1]C.se_tensor{tensorOf(out, rows, int64(len(out)/in.Rows))}
+	}
 	return ins, outs
 }
 
@@ -213,6 +218,28 @@ func tokenTensors(in Input, out []float32) (ins [2]C.se_tensor, outs [1]C.se_ten
 func (s *session) runTokens(ctx context.Context, in Input, out []float32) error {
 	ins, outs := tokenTensors(in, out)
 	return s.run(ctx, ins[:], outs[:])
+}
+
+// outBuf is one output of a multi-output run: float32 or float16 (uint16 bits) host memory of
+// the given shape.
+type outBuf struct {
+	f32   []float32
+	f16   []uint16
+	shape []int64
+}
+
+// runTokensOutputs runs s on in's ids and mask into outs (the session's outputs, in order).
+func (s *session) runTokensOutputs(ctx context.Context, in Input, outs []outBuf) error {
+	ins, _ := tokenTensors(in, nil)
+	ts := make([]C.se_tensor, len(outs))
+	for i, o := range outs {
+		if o.f16 != nil {
+			ts[i] = tensorOf(o.f16, o.shape...)
+		} else {
+			ts[i] = tensorOf(o.f32, o.shape...)
+		}
+	}
+	return s.run(ctx, ins[:], ts)
 }
 
 // runWith runs s with run options ro (nil: none), pinning the buffers that are Go memory for the

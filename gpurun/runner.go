@@ -329,12 +329,15 @@ func (o *options) useGraphs(man *Manifest) (bool, error) {
 	case o.graphs == GraphsOff:
 		return false, nil
 	case o.graphs == GraphsAuto:
-		return o.device.Kind == "cuda" && man.Attention == "mha", nil
+		return o.device.Kind == "cuda" && man.Attention == "mha" && man.singleOutput(), nil
 	case o.device.Kind != "cuda":
 		return false, fmt.Errorf("%w: CUDA graphs need a CUDA device, not %s", ErrOption, o.device)
 	case man.Attention == "packed":
 		return false, fmt.Errorf("%w: model %s: CUDA graphs need static shapes, and packed attention's token count "+
 			"depends on the data; export with tools/export_esm2.py --fused mha", ErrOption, man.Name)
+	case !man.singleOutput():
+		return false, fmt.Errorf("%w: model %s has %d outputs: CUDA graphs serve models whose one output is the pooled embedding only; "+
+			"use --cuda-graphs off (or auto)", ErrOption, man.Name, len(man.Outputs))
 	}
 	return true, nil
 }
@@ -355,7 +358,10 @@ func (r *Runner) GraphStats() GraphStats {
 // execution provider options (seqembed's, then extra, then WithCUDAProviderOptions').
 func (r *Runner) sessionConfig(extra map[string]string) sessionConfig {
 	cfg := sessionConfig{model: r.man.ModelPath(), threads: r.opts.threads, device: r.opts.device,
-		customOps: r.man.CustomOpsPath(), inputs: r.man.Inputs, outputs: []string{r.man.Output}}
+		customOps: r.man.CustomOpsPath(), inputs: r.man.Inputs}
+	for _, o := range r.man.Outputs {
+		cfg.outputs = append(cfg.outputs, o.Name)
+	}
 	if r.opts.device.Kind == "cuda" {
 		cfg.cuda = map[string]string{
 			"device_id":                 strconv.Itoa(r.opts.device.Index),
@@ -441,6 +447,9 @@ func (r *Runner) Embed(ctx context.Context, in Input, dst []float32) ([]float32,
 	}
 	if err := ctx.Err(); err != nil {
 		return dst, r.runErr(ctx, in, err)
+	}
+	if !r.man.singleOutput() {
+		return r.embedPrimary(ctx, in, dst)
 	}
 	dim := r.man.EmbeddingDim
 	ob, err := r.getOut(ctx, in.Rows*dim)

@@ -101,7 +101,7 @@ struct se_gshape {
 };
 
 // A run has at most this many inputs and outputs (seqembed's models: 2 and 1).
-#define SE_MAX_IO 8
+#define SE_MAX_IO 64
 
 static char *copy_names(const char *const *names, int n, char ***out) {
 	if (n < 0 || n > SE_MAX_IO) return fmt("%d names: at most %d", n, SE_MAX_IO);

@@ -71,7 +71,7 @@ func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
 	}
 	man := e.runners[0].Manifest()
 	if strings.HasPrefix(man.Source, "preset:") {
-		log.Warn("random-weight model: its embeddings are not biologically meaningful (export real weights with tools/export_esm2.py --hf)",
+		log.Warn("random-weight model: its embeddings are not biologically meaningful (use real weights: --model hf:facebook/esm2_t33_650M_UR50D, README: Use a real model)",
 			zap.String("model", man.Name), zap.String("source", man.Source))
 	}
 	if e.tok, err = batcher.NewTokenizer(man.Residues); err != nil {

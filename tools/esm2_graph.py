@@ -103,12 +103,58 @@ def check_supported(cfg):
 SEQUENCE_LAYOUT_MAX_TOKENS = 1 << 17
 
 
+# Output poolings (build's outputs): mean over positions 1..L (residues only) [batch, dim]; the
+# <cls> row (position 0) [batch, dim]; per-residue [batch, length, dim] aligned with input_ids
+# (rows 1..L are the residues; <cls>, <eos> and padding rows zero).
+POOLINGS = ("mean", "bos", "per-residue")
+
+
+def output_name(layer, pooling, num_layers):
+    """Graph name of a resolved output: "embedding" for the last layer's mean (the default graph's
+    one output), else mean_lN, bos_lN or residues_lN."""
+    if pooling == "mean":
+        return "embedding" if layer == num_layers else f"mean_l{layer}"
+    return f"bos_l{layer}" if pooling == "bos" else f"residues_l{layer}"
+
+
+def resolve_outputs(outputs, num_layers):
+    """[(layer, pooling)] with fair-esm repr_layers (0 = embeddings, num_layers = last layer after
+    emb_layer_norm_after, negative from the end) -> the same with layers in 0..num_layers; refuses
+    unknown poolings, layers out of range and duplicates."""
+    res, seen = [], set()
+    for layer, pooling in outputs:
+        if pooling not in POOLINGS:
+            raise ValueError(f"output pooling {pooling!r} (want mean, bos or per-residue)")
+        lay = layer + num_layers + 1 if layer < 0 else layer
+        if not 0 <= lay <= num_layers:
+            raise ValueError(f"output layer {layer}: the model has layers 0 to {num_layers}")
+        name = output_name(lay, pooling, num_layers)
+        if name in seen:
+            raise ValueError(f"output {pooling}:{layer} given twice ({name})")
+        seen.add(name)
+        res.append((lay, pooling))
+    return res
+
+
+def parse_outputs(text):
+    """'mean:-1,bos:-1,per-residue:20' -> [(-1, 'mean'), (-1, 'bos'), (20, 'per-residue')]."""
+    outs = []
+    for part in text.split(","):
+        if part.strip():
+            pooling, sep, layer = part.strip().partition(":")
+            if not sep:
+                raise ValueError(f"output {part!r}: want pooling:layer (e.g. mean:-1)")
+            outs.append((int(layer), pooling.strip()))
+    return outs
+
+
 # seqembed's own operator domain (gpurun/ortops/seqembed_ops.cu, built by scripts/build-ops.sh).
 SEQEMBED_OPS = "ai.seqembed"
 CUSTOM_OPS_LIBRARY = "libseqembed_ops.so"
 
 
-def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False):
+def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False, outputs=None,
+          residues_fp16=False):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
@@ -117,7 +163,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     "sequence" as [1, tokens, D] (one long sequence; up to SEQUENCE_LAYOUT_MAX_TOKENS tokens).
     custom_ops (fp16 only) replaces each q/k bias Add + RotaryEmbedding with seqembed's
     ai.seqembed.BiasRotary (one bandwidth-bound pass; CUDA only, needs CUSTOM_OPS_LIBRARY): one
-    position per packed token, or one start position for the padded "mha" batch."""
+    position per packed token, or one start position for the padded "mha" batch.
+    outputs: None (the single "embedding" output, mean of the last layer) or [(layer, pooling)]
+    (see resolve_outputs and POOLINGS; names from output_name), in that order; residues_fp16
+    writes per-residue outputs as float16 (pooled outputs are float32 always). Same graph as
+    esm2graph's Options.Outputs / ResiduesFP16."""
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
@@ -125,6 +175,10 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     cfg = esm.config
     check_supported(cfg)
     D, H, L = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers
+    if outputs:
+        outputs = resolve_outputs(outputs, L)
+    elif residues_fp16:
+        raise ValueError("residues_fp16 applies to per-residue outputs, and there are none")
     hd, eps = D // H, float(cfg.layer_norm_eps)
     g = _Graph(fp16)
     onnx, TP = g.onnx, g.TP
@@ -148,6 +202,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         scale = g.op("Div", [f32("keep_ratio_train", 1.0 - 0.15 * 0.8), g.op("Sub", [f32("one_f32", 1.0), ratio])])
         x = g.op("Mul", [x, g.op("Cast", [g.op("Unsqueeze", [scale, ax_last])], to=g.dt)])
     x = g.op("Mul", [x, g.op("Cast", [g.op("Unsqueeze", [mask, ax_last])], to=g.dt)])
+    # Representation layers: 0 the embeddings (padded), i < L block i's residual sum, L the final LN.
+    states = [x] + [None] * L
     lengths = g.op("Cast", [g.op("ReduceSum", [mask, ax1], keepdims=0)], to=TP.INT32)  # [batch]
 
     # Rotary: q and k columns are interleaved per head (interleave_heads) and RotaryEmbedding runs
@@ -225,6 +281,12 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         ln, _, _, resid = g.op("SkipLayerNormalization", [y, resid, g.w(gname, _np(nxt.weight)), g.w(bname, _np(nxt.bias)),
                                                           g.w(p + "b2", _np(lay.output.dense.bias))],
                                outputs=4, skip=(1, 2) if i + 1 < L else (1, 2, 3), domain=MS, epsilon=eps)
+        states[i + 1] = resid
+    states[L] = ln
+    if outputs:
+        outs = _outputs_head(g, outputs, states, ids, mask, offs if attention == "packed" else None, tok_ax,
+                             ax_last, ax1, D, L, residues_fp16)
+        return _model(g, attention, outs, custom_ops)
     hidden = ln
     if attention == "packed":
         hidden = g.op("RestorePadding", [g.op("Squeeze", [ln, tok_ax]), offs], domain=MS)  # [B, S, D], zero rows
@@ -238,8 +300,76 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     count = g.op("Max", [g.op("ReduceSum", [wt, ax1], keepdims=0), f32("one_count", 1.0)])
     g.nodes.append(onnx.helper.make_node("Div", [total, count], ["embedding"], name="pool"))
 
-    inputs = [onnx.helper.make_tensor_value_info(n, TP.INT64, ["batch", "length"]) for n in (ids, mask)]
-    outputs = [onnx.helper.make_tensor_value_info("embedding", TP.FLOAT, ["batch", D])]
+    return _model(g, attention, [onnx.helper.make_tensor_value_info("embedding", TP.FLOAT, ["batch", D])], custom_ops)
+
+
+def _outputs_head(g, outputs, states, ids, mask, offs, tok_ax, ax_last, ax1, D, L, residues_fp16):
+    """Pooling of outputs (in order) from the representation layers states; returns the graph
+    outputs. Each layer an output needs is made padded [batch, length, D] once (packed graphs, offs
+    given: RestorePadding; layer 0 is padded already), cast to float32 once, and multiplied by the
+    residue weights once when a mean or per-residue output needs it. Pooling is in float32."""
+    onnx, TP = g.onnx, g.TP
+    i64 = lambda name, v: g.w(name, np.array(v, dtype=np.int64), np.int64)  # noqa: E731
+    keep = g.op("And", [g.op("Cast", [mask], to=TP.BOOL),
+                        g.op("And", [g.op("Not", [g.op("Equal", [ids, i64("cls_id", CLS)])]),
+                                     g.op("Not", [g.op("Equal", [ids, i64("eos_id", EOS)])])])])
+    wt = g.op("Unsqueeze", [g.op("Cast", [keep], to=TP.FLOAT), ax_last])  # [B, S, 1]
+    count = g.op("Max", [g.op("ReduceSum", [wt, ax1], keepdims=0),
+                         g.w("one_count", np.array(1.0, dtype=np.float32), np.float32)])
+    padded, as_float, weighted, bos_index = {}, {}, {}, []
+
+    def layer(lay):  # [B, S, D] in the graph's dtype
+        if lay not in padded:
+            padded[lay] = states[lay]
+            if offs is not None and lay > 0:
+                padded[lay] = g.op("RestorePadding", [g.op("Squeeze", [states[lay], tok_ax]), offs], domain=MS)
+        return padded[lay]
+
+    def as_f32(lay):
+        if lay not in as_float:
+            as_float[lay] = g.op("Cast", [layer(lay)], to=TP.FLOAT)
+        return as_float[lay]
+
+    def residues(lay):  # <cls>, <eos> and padding rows zero
+        if lay not in weighted:
+            weighted[lay] = g.op("Mul", [as_f32(lay), wt])
+        return weighted[lay]
+
+    outs = []
+    for lay, pooling in outputs:
+        name = output_name(lay, pooling, L)
+        if pooling == "mean":
+            total = g.op("ReduceSum", [residues(lay), ax1], keepdims=0)
+            g.nodes.append(onnx.helper.make_node("Div", [total, count], [name], name="pool_" + name))
+            outs.append(onnx.helper.make_tensor_value_info(name, TP.FLOAT, ["batch", D]))
+        elif pooling == "bos":
+            if not bos_index:
+                bos_index.append(i64("bos_index", 0))
+            bos = g.op("Gather", [layer(lay), bos_index[0]], axis=1)
+            g.nodes.append(onnx.helper.make_node("Cast", [bos], [name], name="pool_" + name, to=TP.FLOAT))
+            outs.append(onnx.helper.make_tensor_value_info(name, TP.FLOAT, ["batch", D]))
+        else:
+            dt = TP.FLOAT16 if residues_fp16 else TP.FLOAT
+            g.nodes.append(onnx.helper.make_node("Cast", [residues(lay)], [name], name="pool_" + name, to=dt))
+            outs.append(onnx.helper.make_tensor_value_info(name, dt, ["batch", "length", D]))
+    return outs
+
+
+def manifest_outputs(outputs, num_layers, dim, residues_fp16=False):
+    """model.json's "outputs" for build's outputs (None: the one embedding), as esm2graph writes."""
+    res = []
+    for lay, pooling in resolve_outputs(outputs or [(num_layers, "mean")], num_layers):
+        per = pooling == "per-residue"
+        res.append({"name": output_name(lay, pooling, num_layers), "layer": lay, "pooling": pooling,
+                    "dtype": "float16" if per and residues_fp16 else "float32",
+                    "shape": ["batch", "length", dim] if per else ["batch", dim]})
+    return res
+
+
+def _model(g, attention, outputs, custom_ops):
+    """The ModelProto of g's nodes and initializers with the given graph outputs."""
+    onnx, TP = g.onnx, g.TP
+    inputs = [onnx.helper.make_tensor_value_info(n, TP.INT64, ["batch", "length"]) for n in ("input_ids", "attention_mask")]
     graph = onnx.helper.make_graph(g.nodes, f"esm2-{attention}", inputs, outputs, g.inits)
     opsets = [onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid(MS, 1)]
     if custom_ops:

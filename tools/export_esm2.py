@@ -215,6 +215,41 @@ def check_fused_twin(model, device, rng, max_bytes=1_800_000_000):
     return compare_cases(model, sess, device, rng, "fused float32 twin")
 
 
+def check_outputs_twin(esm, outputs, tol=1e-3):
+    """CPU check of --outputs: a float32 'mha' twin with the outputs against HF's hidden_states
+    (fair-esm repr_layers), pooled as tools/reference_outputs.py does, on a padded batch of 3;
+    exits on a miss (max abs > tol)."""
+    import onnxruntime as ort
+    import esm2_graph
+    nbytes = sum(p.numel() for p in esm.parameters()) * 4
+    if nbytes > 1_800_000_000:
+        print("outputs: float32 twin too large for the CPU check; skipped", file=sys.stderr)
+        return
+    twin = esm2_graph.build(esm, fp16=False, attention="mha", mask_form="2d", outputs=outputs)
+    sess = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"])
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "A", "GSHMLEDPVDAFQLSVEEKKKQLTSEEVAYALRENTR"]
+    ids, mask = encode(seqs)
+    names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(names, sess.run(names, {"input_ids": ids, "attention_mask": mask})))
+    L, worst = esm.config.num_hidden_layers, 0.0
+    dev = next(esm.parameters()).device
+    for i, seq in enumerate(seqs):
+        t = torch.tensor([[CLS] + [VOCAB.index(c) for c in seq] + [EOS]], device=dev)
+        with torch.no_grad():
+            hs = [h.float().cpu() for h in
+                  esm(input_ids=t, attention_mask=torch.ones_like(t), output_hidden_states=True).hidden_states]
+        n = len(seq)
+        for lay, pooling in outputs:
+            h = hs[lay][0].numpy()
+            name = esm2_graph.output_name(lay, pooling, L)
+            want = {"mean": h[1:-1].mean(0), "bos": h[0], "per-residue": h[1:-1]}[pooling]
+            g = got[name][i] if pooling != "per-residue" else got[name][i, 1:n + 1]
+            worst = max(worst, float(np.abs(g.astype(np.float32) - want).max()))
+    print(f"outputs: float32 twin vs PyTorch hidden_states max abs {worst:.3g}", file=sys.stderr)
+    if worst > tol:
+        sys.exit(f"outputs parity failed: max abs {worst:.3g} > {tol}")
+
+
 def sha256(path):
     h = hashlib.sha256()
     for p in [path, path + ".data"]:
@@ -327,6 +362,11 @@ def main():
     ap.add_argument("--custom-ops", action="store_true", help="--fused mha|packed --fp16: bias + rotary as seqembed's "
                     "ai.seqembed.BiasRotary (build the library into --out with scripts/build-ops.sh "
                     "OUT/libseqembed_ops.so)")
+    ap.add_argument("--outputs", help="--fused only: the graph's outputs, comma-separated pooling:layer pairs, "
+                    "e.g. mean:-1,bos:-1,per-residue:20 (poolings mean, bos, per-residue; layers as fair-esm "
+                    "repr_layers: 0 = embeddings, N = last layer after the final LayerNorm, negative from the end). "
+                    "Names: embedding (mean of the last layer), mean_lN, bos_lN, residues_lN. Default: embedding only")
+    ap.add_argument("--residues-fp16", action="store_true", help="--outputs: write per-residue outputs as float16")
     ap.add_argument("--save-pretrained", metavar="DIR", help="also write the weights as a Hugging Face directory "
                     "(config.json + model.safetensors, save_pretrained): what `seqembed model` reads")
     ap.add_argument("--save-fairesm", metavar="FILE", help="also write the weights as a fair-esm checkpoint "
@@ -336,6 +376,10 @@ def main():
         sys.exit("--custom-ops needs --fused mha|packed --fp16")
     if args.fused and args.optimize:
         sys.exit("--fused graphs are already fused; drop --optimize")
+    if (args.outputs or args.residues_fp16) and not args.fused:
+        sys.exit("--outputs and --residues-fp16 need --fused mha|packed|auto")
+    if args.residues_fp16 and not args.outputs:
+        sys.exit("--residues-fp16 needs --outputs with a per-residue output")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, name = load_model(args)
@@ -359,11 +403,16 @@ def main():
     path = os.path.join(args.out, "model.onnx")
     rng = np.random.default_rng(args.seed)
     fused, parity = None, None
+    outputs, out_info = None, None
     if args.fused:
         import esm2_graph
+        if args.outputs:
+            outputs = esm2_graph.resolve_outputs(esm2_graph.parse_outputs(args.outputs), model.config.num_hidden_layers)
+        out_info = esm2_graph.manifest_outputs(outputs, model.config.num_hidden_layers, model.config.hidden_size,
+                                               args.residues_fp16)
         t0 = time.time()
         graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused, packed_layout=args.packed_layout,
-                                 custom_ops=args.custom_ops)
+                                 custom_ops=args.custom_ops, outputs=outputs, residues_fp16=args.residues_fp16)
         esm2_graph.save(graph, path)
         fused = {}
         for n in graph.graph.node:
@@ -373,6 +422,8 @@ def main():
         del graph
         if not args.no_check:
             parity = check_fused_twin(pooled, device, rng)
+            if outputs:
+                check_outputs_twin(model, outputs)
     else:
         if args.fp16:
             pooled.esm.half()
@@ -396,8 +447,9 @@ def main():
         "tokens": {"cls": CLS, "pad": PAD, "eos": EOS, "mask": MASK, "unk": 3},
         "max_length": args.max_length,
         "inputs": ["input_ids", "attention_mask"],
-        "output": "embedding",
-        "pooling": "mean",
+        # Multi-output graphs (--outputs) without a last-layer mean have no "embedding": "" and "".
+        "output": "embedding" if not outputs or any(o["name"] == "embedding" for o in out_info) else "",
+        "pooling": "mean" if not outputs or any(o["name"] == "embedding" for o in out_info) else "",
         "dtype": "float16" if args.fp16 else "float32",
         "opset": args.opset,
         "parity": parity,
@@ -408,6 +460,10 @@ def main():
         "custom_ops": "libseqembed_ops.so" if args.custom_ops else "",
         "exported": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
+    if outputs:  # after "pooling", as esm2graph writes it; absent for the one-embedding graph
+        keys = list(manifest)
+        at = keys.index("pooling") + 1
+        manifest = {**{k: manifest[k] for k in keys[:at]}, "outputs": out_info, **{k: manifest[k] for k in keys[at:]}}
     with open(os.path.join(args.out, "model.json"), "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")

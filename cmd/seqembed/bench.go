@@ -46,6 +46,9 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := resolveHFModel(ctx, &cfg, os.Stderr); err != nil {
+		return err
+	}
 	res, series, err := benchrun.Run(ctx, benchrun.Job{Config: cfg, FASTA: *fastaPath, Raw: *raw, WorkerProcs: *procs,
 		Procs: benchrun.ProcsOptions{WorkerArgs: workerFlagArgs(fs), Command: workerCommand}, Log: log})
 	if err != nil {

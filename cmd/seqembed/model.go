@@ -15,6 +15,7 @@ import (
 )
 
 const modelSynopsis = `usage: seqembed model pull [--revision R] [--cache DIR] NAME
+       seqembed model build --from CHECKPOINT --out DIR [flags]   (seqembed model build -h)
        seqembed model list [--cache DIR]
 
 pull downloads an ESM-2 checkpoint (config.json and model.safetensors, else pytorch_model.bin)
@@ -36,18 +37,20 @@ func runModelCmd(ctx context.Context, args []string) error {
 // and progress and logs on stderr.
 func modelCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return cli.Usagef("missing subcommand: seqembed model pull NAME, or seqembed model list")
+		return cli.Usagef("missing subcommand: seqembed model pull NAME, seqembed model build --from CHECKPOINT --out DIR, or seqembed model list")
 	}
 	switch args[0] {
 	case "pull":
 		return modelPull(ctx, args[1:], stdout, stderr)
 	case "list":
 		return modelList(ctx, args[1:], stdout, stderr)
+	case "build":
+		return modelBuild(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stderr, modelSynopsis)
 		return flag.ErrHelp
 	}
-	return cli.Usagef("unknown subcommand %q: seqembed model takes pull or list", args[0])
+	return cli.Usagef("unknown subcommand %q: seqembed model takes pull, build or list", args[0])
 }
 
 // modelClient is the hub client of the flags: cache (empty: the default), progress on stderr

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/internal/cli"
+	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/modelhub"
 	"github.com/seqembed/seqembed/modelhub/hubtest"
 )
@@ -108,5 +111,72 @@ func TestModelExitCodes(t *testing.T) {
 	t.Setenv(modelhub.EnvEndpoint, "ftp://example.com")
 	if got := cli.Code(runModelCmd(context.Background(), []string{"pull", "org/name"})); got != cli.ExitUsage {
 		t.Errorf("bad HF_ENDPOINT: exit %d, want %d", got, cli.ExitUsage)
+	}
+}
+
+// TestRunHFModelMatchesGolden is the "use a real model in one command" path, with no hub: a fake
+// hub serves the tiny model's Hugging Face checkpoint (esm2graph/testdata/esm2-tiny-hf, the
+// weights of testdata/esm2-tiny, saved by transformers' save_pretrained); `seqembed run --model
+// hf:ORG/NAME` pulls it, builds its graph in Go into the cache and embeds the golden FASTA, whose
+// embeddings match the PyTorch golden vectors within 1e-4. A second run pulls and builds nothing.
+// `model build` writes the same graph from the local directory.
+func TestRunHFModelMatchesGolden(t *testing.T) {
+	e2etest.RequireORT(t)
+	hfDir := filepath.Join(e2etest.Root, "esm2graph", "testdata", "esm2-tiny-hf")
+	var files []hubtest.File
+	for _, f := range []string{"config.json", "model.safetensors"} {
+		data, err := os.ReadFile(filepath.Join(hfDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, hubtest.File{Name: f, Data: data, LFS: strings.HasSuffix(f, ".safetensors")})
+	}
+	hub := hubtest.New(t, hubtest.Repo{ID: "facebook/esm2-tiny-test", Files: files})
+	cache := t.TempDir()
+	env := []string{modelhub.EnvEndpoint + "=" + hub.URL, modelhub.EnvToken + "=", modelhub.EnvOffline + "=", modelhub.EnvCache + "=" + cache}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "emb.parquet")
+	golden := filepath.Join(e2etest.Root, "testdata", "golden-input.fasta")
+	c := runChild(t, "run "+golden+" --model hf:facebook/esm2-tiny-test --threads 1 --quiet --out "+out, nil, env...)
+	if c.code != cli.ExitOK || !strings.Contains(c.stderr, "model: building the cpu-fp32 graph of facebook/esm2-tiny-test") {
+		t.Fatalf("run --model hf:: exit %d\n%s\n%s", c.code, c.stdout, c.stderr)
+	}
+	meta, rows, err := arrowout.ReadParquet(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := e2etest.LoadGolden(t)
+	if meta.Model != "esm2-tiny-test" || len(rows) != len(want) {
+		t.Fatalf("model %q, %d rows; want esm2-tiny-test, %d", meta.Model, len(rows), len(want))
+	}
+	worst := 0.0
+	for _, r := range rows {
+		g, ok := want[r.ID]
+		if !ok {
+			t.Fatalf("row %s not in the golden set", r.ID)
+		}
+		for i, v := range r.Embedding {
+			worst = max(worst, math.Abs(float64(v)-float64(g.Embedding[i])))
+		}
+	}
+	if worst > 1e-4 {
+		t.Errorf("Go-built graph from the hub checkpoint vs PyTorch golden: max abs %.3g > 1e-4", worst)
+	}
+	t.Logf("hf: model vs golden: max abs %.3g", worst)
+	hub.Reset()
+	c = runChild(t, "run "+golden+" --model hf:facebook/esm2-tiny-test --threads 1 --quiet --force --out "+out, nil, env...)
+	if c.code != cli.ExitOK || strings.Contains(c.stderr, "building") || hub.Count("hub", "GET")+hub.Count("cdn", "GET") != 0 {
+		t.Errorf("second run: exit %d, %d GETs\n%s", c.code, hub.Count("hub", "GET")+hub.Count("cdn", "GET"), c.stderr)
+	}
+	built := filepath.Join(dir, "built")
+	c = runChild(t, "model build --from "+hfDir+" --out "+built+" --device cpu --name esm2-tiny", nil)
+	if c.code != cli.ExitOK || c.stdout != built+"\n" || !strings.Contains(c.stderr, "model: esm2-tiny (mha, float32, dim 64, 2 layers) -> "+built) {
+		t.Fatalf("model build: exit %d\n%s\n%s", c.code, c.stdout, c.stderr)
+	}
+	if c = runChild(t, "model build --from "+hfDir+" --out "+built+" --device cpu", nil); c.code != cli.ExitFailed || !strings.Contains(c.stderr, "already holds a model") {
+		t.Errorf("model build over a model: exit %d\n%s", c.code, c.stderr)
+	}
+	if c = runChild(t, "model build --from "+hfDir+" --out "+built+" --device cpu --fused packed --force", nil); c.code != cli.ExitUsage {
+		t.Errorf("packed for the CPU: exit %d, want 2\n%s", c.code, c.stderr)
 	}
 }

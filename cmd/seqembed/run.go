@@ -13,6 +13,7 @@ import (
 	"github.com/seqembed/seqembed/ingest"
 	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/internal/localrun"
+	"github.com/seqembed/seqembed/modelhub"
 	"github.com/seqembed/seqembed/pipeline"
 	"github.com/seqembed/seqembed/telemetry"
 )
@@ -57,6 +58,18 @@ func runRunCmd(ctx context.Context, args []string) error {
 	var bar io.Writer = os.Stderr
 	if *quiet {
 		bar = nil
+	}
+	if strings.HasPrefix(cfg.ModelDir, modelhub.Scheme) {
+		// The output is checked before a model is pulled or built (RunJob checks it again).
+		if _, err := localrun.CheckOutput(*out, *format, *force); err != nil {
+			if errors.Is(err, localrun.ErrOutputFormat) {
+				return &cli.UsageError{Err: err}
+			}
+			return err
+		}
+		if err := resolveHFModel(ctx, &cfg, os.Stderr); err != nil {
+			return err
+		}
 	}
 	sum, err := localrun.RunJob(ctx, localrun.Job{Inputs: files, Name: in.job, Out: *out, Format: *format, Force: *force, Rejects: in.rejects,
 		Conflicts: *conflicts, StopCodon: stop, Config: cfg, Progress: bar, Log: log})

@@ -18,7 +18,7 @@ import (
 func registerConfig(fs *flag.FlagSet, c *pipeline.Config) {
 	d := pipeline.Default()
 	d.ModelDir = defaultModelDir(d.ModelDir)
-	fs.StringVar(&c.ModelDir, "model", d.ModelDir, "model directory holding model.onnx and model.json")
+	fs.StringVar(&c.ModelDir, "model", d.ModelDir, "model directory holding model.onnx and model.json, or hf:ORG/NAME[@REV]: a Hugging Face checkpoint, pulled and its graph built in the cache on first use (seqembed model)")
 	fs.StringVar(&c.Device, "device", d.Device, "where inference runs: cpu, cuda:N, a list (cuda:0,cuda:1: one runner per GPU fed by one batcher) or cuda:all")
 	fs.IntVar(&c.Threads, "threads", d.Threads, "ONNX Runtime intra-op threads on the CPU (0 = one per core)")
 	fs.IntVar(&c.MaxBatchTokens, "max-batch-tokens", d.MaxBatchTokens, "padded-token budget of one batch (rows × bucket length)")
@@ -67,6 +67,9 @@ func runWorkerCmd(ctx context.Context, args []string, hooks pipeline.Hooks) erro
 	cfg.Hooks = hooks
 	log, err := telemetry.NewLogger(*logLevel, *logFormat)
 	if err != nil {
+		return err
+	}
+	if err := resolveHFModel(ctx, &cfg, os.Stderr); err != nil {
 		return err
 	}
 	defer log.Sync()

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/seqembed/seqembed/esm2graph"
+	"github.com/seqembed/seqembed/internal/cli"
+	"github.com/seqembed/seqembed/modelhub"
+	"github.com/seqembed/seqembed/pipeline"
+)
+
+const modelBuildSynopsis = `usage: seqembed model build --from CHECKPOINT --out DIR [flags]
+
+Writes the fused ESM-2 ONNX graph (model.onnx, model.json) that the worker runs, from a checkpoint,
+in Go: no Python. CHECKPOINT is a Hugging Face directory (config.json + model.safetensors or
+pytorch_model.bin), a .safetensors, .bin or fair-esm .pt file, or hf:ORG/NAME[@REVISION], pulled
+first (seqembed model pull). The worker, run and bench take --model hf:ORG/NAME themselves: they
+pull and build into the cache on first use.`
+
+// modelBuild is `seqembed model build`.
+func modelBuild(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("model build", flag.ContinueOnError)
+	from := fs.String("from", "", "checkpoint: a Hugging Face directory, a .safetensors/.bin/.pt file, or hf:ORG/NAME[@REV] (required)")
+	out := fs.String("out", "", "model directory to write (required)")
+	fused := fs.String("fused", esm2graph.AttentionAuto, "attention form: auto (mha up to hidden size 480 on CUDA, packed above; mha on the CPU), mha or packed (CUDA only)")
+	device := fs.String("device", esm2graph.DeviceCUDA, "what the graph is for: cuda or cpu")
+	fp16 := fs.Bool("fp16", false, "float16 weights and activations (the pooled output stays float32); for CUDA")
+	customOps := fs.Bool("custom-ops", false, "use seqembed's BiasRotary CUDA op (needs --fp16 and libseqembed_ops.so in --out or $SEQEMBED_CUSTOM_OPS; without it the graph uses ONNX Runtime's ops and says what that costs)")
+	name := fs.String("name", "", "model name in model.json, the one publish --model and the subjects use (default: the checkpoint's name)")
+	maxLen := fs.Int("max-length", esm2graph.DefaultMaxLength, "longest sequence in residues")
+	force := fs.Bool("force", false, "replace a model already in --out")
+	cache := fs.String("cache", "", "hub cache for hf: checkpoints (default: $SEQEMBED_CACHE, else seqembed/hub in the user cache directory)")
+	setUsage(fs, modelBuildSynopsis)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	switch {
+	case *from == "":
+		return cli.Usagef("--from CHECKPOINT is required")
+	case *out == "":
+		return cli.Usagef("--out DIR is required")
+	}
+	if _, err := os.Stat(filepath.Join(*out, "model.json")); err == nil && !*force {
+		return fmt.Errorf("%s already holds a model (model.json): --force replaces it", *out)
+	}
+	src := *from
+	if strings.HasPrefix(src, modelhub.Scheme) {
+		c, err := modelClient(*cache, stderr, false)
+		if err != nil {
+			return err
+		}
+		s, err := c.Resolve(ctx, src)
+		if err != nil {
+			return err
+		}
+		src = s.Dir
+		if *name == "" {
+			*name = filepath.Base(s.Repo)
+		}
+	}
+	opts := esm2graph.Options{Attention: *fused, Device: *device, FP16: *fp16, CustomOps: *customOps, Name: *name, MaxLength: *maxLen, Source: *from}
+	m, err := buildGraph(ctx, src, *out, opts, stderr)
+	if errors.Is(err, esm2graph.ErrOption) {
+		return &cli.UsageError{Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "model: %s (%s, %s, dim %d, %d layers) -> %s\n", m.Name, m.Attention, m.DType, m.EmbeddingDim, m.NumLayers, *out)
+	_, err = fmt.Fprintln(stdout, *out)
+	return err
+}
+
+// buildGraph loads the checkpoint src and writes its fused graph into out with opts, logging on w
+// what the checkpoint did not say and, when custom ops were asked for without their library, the
+// fallback and what it costs.
+func buildGraph(ctx context.Context, src, out string, opts esm2graph.Options, w io.Writer) (esm2graph.Manifest, error) {
+	ck, err := esm2graph.Load(src)
+	if err != nil {
+		return esm2graph.Manifest{}, err
+	}
+	defer ck.Close()
+	for _, n := range ck.Notes {
+		fmt.Fprintf(w, "model: %s: %s\n", src, n)
+	}
+	if opts.CustomOps {
+		if _, ok := esm2graph.LocateCustomOps(out); !ok {
+			fmt.Fprintln(w, "model: "+esm2graph.CustomOpsFallback("libseqembed_ops.so is neither in "+out+" nor at $SEQEMBED_CUSTOM_OPS"))
+			opts.CustomOps = false
+		}
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return esm2graph.Manifest{}, fmt.Errorf("model: %w", err)
+	}
+	return esm2graph.Build(ctx, ck, out, opts)
+}
+
+// resolveHFModel turns --model hf:ORG/NAME[@REV] into a model directory: the checkpoint is pulled
+// into the hub cache (once) and its graph built next to it (once per variant), for cfg.Device: on
+// the CPU the mha graph in float32, on CUDA the --fused auto choice in float16 with seqembed's custom
+// ops where their library is at $SEQEMBED_CUSTOM_OPS. Any other --model is left alone.
+func resolveHFModel(ctx context.Context, cfg *pipeline.Config, w io.Writer) error {
+	if !strings.HasPrefix(cfg.ModelDir, modelhub.Scheme) {
+		return nil
+	}
+	c, err := modelClient("", w, false)
+	if err != nil {
+		return err
+	}
+	s, err := c.Resolve(ctx, cfg.ModelDir)
+	if err != nil {
+		return fmt.Errorf("--model %s: %w", cfg.ModelDir, err)
+	}
+	opts := esm2graph.Options{Attention: esm2graph.AttentionAuto, Device: esm2graph.DeviceCPU, Name: filepath.Base(s.Repo),
+		Source: modelhub.Scheme + s.Repo + "@" + s.Commit}
+	variant := "cpu-fp32"
+	if cfg.Device != "cpu" {
+		opts.Device, opts.FP16 = esm2graph.DeviceCUDA, true
+		_, opts.CustomOps = esm2graph.LocateCustomOps("")
+		variant = "cuda-fp16"
+		if opts.CustomOps {
+			variant += "-ops"
+		}
+	}
+	dir := filepath.Join(filepath.Dir(c.CacheDir()), "graphs", strings.ReplaceAll(s.Repo, "/", "--"), s.Commit, variant)
+	if _, err := os.Stat(filepath.Join(dir, "model.json")); err == nil {
+		cfg.ModelDir = dir
+		return nil
+	}
+	fmt.Fprintf(w, "model: building the %s graph of %s (commit %s) into %s\n", variant, s.Repo, s.Commit, dir)
+	if _, err := buildGraph(ctx, s.Dir, dir, opts, w); err != nil {
+		return fmt.Errorf("--model %s: %w", cfg.ModelDir, err)
+	}
+	cfg.ModelDir = dir
+	return nil
+}
