@@ -268,7 +268,7 @@ type Part struct {
 //
 // An empty batch yields no parts. The parts' Data share one freshly
 // allocated backing array owned by the caller. A row that cannot fit alone
-// fails with ErrTooLarge naming the batch and row; invalid input fails with
+// fails with a *TooLargeError (wrapping ErrTooLarge) naming the batch and row; invalid input fails with
 // ErrInvalidBatch or ErrOption.
 func (e *Encoder) Split(b *Batch, maxBytes int) ([]Part, error) {
 	_, parts, err := e.split(nil, nil, b, maxBytes)
@@ -334,8 +334,7 @@ func (e *Encoder) fit(rec arrow.RecordBatch, b *Batch, lo, hi, maxBytes int) err
 	p.Release()
 	n := hi - lo
 	if n == 1 {
-		return fmt.Errorf("%w: batch %d: row %d (id %q, stream seq %d) encodes to %d bytes, limit is %d",
-			ErrTooLarge, b.Seq, lo, b.IDs[lo], b.StreamSeqs[lo], size, maxBytes)
+		return &TooLargeError{Batch: b.Seq, Row: lo, ID: b.IDs[lo], StreamSeq: b.StreamSeqs[lo], Size: size, Limit: maxBytes}
 	}
 	// Every part pays e.overhead plus up to 7 bytes of padding per buffer;
 	// size the pieces so that the body of each fits in what is left.

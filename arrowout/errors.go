@@ -1,6 +1,9 @@
 package arrowout
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Every error returned by this package that falls into one
 // of these classes wraps the matching value (test with errors.Is) together
@@ -36,3 +39,22 @@ var (
 	// neither (FileFormat).
 	ErrFormat = errors.New("output format")
 )
+
+// TooLargeError is the ErrTooLarge of Encoder.Split and Publish: row Row of batch Batch (id ID,
+// input stream sequence StreamSeq) encodes alone to Size bytes, more than the Limit a part may
+// have. It wraps ErrTooLarge. No split can make it fit: the row has to leave the batch (the
+// worker dead-letters its record) or the limit has to grow.
+type TooLargeError struct {
+	Batch       uint64
+	Row         int
+	ID          string
+	StreamSeq   uint64
+	Size, Limit int
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("%v: batch %d: row %d (id %q, stream seq %d) encodes to %d bytes, limit is %d",
+		ErrTooLarge, e.Batch, e.Row, e.ID, e.StreamSeq, e.Size, e.Limit)
+}
+
+func (e *TooLargeError) Unwrap() error { return ErrTooLarge }

@@ -59,11 +59,15 @@ const (
 	ReasonInvalid       = "invalid_residue"
 	ReasonMaxDeliveries = "max_deliveries"
 	ReasonModelError    = "model_error"
+	// ReasonOutputTooLarge: the record's output row alone encodes larger than a message may be
+	// (max_payload less the header room), e.g. long per-residue outputs; the worker stores no
+	// part of it and does not retry it.
+	ReasonOutputTooLarge = "output_too_large"
 )
 
 // reasons lists every Reason* constant, in declaration order.
 var reasons = []string{ReasonMissingID, ReasonBadID, ReasonBadHeader, ReasonEmpty, ReasonTooLarge, ReasonTooLong,
-	ReasonInvalid, ReasonMaxDeliveries, ReasonModelError}
+	ReasonInvalid, ReasonMaxDeliveries, ReasonModelError, ReasonOutputTooLarge}
 
 // DeadLetterReasons returns every reason code a dead-lettered record can carry (the Reason*
 // constants), in declaration order, as a new slice: the label values to pre-register on a

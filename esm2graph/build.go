@@ -281,15 +281,15 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 	// (1 - 0.15*0.8) / (1 - observed mask ratio), then zero padded rows.
 	x := g.o("Gather", []string{g.w("word_embeddings", []int64{int64(cfg.VocabSize), d}, g.weight(nameEmbed)), ids}, intAttr("axis", 0))
 	if cfg.TokenDropout {
-		isMask := g.o("Equal", []string{ids, g.i64("mask_token_id", nil, int64(cfg.MaskTokenID))})
+		isMask := g.o("Equal", []string{ids, g.i64("mask_token_id", one, int64(cfg.MaskTokenID))})
 		un := g.o("Unsqueeze", []string{isMask, axLast})
-		x = g.o("Where", []string{un, g.w("zero", nil, func() ([]float32, error) { return []float32{0}, nil }), x})
+		x = g.o("Where", []string{un, g.w("zero", one, func() ([]float32, error) { return []float32{0}, nil }), x})
 		nMask := g.o("ReduceSum", []string{g.o("Cast", []string{isMask}, toFloat), axLast}, keep1)
 		nTok := g.o("ReduceSum", []string{g.o("Cast", []string{mask}, toFloat), axLast}, keep1)
 		ratio := g.o("Div", []string{nMask, nTok})
 		pMask, pRandom := 0.15, 0.8 // float64 arithmetic, then float32, as numpy does
-		keepRatio := g.f32("keep_ratio_train", nil, float32(1.0-pMask*pRandom))
-		scale := g.o("Div", []string{keepRatio, g.o("Sub", []string{g.f32("one_f32", nil, 1), ratio})})
+		keepRatio := g.f32("keep_ratio_train", one, float32(1.0-pMask*pRandom))
+		scale := g.o("Div", []string{keepRatio, g.o("Sub", []string{g.f32("one_f32", one, 1), ratio})})
 		x = g.o("Mul", []string{x, g.o("Cast", []string{g.o("Unsqueeze", []string{scale, axLast})}, toDT)})
 	}
 	x = g.o("Mul", []string{x, g.o("Cast", []string{g.o("Unsqueeze", []string{mask, axLast})}, toDT)})
@@ -412,12 +412,12 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 
 	// Mean over residues (not <cls>, <eos> or padding), in float32.
 	isMaskBool := g.o("Cast", []string{mask}, intAttr("to", int64(onnxpb.Bool)))
-	notCLS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("cls_id", nil, clsID)})})
-	notEOS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("eos_id", nil, eosID)})})
+	notCLS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("cls_id", one, clsID)})})
+	notEOS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("eos_id", one, eosID)})})
 	keep := g.o("And", []string{isMaskBool, g.o("And", []string{notCLS, notEOS})})
 	wt := g.o("Unsqueeze", []string{g.o("Cast", []string{keep}, toFloat), axLast})
 	total := g.o("ReduceSum", []string{g.o("Mul", []string{g.o("Cast", []string{hidden}, toFloat), wt}), ax1}, keep0)
-	count := g.o("Max", []string{g.o("ReduceSum", []string{wt, ax1}, keep0), g.f32("one_count", nil, 1)})
+	count := g.o("Max", []string{g.o("ReduceSum", []string{wt, ax1}, keep0), g.f32("one_count", one, 1)})
 	g.nodes = append(g.nodes, onnxpb.Node{Name: "pool", OpType: "Div", Inputs: []string{total, count}, Outputs: []string{"embedding"}})
 	return g.model(o, []onnxpb.ValueInfo{{Name: "embedding", ElemType: onnxpb.Float, Shape: []onnxpb.Dim{{Param: "batch"}, {Value: d}}}})
 }
@@ -428,14 +428,14 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 // multiplied by the residue weights once when a mean or per-residue output needs it; pooling is
 // in float32 as the default graph's.
 func outputsHead(g *graph, o Options, states []string, ids, mask, offs, tokAx, axLast, ax1 string, packed bool) []onnxpb.ValueInfo {
-	L, d := len(states)-1, int64(g.ck.Config.HiddenSize)
+	L, d, one := len(states)-1, int64(g.ck.Config.HiddenSize), []int64{1}
 	toFloat := intAttr("to", int64(onnxpb.Float))
 	isMaskBool := g.o("Cast", []string{mask}, intAttr("to", int64(onnxpb.Bool)))
-	notCLS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("cls_id", nil, clsID)})})
-	notEOS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("eos_id", nil, eosID)})})
+	notCLS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("cls_id", one, clsID)})})
+	notEOS := g.o("Not", []string{g.o("Equal", []string{ids, g.i64("eos_id", one, eosID)})})
 	keep := g.o("And", []string{isMaskBool, g.o("And", []string{notCLS, notEOS})})
 	wt := g.o("Unsqueeze", []string{g.o("Cast", []string{keep}, toFloat), axLast}) // [B, S, 1]
-	count := g.o("Max", []string{g.o("ReduceSum", []string{wt, ax1}, intAttr("keepdims", 0)), g.f32("one_count", nil, 1)})
+	count := g.o("Max", []string{g.o("ReduceSum", []string{wt, ax1}, intAttr("keepdims", 0)), g.f32("one_count", one, 1)})
 	padded, asFloat, weighted, bosIndex := map[int]string{}, map[int]string{}, map[int]string{}, ""
 	layer := func(l int) string { // [B, S, D] in the graph's dtype
 		if padded[l] == "" {
@@ -469,7 +469,7 @@ func outputsHead(g *graph, o Options, states []string, ids, mask, offs, tokAx, a
 			outs = append(outs, onnxpb.ValueInfo{Name: name, ElemType: onnxpb.Float, Shape: pooled})
 		case PoolBOS:
 			if bosIndex == "" {
-				bosIndex = g.i64("bos_index", nil, 0)
+				bosIndex = g.i64("bos_index", nil, 0) // a scalar: Gather then drops the axis ([B, D])
 			}
 			bos := g.o("Gather", []string{layer(out.Layer), bosIndex}, intAttr("axis", 1))
 			g.nodes = append(g.nodes, onnxpb.Node{Name: "pool_" + name, OpType: "Cast", Inputs: []string{bos}, Outputs: []string{name}, Attrs: []onnxpb.Attribute{toFloat}})

@@ -112,9 +112,9 @@ func (m *Manifest) OutputIndex(name string) int {
 	return -1
 }
 
-// singleOutput says whether the model's one output is its pooled Output ("embedding"): Embed's
+// SingleOutput says whether the model's one output is its pooled Output ("embedding"): Embed's
 // fast path (and CUDA graphs) serve it.
-func (m *Manifest) singleOutput() bool {
+func (m *Manifest) SingleOutput() bool {
 	return len(m.Outputs) == 1 && m.Outputs[0].Name == m.Output && !m.Outputs[0].PerResidue()
 }
 

@@ -58,7 +58,7 @@ func (r *Runner) Outputs() []OutputSpec { return r.man.Outputs }
 func (r *Runner) EmbedAll(ctx context.Context, in Input) (*Result, error) {
 	dim := r.man.EmbeddingDim
 	res := &Result{Rows: in.Rows, Dim: dim}
-	if r.man.singleOutput() {
+	if r.man.SingleOutput() {
 		out, err := r.Embed(ctx, in, nil)
 		if err != nil {
 			return nil, err
@@ -150,4 +150,33 @@ func (r *Runner) embedPrimary(ctx context.Context, in Input, dst []float32) ([]f
 		return dst, err
 	}
 	return append(dst, res.Output(r.man.Output).F32...), nil
+}
+
+// Append appends src's rows after res's (the same model's outputs, as when a batch run in parts
+// is put back together): rows, lengths, offsets and every output's values. An empty res (no
+// Outputs) takes src's layout.
+func (res *Result) Append(src *Result) {
+	if len(res.Outputs) == 0 {
+		res.Dim = src.Dim
+		res.Outputs = make([]OutputValues, len(src.Outputs))
+		for i, o := range src.Outputs {
+			res.Outputs[i].OutputSpec = o.OutputSpec
+		}
+	}
+	if len(res.Offsets) == 0 {
+		res.Offsets = []int{0}
+	}
+	base := res.Offsets[len(res.Offsets)-1]
+	for i := range src.Rows {
+		if len(src.Offsets) != src.Rows+1 { // a single-output Result has no lengths
+			break
+		}
+		res.Lengths = append(res.Lengths, src.Lengths[i])
+		res.Offsets = append(res.Offsets, base+src.Offsets[i+1])
+	}
+	res.Rows += src.Rows
+	for i, o := range src.Outputs {
+		res.Outputs[i].F32 = append(res.Outputs[i].F32, o.F32...)
+		res.Outputs[i].F16 = append(res.Outputs[i].F16, o.F16...)
+	}
 }

@@ -20,12 +20,12 @@ func TestManifestOutputs(t *testing.T) {
 		return LoadManifest(dir)
 	}
 	m, err := write(`"output":"embedding","pooling":"mean"`)
-	if err != nil || len(m.Outputs) != 1 || m.Outputs[0].Name != "embedding" || m.Outputs[0].Layer != 2 || m.Outputs[0].Pooling != PoolMean || m.Outputs[0].DType != "float32" || !m.singleOutput() {
+	if err != nil || len(m.Outputs) != 1 || m.Outputs[0].Name != "embedding" || m.Outputs[0].Layer != 2 || m.Outputs[0].Pooling != PoolMean || m.Outputs[0].DType != "float32" || !m.SingleOutput() {
 		t.Fatalf("legacy manifest: %+v, %v", m, err)
 	}
 	const multi = `"outputs":[{"name":"embedding","layer":2,"pooling":"mean","dtype":"float32"},{"name":"residues_l1","layer":1,"pooling":"per-residue","dtype":"float16"}]`
 	m, err = write(`"output":"embedding","pooling":"mean",` + multi)
-	if err != nil || len(m.Outputs) != 2 || m.singleOutput() || m.OutputIndex("residues_l1") != 1 {
+	if err != nil || len(m.Outputs) != 2 || m.SingleOutput() || m.OutputIndex("residues_l1") != 1 {
 		t.Fatalf("multi-output manifest: %+v, %v", m, err)
 	}
 	o := options{device: Device{Kind: "cuda"}, graphs: GraphsOn}
@@ -37,7 +37,7 @@ func TestManifestOutputs(t *testing.T) {
 	if on, err := o.useGraphs(m); on || err != nil {
 		t.Errorf("CUDA graphs auto, 2 outputs: %v %v", on, err)
 	}
-	if m, err := write(`"output":"","pooling":"","outputs":[{"name":"bos_l0","layer":0,"pooling":"bos","dtype":"float32"}]`); err != nil || m.singleOutput() {
+	if m, err := write(`"output":"","pooling":"","outputs":[{"name":"bos_l0","layer":0,"pooling":"bos","dtype":"float32"}]`); err != nil || m.SingleOutput() {
 		t.Errorf("bos-only manifest: %+v, %v", m, err)
 	}
 	for _, bad := range []string{

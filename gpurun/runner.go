@@ -329,13 +329,13 @@ func (o *options) useGraphs(man *Manifest) (bool, error) {
 	case o.graphs == GraphsOff:
 		return false, nil
 	case o.graphs == GraphsAuto:
-		return o.device.Kind == "cuda" && man.Attention == "mha" && man.singleOutput(), nil
+		return o.device.Kind == "cuda" && man.Attention == "mha" && man.SingleOutput(), nil
 	case o.device.Kind != "cuda":
 		return false, fmt.Errorf("%w: CUDA graphs need a CUDA device, not %s", ErrOption, o.device)
 	case man.Attention == "packed":
 		return false, fmt.Errorf("%w: model %s: CUDA graphs need static shapes, and packed attention's token count "+
 			"depends on the data; export with tools/export_esm2.py --fused mha", ErrOption, man.Name)
-	case !man.singleOutput():
+	case !man.SingleOutput():
 		return false, fmt.Errorf("%w: model %s has %d outputs: CUDA graphs serve models whose one output is the pooled embedding only; "+
 			"use --cuda-graphs off (or auto)", ErrOption, man.Name, len(man.Outputs))
 	}
@@ -448,7 +448,7 @@ func (r *Runner) Embed(ctx context.Context, in Input, dst []float32) ([]float32,
 	if err := ctx.Err(); err != nil {
 		return dst, r.runErr(ctx, in, err)
 	}
-	if !r.man.singleOutput() {
+	if !r.man.SingleOutput() {
 		return r.embedPrimary(ctx, in, dst)
 	}
 	dim := r.man.EmbeddingDim

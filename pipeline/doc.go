@@ -6,7 +6,9 @@
 //   - pulled and validated: consumer (consumer/consumer.go), started by [Pipeline.Run];
 //   - formed into a batch: batcher (batcher/batcher.go), fed by Run's feeder goroutine;
 //   - run on a device: [Engine.Embed] (engine.go), a pool of Inflight slots per device, through
-//     the retry-in-halves rule (split.go);
+//     the retry-in-halves rule (split.go); a model with extra outputs (layers × mean, bos,
+//     per-residue) runs through gpurun's EmbedAll, and its outputs become the extra columns of
+//     layout version 3 (outputs.go); a model of one output keeps Embed's path (CUDA graphs);
 //   - published and acked: [Pipeline] batch (pipeline.go), through arrowout.Publisher.
 //
 // The rules, each a function with its own test:
@@ -22,6 +24,10 @@
 //     device is not the records' fault).
 //   - Publish until stored (pipeline.go, publishPolicy): a failed publish is retried with
 //     backoff for as long as it takes; the inputs are held under InProgress, not nak'd.
+//   - Rows too large (pipeline.go, publishFitting): a row that alone encodes larger than a
+//     message may be (max_payload less the header room; long per-residue outputs) can never be
+//     stored: its record is dead-lettered (output_too_large, with its size and the limit) and the
+//     rest of the batch published, never retried for ever nor dropped in silence.
 //   - Ack after store: an input is acked only after every output message carrying it has its
 //     PubAck (a duplicate PubAck counts).
 //   - Shutdown: cancelling Run's context stops pulls and naks every held record not yet in a

@@ -27,6 +27,8 @@ type Engine struct {
 	busy    *gpurun.BusyMeter
 	embed   EmbedFunc // the device pool, wrapped by cfg.Hooks.WrapEmbed
 	warmup  time.Duration
+	outputs outputPlan // the model's outputs as arrowout columns
+	multi   bool       // the model has outputs besides its embedding: runs go through EmbedAll
 }
 
 // NewEngine validates cfg and loads the model on every device of cfg.Device; log (nil: none)
@@ -74,6 +76,11 @@ func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
 		log.Warn("random-weight model: its embeddings are not biologically meaningful (use real weights: --model hf:facebook/esm2_t33_650M_UR50D, README: Use a real model)",
 			zap.String("model", man.Name), zap.String("source", man.Source))
 	}
+	if e.outputs, err = planOutputs(man); err != nil {
+		e.Close()
+		return nil, err
+	}
+	e.multi = !man.SingleOutput()
 	if e.tok, err = batcher.NewTokenizer(man.Residues); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%w: model %s alphabet: %w", ErrSetup, man.Name, err)
@@ -182,20 +189,28 @@ func (e *Engine) Warmup(ctx context.Context, bat *batcher.Batcher, log *zap.Logg
 }
 
 // Embed runs one batch on the first device with a free slot (waiting for one, or for ctx),
-// appending its embeddings to dst; the time it runs counts on Busy.
+// appending its embeddings to dst; the time it runs counts on Busy. A model's extra outputs are
+// left out (the pipeline's runs keep them: run).
 func (e *Engine) Embed(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+	dst, _, err := e.run(ctx, in, dst)
+	return dst, err
+}
+
+// run is Embed returning every output of a model of several (EmbedFunc).
+func (e *Engine) run(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, *gpurun.Result, error) {
 	end := e.busy.Begin()
 	defer end()
 	return e.embed(ctx, in, dst)
 }
 
-// onFreeDevice is the device pool: take a slot, run, give the slot back.
-func (e *Engine) onFreeDevice(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+// onFreeDevice is the device pool: take a slot, run, give the slot back. A model of one output
+// runs through Runner.Embed (CUDA graphs included); one of several through Runner.EmbedAll.
+func (e *Engine) onFreeDevice(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, *gpurun.Result, error) {
 	var r *gpurun.Runner
 	select {
 	case r = <-e.slots:
 	case <-ctx.Done():
-		return dst, ctx.Err()
+		return dst, nil, ctx.Err()
 	}
 	defer func() { e.slots <- r }()
 	for i, x := range e.runners {
@@ -203,7 +218,15 @@ func (e *Engine) onFreeDevice(ctx context.Context, in gpurun.Input, dst []float3
 			e.runs[i].Add(1)
 		}
 	}
-	return r.Embed(ctx, in, dst)
+	if !e.multi {
+		dst, err := r.Embed(ctx, in, dst)
+		return dst, nil, err
+	}
+	res, err := r.EmbedAll(ctx, in)
+	if err != nil {
+		return dst, nil, err
+	}
+	return append(dst, res.Outputs[e.outputs.embedding].F32...), res, nil
 }
 
 // Close releases the runners and host buffers.

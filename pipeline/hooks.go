@@ -8,8 +8,10 @@ import (
 	"github.com/seqembed/seqembed/gpurun"
 )
 
-// EmbedFunc runs one batch on the model, appending its [Rows × dim] embeddings to dst.
-type EmbedFunc func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error)
+// EmbedFunc runs one batch on the model, appending its [Rows × dim] embeddings to dst. For a
+// model of several outputs it also returns every output of the batch (gpurun.Runner.EmbedAll;
+// dst gets its "embedding" output); for a model of one output the Result is nil.
+type EmbedFunc func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, *gpurun.Result, error)
 
 // Point names a place in a batch's life where Hooks.At is called.
 type Point string

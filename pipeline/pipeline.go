@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,7 +129,7 @@ func (p *Pipeline) init(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("%w: output stream %s: %w", ErrSetup, cfg.OutStream, err)
 	}
-	meta := arrowout.Meta{Model: man.Name, ModelSHA256: man.SHA256, Pooling: man.Pooling, Dim: man.EmbeddingDim}
+	meta := p.eng.outputs.meta(man) // with the model's extra outputs as columns (layout version 3)
 	// A short PubAck timeout: after a failover a lost PubAck is retried (same Msg-Ids, deduped)
 	// in seconds rather than after the 30 s default; measured in the 3-node cluster test. The
 	// publisher reads the connection's max_payload at every publish (it can change on a
@@ -299,7 +300,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // batches is one batch loop: take a batch off the batcher, embed, publish, ack, until the
 // batcher closes. Eng.Slots() of them run at once.
 func (p *Pipeline) batches(ctx context.Context) {
-	var emb []float32
+	var acc embedded
 	var out arrowout.Batch
 	var msgs []jetstream.Msg
 	idleSince := time.Now()
@@ -312,7 +313,8 @@ func (p *Pipeline) batches(ctx context.Context) {
 		for _, it := range b.Items {
 			msgs = append(msgs, it.Ref.(jetstream.Msg))
 		}
-		emb = p.batch(ctx, b, emb[:0], &out, msgs)
+		acc = embedded{emb: acc.emb[:0]} // the embeddings' buffer is reused, the rest is the batch's
+		p.batch(ctx, b, &acc, &out, msgs)
 		p.keep.Release(msgs...) // acked, nak'd or termed, every one
 		p.queued.Add(-int64(len(msgs)))
 		p.metrics.InflightAdd(-1)
@@ -329,27 +331,28 @@ func (p *Pipeline) batches(ctx context.Context) {
 //   - ack only once every output carrying an input has its PubAck.
 //
 // At shutdown timeout (ctx ended) whatever is not yet stored is nak'd for another worker.
-func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, out *arrowout.Batch, msgs []jetstream.Msg) []float32 {
+func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, acc *embedded, out *arrowout.Batch, msgs []jetstream.Msg) {
 	if b.Err != nil { // the batcher could not allocate its buffers: not the records' fault
 		p.log.Error("no buffers for the batch; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(b.Err))
 		consumer.NakAll(msgs, time.Second)
-		return emb
+		return
 	}
 	t0 := time.Now()
-	emb, failed := embedInHalves(ctx, p.eng.Embed, b, 0, b.Rows, emb, nil, p.log)
+	embedInHalves(ctx, p.eng.run, b, 0, b.Rows, acc, p.log)
+	failed := acc.failed
 	p.metrics.ObserveInference(time.Since(t0))
 	b.Release()           // token buffers are no longer needed; Items stay readable
 	if ctx.Err() != nil { // shutdown timeout: hand the records to another worker now
 		p.log.Warn("batch abandoned at shutdown; records nak'd", zap.Uint64("batch", b.Seq), zap.Int("rows", b.Rows))
 		consumer.NakAll(msgs, 0)
-		return emb
+		return
 	}
 	switch judge(b.Rows, failed) {
 	case nakAll:
 		p.log.Error("inference failed; records nak'd", zap.Uint64("batch", b.Seq), zap.Int("rows", b.Rows),
 			zap.Uint64("first_stream_seq", b.Items[0].StreamSeq), zap.Error(failed[0].err))
 		consumer.NakAll(msgs, time.Second)
-		return emb
+		return
 	case deadLetterBad, allOK:
 	}
 	out.Reset()
@@ -378,13 +381,19 @@ func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, o
 		out.StopStripped = append(out.StopStripped, it.StopStripped)
 		out.InputIndexes = append(out.InputIndexes, it.InputIndex)
 	}
-	out.Embeddings = emb
+	out.Embeddings = acc.emb
+	if err := p.eng.outputs.fill(out, acc.all); err != nil { // a bug, not the records' fault
+		p.log.Error("outputs do not match the batch; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
+		consumer.NakAll(okMsgs, time.Second)
+		return
+	}
 	p.cfg.Hooks.at(ctx, PointBeforePublish, okMsgs)
 	t1 := time.Now()
-	if err := p.publishJobs(ctx, out, okMsgs); err != nil {
+	okMsgs, okItems, err := p.publishFitting(ctx, out, okMsgs, okItems)
+	if err != nil {
 		p.log.Warn("publish abandoned at shutdown; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
 		consumer.NakAll(okMsgs, 0)
-		return emb
+		return
 	}
 	p.metrics.ObservePublish(time.Since(t1))
 	p.cfg.Hooks.at(ctx, PointAfterPublish, okMsgs)
@@ -392,11 +401,47 @@ func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, emb []float32, o
 	if err := consumer.AckAll(ctx, p.deps.Conn, okMsgs); err != nil {
 		// The outputs are stored; a redelivery is deduplicated downstream by id and seq_sha256.
 		p.log.Warn("ack failed after publish", zap.Uint64("batch", b.Seq), zap.Error(err))
-		return emb
+		return
 	}
 	p.metrics.RecordsOut(len(okMsgs))
 	p.stats.acked(okItems, time.Now())
-	return emb
+}
+
+// publishFitting is publishJobs for a batch some rows of which may not fit in a message alone
+// (a long per-residue row under a small max_payload): such a row's record is dead-lettered
+// (reason output_too_large, naming its size and the limit) and taken out of the batch, and the
+// rest is published again, so a record that can never be stored is neither retried for ever
+// nor dropped in silence. It returns the messages and items of the rows stored.
+func (p *Pipeline) publishFitting(ctx context.Context, out *arrowout.Batch, msgs []jetstream.Msg, items []batcher.Item) ([]jetstream.Msg, []batcher.Item, error) {
+	for {
+		err := p.publishJobs(ctx, out, msgs)
+		var tl *arrowout.TooLargeError
+		if !errors.As(err, &tl) {
+			return msgs, items, err
+		}
+		r := slices.IndexFunc(out.StreamSeqs, func(s uint64) bool { return s == tl.StreamSeq })
+		if r < 0 { // cannot happen: the row is one of out's
+			return msgs, items, err
+		}
+		rej := &consumer.RejectError{Reason: consumer.ReasonOutputTooLarge, ID: items[r].ID, StreamSeq: items[r].StreamSeq,
+			Err: fmt.Errorf("row too large for max_payload: %d bytes encoded, the limit is %d (max_payload less %d header bytes); raise the server's max_payload, or write float16 per-residue outputs or fewer layers",
+				tl.Size, tl.Limit, arrowout.HeaderHeadroom)}
+		if err := consumer.DeadLetterMsg(ctx, p.js, p.model, msgs[r], rej, p.metrics, p.log); err != nil {
+			p.log.Error("dead-letter", zap.Error(err))
+		}
+		var rest arrowout.Batch
+		rest.Seq = out.Seq
+		for i := range out.Rows() {
+			if i != r {
+				rest.AppendRow(out, i, p.eng.Manifest().EmbeddingDim)
+			}
+		}
+		*out = rest
+		msgs, items = slices.Delete(msgs, r, r+1), slices.Delete(items, r, r+1)
+		if out.Rows() == 0 {
+			return msgs, items, nil
+		}
+	}
 }
 
 // publish stores a batch's outputs on subject under publishPolicy; it gives up only when ctx ends.
@@ -409,6 +454,8 @@ func (p *Pipeline) publish(ctx context.Context, subject string, out *arrowout.Ba
 				zap.Int("attempt", try), zap.Error(err))
 		}
 	}
+	// A row too large for any message is not retried: publishFitting takes it out.
+	pol.Retryable = func(err error) bool { return !errors.Is(err, arrowout.ErrTooLarge) }
 	err := retry.Do(ctx, pol, func(ctx context.Context) error {
 		_, err := p.pub.PublishTo(ctx, subject, out)
 		return err

@@ -341,14 +341,14 @@ func TestShutdownTimeoutDuringRun(t *testing.T) {
 	// Runner.Embed does when ORT completes before Terminate takes effect).
 	inRun := make(chan struct{}, 1)
 	cfg.Hooks.WrapEmbed = func(next pipeline.EmbedFunc) pipeline.EmbedFunc {
-		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
-			out, err := next(context.WithoutCancel(ctx), in, dst)
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, *gpurun.Result, error) {
+			out, res, err := next(context.WithoutCancel(ctx), in, dst)
 			select {
 			case inRun <- struct{}{}:
 			default:
 			}
 			<-ctx.Done()
-			return out, err
+			return out, res, err
 		}
 	}
 	w := e2etest.NewWorker(t, ctx, srv, cfg)
@@ -423,13 +423,13 @@ func TestStopAbandonsNow(t *testing.T) {
 	cfg.ShutdownTimeout = 10 * time.Minute // Stop must not wait for it
 	running := make(chan struct{}, 1)
 	cfg.Hooks.WrapEmbed = func(next pipeline.EmbedFunc) pipeline.EmbedFunc {
-		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, *gpurun.Result, error) {
 			select {
 			case running <- struct{}{}:
 			default:
 			}
 			<-ctx.Done() // a run that never ends by itself
-			return dst, ctx.Err()
+			return dst, nil, ctx.Err()
 		}
 	}
 	w := e2etest.NewWorker(t, ctx, srv, cfg)
@@ -462,14 +462,14 @@ func TestShutdownInsideTimeout(t *testing.T) {
 	cfg.ShutdownTimeout, cfg.MaxBatchRows, cfg.Inflight = 3*time.Second, 4, 1
 	started := make(chan struct{}, 1)
 	cfg.Hooks.WrapEmbed = func(next pipeline.EmbedFunc) pipeline.EmbedFunc {
-		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, *gpurun.Result, error) {
 			select {
 			case started <- struct{}{}:
 			default:
 			}
 			select { // the scenario: a device that takes 10 s a batch
 			case <-ctx.Done():
-				return dst, ctx.Err()
+				return dst, nil, ctx.Err()
 			case <-time.After(10 * time.Second):
 			}
 			return next(ctx, in, dst)

@@ -35,21 +35,28 @@ func batchOf(rows, cols int) *batcher.Batch {
 
 // fakeEmbed embeds each row as one float (its token), failing runs for which fail says so.
 func fakeEmbed(fail func(in gpurun.Input) error, runs *[]int) EmbedFunc {
-	return func(_ context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+	return func(_ context.Context, in gpurun.Input, dst []float32) ([]float32, *gpurun.Result, error) {
 		*runs = append(*runs, in.Rows)
 		if err := fail(in); err != nil {
-			return dst, err
+			return dst, nil, err
 		}
 		for r := range in.Rows {
 			dst = append(dst, float32(in.IDs[r*in.Cols]))
 		}
-		return dst, nil
+		return dst, nil, nil
 	}
+}
+
+// halves is embedInHalves on rows [lo, hi) of b from nothing: the embeddings and failed rows.
+func halves(ctx context.Context, embed EmbedFunc, b *batcher.Batch, lo, hi int) ([]float32, []rowError) {
+	var acc embedded
+	embedInHalves(ctx, embed, b, lo, hi, &acc, zap.NewNop())
+	return acc.emb, acc.failed
 }
 
 func TestEmbedInHalvesAllOK(t *testing.T) {
 	var runs []int
-	emb, failed := embedInHalves(context.Background(), fakeEmbed(func(gpurun.Input) error { return nil }, &runs), batchOf(8, 4), 0, 8, nil, nil, zap.NewNop())
+	emb, failed := halves(context.Background(), fakeEmbed(func(gpurun.Input) error { return nil }, &runs), batchOf(8, 4), 0, 8)
 	if len(failed) != 0 || !slices.Equal(runs, []int{8}) || !slices.Equal(emb, []float32{1, 2, 3, 4, 5, 6, 7, 8}) {
 		t.Fatalf("runs %v, emb %v, failed %v", runs, emb, failed)
 	}
@@ -59,12 +66,12 @@ func TestEmbedInHalvesAllOK(t *testing.T) {
 func TestEmbedInHalvesShrinksOnOOM(t *testing.T) {
 	var runs []int
 	oom := errors.New("CUDA out of memory")
-	emb, failed := embedInHalves(context.Background(), fakeEmbed(func(in gpurun.Input) error {
+	emb, failed := halves(context.Background(), fakeEmbed(func(in gpurun.Input) error {
 		if in.Rows > 2 {
 			return oom
 		}
 		return nil
-	}, &runs), batchOf(8, 4), 0, 8, nil, nil, zap.NewNop())
+	}, &runs), batchOf(8, 4), 0, 8)
 	if len(failed) != 0 || !slices.Equal(emb, []float32{1, 2, 3, 4, 5, 6, 7, 8}) {
 		t.Fatalf("emb %v, failed %v", emb, failed)
 	}
@@ -79,12 +86,12 @@ func TestEmbedInHalvesShrinksOnOOM(t *testing.T) {
 // A poison row fails every run holding it: it ends alone and failed; the others are embedded.
 func TestEmbedInHalvesIsolatesPoison(t *testing.T) {
 	var runs []int
-	emb, failed := embedInHalves(context.Background(), fakeEmbed(func(in gpurun.Input) error {
+	emb, failed := halves(context.Background(), fakeEmbed(func(in gpurun.Input) error {
 		if slices.Contains(in.IDs, 6) {
 			return errors.New("poison")
 		}
 		return nil
-	}, &runs), batchOf(8, 4), 0, 8, nil, nil, zap.NewNop())
+	}, &runs), batchOf(8, 4), 0, 8)
 	if len(failed) != 1 || failed[0].row != 5 || !strings.Contains(failed[0].err.Error(), "poison") {
 		t.Fatalf("failed %v, want row 5 alone", failed)
 	}
@@ -99,8 +106,8 @@ func TestEmbedInHalvesIsolatesPoison(t *testing.T) {
 // A device that fails every run: every row fails, and judge naks them all (no dead letters).
 func TestEmbedInHalvesBrokenDevice(t *testing.T) {
 	var runs []int
-	_, failed := embedInHalves(context.Background(), fakeEmbed(func(gpurun.Input) error { return errors.New("device lost") }, &runs),
-		batchOf(4, 4), 0, 4, nil, nil, zap.NewNop())
+	_, failed := halves(context.Background(), fakeEmbed(func(gpurun.Input) error { return errors.New("device lost") }, &runs),
+		batchOf(4, 4), 0, 4)
 	if len(failed) != 4 || judge(4, failed) != nakAll {
 		t.Fatalf("failed %v, judge %v: want 4 rows and nakAll", failed, judge(4, failed))
 	}
@@ -111,7 +118,7 @@ func TestEmbedInHalvesStopsAtShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var runs []int
-	_, failed := embedInHalves(ctx, fakeEmbed(func(gpurun.Input) error { return context.Canceled }, &runs), batchOf(8, 4), 0, 8, nil, nil, zap.NewNop())
+	_, failed := halves(ctx, fakeEmbed(func(gpurun.Input) error { return context.Canceled }, &runs), batchOf(8, 4), 0, 8)
 	if len(runs) != 1 || len(failed) != 8 {
 		t.Fatalf("runs %v, %d failed: want one run and 8 failed rows", runs, len(failed))
 	}
@@ -308,5 +315,56 @@ func TestCUDAPreflight(t *testing.T) {
 	}
 	if err := sessionHint(gpurun.Device{Kind: "cpu"}, ortErr); err != ortErr {
 		t.Errorf("cpu errors are left alone: %v", err)
+	}
+}
+
+// A model of several outputs, halved by an out-of-memory over 2 rows: the runs' Results are put
+// back together in row order (rows, lengths, offsets, pooled and per-residue values) and a
+// poison row's outputs are left out with its embedding.
+func TestEmbedInHalvesMergesOutputs(t *testing.T) {
+	b := batchOf(6, 4)
+	for r := range 6 { // row r has r%3 residues: mask ones r%3 + 2
+		for c := range 4 {
+			b.Mask[r*4+c] = int64(min(1, max(0, r%3+2-c)))
+		}
+	}
+	specs := []gpurun.OutputSpec{{Name: "bos_l0", Pooling: gpurun.PoolBOS}, {Name: "residues_l1", Pooling: gpurun.PoolPerResidue}}
+	var runs []int
+	embed := func(_ context.Context, in gpurun.Input, dst []float32) ([]float32, *gpurun.Result, error) {
+		runs = append(runs, in.Rows)
+		if in.Rows > 2 {
+			return dst, nil, errors.New("CUDA out of memory")
+		}
+		if slices.Contains(in.IDs, 5) {
+			return dst, nil, errors.New("poison")
+		}
+		res := &gpurun.Result{Rows: in.Rows, Dim: 1, Offsets: []int{0}, Outputs: []gpurun.OutputValues{{OutputSpec: specs[0]}, {OutputSpec: specs[1]}}}
+		for r := range in.Rows {
+			tok := float32(in.IDs[r*in.Cols])
+			n := int(in.Mask[r*in.Cols]+in.Mask[r*in.Cols+1]+in.Mask[r*in.Cols+2]+in.Mask[r*in.Cols+3]) - 2
+			dst = append(dst, tok)
+			res.Lengths = append(res.Lengths, n)
+			res.Offsets = append(res.Offsets, res.Offsets[r]+n)
+			res.Outputs[0].F32 = append(res.Outputs[0].F32, 10*tok)
+			for j := range n {
+				res.Outputs[1].F32 = append(res.Outputs[1].F32, 100*tok+float32(j))
+			}
+		}
+		return dst, res, nil
+	}
+	var acc embedded
+	embedInHalves(context.Background(), embed, b, 0, 6, &acc, zap.NewNop())
+	if len(acc.failed) != 1 || acc.failed[0].row != 4 || !slices.Equal(acc.emb, []float32{1, 2, 3, 4, 6}) {
+		t.Fatalf("emb %v, failed %v", acc.emb, acc.failed)
+	}
+	all := acc.all
+	if all.Rows != 5 || !slices.Equal(all.Lengths, []int{0, 1, 2, 0, 2}) || !slices.Equal(all.Offsets, []int{0, 0, 1, 3, 3, 5}) {
+		t.Fatalf("merged rows %d lengths %v offsets %v", all.Rows, all.Lengths, all.Offsets)
+	}
+	if !slices.Equal(all.Outputs[0].F32, []float32{10, 20, 30, 40, 60}) || !slices.Equal(all.Outputs[1].F32, []float32{200, 300, 301, 600, 601}) {
+		t.Errorf("merged outputs %v %v", all.Outputs[0].F32, all.Outputs[1].F32)
+	}
+	if f32, _ := all.Row(&all.Outputs[1], 4); !slices.Equal(f32, []float32{600, 601}) {
+		t.Errorf("row 4 residues %v", f32)
 	}
 }

@@ -15,31 +15,48 @@ type rowError struct {
 	err error
 }
 
+// embedded is what the runs of one batch made: the embeddings of the rows that worked, in row
+// order; for a model of several outputs all their outputs (one Result, the runs' appended in
+// row order; nil for a model of one output); and the rows that failed, in row order.
+type embedded struct {
+	emb    []float32
+	all    *gpurun.Result
+	failed []rowError
+}
+
 // embedInHalves is the retry-in-halves rule. It embeds rows [lo, hi) of b with embed, appending
-// their embeddings to emb in row order; a failed run is split in halves and each half retried,
+// their embeddings (and outputs) to acc; a failed run is split in halves and each half retried,
 // down to single rows. So a CUDA out-of-memory shrinks the batch until it fits, and a record
-// that breaks the model is isolated: it fails alone. Rows that failed are returned in row order
-// (all of them when ctx ends: nothing is retried after that).
-func embedInHalves(ctx context.Context, embed EmbedFunc, b *batcher.Batch, lo, hi int, emb []float32, failed []rowError, log *zap.Logger) ([]float32, []rowError) {
+// that breaks the model is isolated: it fails alone. Rows that failed go to acc.failed in row
+// order (all of them when ctx ends: nothing is retried after that).
+func embedInHalves(ctx context.Context, embed EmbedFunc, b *batcher.Batch, lo, hi int, acc *embedded, log *zap.Logger) {
 	c := b.Cols
 	in := gpurun.Input{IDs: b.InputIDs[lo*c : hi*c], Mask: b.Mask[lo*c : hi*c], Rows: hi - lo, Cols: c}
-	n0 := len(emb)
-	emb, err := embed(ctx, in, emb)
+	n0 := len(acc.emb)
+	emb, res, err := embed(ctx, in, acc.emb)
 	if err == nil {
-		return emb, failed
+		acc.emb = emb
+		switch {
+		case res == nil:
+		case acc.all == nil:
+			acc.all = res // each run's Result is its own: the first is the accumulator
+		default:
+			acc.all.Append(res)
+		}
+		return
 	}
-	emb = emb[:n0]
+	acc.emb = emb[:n0]
 	if hi-lo == 1 || ctx.Err() != nil {
 		for r := lo; r < hi; r++ {
-			failed = append(failed, rowError{r, err})
+			acc.failed = append(acc.failed, rowError{r, err})
 		}
-		return emb, failed
+		return
 	}
 	log.Warn("batch failed; retrying in halves", zap.Uint64("batch", b.Seq), zap.Int("rows", hi-lo),
 		zap.Int("cols", c), zap.Uint64("first_stream_seq", b.Items[lo].StreamSeq), zap.Error(err))
 	mid := (lo + hi) / 2
-	emb, failed = embedInHalves(ctx, embed, b, lo, mid, emb, failed, log)
-	return embedInHalves(ctx, embed, b, mid, hi, emb, failed, log)
+	embedInHalves(ctx, embed, b, lo, mid, acc, log)
+	embedInHalves(ctx, embed, b, mid, hi, acc, log)
 }
 
 // verdict is what the rules make of a batch's failed rows.

@@ -344,7 +344,10 @@ def _outputs_head(g, outputs, states, ids, mask, offs, tok_ax, ax_last, ax1, D, 
             outs.append(onnx.helper.make_tensor_value_info(name, TP.FLOAT, ["batch", D]))
         elif pooling == "bos":
             if not bos_index:
-                bos_index.append(i64("bos_index", 0))
+                # A 0-d index (Gather drops the axis: [B, D]); g.w would make it [1]
+                # (np.ascontiguousarray returns at least 1-d, as for every other scalar here).
+                g.inits.append(onnx.numpy_helper.from_array(np.array(0, dtype=np.int64), "bos_index"))
+                bos_index.append("bos_index")
             bos = g.op("Gather", [layer(lay), bos_index[0]], axis=1)
             g.nodes.append(onnx.helper.make_node("Cast", [bos], [name], name="pool_" + name, to=TP.FLOAT))
             outs.append(onnx.helper.make_tensor_value_info(name, TP.FLOAT, ["batch", D]))

@@ -4,6 +4,7 @@
 package e2etest
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/esm2graph"
 	"github.com/seqembed/seqembed/gpurun"
 	"github.com/seqembed/seqembed/internal/natstest"
 	"github.com/seqembed/seqembed/internal/testutil"
@@ -167,9 +169,9 @@ func (w *Worker) Rows() int { return w.P.Stats().Rows }
 // run's error, otherwise the real run follows.
 func BeforeEmbed(hook func(in gpurun.Input) error) func(next pipeline.EmbedFunc) pipeline.EmbedFunc {
 	return func(next pipeline.EmbedFunc) pipeline.EmbedFunc {
-		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, error) {
+		return func(ctx context.Context, in gpurun.Input, dst []float32) ([]float32, *gpurun.Result, error) {
 			if err := hook(in); err != nil {
-				return dst, err
+				return dst, nil, err
 			}
 			return next(ctx, in, dst)
 		}
@@ -528,4 +530,115 @@ func (r *OutputReader) CheckOnce(ids []string) {
 			r.t.Errorf("%s appears %d times in the output, want 1", id, n)
 		}
 	}
+}
+
+// TinyHF is the tiny model's Hugging Face checkpoint (config.json + model.safetensors), the weights
+// of RefOutputsFile.
+var TinyHF = filepath.Join(Root, "esm2graph", "testdata", "esm2-tiny-hf")
+
+// RefOutputsFile is tools/reference_outputs.py's output for TinyHF (PyTorch, fair-esm semantics).
+var RefOutputsFile = filepath.Join(Root, "testdata", "esm2-tiny", "reference-outputs.json.gz")
+
+// RefOutputs is RefOutputsFile: every layer's mean and <cls> row of each golden record (per-residue
+// states of the first few), and the chunked long records (window, stride).
+type RefOutputs struct {
+	NumLayers int `json:"num_layers"`
+	Dim       int `json:"dim"`
+	Window    int `json:"window"`
+	Stride    int `json:"stride"`
+	Records   []struct {
+		ID       string      `json:"id"`
+		Sequence string      `json:"sequence"`
+		Mean     [][]float64 `json:"mean"`
+		BOS      [][]float64 `json:"bos"`
+		PerTok   [][]float64 `json:"per_tok"`
+	} `json:"records"`
+	Long []struct {
+		ID       string               `json:"id"`
+		Sequence string               `json:"sequence"`
+		Windows  int                  `json:"windows"`
+		Mean     [][]float64          `json:"mean"`
+		BOS      [][]float64          `json:"bos"`
+		LastRows map[string][]float64 `json:"per_tok_last_rows"`
+	} `json:"long"`
+}
+
+// LoadRefOutputs reads RefOutputsFile; without it the test is skipped (failed when CI is set),
+// as esm2graph's reference tests are: it is made by tools/reference_outputs.py on a torch machine.
+func LoadRefOutputs(t testing.TB) *RefOutputs {
+	t.Helper()
+	f, err := os.Open(RefOutputsFile)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("reference outputs missing in CI: %v", err)
+		}
+		t.Skipf("reference outputs %s not present (tools/reference_outputs.py on a torch machine): %v", RefOutputsFile, err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref RefOutputs
+	if err := json.NewDecoder(zr).Decode(&ref); err != nil {
+		t.Fatal(err)
+	}
+	return &ref
+}
+
+// RefValues is the reference's values of the output column c of golden record rec (nil: the
+// reference has no per-residue states of that record).
+func (ref *RefOutputs) RefValues(rec int, c arrowout.OutputColumn) []float64 {
+	r := ref.Records[rec]
+	switch c.Pooling {
+	case arrowout.PoolMean:
+		return r.Mean[c.Layer]
+	case arrowout.PoolBOS:
+		return r.BOS[c.Layer]
+	}
+	if r.PerTok == nil {
+		return nil
+	}
+	return r.PerTok[c.Layer]
+}
+
+// AllOutputs are every layer (0 to layers) of the tiny model × every pooling, mean of the last
+// layer included (the embedding).
+func AllOutputs(layers int) []esm2graph.Output {
+	var outs []esm2graph.Output
+	for l := range layers + 1 {
+		for _, p := range []string{esm2graph.PoolMean, esm2graph.PoolBOS, esm2graph.PoolPerResidue} {
+			outs = append(outs, esm2graph.Output{Layer: l, Pooling: p})
+		}
+	}
+	return outs
+}
+
+// OutputsModel builds the tiny model's graph (TinyHF; mha, CPU) with outs (and float16
+// per-residue outputs when fp16) into a folder of the test's and returns it.
+func OutputsModel(t testing.TB, outs []esm2graph.Output, fp16 bool) string {
+	t.Helper()
+	ck, err := esm2graph.Load(TinyHF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	dir := filepath.Join(t.TempDir(), "model")
+	if _, err := esm2graph.Build(context.Background(), ck, dir, esm2graph.Options{Attention: esm2graph.AttentionMHA,
+		Device: esm2graph.DeviceCPU, Name: "esm2-tiny-out", Outputs: outs, ResiduesFP16: fp16}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// MaxAbsDiff is the largest |got[i] - want[i]|, or +Inf when the lengths differ.
+func MaxAbsDiff(got []float32, want []float64) float64 {
+	if len(got) != len(want) {
+		return math.Inf(1)
+	}
+	d := 0.0
+	for i, g := range got {
+		d = max(d, math.Abs(float64(g)-want[i]))
+	}
+	return d
 }

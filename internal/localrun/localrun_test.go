@@ -15,6 +15,7 @@ import (
 
 	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/consumer"
+	"github.com/seqembed/seqembed/esm2graph"
 	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/internal/localrun"
 	"github.com/seqembed/seqembed/internal/testutil"
@@ -351,4 +352,56 @@ func seqOf(t *testing.T, index int64, files ...string) string {
 		}
 	}
 	return all[index]
+}
+
+// TestRunWritesOutputs is `seqembed run` with a model of extra outputs (mean of layer 0, <cls>
+// row of layer 2, float16 per-residue states of layer 2, and the embedding): the Parquet file has
+// the output columns (Meta.Outputs, float16 residues) and every golden record's values match the
+// PyTorch reference (1e-4; per-residue 2e-3, float16 rounding).
+func TestRunWritesOutputs(t *testing.T) {
+	e2etest.RequireORT(t)
+	ref := e2etest.LoadRefOutputs(t)
+	cfg := e2etest.Config()
+	cfg.ModelDir = e2etest.OutputsModel(t, []esm2graph.Output{{Layer: 0, Pooling: esm2graph.PoolMean}, {Layer: 2, Pooling: esm2graph.PoolBOS},
+		{Layer: 2, Pooling: esm2graph.PoolPerResidue}, {Layer: -1, Pooling: esm2graph.PoolMean}}, true)
+	out := filepath.Join(t.TempDir(), "out.parquet")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sum, err := localrun.Run(ctx, filepath.Join(e2etest.Root, "testdata", "golden-input.fasta"), out, cfg, nil, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, rows, err := arrowout.ReadParquet(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if meta.Outputs != "mean_l0,bos_l2,residues_l2" || !meta.ResiduesFP16 || len(rows) != len(ref.Records) || sum.Embedded != len(rows) {
+		t.Fatalf("meta %+v, %d rows, summary %+v", meta, len(rows), sum)
+	}
+	cols, _ := meta.OutputColumns()
+	index := map[string]int{}
+	for i, r := range ref.Records {
+		index[r.ID] = i
+	}
+	for _, r := range rows {
+		i, ok := index[r.ID]
+		if !ok || len(r.Outputs) != len(cols) {
+			t.Fatalf("row %s: %d outputs", r.ID, len(r.Outputs))
+		}
+		for k, c := range cols {
+			want, tol := ref.RefValues(i, c), 1e-4
+			if c.Pooling == arrowout.PoolPerResidue {
+				tol = 2e-3
+				if want == nil {
+					if len(r.Outputs[k]) != int(r.Length)*meta.Dim {
+						t.Errorf("%s %s: %d values for %d residues", r.ID, c.Name, len(r.Outputs[k]), r.Length)
+					}
+					continue
+				}
+			}
+			if d := e2etest.MaxAbsDiff(r.Outputs[k], want); d > tol {
+				t.Errorf("%s %s: max abs %.3g vs PyTorch (limit %g)", r.ID, c.Name, d, tol)
+			}
+		}
+	}
 }
