@@ -180,3 +180,36 @@ func TestRunHFModelMatchesGolden(t *testing.T) {
 		t.Errorf("packed for the CPU: exit %d, want 2\n%s", c.code, c.stderr)
 	}
 }
+
+// TestModelBuildOutputs: `model build --outputs` writes a graph with extra outputs (the last layer's
+// mean, the embedding column, added when not asked for) and `run` writes one column per output.
+func TestModelBuildOutputs(t *testing.T) {
+	e2etest.RequireORT(t)
+	hfDir := filepath.Join(e2etest.Root, "esm2graph", "testdata", "esm2-tiny-hf")
+	dir := t.TempDir()
+	built := filepath.Join(dir, "m")
+	c := runChild(t, "model build --from "+hfDir+" --out "+built+" --device cpu --name esm2-tiny --outputs bos:-1,per-residue:1 --residues-fp16", nil)
+	if c.code != cli.ExitOK {
+		t.Fatalf("model build --outputs: exit %d\n%s", c.code, c.stderr)
+	}
+	out := filepath.Join(dir, "o.parquet")
+	golden := filepath.Join(e2etest.Root, "testdata", "golden-input.fasta")
+	if c = runChild(t, "run "+golden+" --model "+built+" --threads 1 --quiet --out "+out, nil); c.code != cli.ExitOK {
+		t.Fatalf("run: exit %d\n%s", c.code, c.stderr)
+	}
+	meta, rows, err := arrowout.ReadParquet(out)
+	if err != nil || len(rows) != 20 {
+		t.Fatalf("%d rows, %v", len(rows), err)
+	}
+	if meta.Outputs != "bos_l2,residues_l1" || !meta.ResiduesFP16 {
+		t.Errorf("meta outputs %q (fp16 %v), want bos_l2,residues_l1 in float16", meta.Outputs, meta.ResiduesFP16)
+	}
+	for _, r := range rows {
+		if len(r.Outputs) != 2 || len(r.Outputs[0]) != 64 || len(r.Outputs[1]) != 64*int(r.Length) {
+			t.Fatalf("%s: outputs %d, want bos (64) and %d×64 residues", r.ID, len(r.Outputs), r.Length)
+		}
+	}
+	if c = runChild(t, "model build --from "+hfDir+" --out "+built+"x --device cpu --outputs mean:7", nil); c.code != cli.ExitUsage {
+		t.Errorf("a layer the model lacks: exit %d, want 2\n%s", c.code, c.stderr)
+	}
+}

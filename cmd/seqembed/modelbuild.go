@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/seqembed/seqembed/esm2graph"
@@ -35,6 +36,8 @@ func modelBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	customOps := fs.Bool("custom-ops", false, "use seqembed's BiasRotary CUDA op (needs --fp16 and libseqembed_ops.so in --out or $SEQEMBED_CUSTOM_OPS; without it the graph uses ONNX Runtime's ops and says what that costs)")
 	name := fs.String("name", "", "model name in model.json, the one publish --model and the subjects use (default: the checkpoint's name)")
 	maxLen := fs.Int("max-length", esm2graph.DefaultMaxLength, "longest sequence in residues")
+	outputs := fs.String("outputs", "", "extra outputs, POOLING:LAYER,... with poolings mean, bos, per-residue and fair-esm layers (0 = embeddings, -1 = last), e.g. mean:-1,bos:-1,per-residue:-1; the last layer's mean (column embedding) is always there (default: only it)")
+	residuesFP16 := fs.Bool("residues-fp16", false, "per-residue outputs in float16 (half the bytes; default float32)")
 	force := fs.Bool("force", false, "replace a model already in --out")
 	cache := fs.String("cache", "", "hub cache for hf: checkpoints (default: $SEQEMBED_CACHE, else seqembed/hub in the user cache directory)")
 	setUsage(fs, modelBuildSynopsis)
@@ -65,7 +68,15 @@ func modelBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			*name = filepath.Base(s.Repo)
 		}
 	}
-	opts := esm2graph.Options{Attention: *fused, Device: *device, FP16: *fp16, CustomOps: *customOps, Name: *name, MaxLength: *maxLen, Source: *from}
+	opts := esm2graph.Options{Attention: *fused, Device: *device, FP16: *fp16, CustomOps: *customOps, Name: *name, MaxLength: *maxLen, Source: *from,
+		ResiduesFP16: *residuesFP16}
+	if *outputs != "" {
+		outs, err := esm2graph.ParseOutputs(*outputs)
+		if err != nil {
+			return cli.Usagef("--outputs: %w", err)
+		}
+		opts.Outputs = outs
+	}
 	m, err := buildGraph(ctx, src, *out, opts, stderr)
 	if errors.Is(err, esm2graph.ErrOption) {
 		return &cli.UsageError{Err: err}
@@ -89,6 +100,12 @@ func buildGraph(ctx context.Context, src, out string, opts esm2graph.Options, w 
 	defer ck.Close()
 	for _, n := range ck.Notes {
 		fmt.Fprintf(w, "model: %s: %s\n", src, n)
+	}
+	if n := ck.Config.NumHiddenLayers; len(opts.Outputs) > 0 && !slices.ContainsFunc(opts.Outputs, func(o esm2graph.Output) bool {
+		return o.Pooling == esm2graph.PoolMean && (o.Layer == -1 || o.Layer == n)
+	}) {
+		// The last layer's mean is the embedding column every worker publishes.
+		opts.Outputs = append([]esm2graph.Output{{Layer: -1, Pooling: esm2graph.PoolMean}}, opts.Outputs...)
 	}
 	if opts.CustomOps {
 		if _, ok := esm2graph.LocateCustomOps(out); !ok {

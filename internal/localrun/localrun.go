@@ -27,6 +27,9 @@ import (
 	"github.com/seqembed/seqembed/telemetry"
 )
 
+// EmbeddedMaxPayload is the embedded server's max_payload: 64 MiB, NATS's ceiling.
+const EmbeddedMaxPayload = 64 << 20
+
 // EmbeddedServer starts an in-process JetStream server on a random loopback port with its store
 // in a fresh temp dir; stop shuts it down and removes the store.
 func EmbeddedServer() (*server.Server, func(), error) {
@@ -36,6 +39,9 @@ func EmbeddedServer() (*server.Server, func(), error) {
 	}
 	s, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir,
+		// The largest message NATS allows: a per-residue output row of a big model is megabytes
+		// (1022 residues × 1280 dims in float16 is 2.6 MB) and this server is ours alone.
+		MaxPayload: EmbeddedMaxPayload,
 		NoSigs: true, NoLog: true, ServerName: "seqembed-embedded",
 	})
 	if err != nil {

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# bench/gpu_outputs.sh — on the GPU machine (issue #16): ESM-2 650M (random weights) as the plain
+# mean graph (tools/export_esm2.py, packed fp16, custom ops) and, from the same checkpoint, a graph
+# with the last layer's per-residue states in float16 (`seqembed model build --outputs
+# per-residue:-1 --residues-fp16`); parity of the per-residue output and of the mean against the
+# float32 PyTorch model on 200 real proteins (bench/outputs_parity.py), then end-to-end throughput of
+# both (bench/gpu.sh, export=dir:) on 2,000 sequences with real proteins' lengths.
+#   bash .device/on-device.sh bash bench/gpu_outputs.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+w=${TMPDIR:-/tmp}/outputs
+mkdir -p "$w" "$OUT"
+# Every step's output goes to $OUT/steps.log as it runs, each step under its own time limit, so a
+# cut-short call still returns what ran (the first try of this script, 2026-12-01, returned nothing).
+exec > >(tee -a "$OUT/steps.log") 2>&1
+step() { local limit=$1; shift; echo "== $(date -u +%T) $*"; timeout "$limit" "$@"; echo "== exit $?"; }
+step 150 python3 tools/export_esm2.py --preset t33_650M --fp16 --fused packed --custom-ops --save-pretrained "$w/hf650" --out "$w/mean650" --no-check 
+step 120 env SEQEMBED_OPS_ARCHS=90 bash scripts/build-ops.sh "$w/mean650/libseqembed_ops.so"
+mkdir -p "$w/res650" && cp "$w/mean650/libseqembed_ops.so" "$w/res650/"
+step 120 seqembed model build --from "$w/hf650" --out "$w/res650" --fp16 --fused packed --custom-ops --name esm2-t33_650M \
+  --outputs per-residue:-1 --residues-fp16 
+zcat testdata/sample/query500.fasta.gz >"$w/q.fasta"
+step 120 seqembed run "$w/q.fasta" --model "$w/res650" --device cuda:0 --out "$w/res.parquet" --quiet --allow-rejects --allow-id-conflicts
+step 120 python3 bench/outputs_parity.py --hf "$w/hf650" --file "$w/res.parquet" --fasta "$w/q.fasta" --layer 33 --rows 200 --min-cos 0.9999 | tee "$OUT/outputs-parity.json" || true
+python3 - "$w/q.fasta" "$w/syn.fasta" <<'PY'
+import random, sys
+lens = []
+for line in open(sys.argv[1]):
+    if line.startswith(">"):
+        lens.append(0)
+    else:
+        lens[-1] += len(line.strip())
+rng = random.Random(7)
+with open(sys.argv[2], "w") as f:
+    for i in range(2000):
+        f.write(f">syn{i}\n" + "".join(rng.choice("LAGVSERTIDPKQNFYMHWC") for _ in range(rng.choice(lens))) + "\n")
+PY
+bash bench/gpu.sh --budget 240 --out "$OUT/bench" --fasta "$w/syn.fasta" \
+  "model=650M export=dir:$w/mean650 modes=e2e label=mean" "model=650M export=dir:$w/res650 modes=e2e label=per-residue-fp16" \
+  "model=650M export=dir:$w/res650 modes=raw label=per-residue-fp16" "model=650M export=dir:$w/mean650 modes=raw label=mean" \
+  "model=650M export=dir:$w/mean650 modes=e2e label=mean-2" "model=650M export=dir:$w/res650 modes=e2e label=per-residue-fp16-2"
