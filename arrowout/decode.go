@@ -26,6 +26,9 @@ type Row struct {
 	InputLength  int32 // residues before truncation
 	StopStripped bool
 	InputIndex   int64 // position in the input; -1 when unknown
+	// Chunks is the number of windows the sequence was embedded in (--overlength chunk): 1 for
+	// a row embedded whole, and for every row of a version-1 or -2 message.
+	Chunks int32
 	// Outputs are the row's extra outputs (Meta.Outputs' order; nil for none): Dim values of a
 	// pooled output, Length × Dim of a per-residue one (float16 columns widened to float32).
 	Outputs [][]float32
@@ -71,7 +74,8 @@ type columns struct {
 	stop     *array.Boolean
 	index    *array.Int64
 
-	extra []arrow.Array // version 3: the extra output columns
+	chunks *array.Int32  // version 3: windows per row
+	extra  []arrow.Array // version 3: the extra output columns
 }
 
 // outputs returns row i's extra outputs, copied (float16 widened).
@@ -126,8 +130,9 @@ func columnsOf(rec arrow.RecordBatch) columns {
 		c.stop = rec.Column(8).(*array.Boolean)
 		c.index = rec.Column(9).(*array.Int64)
 	}
-	if rec.NumCols() > 10 {
-		c.extra = rec.Columns()[10:]
+	if rec.NumCols() > chunksField {
+		c.chunks = rec.Column(chunksField).(*array.Int32)
+		c.extra = rec.Columns()[firstOutputField:]
 	}
 	return c
 }
@@ -152,9 +157,13 @@ func (c *columns) meta(i int) (sha, desc string, inputLen int32, stop bool, inde
 // row is row i with embedding emb, every string copied.
 func (c *columns) row(i int, emb []float32) Row {
 	sha, desc, inputLen, stop, index := c.meta(i)
+	chunks := int32(1)
+	if c.chunks != nil {
+		chunks = c.chunks.Value(i)
+	}
 	return Row{ID: strings.Clone(c.id.Value(i)), StreamSeq: c.seq.Value(i), Length: c.length.Value(i),
 		Truncated: c.truncated.Value(i), Embedding: emb, SeqSHA256: strings.Clone(sha), Description: strings.Clone(desc),
-		InputLength: inputLen, StopStripped: stop, InputIndex: index}
+		InputLength: inputLen, StopStripped: stop, InputIndex: index, Chunks: chunks}
 }
 
 // readStream parses the IPC stream data, checks that its schema is a

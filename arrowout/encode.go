@@ -15,8 +15,8 @@ import (
 // Batch is the plain-struct result of one inference batch. Row i is
 // IDs[i], StreamSeqs[i], Lengths[i], Truncated[i],
 // Embeddings[i*Dim:(i+1)*Dim], SeqSHA256s[i], Descriptions[i],
-// InputLengths[i], StopStripped[i] and InputIndexes[i]. All slices must have
-// len(IDs) rows.
+// InputLengths[i], StopStripped[i], InputIndexes[i] and Chunks[i]. All slices must have
+// len(IDs) rows, but Chunks may be empty (every row 1).
 //
 // The caller owns every slice. The encoder only reads them during an
 // Encode/Split call (the bytes it returns are a copy) and never keeps them,
@@ -34,6 +34,9 @@ type Batch struct {
 	InputLengths []int32  // residues before truncation
 	StopStripped []bool   // the publisher removed a trailing '*'
 	InputIndexes []int64  // position in the input; -1 when unknown
+	// Chunks are the windows each row's sequence was embedded in (--overlength chunk; layout
+	// version 3 only): empty for every row 1, which is all a version-2 stream can carry.
+	Chunks []int32
 	// Outputs are the extra outputs of Meta.Outputs, in its order (none for a Meta without).
 	Outputs []OutputData
 }
@@ -43,7 +46,7 @@ func (b *Batch) Reset() {
 	b.IDs, b.StreamSeqs, b.Lengths, b.Truncated = b.IDs[:0], b.StreamSeqs[:0], b.Lengths[:0], b.Truncated[:0]
 	b.Embeddings = b.Embeddings[:0]
 	b.SeqSHA256s, b.Descriptions, b.InputLengths = b.SeqSHA256s[:0], b.Descriptions[:0], b.InputLengths[:0]
-	b.StopStripped, b.InputIndexes = b.StopStripped[:0], b.InputIndexes[:0]
+	b.StopStripped, b.InputIndexes, b.Chunks = b.StopStripped[:0], b.InputIndexes[:0], b.Chunks[:0]
 	for k := range b.Outputs {
 		b.Outputs[k].F32, b.Outputs[k].F16 = b.Outputs[k].F32[:0], b.Outputs[k].F16[:0]
 	}
@@ -61,6 +64,12 @@ func (b *Batch) AppendRow(src *Batch, r, dim int) {
 	b.InputLengths = append(b.InputLengths, src.InputLengths[r])
 	b.StopStripped = append(b.StopStripped, src.StopStripped[r])
 	b.InputIndexes = append(b.InputIndexes, src.InputIndexes[r])
+	if len(src.Chunks) > 0 || len(b.Chunks) > 0 {
+		for len(b.Chunks) < len(b.IDs)-1 { // the rows before had no count: 1 each
+			b.Chunks = append(b.Chunks, 1)
+		}
+		b.Chunks = append(b.Chunks, src.chunks(r))
+	}
 	if len(src.Outputs) == 0 {
 		return
 	}
@@ -85,6 +94,14 @@ func (b *Batch) AppendRow(src *Batch, r, dim int) {
 // Rows returns the number of rows of b (len(b.IDs)).
 func (b *Batch) Rows() int { return len(b.IDs) }
 
+// chunks is row r's Chunks (1 when b has none).
+func (b *Batch) chunks(r int) int32 {
+	if len(b.Chunks) == 0 {
+		return 1
+	}
+	return b.Chunks[r]
+}
+
 // validate checks that every slice of b has one entry per row for dimension
 // dim. Errors wrap ErrInvalidBatch.
 func (b *Batch) validate(dim int) error {
@@ -106,8 +123,15 @@ func (b *Batch) validate(dim int) error {
 		return fmt.Errorf("%w: batch %d: %d ids but %d stop-stripped flags", ErrInvalidBatch, b.Seq, n, len(b.StopStripped))
 	case len(b.InputIndexes) != n:
 		return fmt.Errorf("%w: batch %d: %d ids but %d input indexes", ErrInvalidBatch, b.Seq, n, len(b.InputIndexes))
+	case len(b.Chunks) != 0 && len(b.Chunks) != n:
+		return fmt.Errorf("%w: batch %d: %d ids but %d chunk counts", ErrInvalidBatch, b.Seq, n, len(b.Chunks))
 	case len(b.Embeddings) != n*dim:
 		return fmt.Errorf("%w: batch %d: %d rows of dim %d need %d embedding values, got %d", ErrInvalidBatch, b.Seq, n, dim, n*dim, len(b.Embeddings))
+	}
+	for i, c := range b.Chunks {
+		if c < 1 {
+			return fmt.Errorf("%w: batch %d: row %d (id %q) embedded in %d chunks, want 1 or more", ErrInvalidBatch, b.Seq, i, b.IDs[i], c)
+		}
 	}
 	return nil
 }
@@ -171,6 +195,7 @@ type Encoder struct {
 	// scratch, reused across calls
 	ids, shas, descs    stringScratch
 	truncBits, stopBits []byte
+	ones                []int32 // the chunks column of a batch without Chunks
 	pending             []pendingPart
 }
 
@@ -366,6 +391,14 @@ func (e *Encoder) validate(b *Batch) error {
 	if err := b.validate(e.dim); err != nil {
 		return err
 	}
+	if len(e.cols) == 0 {
+		for i, c := range b.Chunks {
+			if c != 1 {
+				return fmt.Errorf("%w: batch %d: row %d (id %q) was chunked (%d windows): layout version 2 has no chunks column (chunked rows need per-residue outputs, layout version 3)",
+					ErrInvalidBatch, b.Seq, i, b.IDs[i], c)
+			}
+		}
+	}
 	if len(e.cols) == 0 && len(b.Outputs) == 0 || b.Rows() == 0 && len(b.Outputs) == 0 {
 		return nil
 	}
@@ -417,7 +450,11 @@ func (e *Encoder) record(b *Batch, lo, hi int) (arrow.RecordBatch, error) {
 		array.NewData(arrow.PrimitiveTypes.Int64, n,
 			[]*memory.Buffer{nil, wrap(arrow.Int64Traits.CastToBytes(b.InputIndexes[lo:hi]))}, nil, 0, 0),
 	}
-	all := append(datas[:], e.outputArrays(b, lo, hi)...)
+	all := datas[:]
+	if e.meta.layoutVersion() >= OutputsVersion {
+		all = append(all, e.chunksArray(b, lo, hi))
+		all = append(all, e.outputArrays(b, lo, hi)...)
+	}
 	cols := make([]arrow.Array, len(all))
 	for i, d := range all {
 		cols[i] = array.MakeFromData(d)
@@ -428,6 +465,20 @@ func (e *Encoder) record(b *Batch, lo, hi int) (arrow.RecordBatch, error) {
 		c.Release()
 	}
 	return rec, nil
+}
+
+// chunksArray is the chunks column of rows [lo,hi) of b: a zero-copy view of b.Chunks, or of
+// e's scratch of ones when b has none.
+func (e *Encoder) chunksArray(b *Batch, lo, hi int) arrow.ArrayData {
+	vals := b.Chunks
+	if len(vals) == 0 {
+		for len(e.ones) < hi {
+			e.ones = append(e.ones, 1)
+		}
+		vals = e.ones
+	}
+	return array.NewData(arrow.PrimitiveTypes.Int32, hi-lo,
+		[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Int32Traits.CastToBytes(vals[lo:hi]))}, nil, 0, 0)
 }
 
 // stringScratch holds the offsets and bytes of one utf8 column being built.

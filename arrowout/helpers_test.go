@@ -73,7 +73,7 @@ func wantRows(b *Batch, dim, lo, hi int) []Row {
 		rows = append(rows, Row{
 			ID: b.IDs[i], StreamSeq: b.StreamSeqs[i], Length: b.Lengths[i], Truncated: b.Truncated[i],
 			Embedding: b.Embeddings[i*dim : (i+1)*dim], SeqSHA256: b.SeqSHA256s[i], Description: b.Descriptions[i],
-			InputLength: b.InputLengths[i], StopStripped: b.StopStripped[i], InputIndex: b.InputIndexes[i],
+			InputLength: b.InputLengths[i], StopStripped: b.StopStripped[i], InputIndex: b.InputIndexes[i], Chunks: b.chunks(i),
 		})
 	}
 	return rows

@@ -186,7 +186,7 @@ func (e *Encoder) outputArrays(b *Batch, lo, hi int) []arrow.ArrayData {
 		if k < len(b.Outputs) {
 			o = b.Outputs[k]
 		}
-		f := e.schema.Field(10 + k)
+		f := e.schema.Field(firstOutputField + k)
 		if c.Pooling != PoolPerResidue {
 			vals := array.NewData(arrow.PrimitiveTypes.Float32, n*dim,
 				[]*memory.Buffer{nil, wrap(arrow.Float32Traits.CastToBytes(o.F32[lo*dim : hi*dim]))}, nil, 0, 0)
@@ -212,17 +212,29 @@ func (e *Encoder) outputArrays(b *Batch, lo, hi int) []arrow.ArrayData {
 	return out
 }
 
-// appendOutputs appends row i's extra output columns of c to the builders of rb (fields 10 on).
+// firstOutputField is the field index of the first extra output column (layout version 3:
+// version 2's ten columns, then chunks).
+const firstOutputField = 11
+
+// chunksField is the field index of the chunks column (layout version 3).
+const chunksField = 10
+
+// appendOutputs appends row i's chunks and extra output columns of c to the builders of rb
+// (fields 10 on) when c is of layout version 3.
 func appendOutputs(rb *array.RecordBuilder, c columns, i int) {
+	if c.chunks == nil {
+		return
+	}
+	rb.Field(chunksField).(*array.Int32Builder).Append(c.chunks.Value(i))
 	for k, col := range c.extra {
 		switch a := col.(type) {
 		case *array.FixedSizeList:
-			b := rb.Field(10 + k).(*array.FixedSizeListBuilder)
+			b := rb.Field(firstOutputField + k).(*array.FixedSizeListBuilder)
 			lo, hi := a.ValueOffsets(i)
 			b.Append(true)
 			b.ValueBuilder().(*array.Float32Builder).AppendValues(a.ListValues().(*array.Float32).Float32Values()[lo:hi], nil)
 		case *array.List:
-			b := rb.Field(10 + k).(*array.ListBuilder)
+			b := rb.Field(firstOutputField + k).(*array.ListBuilder)
 			rowsB := b.ValueBuilder().(*array.FixedSizeListBuilder)
 			lo, hi := a.ValueOffsets(i)
 			rows := a.ListValues().(*array.FixedSizeList)

@@ -41,7 +41,7 @@ func TestOutputColumns(t *testing.T) {
 			t.Fatal(err)
 		}
 		s := e.Schema()
-		if s.NumFields() != 13 || s.Field(10).Name != "mean_l0" || s.Field(12).Name != "residues_l2" {
+		if s.NumFields() != 14 || s.Field(10).Name != ColChunks || s.Field(11).Name != "mean_l0" || s.Field(13).Name != "residues_l2" {
 			t.Fatalf("schema %s", fieldList(s))
 		}
 		md := s.Metadata()
@@ -126,5 +126,109 @@ func TestOutputColumns(t *testing.T) {
 	b.Outputs[2].F32 = b.Outputs[2].F32[:8]
 	if _, err := e.Encode(nil, b, 0, 3); !errors.Is(err, ErrInvalidBatch) {
 		t.Errorf("short per-residue output: %v", err)
+	}
+}
+
+// TestChunksColumn: layout version 3 carries each row's chunk count (Batch.Chunks; 1 for a batch
+// without) through Encode, Split, AppendRow, Decode, the Parquet sink and ReadParquet; a
+// version-2 stream has no chunks column, is byte-identical whether Chunks is empty or all 1s,
+// decodes as 1 chunk a row, and refuses a chunked row.
+func TestChunksColumn(t *testing.T) {
+	m := Meta{Model: "m", Dim: 2, Pooling: "mean", Outputs: "mean_l0,bos_l1,residues_l2"}
+	e, err := NewEncoder(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := func(rows []Row) []int32 {
+		var c []int32
+		for _, r := range rows {
+			c = append(c, r.Chunks)
+		}
+		return c
+	}
+	b := outputsBatch(false)
+	for _, c := range []struct {
+		chunks, want []int32
+	}{{nil, []int32{1, 1, 1}}, {[]int32{1, 9, 2}, []int32{1, 9, 2}}} {
+		b.Chunks = c.chunks
+		data, err := e.Encode(nil, b, 0, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rows, err := Decode(data)
+		if err != nil || !slices.Equal(counts(rows), c.want) {
+			t.Fatalf("Chunks %v: decoded %v, %v", c.chunks, counts(rows), err)
+		}
+		parts, err := e.Split(b, len(data)-1)
+		if err != nil || len(parts) < 2 {
+			t.Fatalf("Split: %d parts, %v", len(parts), err)
+		}
+		var joined []Row
+		for _, p := range parts {
+			_, rs, err := Decode(p.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			joined = append(joined, rs...)
+		}
+		if !slices.Equal(counts(joined), c.want) {
+			t.Errorf("Split: chunks %v, want %v", counts(joined), c.want)
+		}
+		var part Batch
+		part.AppendRow(b, 1, 2)
+		part.AppendRow(b, 2, 2)
+		if !slices.Equal([]int32{part.chunks(0), part.chunks(1)}, c.want[1:]) {
+			t.Errorf("AppendRow: chunks %v", part.Chunks)
+		}
+		path := filepath.Join(t.TempDir(), "out.parquet")
+		sink, err := NewParquetSink(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := sink.WriteIPC(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := sink.Close(); err != nil {
+			t.Fatal(err)
+		}
+		_, rows, err = ReadParquet(path)
+		if err != nil || !slices.Equal(counts(rows), c.want) {
+			t.Errorf("ReadParquet: chunks %v, %v", counts(rows), err)
+		}
+	}
+	b.Chunks = []int32{1, 0, 1}
+	if _, err := e.Encode(nil, b, 0, 3); !errors.Is(err, ErrInvalidBatch) {
+		t.Errorf("0 chunks: %v", err)
+	}
+	b.Chunks = []int32{1, 1}
+	if _, err := e.Encode(nil, b, 0, 3); !errors.Is(err, ErrInvalidBatch) {
+		t.Errorf("2 chunk counts for 3 rows: %v", err)
+	}
+
+	v2 := Meta{Model: "m", Dim: 2, Pooling: "mean"}
+	e2, err := NewEncoder(v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e2.Schema().FieldIndices(ColChunks) != nil {
+		t.Fatalf("version 2 has a chunks column: %s", fieldList(e2.Schema()))
+	}
+	b = outputsBatch(false)
+	b.Outputs = nil
+	plain, err := e2.Encode(nil, b, 0, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Chunks = []int32{1, 1, 1}
+	ones, err := e2.Encode(nil, b, 0, 3)
+	if err != nil || !slices.Equal(plain, ones) {
+		t.Errorf("version 2 with Chunks of 1s: %v, bytes equal %v", err, slices.Equal(plain, ones))
+	}
+	if _, rows, err := Decode(plain); err != nil || !slices.Equal(counts(rows), []int32{1, 1, 1}) {
+		t.Errorf("version 2 decoded chunks %v, %v", counts(rows), err)
+	}
+	b.Chunks = []int32{1, 2, 1}
+	if _, err := e2.Encode(nil, b, 0, 3); !errors.Is(err, ErrInvalidBatch) {
+		t.Errorf("version 2 with a chunked row: %v", err)
 	}
 }

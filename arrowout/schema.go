@@ -30,6 +30,8 @@ const (
 	ColInputLength  = "input_length"
 	ColStopStripped = "stop_stripped"
 	ColInputIndex   = "input_index"
+	// Version 3.
+	ColChunks = "chunks"
 )
 
 // Schema metadata keys. The values of MetaKeyDim and MetaKeyVersion are
@@ -51,8 +53,11 @@ const (
 const FormatVersion = 2
 
 // OutputsVersion is the layout of streams of a Meta with extra outputs (Meta.Outputs): version
-// 2's columns, then one column per extra output, and the metadata keys MetaKeyOutputs,
-// MetaKeyLayers, MetaKeyPoolings and MetaKeyResiduesDType after seqembed.version.
+// 2's columns, chunks (int32: the windows the row's sequence was embedded in, 1 unless it was
+// chunked), then one column per extra output, and the metadata keys MetaKeyOutputs,
+// MetaKeyLayers, MetaKeyPoolings and MetaKeyResiduesDType after seqembed.version. Chunked rows
+// (--overlength chunk) need per-residue outputs, so they are always in version 3; version 2
+// has no chunks column and its streams are unchanged.
 const OutputsVersion = 3
 
 // maxVersion is the newest layout the decoder reads.
@@ -129,8 +134,11 @@ func (m Meta) String() string {
 // Schema panics if m.Dim is out of range; call m.Validate first when m is
 // untrusted. Each call returns a new schema.
 //
-// A Meta with extra outputs (Outputs) gets layout version 3: one more column per output after
-// input_index, and metadata keys seqembed.outputs, seqembed.layers, seqembed.poolings and
+// A Meta with extra outputs (Outputs) gets layout version 3: after input_index the column
+//
+//	chunks         int32   (windows the sequence was embedded in: 1, or more for --overlength chunk)
+//
+// then one column per output, and metadata keys seqembed.outputs, seqembed.layers, seqembed.poolings and
 // seqembed.residues_dtype after seqembed.version.
 func Schema(m Meta) *arrow.Schema { return schemaVersion(m, m.layoutVersion()) }
 
@@ -160,6 +168,7 @@ func schemaVersion(m Meta, v int) *arrow.Schema {
 		)
 	}
 	if v >= 3 {
+		fields = append(fields, arrow.Field{Name: ColChunks, Type: arrow.PrimitiveTypes.Int32, Nullable: true})
 		fields = append(fields, outputFields(m)...)
 	}
 	return arrow.NewSchema(fields, &md)

@@ -15,6 +15,10 @@
 //     in Hugging Face TEI's queue. Producers call [Batcher.Add], which blocks
 //     on a bounded queue (backpressure, never a crash); one consumer reads
 //     [Batcher.Out] and calls [Batch.Release] on every batch.
+//   - [Windows], [Merger] and [MeanRows] are the rule for sequences longer than
+//     the window (--overlength chunk, chunk.go): the windows a sequence is cut
+//     into, and how their per-residue states and <cls> rows merge into one row.
+//     The pipeline runs the windows; the batcher never sees such a sequence.
 //   - [Allocator] supplies the InputIDs/Mask buffers, so a GPU runtime can
 //     hand out pinned memory; [GoAllocator] is the Go-heap default.
 //

@@ -16,19 +16,7 @@ python3 tools/export_esm2.py --hf esm2graph/testdata/esm2-tiny-hf --name esm2-ti
 # no room for the real-protein subset beside the binary).
 fasta=$w/input.fasta
 zcat testdata/sample/query500.fasta.gz >"$fasta"
-python3 - "$fasta" "$w/synthetic.fasta" <<'PY'
-import random, sys
-lens, n = [], 0
-for line in open(sys.argv[1]):
-    if line.startswith(">"):
-        lens.append(0)
-    else:
-        lens[-1] += len(line.strip())
-rng = random.Random(7)
-with open(sys.argv[2], "w") as f:
-    for i in range(8000):
-        f.write(f">syn{i}\n" + "".join(rng.choice("LAGVSERTIDPKQNFYMHWC") for _ in range(rng.choice(lens))) + "\n")
-PY
+python3 bench/synth_fasta.py "$fasta" "$w/synthetic.fasta" 8000
 t0=$(date +%s)
 python3 tools/export_esm2.py --preset t33_650M --fp16 --fused packed --custom-ops --save-pretrained "$w/hf650" --out "$w/py650" --no-check 2>&1 | tail -2
 echo "python export: $(($(date +%s) - t0)) s"

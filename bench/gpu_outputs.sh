@@ -22,19 +22,7 @@ step 120 seqembed model build --from "$w/hf650" --out "$w/res650" --fp16 --fused
 zcat testdata/sample/query500.fasta.gz >"$w/q.fasta"
 step 120 seqembed run "$w/q.fasta" --model "$w/res650" --device cuda:0 --out "$w/res.parquet" --quiet --allow-rejects --allow-id-conflicts
 step 120 python3 bench/outputs_parity.py --hf "$w/hf650" --file "$w/res.parquet" --fasta "$w/q.fasta" --layer 33 --rows 200 --min-cos 0.9999 | tee "$OUT/outputs-parity.json" || true
-python3 - "$w/q.fasta" "$w/syn.fasta" <<'PY'
-import random, sys
-lens = []
-for line in open(sys.argv[1]):
-    if line.startswith(">"):
-        lens.append(0)
-    else:
-        lens[-1] += len(line.strip())
-rng = random.Random(7)
-with open(sys.argv[2], "w") as f:
-    for i in range(2000):
-        f.write(f">syn{i}\n" + "".join(rng.choice("LAGVSERTIDPKQNFYMHWC") for _ in range(rng.choice(lens))) + "\n")
-PY
+python3 bench/synth_fasta.py "$w/q.fasta" "$w/syn.fasta" 2000
 bash bench/gpu.sh --budget 240 --out "$OUT/bench" --fasta "$w/syn.fasta" \
   "model=650M export=dir:$w/mean650 modes=e2e label=mean" "model=650M export=dir:$w/res650 modes=e2e label=per-residue-fp16" \
   "model=650M export=dir:$w/res650 modes=raw label=per-residue-fp16" "model=650M export=dir:$w/mean650 modes=raw label=mean" \

@@ -133,12 +133,13 @@ func WithMaxRecordBytes(n int) Option {
 	return func(o *options) error { o.policy.MaxRecordBytes = n; return positive("max record bytes", int64(n)) }
 }
 
-// WithMaxResidues sets the model's max sequence length in residues. Default 1022.
+// WithMaxResidues sets the model's max sequence length in residues (with Chunk: the window;
+// longer records are chunked). Default 1022.
 func WithMaxResidues(n int) Option {
 	return func(o *options) error { o.policy.MaxResidues = n; return positive("max residues", int64(n)) }
 }
 
-// WithOverlength chooses truncate (default) or reject for sequences over the max length.
+// WithOverlength chooses truncate (default), reject or chunk for sequences over the max length.
 func WithOverlength(p Overlength) Option {
 	return func(o *options) error { o.policy.Overlength = p; return nil }
 }
@@ -280,15 +281,15 @@ func (c *Consumer) StreamConfig() jetstream.StreamConfig {
 // ConsumerConfig is the durable consumer's configuration.
 func (c *Consumer) ConsumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:       Durable(c.model),
-		Description:   "seqembed workers for model " + c.model,
+		Durable:     Durable(c.model),
+		Description: "seqembed workers for model " + c.model,
 		// The model's records outside any job and those of every job (JobSubject).
 		FilterSubjects: []string{Subject(c.model), JobSubject(c.model, "*")},
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       c.opts.ackWait,
-		MaxAckPending: c.opts.maxAckPending,
-		MaxDeliver:    c.opts.maxDeliver,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        c.opts.ackWait,
+		MaxAckPending:  c.opts.maxAckPending,
+		MaxDeliver:     c.opts.maxDeliver,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	}
 }
 

@@ -46,8 +46,8 @@ func hdr(id string) nats.Header {
 
 func TestDecode(t *testing.T) {
 	p := consumer.Policy{MaxRecordBytes: 64, MaxResidues: 10, Validate: validate}
-	reject := p
-	reject.Overlength = consumer.Reject
+	reject, chunk := p, p
+	reject.Overlength, chunk.Overlength = consumer.Reject, consumer.Chunk
 	cases := []struct {
 		name   string
 		id     string
@@ -70,6 +70,8 @@ func TestDecode(t *testing.T) {
 		{"too large", "P8", strings.Repeat("A", 65), p, consumer.ReasonTooLarge, "", false},
 		{"over length truncated", "P9", "MKTAYIAKQRQ", p, "", "MKTAYIAKQR", true},
 		{"over length rejected", "P10", "MKTAYIAKQRQ", reject, consumer.ReasonTooLong, "", false},
+		{"over length chunked", "P11", "MKTAYIAKQRQ", chunk, "", "MKTAYIAKQRQ", false},
+		{"max length not chunked", "P12", "MKTAYIAKQR", chunk, "", "MKTAYIAKQR", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -84,8 +86,12 @@ func TestDecode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if string(rec.Residues) != c.want || rec.Truncated != c.trunc || rec.ID != c.id {
+			if string(rec.Residues) != c.want || rec.Truncated != c.trunc || rec.ID != c.id || rec.Length != len(c.want) && !c.trunc {
 				t.Fatalf("got %+v", rec)
+			}
+			// Chunk: kept whole and flagged when over the max length, never truncated.
+			if wantChunk := c.p.Overlength == consumer.Chunk && len(c.want) > c.p.MaxResidues; rec.Chunk != wantChunk {
+				t.Fatalf("chunk %v, want %v", rec.Chunk, wantChunk)
 			}
 		})
 	}
@@ -271,6 +277,11 @@ func TestOptions(t *testing.T) {
 	}
 	if _, err := consumer.ParseOverlength("cut"); !errors.Is(err, consumer.ErrOption) {
 		t.Errorf("ParseOverlength: err = %v", err)
+	}
+	for s, want := range map[string]consumer.Overlength{"truncate": consumer.Truncate, "reject": consumer.Reject, "chunk": consumer.Chunk} {
+		if got, err := consumer.ParseOverlength(s); got != want || err != nil {
+			t.Errorf("ParseOverlength(%q) = %v, %v", s, got, err)
+		}
 	}
 }
 

@@ -58,20 +58,26 @@ const (
 	Truncate Overlength = iota
 	// Reject dead-letters the record with reason too_long.
 	Reject
+	// Chunk keeps every residue and flags the record Chunk: the pipeline embeds it in
+	// overlapping windows and merges them into one row (batcher.Windows, batcher.Merger).
+	Chunk
 )
 
-// ParseOverlength reads "truncate" or "reject".
+// ParseOverlength reads "truncate", "reject" or "chunk".
 func ParseOverlength(s string) (Overlength, error) {
 	switch s {
 	case "truncate":
 		return Truncate, nil
 	case "reject":
 		return Reject, nil
+	case "chunk":
+		return Chunk, nil
 	}
-	return 0, fmt.Errorf("%w: overlength %q: want truncate or reject", ErrOption, s)
+	return 0, fmt.Errorf("%w: overlength %q: want truncate, reject or chunk", ErrOption, s)
 }
 
-// Record is one valid input record. Residues has no whitespace and at most the max length.
+// Record is one valid input record. Residues has no whitespace and at most the max length,
+// unless Chunk is set.
 type Record struct {
 	ID          string
 	Description string // HeaderDescription, cleaned and capped (CleanDescription); "" when absent
@@ -79,8 +85,11 @@ type Record struct {
 	Length      int // residues before truncation
 	// SeqSHA256 is the hex SHA-256 of the whole sequence as received (SeqSHA256): the body with
 	// whitespace removed, before truncation. With ID it is the record's identity.
-	SeqSHA256    string
-	Truncated    bool
+	SeqSHA256 string
+	Truncated bool
+	// Chunk: the record is longer than the max length and the policy is Chunk; Residues holds
+	// every residue (Length of them), to be embedded in windows.
+	Chunk        bool
 	StopStripped bool  // HeaderStopStripped: the publisher removed a trailing '*'
 	InputIndex   int64 // HeaderIndex; -1 when absent
 	StreamSeq    uint64
@@ -166,10 +175,14 @@ func Decode(h nats.Header, body []byte, seq uint64, p Policy) (Record, error) {
 	r.Description = CleanDescription(headerGet(h, HeaderDescription))
 	r.SeqSHA256 = SeqSHA256(res)
 	if p.MaxResidues > 0 && len(res) > p.MaxResidues {
-		if p.Overlength == Reject {
+		switch p.Overlength {
+		case Reject:
 			return rej(ReasonTooLong, fmt.Errorf("%w: %d residues > %d (overlength policy reject)", ErrTooLong, len(res), p.MaxResidues), id)
+		case Chunk:
+			r.Chunk = true
+		default:
+			r.Residues, r.Truncated = res[:p.MaxResidues:p.MaxResidues], true
 		}
-		r.Residues, r.Truncated = res[:p.MaxResidues:p.MaxResidues], true
 	}
 	return r, nil
 }

@@ -20,7 +20,14 @@ type Config struct {
 	MaxBatchRows   int           // --max-batch-rows: most sequences in one batch
 	MaxWait        time.Duration // --max-wait: a bucket flushes once its oldest record waited this long
 	BucketStep     int           // --bucket-step: bucket lengths are multiples of this many tokens
-	Overlength     string        // --overlength: truncate or reject sequences over the model's max length
+	Overlength     string        // --overlength: truncate, reject or chunk sequences over the model's max length
+	// ChunkWindow (--chunk-window) and ChunkStride (--chunk-stride) are the windows of
+	// --overlength chunk, in residues: a record longer than the window is embedded in windows of
+	// ChunkWindow residues every ChunkStride residues (batcher.Windows), merged into one row.
+	// 0 = the defaults: the model's max length, and half the window. Validated as
+	// 0 < stride ≤ window ≤ the model's max length; set only with --overlength chunk.
+	ChunkWindow    int
+	ChunkStride    int
 	MaxRecordBytes int           // --max-record-bytes: larger bodies are dead-lettered
 	AckWait        time.Duration // --ack-wait: the server redelivers a record not acked within this
 	MaxAckPending  int           // --max-ack-pending: unacked records across all workers
@@ -89,8 +96,12 @@ func (c *Config) Validate() error {
 	if _, err := gpurun.ParseDevices(c.Device); err != nil {
 		return fmt.Errorf("%w: --device: %w", ErrConfig, err)
 	}
-	if _, err := consumer.ParseOverlength(c.Overlength); err != nil {
+	overlength, err := consumer.ParseOverlength(c.Overlength)
+	if err != nil {
 		return fmt.Errorf("%w: --overlength: %w", ErrConfig, err)
+	}
+	if err := c.validateChunks(overlength); err != nil {
+		return err
 	}
 	if _, err := gpurun.ParseProviderOptions(c.CUDAOptions); err != nil {
 		return fmt.Errorf("%w: --cuda-options: %w", ErrConfig, err)
@@ -136,6 +147,20 @@ func (c *Config) Validate() error {
 	}
 	if c.InStream == "" || c.OutStream == "" {
 		return fmt.Errorf("%w: --in-stream and --out-stream must be named", ErrConfig)
+	}
+	return nil
+}
+
+// validateChunks checks the chunk flags that need no model: ≥ 0, stride ≤ window, and set
+// only with --overlength chunk (planChunks checks the rest against the model).
+func (c *Config) validateChunks(overlength consumer.Overlength) error {
+	switch {
+	case c.ChunkWindow < 0 || c.ChunkStride < 0:
+		return fmt.Errorf("%w: --chunk-window %d and --chunk-stride %d: want 0 (the default) or more", ErrConfig, c.ChunkWindow, c.ChunkStride)
+	case overlength != consumer.Chunk && (c.ChunkWindow != 0 || c.ChunkStride != 0):
+		return fmt.Errorf("%w: --chunk-window and --chunk-stride are the windows of --overlength chunk (it is %s)", ErrConfig, c.Overlength)
+	case c.ChunkWindow > 0 && c.ChunkStride > c.ChunkWindow:
+		return fmt.Errorf("%w: --chunk-stride %d > --chunk-window %d: windows would leave residues out", ErrConfig, c.ChunkStride, c.ChunkWindow)
 	}
 	return nil
 }

@@ -9,7 +9,17 @@
 //     the retry-in-halves rule (split.go); a model with extra outputs (layers × mean, bos,
 //     per-residue) runs through gpurun's EmbedAll, and its outputs become the extra columns of
 //     layout version 3 (outputs.go); a model of one output keeps Embed's path (CUDA graphs);
-//   - published and acked: [Pipeline] batch (pipeline.go), through arrowout.Publisher.
+//   - published and acked: [Pipeline] batch (pipeline.go), through arrowout.Publisher;
+//   - or, a record longer than the window under --overlength chunk (consumer.Record.Chunk):
+//     handed by the feeder to a chunk loop (chunk.go), which cuts it into windows
+//     (batcher.Windows), runs them as its own batches through the same device pool and
+//     retry-in-halves rule, merges their outputs as they come back (batcher.Merger, MeanRows)
+//     and publishes one row (length the full length, chunks the windows), acked once stored.
+//     Any window that fails even alone nak's the record for redelivery, nothing published (the
+//     model-error dead letter does not apply: a record's runs hold only its own windows; the
+//     max-deliveries rule ends a record that always fails). The model must have the
+//     per-residue output of every layer it mean-pools (planChunks), as the exact mean of a
+//     chunked record is the mean of its merged per-residue states.
 //
 // The rules, each a function with its own test:
 //
@@ -36,6 +46,9 @@
 //     inside the timeout. [Pipeline.Stop] abandons in-flight work at once.
 //
 // State has one owner each: the batcher's goroutine owns the buckets, each batch loop owns its
-// batch, the Engine's slot channel owns the devices. Faults are injected through Config.Hooks
+// batch, each chunk loop its chunked record and its merge, the Engine's slot channel owns the
+// devices. The keeper heartbeats a chunked record from the feeder until it is acked or nak'd,
+// however many windows it runs; at shutdown the records still queued for a chunk loop are
+// nak'd with the batcher's. Faults are injected through Config.Hooks
 // (tests only). The raw benchmark drives an [Engine] without NATS, so both measure one path.
 package pipeline

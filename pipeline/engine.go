@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/seqembed/seqembed/batcher"
+	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
 )
 
@@ -29,6 +30,7 @@ type Engine struct {
 	warmup  time.Duration
 	outputs outputPlan // the model's outputs as arrowout columns
 	multi   bool       // the model has outputs besides its embedding: runs go through EmbedAll
+	chunk   *chunkPlan // --overlength chunk: the windows and how outputs merge (nil otherwise)
 }
 
 // NewEngine validates cfg and loads the model on every device of cfg.Device; log (nil: none)
@@ -81,6 +83,12 @@ func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
 		return nil, err
 	}
 	e.multi = !man.SingleOutput()
+	if overlength, _ := consumer.ParseOverlength(cfg.Overlength); overlength == consumer.Chunk { // Validate checked it
+		if e.chunk, err = planChunks(cfg, man); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
 	if e.tok, err = batcher.NewTokenizer(man.Residues); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%w: model %s alphabet: %w", ErrSetup, man.Name, err)

@@ -47,6 +47,10 @@ type Pipeline struct {
 	stats   statsBook
 	queued  atomic.Int64 // records taken from the consumer and not yet acked, nak'd or termed
 	keep    *keeper      // heartbeats every held record
+	// chunkQ hands chunked records (--overlength chunk) from the feeder to the chunk loops
+	// (chunk.go); sized like the batcher's queue, so the feeder never waits on it. nil without
+	// chunking.
+	chunkQ chan chunkRec
 
 	stopOnce sync.Once
 	stop     chan struct{} // Stop: abandon in-flight work now
@@ -98,6 +102,11 @@ func (p *Pipeline) init(ctx context.Context) error {
 		return err
 	}
 	overlength, _ := consumer.ParseOverlength(cfg.Overlength) // Validate checked it
+	maxResidues := man.MaxLength
+	if p.eng.chunk != nil { // records longer than the window are chunked, whole
+		maxResidues = p.eng.chunk.window
+		p.chunkQ = make(chan chunkRec, max(cfg.MaxAckPending, batcher.DefaultQueueSize))
+	}
 	replicas := StreamReplicas(cfg.Replicas, p.deps.Conn)
 	// The keeper (heartbeat.go) must exist before the consumer, which asks it for room.
 	p.keep = newKeeper(cfg.AckWait/3, cfg.MaxHeldTokens)
@@ -107,7 +116,7 @@ func (p *Pipeline) init(ctx context.Context) error {
 	}
 	if p.cons, err = consumer.New(p.js, man.Name, p.eng.Tokenizer().Validate, append(consOpts, consumer.WithStream(cfg.InStream),
 		consumer.WithAckWait(cfg.AckWait), consumer.WithMaxAckPending(cfg.MaxAckPending),
-		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithMaxResidues(man.MaxLength),
+		consumer.WithMaxDeliver(cfg.MaxDeliver), consumer.WithMaxResidues(maxResidues),
 		consumer.WithOverlength(overlength), consumer.WithMaxRecordBytes(cfg.MaxRecordBytes),
 		consumer.WithReplicas(replicas), consumer.WithStreamMaxBytes(cfg.InMaxBytes), consumer.WithLogger(p.log), consumer.WithObserver(p.metrics))...); err != nil {
 		return fmt.Errorf("%w: consumer: %w", ErrConfig, err)
@@ -218,6 +227,19 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	go func() {
 		defer close(feederDone)
 		for rec := range ch.Records() {
+			if rec.Chunk {
+				p.queued.Add(1)
+				p.keep.Hold(rec.Msg, p.eng.chunk.tokens(len(rec.Residues)))
+				select {
+				case p.chunkQ <- chunkRec{rec: rec, arrived: time.Now()}: // Run naks what is left at shutdown
+				default: // cannot happen: the queue holds MaxAckPending records
+					p.log.Error("chunk queue full; record nak'd", zap.String("id", rec.ID))
+					_ = rec.Msg.Nak()
+					p.keep.Release(rec.Msg)
+					p.queued.Add(-1)
+				}
+				continue
+			}
 			it := batcher.Item{ID: rec.ID, Residues: rec.Residues, StreamSeq: rec.StreamSeq, Truncated: rec.Truncated,
 				Description: rec.Description, InputLength: rec.Length, SeqSHA256: rec.SeqSHA256, StopStripped: rec.StopStripped,
 				InputIndex: rec.InputIndex, Ref: rec.Msg}
@@ -245,6 +267,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for range p.eng.Slots() {
 		wg.Go(func() { p.batches(pipeCtx) })
+	}
+	chunkStop := make(chan struct{}) // the chunk loops take no more records
+	if p.chunkQ != nil {
+		for range p.eng.Slots() {
+			wg.Go(func() { p.chunkLoop(pipeCtx, p.chunkQ, chunkStop) })
+		}
 	}
 	p.deps.Health.SetReady(true)
 	p.log.Info("worker ready", zap.String("model", p.model), zap.String("device", p.cfg.Device),
@@ -274,6 +302,14 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	held := refused
 	for _, it := range bh.Pending() { // records not yet in a batch loop: another worker takes them now
 		held = append(held, it.Ref.(jetstream.Msg))
+	}
+	close(chunkStop) // chunked records not yet in a chunk loop, likewise (the feeder is done)
+	for len(p.chunkQ) > 0 {
+		select {
+		case cr := <-p.chunkQ:
+			held = append(held, cr.rec.Msg)
+		default: // a chunk loop took the last one (and naks it itself)
+		}
 	}
 	consumer.NakAll(held, 0)
 	p.keep.Release(held...)

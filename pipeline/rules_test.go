@@ -264,6 +264,10 @@ func TestConfigValidate(t *testing.T) {
 		"--max-held-tokens":  func(c *Config) { c.MaxHeldTokens = 100 },
 		"--max-held-tokens ": func(c *Config) { c.MaxHeldTokens = -1 },
 		"--replicas":         func(c *Config) { c.Replicas = 7 },
+		"--chunk-window":     func(c *Config) { c.Overlength, c.ChunkWindow = "chunk", -1 },
+		"--chunk-stride":     func(c *Config) { c.Overlength, c.ChunkWindow, c.ChunkStride = "chunk", 100, 101 },
+		"--chunk-window ":    func(c *Config) { c.ChunkWindow = 500 }, // without --overlength chunk
+		"--chunk-stride ":    func(c *Config) { c.Overlength, c.ChunkStride = "reject", 10 },
 	} {
 		c := Default()
 		mod(&c)
@@ -271,6 +275,46 @@ func TestConfigValidate(t *testing.T) {
 		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), flag) {
 			t.Errorf("%s: Validate() = %v, want ErrConfig naming the flag", flag, err)
 		}
+	}
+}
+
+// TestPlanChunks: the chunk windows default to the model's max length and half of it, are
+// checked against the model (0 < stride ≤ window ≤ max length), and a model is chunked only with
+// the per-residue output of every layer it mean-pools; bos outputs need nothing more.
+func TestPlanChunks(t *testing.T) {
+	c := Default()
+	c.Overlength = "chunk"
+	for _, ok := range []struct{ window, stride int }{{0, 0}, {1022, 511}, {1, 1}, {1022, 1022}, {500, 0}} {
+		c.ChunkWindow, c.ChunkStride = ok.window, ok.stride
+		if err := c.Validate(); err != nil {
+			t.Errorf("window %d stride %d: %v", ok.window, ok.stride, err)
+		}
+	}
+	man := &gpurun.Manifest{Name: "m", NumLayers: 6, MaxLength: 1022, Output: "embedding", Outputs: []gpurun.OutputSpec{
+		{Name: "embedding", Layer: 6, Pooling: gpurun.PoolMean}, {Name: "residues_l6", Layer: 6, Pooling: gpurun.PoolPerResidue},
+		{Name: "bos_l6", Layer: 6, Pooling: gpurun.PoolBOS}, {Name: "bos_l2", Layer: 2, Pooling: gpurun.PoolBOS}}}
+	for _, w := range []struct{ window, stride, wantW, wantS int }{{0, 0, 1022, 511}, {100, 0, 100, 50}, {1, 0, 1, 1}, {300, 300, 300, 300}} {
+		c.ChunkWindow, c.ChunkStride = w.window, w.stride
+		p, err := planChunks(c, man)
+		if err != nil || p.window != w.wantW || p.stride != w.wantS || p.residues[6] != 1 {
+			t.Errorf("window %d stride %d: plan %+v, %v; want window %d stride %d", w.window, w.stride, p, err, w.wantW, w.wantS)
+		}
+	}
+	c.ChunkWindow, c.ChunkStride = 1023, 0
+	if _, err := planChunks(c, man); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "--chunk-window 1023") {
+		t.Errorf("window over the max length: %v", err)
+	}
+	c.ChunkWindow = 0
+	man.Outputs = append(man.Outputs, gpurun.OutputSpec{Name: "mean_l3", Layer: 3, Pooling: gpurun.PoolMean})
+	_, err := planChunks(c, man)
+	want := "seqembed model build --outputs per-residue:3,per-residue:-1,bos:-1,bos:2,mean:3"
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "has no residues_l3:") || !strings.Contains(err.Error(), want) {
+		t.Errorf("mean_l3 without residues_l3: %v, want the rebuild %q", err, want)
+	}
+	man.Outputs = man.Outputs[:1]
+	_, err = planChunks(c, man)
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "has no residues_l6:") || !strings.Contains(err.Error(), "--outputs per-residue:-1`") {
+		t.Errorf("embedding only: %v", err)
 	}
 }
 

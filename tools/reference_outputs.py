@@ -24,30 +24,14 @@ windows' <cls> rows. Every sequence is embedded unpadded, one at a time, in floa
 import argparse
 import gzip
 import json
+import os
 import sys
 
 import numpy as np
 import torch
 
-VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P",
-         "K", "Q", "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>",
-         "<mask>"]
-
-
-def read_fasta(path):
-    recs, rid, seq = [], None, []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith(">"):
-                if rid is not None:
-                    recs.append((rid, "".join(seq)))
-                rid, seq = line[1:].split()[0], []
-            elif line:
-                seq.append(line)
-    if rid is not None:
-        recs.append((rid, "".join(seq)))
-    return recs
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_esm2 import VOCAB, read_fasta  # noqa: E402  (the export's alphabet and FASTA reader)
 
 
 def layers_of(esm, seq):

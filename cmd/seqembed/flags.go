@@ -18,7 +18,7 @@ import (
 var (
 	// modelFlags are the model, device and batching flags: what `run` and `bench` use.
 	modelFlags = []string{"model", "device", "threads", "max-batch-tokens", "max-batch-rows", "max-wait", "bucket-step",
-		"overlength", "max-record-bytes", "cuda-options", "cuda-graphs", "graph-copy-overlap", "graph-sessions", "inflight", "max-held-tokens"}
+		"overlength", "chunk-window", "chunk-stride", "max-record-bytes", "cuda-options", "cuda-graphs", "graph-copy-overlap", "graph-sessions", "inflight", "max-held-tokens"}
 	// streamFlags are the stream and durable consumer flags: what `streams` sets up.
 	streamFlags = []string{"in-stream", "out-stream", "ack-wait", "max-ack-pending", "max-deliver", "replicas",
 		"in-max-bytes", "out-max-bytes", "max-age"}

@@ -241,25 +241,7 @@ func (f *File) Float32(name string) ([]float32, error) {
 // DecodeFloat32 converts little-endian values of dtype (F32, F16, BF16 or F64) from src into dst
 // (len(dst) elements). Other dtypes leave dst unchanged.
 func DecodeFloat32(dst []float32, src []byte, dtype string) {
-	le := binary.LittleEndian
-	switch dtype {
-	case "F32":
-		for i := range dst {
-			dst[i] = math.Float32frombits(le.Uint32(src[4*i:]))
-		}
-	case "F16":
-		for i := range dst {
-			dst[i] = half.ToFloat32(le.Uint16(src[2*i:]))
-		}
-	case "BF16":
-		for i := range dst {
-			dst[i] = half.BFloat16ToFloat32(le.Uint16(src[2*i:]))
-		}
-	case "F64":
-		for i := range dst {
-			dst[i] = float32(math.Float64frombits(le.Uint64(src[8*i:])))
-		}
-	}
+	half.DecodeLE(dst, src, map[string]half.Kind{"F32": half.F32, "F16": half.F16, "BF16": half.BF16, "F64": half.F64}[dtype])
 }
 
 // Close closes the file (a no-op for NewReader's).

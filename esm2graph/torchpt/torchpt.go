@@ -11,7 +11,6 @@ package torchpt
 
 import (
 	"archive/zip"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -343,25 +342,7 @@ func (t *Tensor) contiguous() bool {
 }
 
 func decode(dst []float32, src []byte, dtype string) {
-	le := binary.LittleEndian
-	switch dtype {
-	case "float32":
-		for i := range dst {
-			dst[i] = math.Float32frombits(le.Uint32(src[4*i:]))
-		}
-	case "float16":
-		for i := range dst {
-			dst[i] = half.ToFloat32(le.Uint16(src[2*i:]))
-		}
-	case "bfloat16":
-		for i := range dst {
-			dst[i] = half.BFloat16ToFloat32(le.Uint16(src[2*i:]))
-		}
-	case "float64":
-		for i := range dst {
-			dst[i] = float32(math.Float64frombits(le.Uint64(src[8*i:])))
-		}
-	}
+	half.DecodeLE(dst, src, map[string]half.Kind{"float32": half.F32, "float16": half.F16, "bfloat16": half.BF16, "float64": half.F64}[dtype])
 }
 
 // read returns n elements from element off of the storage: straight from the file when the entry

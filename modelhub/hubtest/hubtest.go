@@ -99,14 +99,18 @@ func New(t testing.TB, repos ...Repo) *Hub {
 		}
 		h.repos[r.ID] = rr
 	}
-	cdn := httptest.NewServer(http.HandlerFunc(h.serveCDN))
-	t.Cleanup(cdn.Close)
+	// The URLs are set before either server serves: the handlers read them, and a request may
+	// come from another process (no happens-before the race detector could see).
+	cdn := httptest.NewUnstartedServer(http.HandlerFunc(h.serveCDN))
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/models/{org}/{name}/revision/{rev}", h.serveListing)
 	mux.HandleFunc("/{org}/{name}/resolve/{rev}/{file}", h.serveResolve)
-	hub := httptest.NewServer(h.record("hub", mux))
+	hub := httptest.NewUnstartedServer(h.record("hub", mux))
+	h.URL, h.CDNURL = "http://"+hub.Listener.Addr().String(), "http://"+cdn.Listener.Addr().String()
+	cdn.Start()
+	t.Cleanup(cdn.Close)
+	hub.Start()
 	t.Cleanup(hub.Close)
-	h.URL, h.CDNURL = hub.URL, cdn.URL
 	return h
 }
 

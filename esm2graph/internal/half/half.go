@@ -2,7 +2,10 @@
 // checkpoints and ONNX graphs: IEEE 754 binary16 ("float16", "F16") and bfloat16 ("BF16").
 package half
 
-import "math"
+import (
+	"encoding/binary"
+	"math"
+)
 
 // FromFloat64 is f rounded to the nearest binary16 value, ties to even (what numpy's
 // astype(np.float16) does, from float64 or float32 alike: a float32 converts to float64 exactly,
@@ -71,3 +74,39 @@ func ToFloat32(h uint16) float32 {
 
 // BFloat16ToFloat32 is the float32 value of the bfloat16 bits b (its top 16 bits; exact).
 func BFloat16ToFloat32(b uint16) float32 { return math.Float32frombits(uint32(b) << 16) }
+
+// Kind is an element type DecodeLE reads.
+type Kind int
+
+// Element types of DecodeLE.
+const (
+	Unknown Kind = iota // leaves dst unchanged
+	F32
+	F16
+	BF16
+	F64
+)
+
+// DecodeLE converts len(dst) little-endian values of kind k from src into dst (float32): the one
+// place the checkpoint readers (safetensors, torch.save) turn stored tensors into float32.
+func DecodeLE(dst []float32, src []byte, k Kind) {
+	le := binary.LittleEndian
+	switch k {
+	case F32:
+		for i := range dst {
+			dst[i] = math.Float32frombits(le.Uint32(src[4*i:]))
+		}
+	case F16:
+		for i := range dst {
+			dst[i] = ToFloat32(le.Uint16(src[2*i:]))
+		}
+	case BF16:
+		for i := range dst {
+			dst[i] = BFloat16ToFloat32(le.Uint16(src[2*i:]))
+		}
+	case F64:
+		for i := range dst {
+			dst[i] = float32(math.Float64frombits(le.Uint64(src[8*i:])))
+		}
+	}
+}
