@@ -1,15 +1,15 @@
 package esm2graph
 
 import (
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/seqembed/seqembed/internal/refout"
 
 	"github.com/seqembed/seqembed/esm2graph/internal/half"
 	"github.com/seqembed/seqembed/gpurun"
@@ -19,45 +19,14 @@ import (
 // repr_layers semantics).
 const refOutputsFile = "../testdata/esm2-tiny/reference-outputs.json.gz"
 
-type refOutputs struct {
-	NumLayers int `json:"num_layers"`
-	Dim       int `json:"dim"`
-	Window    int `json:"window"`
-	Stride    int `json:"stride"`
-	Records   []struct {
-		ID       string      `json:"id"`
-		Sequence string      `json:"sequence"`
-		Mean     [][]float64 `json:"mean"`
-		BOS      [][]float64 `json:"bos"`
-		PerTok   [][]float64 `json:"per_tok"`
-	} `json:"records"`
-	Long []struct {
-		ID       string               `json:"id"`
-		Sequence string               `json:"sequence"`
-		Windows  int                  `json:"windows"`
-		Mean     [][]float64          `json:"mean"`
-		BOS      [][]float64          `json:"bos"`
-		LastRows map[string][]float64 `json:"per_tok_last_rows"`
-	} `json:"long"`
-}
-
-func loadRefOutputs(t testing.TB) *refOutputs {
+func loadRefOutputs(t testing.TB) *refout.Outputs {
 	t.Helper()
 	requireRef(t, refOutputsFile)
-	f, err := os.Open(refOutputsFile)
+	ref, err := refout.Load(refOutputsFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ref refOutputs
-	if err := json.NewDecoder(zr).Decode(&ref); err != nil {
-		t.Fatal(err)
-	}
-	return &ref
+	return ref
 }
 
 // tokens is <cls> seq <eos> in the ESM alphabet.

@@ -203,24 +203,7 @@ func (p *Pipeline) chunked(ctx context.Context, cr chunkRec) {
 		InputLengths: []int32{int32(rec.Length)}, StopStripped: []bool{rec.StopStripped}, InputIndexes: []int64{rec.InputIndex},
 		Chunks: []int32{int32(len(starts))}}
 	m.fill(out, p.eng.outputs)
-	items := []batcher.Item{it}
-	p.cfg.Hooks.at(ctx, PointBeforePublish, msgs)
-	t1 := time.Now()
-	msgs, items, err := p.publishFitting(ctx, out, msgs, items)
-	if err != nil {
-		p.log.Warn("publish abandoned at shutdown; chunked record nak'd", zap.String("id", rec.ID), zap.Error(err))
-		consumer.NakAll(msgs, 0)
-		return
-	}
-	p.metrics.ObservePublish(time.Since(t1))
-	p.cfg.Hooks.at(ctx, PointAfterPublish, msgs)
-	p.cfg.Hooks.at(ctx, PointBeforeAck, msgs)
-	if err := consumer.AckAll(ctx, p.deps.Conn, msgs); err != nil {
-		p.log.Warn("ack failed after publish", zap.String("id", rec.ID), zap.Error(err))
-		return
-	}
-	p.metrics.RecordsOut(len(msgs))
-	p.stats.acked(items, time.Now())
+	p.storeAndAck(ctx, out, msgs, []batcher.Item{it}, zap.String("id", rec.ID))
 }
 
 // residueBytes are the bytes of the per-residue values of man's outputs for a row of n residues.

@@ -423,24 +423,32 @@ func (p *Pipeline) batch(ctx context.Context, b *batcher.Batch, acc *embedded, o
 		consumer.NakAll(okMsgs, time.Second)
 		return
 	}
-	p.cfg.Hooks.at(ctx, PointBeforePublish, okMsgs)
+	p.storeAndAck(ctx, out, okMsgs, okItems, zap.Uint64("batch", b.Seq))
+}
+
+// storeAndAck publishes out (publishFitting: rows that can never fit are dead-lettered) and then
+// acks msgs, the rows' input messages (items their records), with the fault-injection points
+// around both; at shutdown (ctx ended while publishing) the records are nak'd instead. which
+// names the batch or record in the log.
+func (p *Pipeline) storeAndAck(ctx context.Context, out *arrowout.Batch, msgs []jetstream.Msg, items []batcher.Item, which zap.Field) {
+	p.cfg.Hooks.at(ctx, PointBeforePublish, msgs)
 	t1 := time.Now()
-	okMsgs, okItems, err := p.publishFitting(ctx, out, okMsgs, okItems)
+	msgs, items, err := p.publishFitting(ctx, out, msgs, items)
 	if err != nil {
-		p.log.Warn("publish abandoned at shutdown; records nak'd", zap.Uint64("batch", b.Seq), zap.Error(err))
-		consumer.NakAll(okMsgs, 0)
+		p.log.Warn("publish abandoned at shutdown; records nak'd", which, zap.Error(err))
+		consumer.NakAll(msgs, 0)
 		return
 	}
 	p.metrics.ObservePublish(time.Since(t1))
-	p.cfg.Hooks.at(ctx, PointAfterPublish, okMsgs)
-	p.cfg.Hooks.at(ctx, PointBeforeAck, okMsgs)
-	if err := consumer.AckAll(ctx, p.deps.Conn, okMsgs); err != nil {
+	p.cfg.Hooks.at(ctx, PointAfterPublish, msgs)
+	p.cfg.Hooks.at(ctx, PointBeforeAck, msgs)
+	if err := consumer.AckAll(ctx, p.deps.Conn, msgs); err != nil {
 		// The outputs are stored; a redelivery is deduplicated downstream by id and seq_sha256.
-		p.log.Warn("ack failed after publish", zap.Uint64("batch", b.Seq), zap.Error(err))
+		p.log.Warn("ack failed after publish", which, zap.Error(err))
 		return
 	}
-	p.metrics.RecordsOut(len(okMsgs))
-	p.stats.acked(okItems, time.Now())
+	p.metrics.RecordsOut(len(msgs))
+	p.stats.acked(items, time.Now())
 }
 
 // publishFitting is publishJobs for a batch some rows of which may not fit in a message alone

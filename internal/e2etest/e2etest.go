@@ -4,7 +4,6 @@
 package e2etest
 
 import (
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,6 +25,7 @@ import (
 	"github.com/seqembed/seqembed/esm2graph"
 	"github.com/seqembed/seqembed/gpurun"
 	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/internal/refout"
 	"github.com/seqembed/seqembed/internal/testutil"
 	"github.com/seqembed/seqembed/pipeline"
 )
@@ -539,51 +539,21 @@ var TinyHF = filepath.Join(Root, "esm2graph", "testdata", "esm2-tiny-hf")
 // RefOutputsFile is tools/reference_outputs.py's output for TinyHF (PyTorch, fair-esm semantics).
 var RefOutputsFile = filepath.Join(Root, "testdata", "esm2-tiny", "reference-outputs.json.gz")
 
-// RefOutputs is RefOutputsFile: every layer's mean and <cls> row of each golden record (per-residue
-// states of the first few), and the chunked long records (window, stride).
-type RefOutputs struct {
-	NumLayers int `json:"num_layers"`
-	Dim       int `json:"dim"`
-	Window    int `json:"window"`
-	Stride    int `json:"stride"`
-	Records   []struct {
-		ID       string      `json:"id"`
-		Sequence string      `json:"sequence"`
-		Mean     [][]float64 `json:"mean"`
-		BOS      [][]float64 `json:"bos"`
-		PerTok   [][]float64 `json:"per_tok"`
-	} `json:"records"`
-	Long []struct {
-		ID       string               `json:"id"`
-		Sequence string               `json:"sequence"`
-		Windows  int                  `json:"windows"`
-		Mean     [][]float64          `json:"mean"`
-		BOS      [][]float64          `json:"bos"`
-		LastRows map[string][]float64 `json:"per_tok_last_rows"`
-	} `json:"long"`
-}
+// RefOutputs is RefOutputsFile (refout.Outputs), with lookups by output column.
+type RefOutputs struct{ *refout.Outputs }
 
 // LoadRefOutputs reads RefOutputsFile; without it the test is skipped (failed when CI is set),
 // as esm2graph's reference tests are: it is made by tools/reference_outputs.py on a torch machine.
 func LoadRefOutputs(t testing.TB) *RefOutputs {
 	t.Helper()
-	f, err := os.Open(RefOutputsFile)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("reference outputs missing in CI: %v", err)
-		}
+	ref, err := refout.Load(RefOutputsFile)
+	if errors.Is(err, os.ErrNotExist) && os.Getenv("CI") == "" {
 		t.Skipf("reference outputs %s not present (tools/reference_outputs.py on a torch machine): %v", RefOutputsFile, err)
 	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ref RefOutputs
-	if err := json.NewDecoder(zr).Decode(&ref); err != nil {
-		t.Fatal(err)
-	}
-	return &ref
+	return &RefOutputs{ref}
 }
 
 // RefValues is the reference's values of the output column c of golden record rec (nil: the
