@@ -9,21 +9,23 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 w=${TMPDIR:-/tmp}/outputs
+# PRESET=t6_8M LAYER=6 for a quick check (default ESM-2 650M, layer 33); N sequences for throughput.
+preset=${PRESET:-t33_650M} layer=${LAYER:-33} n=${N:-2000}
 mkdir -p "$w" "$OUT"
 # Every step's output goes to $OUT/steps.log as it runs, each step under its own time limit, so a
 # cut-short call still returns what ran (the first try of this script, 2026-12-01, returned nothing).
 exec > >(tee -a "$OUT/steps.log") 2>&1
 step() { local limit=$1; shift; echo "== $(date -u +%T) $*"; timeout "$limit" "$@"; echo "== exit $?"; }
-step 150 python3 tools/export_esm2.py --preset t33_650M --fp16 --fused packed --custom-ops --save-pretrained "$w/hf650" --out "$w/mean650" --no-check 
+step 150 python3 tools/export_esm2.py --preset "$preset" --fp16 --fused packed --custom-ops --save-pretrained "$w/hf650" --out "$w/mean650" --no-check 
 step 120 env SEQEMBED_OPS_ARCHS=90 bash scripts/build-ops.sh "$w/mean650/libseqembed_ops.so"
 mkdir -p "$w/res650" && cp "$w/mean650/libseqembed_ops.so" "$w/res650/"
-step 120 seqembed model build --from "$w/hf650" --out "$w/res650" --fp16 --fused packed --custom-ops --name esm2-t33_650M \
+step 120 seqembed model build --from "$w/hf650" --out "$w/res650" --fp16 --fused packed --custom-ops --name "esm2-$preset" \
   --outputs per-residue:-1 --residues-fp16 
 zcat testdata/sample/query500.fasta.gz >"$w/q.fasta"
 step 120 seqembed run "$w/q.fasta" --model "$w/res650" --device cuda:0 --out "$w/res.parquet" --quiet --allow-rejects --allow-id-conflicts
-step 120 python3 bench/outputs_parity.py --hf "$w/hf650" --file "$w/res.parquet" --fasta "$w/q.fasta" --layer 33 --rows 200 --min-cos 0.9999 | tee "$OUT/outputs-parity.json" || true
-python3 bench/synth_fasta.py "$w/q.fasta" "$w/syn.fasta" 2000
+step 120 python3 bench/outputs_parity.py --hf "$w/hf650" --file "$w/res.parquet" --fasta "$w/q.fasta" --layer "$layer" --rows 200 --min-cos 0.9999 | tee "$OUT/outputs-parity.json" || true
+python3 bench/synth_fasta.py "$w/q.fasta" "$w/syn.fasta" "$n"
 bash bench/gpu.sh --budget 240 --out "$OUT/bench" --fasta "$w/syn.fasta" \
-  "model=650M export=dir:$w/mean650 modes=e2e label=mean" "model=650M export=dir:$w/res650 modes=e2e label=per-residue-fp16" \
-  "model=650M export=dir:$w/res650 modes=raw label=per-residue-fp16" "model=650M export=dir:$w/mean650 modes=raw label=mean" \
-  "model=650M export=dir:$w/mean650 modes=e2e label=mean-2" "model=650M export=dir:$w/res650 modes=e2e label=per-residue-fp16-2"
+  "model=$preset export=dir:$w/mean650 modes=e2e label=mean" "model=$preset export=dir:$w/res650 modes=e2e label=per-residue-fp16" \
+  "model=$preset export=dir:$w/res650 modes=raw label=per-residue-fp16" "model=$preset export=dir:$w/mean650 modes=raw label=mean" \
+  "model=$preset export=dir:$w/mean650 modes=e2e label=mean-2" "model=$preset export=dir:$w/res650 modes=e2e label=per-residue-fp16-2"
