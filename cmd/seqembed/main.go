@@ -31,7 +31,7 @@ func program(hooks pipeline.Hooks) cli.Program {
 			{Name: "sink", Summary: "write the embeddings stream to a Parquet or Arrow IPC file", Run: runSinkCmd},
 			{Name: "run", Summary: "embed FASTA files end to end with an embedded JetStream server", Run: runRunCmd},
 			{Name: "streams", Summary: "create or update the streams and a model's consumer (idempotent) and print their state", Run: runStreamsCmd},
-			{Name: "model", Summary: "download an ESM-2 checkpoint from the Hugging Face hub into the local cache (pull), or list the cache", Run: runModelCmd},
+			{Name: "model", Summary: "real weights: pull an ESM-2 checkpoint from the Hugging Face hub, build its graph in Go (no Python), list the cache", Run: runModelCmd},
 			{Name: "bench", Summary: "measure throughput end to end (or --raw: ONNX Runtime alone) on a FASTA file", Run: runBenchCmd},
 			{Name: "version", Summary: "print the version", Run: func(context.Context, []string) error { fmt.Println("seqembed", version()); return nil }},
 		},
