@@ -22,6 +22,10 @@ const (
 	ExitFailed   = 1 // the command failed
 	ExitUsage    = 2 // a usage error: missing required flag or argument, unknown flag, bad value
 	ExitRejected = 3 // the job finished, but records were rejected (dead-lettered) or ids conflict
+	// ExitInterrupted (128 + SIGINT, the shell's convention): a SIGINT or SIGTERM stopped a
+	// command that then failed for it (a run cut short); a command that finishes cleanly on the
+	// signal (the worker draining, sink closing its file) exits ExitOK.
+	ExitInterrupted = 130
 )
 
 // UsageError is a command line that cannot run: a required flag or argument missing, an unknown
@@ -100,6 +104,10 @@ func (p Program) Main(args []string) int {
 		}
 		err := c.Run(ctx, args[1:])
 		code := Code(err)
+		if code == ExitFailed && ctx.Err() != nil {
+			fmt.Fprintf(os.Stderr, "%s %s: interrupted: %v\n", p.Name, c.Name, err)
+			return ExitInterrupted
+		}
 		switch {
 		case code == ExitUsage:
 			fmt.Fprintf(os.Stderr, "%s %s: %v\nRun '%s %s -h' for its flags.\n", p.Name, c.Name, err, p.Name, c.Name)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
+	"syscall"
 	"testing"
 )
 
@@ -52,6 +54,33 @@ func TestMainExitCodes(t *testing.T) {
 		}
 		if got := p.Main(argv); got != want {
 			t.Errorf("Main(%q) = %d, want %d", args, got, want)
+		}
+	}
+}
+
+// TestMainInterrupted: a command that fails because SIGTERM cancelled its context exits 130 and
+// says it was interrupted; one that finishes cleanly on the signal exits 0.
+func TestMainInterrupted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ret  func(ctx context.Context) error
+		want int
+	}{
+		{"cut-short", func(ctx context.Context) error { return fmt.Errorf("publishing: %w", ctx.Err()) }, ExitInterrupted},
+		{"drains", func(context.Context) error { return nil }, ExitOK},
+	} {
+		ready := make(chan struct{})
+		p := Program{Name: "prog", Commands: []Command{{Name: "cmd", Run: func(ctx context.Context, _ []string) error {
+			close(ready)
+			<-ctx.Done()
+			return tc.ret(ctx)
+		}}}}
+		go func() {
+			<-ready // Main's signal.NotifyContext is in place: the signal cancels, it does not kill
+			_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		}()
+		if got := p.Main([]string{"cmd"}); got != tc.want {
+			t.Errorf("%s: Main = %d, want %d", tc.name, got, tc.want)
 		}
 	}
 }
