@@ -373,10 +373,8 @@ func runner(t testing.TB, dir string) *gpurun.Runner {
 	return r
 }
 
-// embed runs token sequences as one batch padded to cols (0: the longest) and returns one
-// embedding per sequence.
-func embed(t testing.TB, r *gpurun.Runner, seqs [][]int64, cols int) [][]float32 {
-	t.Helper()
+// padded is token sequences as one batch padded with <pad> to cols (0: the longest).
+func padded(seqs [][]int64, cols int) gpurun.Input {
 	for _, s := range seqs {
 		cols = max(cols, len(s))
 	}
@@ -389,7 +387,14 @@ func embed(t testing.TB, r *gpurun.Runner, seqs [][]int64, cols int) [][]float32
 			}
 		}
 	}
-	out, err := r.Embed(context.Background(), gpurun.Input{IDs: ids, Mask: mask, Rows: len(seqs), Cols: cols}, nil)
+	return gpurun.Input{IDs: ids, Mask: mask, Rows: len(seqs), Cols: cols}
+}
+
+// embed runs token sequences as one batch padded to cols (0: the longest) and returns one
+// embedding per sequence.
+func embed(t testing.TB, r *gpurun.Runner, seqs [][]int64, cols int) [][]float32 {
+	t.Helper()
+	out, err := r.Embed(context.Background(), padded(seqs, cols), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

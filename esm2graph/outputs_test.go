@@ -46,19 +46,7 @@ func tokens(t testing.TB, seq string) []int64 {
 // embedAll runs token sequences as one batch padded to cols (0: the longest) through EmbedAll.
 func embedAll(t testing.TB, r *gpurun.Runner, seqs [][]int64, cols int) *gpurun.Result {
 	t.Helper()
-	for _, s := range seqs {
-		cols = max(cols, len(s))
-	}
-	ids, mask := make([]int64, len(seqs)*cols), make([]int64, len(seqs)*cols)
-	for i, s := range seqs {
-		for j := range cols {
-			ids[i*cols+j] = padID
-			if j < len(s) {
-				ids[i*cols+j], mask[i*cols+j] = s[j], 1
-			}
-		}
-	}
-	res, err := r.EmbedAll(context.Background(), gpurun.Input{IDs: ids, Mask: mask, Rows: len(seqs), Cols: cols})
+	res, err := r.EmbedAll(context.Background(), padded(seqs, cols))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/seqembed/seqembed/internal/testutil"
 )
 
 // TestSlotRing: sets are handed out round robin, each to one batch until it is released, and a
@@ -587,15 +589,12 @@ func TestGraphPoolCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	queuedDone := make(chan error, 1)
 	go func() { queuedDone <- p.embed(ctx, fakeBatch(3, 64, 2), make([]float32, 3*4)) }()
-	for { // wait until it is queued
+	testutil.Eventually(t, time.Minute, func() (bool, string) { // wait until it is queued
 		p.mu.Lock()
 		n := len(p.sessions[0].queue)
 		p.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return n == 1, fmt.Sprintf("%d batches queued on session 0, want 1", n)
+	})
 	// Both sets taken: a third call waits for a token, and gives up with its context.
 	tctx, tcancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer tcancel()

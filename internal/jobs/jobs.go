@@ -197,11 +197,11 @@ func StateOf(ctx context.Context, js jetstream.JetStream, in, out string, j Job)
 		}
 		*c.n = info.State.Subjects[c.subj]
 	}
-	os, err := js.Stream(ctx, out)
+	outS, err := js.Stream(ctx, out)
 	if err != nil {
 		return st, fmt.Errorf("jobs: job %q: output stream %s: %w", j.Name, out, err)
 	}
-	m, err := os.GetLastMsgForSubject(ctx, arrowout.Subject(j.Model, j.Name))
+	m, err := outS.GetLastMsgForSubject(ctx, arrowout.Subject(j.Model, j.Name))
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 	case err != nil:

@@ -42,7 +42,7 @@ func EmbeddedServer() (*server.Server, func(), error) {
 		// The largest message NATS allows: a per-residue output row of a big model is megabytes
 		// (1022 residues × 1280 dims in float16 is 2.6 MB) and this server is ours alone.
 		MaxPayload: EmbeddedMaxPayload,
-		NoSigs: true, NoLog: true, ServerName: "seqembed-embedded",
+		NoSigs:     true, NoLog: true, ServerName: "seqembed-embedded",
 	})
 	if err != nil {
 		os.RemoveAll(dir)
@@ -77,11 +77,11 @@ type Summary struct {
 	Elapsed          time.Duration // everything, model load included
 	Processing       time.Duration // first publish to last record done
 	Warmup           time.Duration
-	CUDAGraphs       bool           // the runners replay CUDA graphs
+	CUDAGraphs       bool // the runners replay CUDA graphs
 	// GraphsBefore and GraphsAfter are the CUDA-graph counters at the first publish and once
 	// every record was done (pipeline.Engine.GraphStats).
 	GraphsBefore, GraphsAfter gpurun.GraphStats
-	Stats            pipeline.Stats // the pipeline's, once it stopped
+	Stats                     pipeline.Stats // the pipeline's, once it stopped
 	// Busy is the fraction of Processing with at least one run in flight; MeanGap the runner's
 	// mean wait between runs.
 	Busy    float64
