@@ -8,6 +8,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/seqembed/seqembed/internal/natsconn"
 )
 
 // benchMeta and benchBatch are the production shape: ESM-2 650M (1280 dims),
@@ -87,7 +88,7 @@ func BenchmarkSplit(b *testing.B) {
 		b.Fatal(err)
 	}
 	batch := benchBatch()
-	limit := fallbackServerMaxPayload - HeaderHeadroom
+	limit := natsconn.FallbackMaxPayload - HeaderHeadroom
 	buf, parts, err := e.split(nil, nil, batch, limit)
 	if err != nil {
 		b.Fatal(err)

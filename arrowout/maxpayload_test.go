@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/seqembed/seqembed/internal/natsconn"
 	"github.com/seqembed/seqembed/internal/natstest"
 	"github.com/seqembed/seqembed/internal/testutil"
 )
@@ -183,4 +184,55 @@ func TestPublishResplitsWhenRefused(t *testing.T) {
 		t.Fatalf("limit that stays wrong: %+v, %v; want ErrPublish wrapping nats.ErrMaxPayload, nothing sent", res, err)
 	}
 	t.Log(err)
+}
+
+// TestPublishUnderFileStoreLimit: with a 64 MiB max_payload (what `seqembed run`'s embedded
+// server allows) a 40 MB batch is split under JetStream's file-store record limit (32 MiB), not
+// sent whole to be refused with "message too large" and retried for ever (found on the GPU
+// machine: a 16,384-token batch of 650M per-residue float16 states is 42 MB).
+func TestPublishUnderFileStoreLimit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	srv := natstest.Server(t, func(o *server.Options) { o.MaxPayload = 64 << 20 })
+	nc, js := natstest.Connect(t, srv)
+	stream, err := EnsureStream(ctx, js, StreamConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := testMeta
+	meta.Dim = 5120 // 20 KiB a row: 2,000 rows are 41 MB
+	p, err := NewPublisher(js, "embeddings.x", meta, WithAckTimeout(100*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := p.MaxPayload(), natsconn.FileStoreMaxMsg-HeaderHeadroom; got != want || int(nc.MaxPayload()) != 64<<20 {
+		t.Fatalf("MaxPayload %d under a %d max_payload, want %d", got, nc.MaxPayload(), want)
+	}
+	b := makeBatch(1, 2000, meta.Dim, 1)
+	res, err := p.Publish(ctx, b)
+	if err != nil || res.Parts != 2 {
+		t.Fatalf("Publish: %+v, %v; want 2 parts", res, err)
+	}
+	seen, _ := rowsBySeq(t, ctx, stream)
+	checkOnce(t, seen, b)
+}
+
+// TestTooLargeRefusals: every size refusal natsconn.TooLarge knows splits the batch again; other
+// API errors do not.
+func TestTooLargeRefusals(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nats.ErrMaxPayload, true},
+		{fmt.Errorf("wrapped: %w", nats.ErrMaxPayload), true},
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamMessageExceedsMaximum, Description: "message size exceeds maximum allowed"}, true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "message too large"}, true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "disk full"}, false},
+		{nats.ErrTimeout, false},
+	} {
+		if got := natsconn.TooLarge(c.err); got != c.want {
+			t.Errorf("TooLarge(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
 }

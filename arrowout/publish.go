@@ -37,9 +37,6 @@ const (
 	// HeaderHeadroom is subtracted from the server's max_payload to get the
 	// default part size limit, leaving room for the message headers.
 	HeaderHeadroom = 4 << 10
-	// fallbackServerMaxPayload is assumed when the connection does not
-	// report max_payload (not connected yet): the nats-server default.
-	fallbackServerMaxPayload = 1 << 20
 )
 
 // PublisherOption configures a Publisher.
@@ -122,7 +119,7 @@ type Publisher struct {
 	maxPayload int // WithMaxPayload's cap; 0: none
 	ackTimeout time.Duration
 	prefix     string
-	serverMax  func() int // the server's max_payload now (tests replace it)
+	serverMax  func() int // natsconn.MaxStored now: max_payload, at most the file store's 32 MiB (tests replace it)
 
 	mu  sync.Mutex // guards enc
 	enc *Encoder
@@ -174,25 +171,16 @@ func NewPublisher(js jetstream.JetStream, subject string, m Meta, opts ...Publis
 		maxPayload: cfg.maxPayload,
 		ackTimeout: cfg.ackTimeout,
 		prefix:     cfg.prefix,
-		serverMax:  func() int { return connMaxPayload(js.Conn()) },
+		serverMax:  func() int { return natsconn.MaxStored(js.Conn()) },
 		enc:        enc,
 	}, nil
 }
 
-// connMaxPayload is nc's current max_payload (from the server's last INFO),
-// or fallbackServerMaxPayload while it reports none.
-func connMaxPayload(nc *nats.Conn) int {
-	if nc != nil {
-		if n := int(nc.MaxPayload()); n > 0 {
-			return n
-		}
-	}
-	return fallbackServerMaxPayload
-}
-
 // MaxPayload returns the part size limit in effect now (see WithMaxPayload):
-// the connection's current max_payload minus HeaderHeadroom, capped by
-// WithMaxPayload; 0 when the server's max_payload leaves no room.
+// the connection's current max_payload, at most natsconn.FileStoreMaxMsg
+// (32 MiB: JetStream's file store keeps no larger message), minus
+// HeaderHeadroom, capped by WithMaxPayload; 0 when the server's max_payload
+// leaves no room.
 func (p *Publisher) MaxPayload() int { return max(p.partLimit(), 0) }
 
 // partLimit is MaxPayload, possibly <= 0.
@@ -231,8 +219,9 @@ var errAckTimeout = errors.New("ack timeout")
 // published only while the connection is up (Publish waits for a reconnect,
 // within its time bound): a part buffered for the reconnect could reach a
 // server with a smaller max_payload, which closes the connection for good.
-// If a part is still refused as too large (nats.ErrMaxPayload: the limit
-// shrank between the split and the send), the batch is split again under the
+// If a part is still refused as too large (natsconn.TooLarge: the limit
+// shrank between the split and the send, or the stream's max_msg_size is
+// lower), the batch is split again under the
 // new limit and published again, up to 4 splits in one call; rows of parts
 // already sent under the old split may then be stored twice, under other
 // Msg-Ids (readers deduplicate by id and seq_sha256, as they do for
@@ -311,8 +300,9 @@ func (p *Publisher) PublishTo(ctx context.Context, subject string, b *Batch) (Pu
 }
 
 // publishSplit splits b under limit and publishes the parts (see Publish).
-// refused reports a part refused as larger than the connection's
-// max_payload, before or while sending: err then wraps nats.ErrMaxPayload.
+// refused reports a part refused for its size, before or while sending
+// (natsconn.TooLarge: the connection's max_payload, the stream's max_msg_size
+// or the file store's record limit).
 func (p *Publisher) publishSplit(ctx context.Context, ctxErr func() error, subject string, b *Batch, limit int) (res PublishResult, refused bool, err error) {
 	bufp, _ := p.bufs.Get().(*[]byte)
 	if bufp == nil {
@@ -327,7 +317,7 @@ func (p *Publisher) publishSplit(ctx context.Context, ctxErr func() error, subje
 
 	lo, hi := b.seqRange(0, b.Rows())
 	fail := func(i int, cause error) (PublishResult, bool, error) {
-		return res, errors.Is(cause, nats.ErrMaxPayload), fmt.Errorf("%w: batch %d (stream seqs %d-%d): part %d/%d (rows [%d,%d)) of %d bytes under a %d-byte limit: %w",
+		return res, natsconn.TooLarge(cause), fmt.Errorf("%w: batch %d (stream seqs %d-%d): part %d/%d (rows [%d,%d)) of %d bytes under a %d-byte limit: %w",
 			ErrPublish, b.Seq, lo, hi, i+1, len(parts), parts[i].Lo, parts[i].Hi, len(parts[i].Data), limit, cause)
 	}
 

@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/textproto"
 	"strconv"
@@ -16,9 +15,6 @@ import (
 
 // Dead-letter copy limits.
 const (
-	// fallbackMaxPayload is assumed when the connection reports no max_payload (never connected):
-	// the nats-server default.
-	fallbackMaxPayload = 1 << 20
 	// maxCopyErrorBytes bounds Seqembed-Error once a copy's headers alone do not fit.
 	maxCopyErrorBytes = 1024
 	// copyTimeout bounds storing one copy (waiting for the connection included) when the
@@ -163,25 +159,6 @@ func isOwnHeader(k string) bool {
 	return false
 }
 
-// connMaxPayload is nc's current max_payload (the server's, from its last INFO).
-func connMaxPayload(nc *nats.Conn) int {
-	if nc != nil {
-		if n := int(nc.MaxPayload()); n > 0 {
-			return n
-		}
-	}
-	return fallbackMaxPayload
-}
-
-// tooLarge reports whether err is a refusal of a message for its size: by the client
-// (nats.ErrMaxPayload: the connection's max_payload changed after the copy was sized) or by the
-// stream (its max_msg_size).
-func tooLarge(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.Is(err, nats.ErrMaxPayload) ||
-		(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum)
-}
-
 // storeCopy stores the dead-letter copy of a record of model (see dlqCopy) on subject (its job's
 // JobDLQSubject) and
 // returns its PubAck. The copy is sized at the time of the call to the connection's current
@@ -200,7 +177,7 @@ func storeCopy(ctx context.Context, js jetstream.JetStream, subject, model strin
 		defer cancel()
 	}
 	nc := js.Conn()
-	limit := connMaxPayload(nc)
+	limit := natsconn.MaxStored(nc)
 	var fit copyFit
 	var last error
 	used := limit
@@ -218,11 +195,11 @@ func storeCopy(ctx context.Context, js jetstream.JetStream, subject, model strin
 		if err == nil {
 			return ack, fit, nil
 		}
-		if !tooLarge(err) {
+		if !natsconn.TooLarge(err) {
 			return nil, fit, err
 		}
 		last = err
-		next := connMaxPayload(nc)
+		next := natsconn.MaxStored(nc)
 		if name, serr := js.StreamNameBySubject(ctx, subject); serr == nil {
 			if s, serr := js.Stream(ctx, name); serr == nil {
 				if m := int(s.CachedInfo().Config.MaxMsgSize); m > 0 {

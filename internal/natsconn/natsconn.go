@@ -1,11 +1,15 @@
 // Package natsconn holds what the packages that publish or pull share about the connection's
-// state: waiting for it to be connected, honouring ctx.
+// state: waiting for it to be connected, honouring ctx; the largest message it can have stored; which
+// errors refuse a message for its size.
 package natsconn
 
 import (
 	"context"
+	"errors"
+	"strings"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // AwaitConnected returns nil once nc is connected (at once if it is, or nc is nil),
@@ -32,3 +36,44 @@ func AwaitConnected(ctx context.Context, nc *nats.Conn) error {
 		}
 	}
 }
+
+// FallbackMaxPayload is assumed while a connection reports no max_payload (never connected): the
+// nats-server default.
+const FallbackMaxPayload = 1 << 20
+
+// FileStoreMaxMsg is the largest record JetStream's file store keeps (nats-server's filestore
+// refuses a message, subject and headers included, over 32 MiB with "message too large", whatever
+// max_payload allows: a 64 MiB max_payload still stores at most 32 MiB per message).
+const FileStoreMaxMsg = 32 << 20
+
+// MaxStored is the largest message nc can have stored in a file-backed stream now: the server's
+// max_payload from its last INFO (FallbackMaxPayload while it reports none), at most
+// FileStoreMaxMsg.
+func MaxStored(nc *nats.Conn) int {
+	n := FallbackMaxPayload
+	if nc != nil {
+		if m := int(nc.MaxPayload()); m > 0 {
+			n = m
+		}
+	}
+	return min(n, FileStoreMaxMsg)
+}
+
+// TooLarge reports whether err refuses a message for its size: the client's (nats.ErrMaxPayload:
+// the connection's max_payload changed after the message was sized), the stream's max_msg_size, or
+// the file store's record limit (FileStoreMaxMsg).
+func TooLarge(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.Is(err, nats.ErrMaxPayload) {
+		return true
+	}
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum ||
+		(apiErr.ErrorCode == jsErrCodeStreamStoreFailed && strings.Contains(apiErr.Description, "message too large"))
+}
+
+// jsErrCodeStreamStoreFailed is nats-server's JSStreamStoreFailedF (10077), the code of the file
+// store's "message too large"; nats.go names no constant for it.
+const jsErrCodeStreamStoreFailed jetstream.ErrorCode = 10077
