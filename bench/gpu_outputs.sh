@@ -10,7 +10,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 w=${TMPDIR:-/tmp}/outputs
 # PRESET=t6_8M LAYER=6 for a quick check (default ESM-2 650M, layer 33); N sequences for throughput.
-preset=${PRESET:-t33_650M} layer=${LAYER:-33} n=${N:-2000}
+preset=${PRESET:-t33_650M} layer=${LAYER:-33} n=${N:-8000}
 mkdir -p "$w" "$OUT"
 # Every step's output goes to $OUT/steps.log as it runs, each step under its own time limit, so a
 # cut-short call still returns what ran (the first try of this script, 2026-12-01, returned nothing).
