@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -202,9 +203,10 @@ type Encoder struct {
 // pendingPart is a row range whose record-batch payload has been sized and
 // accepted by Split but not yet written out.
 type pendingPart struct {
-	lo, hi  int
-	payload ipc.Payload
-	size    int
+	lo, hi       int
+	resLo, resHi int // a row slice's residues; 0, 0 for whole rows
+	payload      ipc.Payload
+	size         int
 }
 
 // partPadding bounds the padding one part pays beyond e.overhead: up to 7
@@ -275,10 +277,14 @@ func (e *Encoder) Encode(dst []byte, b *Batch, lo, hi int) ([]byte, error) {
 	return e.appendStream(growBytes(dst, size), &p), nil
 }
 
-// Part is one IPC stream produced by Split: rows [Lo,Hi) of the batch.
+// Part is one IPC stream produced by Split: rows [Lo,Hi) of the batch, or, for a row whose
+// per-residue outputs alone do not fit one part (a row slice, Hi == Lo+1 and ResHi > 0), row Lo
+// with only residues [ResLo,ResHi) of its per-residue columns (every other column whole). The
+// publisher marks row slices with HeaderResidues; the sink joins them back into one row.
 type Part struct {
-	Lo, Hi int
-	Data   []byte
+	Lo, Hi       int
+	ResLo, ResHi int // residues of the row in this part (row slices only; 0, 0 otherwise)
+	Data         []byte
 }
 
 // Split encodes b into one or more IPC streams of at most maxBytes bytes
@@ -291,10 +297,15 @@ type Part struct {
 // depends only on b and maxBytes: re-splitting a batch gives identical
 // parts.
 //
+// A row that does not fit alone but has per-residue outputs is cut the same
+// way along its residues into row slices (Part.ResLo, Part.ResHi), each
+// holding the row's other columns whole.
+//
 // An empty batch yields no parts. The parts' Data share one freshly
 // allocated backing array owned by the caller. A row that cannot fit alone
-// fails with a *TooLargeError (wrapping ErrTooLarge) naming the batch and row; invalid input fails with
-// ErrInvalidBatch or ErrOption.
+// (no per-residue outputs, or a single residue does not fit) fails with a
+// *TooLargeError (wrapping ErrTooLarge) naming the batch and row; invalid
+// input fails with ErrInvalidBatch or ErrOption.
 func (e *Encoder) Split(b *Batch, maxBytes int) ([]Part, error) {
 	_, parts, err := e.split(nil, nil, b, maxBytes)
 	return parts, err
@@ -338,7 +349,7 @@ func (e *Encoder) split(buf []byte, parts []Part, b *Batch, maxBytes int) ([]byt
 		pp := &e.pending[i]
 		start := len(buf)
 		buf = e.appendStream(buf, &pp.payload)
-		parts = append(parts, Part{Lo: pp.lo, Hi: pp.hi, Data: buf[start:len(buf):len(buf)]})
+		parts = append(parts, Part{Lo: pp.lo, Hi: pp.hi, ResLo: pp.resLo, ResHi: pp.resHi, Data: buf[start:len(buf):len(buf)]})
 	}
 	return buf, parts, nil
 }
@@ -359,20 +370,97 @@ func (e *Encoder) fit(rec arrow.RecordBatch, b *Batch, lo, hi, maxBytes int) err
 	p.Release()
 	n := hi - lo
 	if n == 1 {
+		if e.residueCols > 0 && b.Lengths[lo] > 1 {
+			return e.fitResidues(rec, b, lo, 0, int(b.Lengths[lo]), size, maxBytes)
+		}
 		return &TooLargeError{Batch: b.Seq, Row: lo, ID: b.IDs[lo], StreamSeq: b.StreamSeqs[lo], Size: size, Limit: maxBytes}
 	}
-	// Every part pays e.overhead plus up to 7 bytes of padding per buffer;
-	// size the pieces so that the body of each fits in what is left.
-	k := n
-	if room := maxBytes - e.overhead - partPadding; room > 0 {
-		k = min(n, max(2, (size-e.overhead+room-1)/room))
-	}
+	k := e.pieces(n, size, maxBytes)
 	for i := range k {
 		if err := e.fit(rec, b, lo+n*i/k, lo+n*(i+1)/k, maxBytes); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// pieces is how many pieces a range of n rows (or residues) that encodes to size bytes is cut
+// into so that each should fit maxBytes: every part pays e.overhead plus up to 7 bytes of padding
+// per buffer, so the pieces are sized for the body to fit in what is left.
+func (e *Encoder) pieces(n, size, maxBytes int) int {
+	k := n
+	if room := maxBytes - e.overhead - partPadding; room > 0 {
+		k = min(n, max(2, (size-e.overhead+room-1)/room))
+	}
+	return k
+}
+
+// fitResidues queues row r's residues [a,c) (of a row too large for one part; size is what the
+// range encodes to) as row slices, cut as fit cuts rows.
+func (e *Encoder) fitResidues(rec arrow.RecordBatch, b *Batch, r, a, c, size, maxBytes int) error {
+	n := c - a
+	k := e.pieces(n, size, maxBytes)
+	for i := range k {
+		lo, hi := a+n*i/k, a+n*(i+1)/k
+		slice := e.rowSlice(rec, b, r, lo, hi)
+		p, sz, err := e.payload(slice)
+		slice.Release()
+		if err != nil {
+			return fmt.Errorf("arrowout: batch %d row %d residues [%d,%d): %w", b.Seq, r, lo, hi, err)
+		}
+		if sz <= maxBytes {
+			e.pending = append(e.pending, pendingPart{lo: r, hi: r + 1, resLo: lo, resHi: hi, payload: p, size: sz})
+			continue
+		}
+		p.Release()
+		if hi-lo == 1 {
+			return &TooLargeError{Batch: b.Seq, Row: r, ID: b.IDs[r], StreamSeq: b.StreamSeqs[r], Size: sz, Limit: maxBytes}
+		}
+		if err := e.fitResidues(rec, b, r, lo, hi, sz, maxBytes); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rowSlice is row r of rec with its per-residue columns cut to residues [a,c): zero-copy views of
+// b's outputs (the list offsets are a new two-value buffer, so nothing of e's scratch is
+// reused while rec's queued payloads still point at it). The caller releases it.
+func (e *Encoder) rowSlice(rec arrow.RecordBatch, b *Batch, r, a, c int) arrow.RecordBatch {
+	row := rec.NewSlice(int64(r), int64(r+1))
+	defer row.Release()
+	cols := slices.Clone(row.Columns())
+	first := b.residueOffset(r)
+	offsets := []int32{0, int32(c - a)}
+	var made []arrow.Array
+	for k, col := range e.cols {
+		if col.Pooling != PoolPerResidue {
+			continue
+		}
+		f := e.schema.Field(firstOutputField + k)
+		lo, hi := (first+a)*e.dim, (first+c)*e.dim
+		var vals arrow.ArrayData
+		if e.meta.ResiduesFP16 {
+			vals = array.NewData(arrow.FixedWidthTypes.Float16, hi-lo,
+				[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Uint16Traits.CastToBytes(b.Outputs[k].F16[lo:hi]))}, nil, 0, 0)
+		} else {
+			vals = array.NewData(arrow.PrimitiveTypes.Float32, hi-lo,
+				[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Float32Traits.CastToBytes(b.Outputs[k].F32[lo:hi]))}, nil, 0, 0)
+		}
+		rowsData := array.NewData(f.Type.(*arrow.ListType).Elem(), c-a, []*memory.Buffer{nil}, []arrow.ArrayData{vals}, 0, 0)
+		vals.Release()
+		d := array.NewData(f.Type, 1, []*memory.Buffer{nil, memory.NewBufferBytes(arrow.Int32Traits.CastToBytes(offsets))},
+			[]arrow.ArrayData{rowsData}, 0, 0)
+		rowsData.Release()
+		cols[firstOutputField+k] = array.MakeFromData(d)
+		d.Release()
+		made = append(made, cols[firstOutputField+k])
+	}
+	out := array.NewRecordBatch(e.schema, cols, 1)
+	for _, m := range made {
+		m.Release()
+	}
+	return out
 }
 
 // checkRange validates b and the row range [lo,hi).

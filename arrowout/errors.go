@@ -34,6 +34,10 @@ var (
 	// one a ParquetSink was fixed to.
 	ErrSchemaMismatch = errors.New("arrowout: schema mismatch")
 
+	// ErrIncomplete reports rows a sink could not write whole: some of their
+	// row slices (HeaderResidues) never arrived.
+	ErrIncomplete = errors.New("arrowout: incomplete rows")
+
 	// ErrFormat reports an output file format that is unknown: a --format
 	// other than parquet or arrow, or without one a file suffix that names
 	// neither (FileFormat).

@@ -25,6 +25,11 @@ const (
 	HeaderStreamSeqs = "Seqembed-Stream-Seqs"
 	// HeaderContentType is set to ContentType.
 	HeaderContentType = "Content-Type"
+	// HeaderResidues marks a row slice (see Part): "<lo>-<hi>/<length>", the message's one row
+	// holds residues [lo,hi) of the row's length in its per-residue columns. A row's slices are
+	// the messages with its stream_seq and the same Nats-Msg-Id up to the part number; they cover
+	// 0..length once, in part order. Messages of whole rows have no such header.
+	HeaderResidues = "Seqembed-Residues"
 )
 
 // ContentType is the media type of an Arrow IPC stream.
@@ -206,6 +211,7 @@ var errAckTimeout = errors.New("ack timeout")
 //	Seqembed-Rows:        rows in the part
 //	Seqembed-Stream-Seqs: <min seq>-<max seq> of the part's rows
 //	Content-Type:         application/vnd.apache.arrow.stream
+//	Seqembed-Residues:    <lo>-<hi>/<length> (row slices only, see HeaderResidues)
 //
 // where first/last seq are b.StreamSeqs[0] and b.StreamSeqs[n-1], hash is
 // 16 hex digits of FNV-1a 64 over all of b.StreamSeqs in row order (each as
@@ -335,6 +341,9 @@ func (p *Publisher) publishSplit(ctx context.Context, ctxErr func() error, subje
 				HeaderStreamSeqs:      {strconv.FormatUint(minSeq, 10) + "-" + strconv.FormatUint(maxSeq, 10)},
 				HeaderContentType:     {ContentType},
 			},
+		}
+		if part.ResHi > 0 {
+			msgs[i].Header[HeaderResidues] = []string{fmt.Sprintf("%d-%d/%d", part.ResLo, part.ResHi, b.Lengths[part.Lo])}
 		}
 		// The connection may have moved to a server with a smaller limit since
 		// the split: refuse before sending anything rather than part-way.

@@ -172,25 +172,26 @@ type recordWriter interface {
 // and the temporary file that Close renames into place. The format is the
 // recordWriter that open returns once the Meta is fixed.
 type fileSink struct {
-	mu     sync.Mutex
-	kind   string // "parquet" or "arrow", for messages
-	path   string
-	cfg    sinkConfig
-	open   func(cfg sinkConfig, schema *arrow.Schema, w io.Writer) (recordWriter, error)
-	tmp    *os.File
-	bw     *bufio.Writer
-	meta   Meta
-	fixed  bool // meta, fw and rb are set
-	fw     recordWriter
-	rb     *array.RecordBuilder
-	seen   map[string]firstRow // id → its first row
-	others map[string][]string // id → the seq_sha256 of its further sequences (conflicts)
-	book   conflictBook
-	rows   int // unique rows accepted
-	dups   int
-	msgs   int
-	err    error // sticky write error
-	closed bool
+	mu      sync.Mutex
+	kind    string // "parquet" or "arrow", for messages
+	path    string
+	cfg     sinkConfig
+	open    func(cfg sinkConfig, schema *arrow.Schema, w io.Writer) (recordWriter, error)
+	tmp     *os.File
+	bw      *bufio.Writer
+	meta    Meta
+	fixed   bool // meta, fw and rb are set
+	fw      recordWriter
+	rb      *array.RecordBuilder
+	seen    map[string]firstRow    // id → its first row
+	others  map[string][]string    // id → the seq_sha256 of its further sequences (conflicts)
+	partial map[string]*partialRow // row slices being joined, by RowSliceGroup/stream seq
+	book    conflictBook
+	rows    int // unique rows accepted
+	dups    int
+	msgs    int
+	err     error // sticky write error
+	closed  bool
 }
 
 // init sets up s for path and creates the temporary file; with WithMeta it
@@ -214,6 +215,7 @@ func (s *fileSink) init(kind, path string, cfg sinkConfig, open func(sinkConfig,
 	s.tmp = tmp
 	s.bw = bufio.NewWriterSize(tmp, 1<<20)
 	s.seen = make(map[string]firstRow)
+	s.partial = make(map[string]*partialRow)
 	s.others = make(map[string][]string)
 	if cfg.meta != nil {
 		if err := s.accept(*cfg.meta); err != nil {
@@ -457,7 +459,9 @@ func (s *fileSink) Meta() (Meta, bool) {
 // (WithConflictsFile). If the Meta was never fixed (no message and no
 // WithMeta) there is nothing to describe the file with: the temporary file
 // is removed and no file is created. On error the temporary files are
-// removed too. Close is idempotent; later calls return nil.
+// removed too. Close is idempotent; later calls return nil. Rows whose row
+// slices did not all arrive (and that no complete copy replaced) are not in
+// the file: Close then writes it and fails with ErrIncomplete naming them.
 func (s *fileSink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -512,6 +516,10 @@ func (s *fileSink) Close() error {
 		os.Remove(conflicts)
 		return fmt.Errorf("arrowout: %s sink %s: conflicts file: %w", s.kind, s.path, err)
 	}
+	if inc := s.incomplete(); len(inc) > 0 {
+		return fmt.Errorf("%w: %s sink %s: %d rows left out, some of their row slices never arrived: %s",
+			ErrIncomplete, s.kind, s.path, len(inc), strings.Join(inc[:min(len(inc), 5)], ", "))
+	}
 	return nil
 }
 
@@ -540,10 +548,13 @@ func (s *fileSink) abort() {
 
 // MessageWriter is what Sink writes to: *ParquetSink and *ArrowFileSink.
 // WriteIPC takes one published message (an Arrow IPC stream) and returns
-// how many rows it added and how many were duplicates; Rows is the number
+// how many rows it added and how many were duplicates; WriteSlice takes a
+// row slice and adds its row once all its slices are in; Rows is the number
 // of unique rows (identities) accepted so far.
 type MessageWriter interface {
 	WriteIPC(data []byte) (added, dups int, err error)
+	// WriteSlice takes a row slice (a message with HeaderResidues); see fileSink.WriteSlice.
+	WriteSlice(data []byte, group string, sl RowSlice) (added, dups int, err error)
 	Rows() int
 }
 
@@ -606,7 +617,15 @@ func sink(ctx context.Context, js jetstream.JetStream, stream string, subjects [
 		if md, mdErr := msg.Metadata(); mdErr == nil {
 			seq = md.Sequence.Stream
 		}
-		if _, _, err := s.WriteIPC(msg.Data()); err != nil {
+		if v := msg.Headers().Get(HeaderResidues); v != "" {
+			sl, perr := ParseRowSlice(v)
+			if perr == nil {
+				_, _, perr = s.WriteSlice(msg.Data(), RowSliceGroup(msg.Headers()), sl)
+			}
+			if perr != nil {
+				return fmt.Errorf("arrowout: sink %s: message at stream seq %d (subject %s): %w", where, seq, msg.Subject(), perr)
+			}
+		} else if _, _, err := s.WriteIPC(msg.Data()); err != nil {
 			return fmt.Errorf("arrowout: sink %s: message at stream seq %d (subject %s): %w", where, seq, msg.Subject(), err)
 		}
 		if read != nil {

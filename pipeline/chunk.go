@@ -142,13 +142,13 @@ func (p *Pipeline) chunked(ctx context.Context, cr chunkRec) {
 	n := len(rec.Residues)
 	starts := batcher.Windows(n, plan.window, plan.stride)
 	cols := min(n, plan.window) + 2 // every window is as long: none is padded
-	// A row that cannot fit in a message is dead-lettered before any window runs: its merge
-	// would hold (in float64) several times the row, and a record of a million residues is
-	// gigabytes.
-	if size, limit := residueBytes(man, n), p.pub.MaxPayload(); limit > 0 && size > limit {
+	// A row too large to hold is dead-lettered before any window runs: its merge holds (in
+	// float64) several times the row, and a record of a million residues is gigabytes. Rows
+	// larger than a message are published as row slices (arrowout.HeaderResidues).
+	if size := residueBytes(man, n); size > MaxChunkedRowBytes {
 		rej := &consumer.RejectError{Reason: consumer.ReasonOutputTooLarge, ID: rec.ID, StreamSeq: rec.StreamSeq,
-			Err: fmt.Errorf("row too large for max_payload: its per-residue outputs alone are %d bytes (%d residues, %d windows), the limit is %d (max_payload less %d header bytes); raise the server's max_payload, or write float16 per-residue outputs or fewer layers",
-				size, n, len(starts), limit, arrowout.HeaderHeadroom)}
+			Err: fmt.Errorf("row too large: its per-residue outputs alone would be %d bytes (%d residues, %d windows), over the %d bytes one chunked row may have; write float16 per-residue outputs or fewer layers, or use --overlength truncate",
+				size, n, len(starts), MaxChunkedRowBytes)}
 		if err := consumer.DeadLetterMsg(ctx, p.js, p.model, rec.Msg, rej, p.metrics, p.log); err != nil {
 			p.log.Error("dead-letter", zap.Error(err))
 		}
@@ -205,6 +205,11 @@ func (p *Pipeline) chunked(ctx context.Context, cr chunkRec) {
 	m.fill(out, p.eng.outputs)
 	p.storeAndAck(ctx, out, msgs, []batcher.Item{it}, zap.String("id", rec.ID))
 }
+
+// MaxChunkedRowBytes bounds the per-residue outputs of one chunked record's row (256 MiB: 52k
+// residues of ESM-2 3B in float16, 105k of 650M); a longer record is dead-lettered
+// output_too_large before any of its windows runs.
+const MaxChunkedRowBytes = 256 << 20
 
 // residueBytes are the bytes of the per-residue values of man's outputs for a row of n residues.
 func residueBytes(man *gpurun.Manifest, n int) int {

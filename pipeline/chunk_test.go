@@ -435,41 +435,65 @@ func TestChunkedShutdownNaksQueued(t *testing.T) {
 	}
 }
 
-// TestChunkedRowTooLargeDeadLettered: a chunked record whose row cannot fit in a message (here
-// max_payload 256 KiB; 1500 residues × 64 × 3 layers of float32 states are 1.15 MB) is
-// dead-lettered output_too_large before any of its windows runs; its neighbours are published.
-func TestChunkedRowTooLargeDeadLettered(t *testing.T) {
+// TestChunkedRowSlicesAndLimit: a chunked record whose row cannot fit in a message (here
+// max_payload 512 KiB; 1500 residues × 64 × 3 layers of float32 states are 1.15 MB) is published
+// as row slices and joined by the sink into its one row (2 windows, 1500 residues per
+// per-residue column). A record whose row would be over pipeline.MaxChunkedRowBytes (350,000
+// residues: 269 MB) is dead-lettered output_too_large before any of its windows runs.
+func TestChunkedRowSlicesAndLimit(t *testing.T) {
 	ref := e2etest.LoadRefOutputs(t)
 	e2etest.RequireORT(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	srv := natstest.Server(t, func(o *server.Options) { o.MaxPayload = 256 << 10 })
+	srv := natstest.Server(t, func(o *server.Options) { o.MaxPayload = 512 << 10 })
 	nc, js := natstest.Connect(t, srv)
 	cfg := chunkConfig(t, ref)
+	const huge = 350_000
 	var mu sync.Mutex
-	windows := 0
+	longest := 0
 	cfg.Hooks.WrapEmbed = e2etest.BeforeEmbed(func(in gpurun.Input) error {
-		if in.Cols == ref.Window+2 {
-			mu.Lock()
-			windows += in.Rows
-			mu.Unlock()
-		}
+		mu.Lock()
+		longest = max(longest, in.Cols)
+		mu.Unlock()
 		return nil
 	})
 	w, stop := start(t, ctx, nc, cfg)
-	recs := map[string]string{ref.Long[0].ID: ref.Long[0].Sequence, "small": "MKTAYIAKQR"}
+	recs := map[string]string{ref.Long[0].ID: ref.Long[0].Sequence, "small": "MKTAYIAKQR",
+		"huge": strings.Repeat("MKTAYIAKQR", huge/10)}
 	e2etest.PublishRecords(t, js, w.Model(), recs)
-	readOutputRows(t, ctx, js, 1)
+	_, rows := readOutputRows(t, ctx, js, 2)
 	dls := e2etest.DeadLetters(t, ctx, js, w.Model(), 1)
 	e2etest.WaitQueueEmpty(t, js, w.Model())
 	stop()
-	if len(dls) != 1 || dls[0].ID != ref.Long[0].ID || dls[0].Reason != consumer.ReasonOutputTooLarge ||
-		!strings.Contains(dls[0].Error, "row too large for max_payload") || !strings.Contains(dls[0].Error, "2 windows") {
+	long := rows[ref.Long[0].ID]
+	if n := len(ref.Long[0].Sequence); long.Chunks != 2 || int(long.Length) != n || len(long.Outputs) == 0 {
+		t.Fatalf("chunked row: %d windows, length %d, %d outputs; want 2, %d", long.Chunks, long.Length, len(long.Outputs), n)
+	}
+	perResidue := 0
+	for _, o := range long.Outputs {
+		if len(o) == int(long.Length)*ref.Dim {
+			perResidue++
+		}
+	}
+	if perResidue != ref.NumLayers+1 {
+		t.Errorf("%d per-residue columns of %d × %d values, want %d", perResidue, long.Length, ref.Dim, ref.NumLayers+1)
+	}
+	sliced := 0
+	for _, m := range storedOutput(t, ctx, js) {
+		if m.Header.Get(arrowout.HeaderResidues) != "" {
+			sliced++
+		}
+	}
+	if sliced < 3 {
+		t.Errorf("%d row slices stored, want >= 3 (1.15 MB under 512 KiB)", sliced)
+	}
+	if len(dls) != 1 || dls[0].ID != "huge" || dls[0].Reason != consumer.ReasonOutputTooLarge ||
+		!strings.Contains(dls[0].Error, "row too large") || !strings.Contains(dls[0].Error, "350000 residues") {
 		t.Fatalf("dead letters %+v", dls)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if windows != 0 {
-		t.Errorf("%d windows ran for a row that could not be stored", windows)
+	if longest > ref.Window+2 {
+		t.Errorf("a run of %d columns: the huge record's windows ran", longest)
 	}
 }
