@@ -2,6 +2,8 @@ package arrowout
 
 import (
 	"bytes"
+	"fmt"
+	"path/filepath"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -116,5 +118,68 @@ func BenchmarkDecode(b *testing.B) {
 		if _, _, err := Decode(data); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// perResidueBench is ESM-2 650M's last layer per residue in float16 (1280 dims): 40 rows of 400
+// residues, one 41 MB message.
+func perResidueBench(b *testing.B, fp16 bool) []byte {
+	lengths := make([]int32, 40)
+	for i := range lengths {
+		lengths[i] = 400
+	}
+	_, batch := longRowsBatch(true, lengths...)
+	meta := Meta{Model: "m", Dim: 1280, Pooling: "mean", Outputs: "residues_l33", ResiduesFP16: fp16}
+	batch.Embeddings = make([]float32, 40*1280)
+	per := OutputData{PerResidue: true}
+	if fp16 {
+		per.F16 = make([]uint16, 40*400*1280)
+		for i := range per.F16 {
+			per.F16[i] = uint16(0x3c00 + i%1024)
+		}
+	} else {
+		per.F32 = make([]float32, 40*400*1280)
+		for i := range per.F32 {
+			per.F32[i] = float32(i % 1024)
+		}
+	}
+	batch.Outputs = []OutputData{per}
+	e, err := NewEncoder(meta)
+	if err != nil {
+		b.Fatal(err)
+	}
+	data, err := e.Encode(nil, batch, 0, batch.Rows())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return data
+}
+
+// BenchmarkSinkPerResidue is a file sink taking per-residue float16 messages (what `seqembed run`
+// and `seqembed sink` do with them), Parquet against the Arrow IPC file as the baseline.
+func BenchmarkSinkPerResidue(b *testing.B) {
+	for _, c := range []struct {
+		format string
+		fp16   bool
+	}{{"parquet", true}, {"arrow", true}, {"parquet", false}} {
+		format := c.format
+		data := perResidueBench(b, c.fp16)
+		b.Run(fmt.Sprintf("%s/fp16=%v", format, c.fp16), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				b.StopTimer()
+				fs, err := NewFileSink(format, filepath.Join(b.TempDir(), "out."+format))
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				if _, _, err := fs.WriteIPC(data); err != nil {
+					b.Fatal(err)
+				}
+				if err := fs.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -76,6 +76,8 @@ type columns struct {
 
 	chunks *array.Int32  // version 3: windows per row
 	extra  []arrow.Array // version 3: the extra output columns
+
+	rec arrow.RecordBatch // the record batch the columns are of
 }
 
 // outputs returns row i's extra outputs, copied (float16 widened).
@@ -121,6 +123,7 @@ func columnsOf(rec arrow.RecordBatch) columns {
 		length:    rec.Column(2).(*array.Int32),
 		truncated: rec.Column(3).(*array.Boolean),
 		emb:       rec.Column(4).(*array.FixedSizeList),
+		rec:       rec,
 	}
 	c.values = c.emb.ListValues().(*array.Float32).Float32Values()
 	if rec.NumCols() > 5 {

@@ -28,6 +28,7 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	report := fs.String("report", "", "write summary.md and the data for plots ("+benchrun.FileSeries+", "+benchrun.FileResult+", "+
 		benchrun.FileMeta+") into the directory `DIR`; 'seqembed-lab plot DIR' draws the PNG plots (throughput over time, "+
 		"batch padding, GPU busy, batch rows) and adds them to summary.md")
+	sinkFormat := fs.String("sink-format", "parquet", "end to end: the format of the embeddings file the sink writes, parquet or arrow (Arrow IPC file: much faster for per-residue float16 states)")
 	procs := fs.Bool("worker-procs", false, "end to end with one 'seqembed worker' process per device of --device "+
 		"(each given one device, sharing the durable consumer) instead of one worker driving all of them")
 	setUsage(fs, "usage: seqembed bench --fasta FILE [flags]\n\n"+
@@ -38,6 +39,9 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	}
 	if *fastaPath == "" {
 		return cli.Usagef("--fasta FILE is required")
+	}
+	if *sinkFormat != "parquet" && *sinkFormat != "arrow" {
+		return cli.Usagef("--sink-format %q: want parquet or arrow", *sinkFormat)
 	}
 	if *procs && (*raw || *report != "") {
 		return cli.Usagef("--worker-procs measures end to end only, without --raw or --report")
@@ -50,7 +54,7 @@ func runBenchCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	res, series, err := benchrun.Run(ctx, benchrun.Job{Config: cfg, FASTA: *fastaPath, Raw: *raw, WorkerProcs: *procs,
-		Procs: benchrun.ProcsOptions{WorkerArgs: workerFlagArgs(fs), Command: workerCommand}, Log: log})
+		Procs: benchrun.ProcsOptions{WorkerArgs: workerFlagArgs(fs), Command: workerCommand}, SinkFormat: *sinkFormat, Log: log})
 	if err != nil {
 		return err
 	}

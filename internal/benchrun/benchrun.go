@@ -27,7 +27,10 @@ type Job struct {
 	// Config.Device (each given that device alone) instead of one in-process pipeline.
 	WorkerProcs bool
 	Procs       ProcsOptions // with WorkerProcs
-	Log         *zap.Logger  // nil: no logs
+	// SinkFormat is the file format end to end writes the embeddings in: "parquet" (the default
+	// when empty) or "arrow" (Arrow IPC file).
+	SinkFormat string
+	Log        *zap.Logger // nil: no logs
 }
 
 // Run runs job with an NVML meter on its devices and returns the result and, for E2E and Raw,
@@ -49,7 +52,7 @@ func Run(ctx context.Context, job Job) (Result, *Series, error) {
 	case job.WorkerProcs:
 		res, err = Procs(ctx, job.Config, job.FASTA, job.Procs, job.Log, gpu)
 	default:
-		res, series, err = E2E(ctx, job.Config, job.FASTA, job.Log, gpu)
+		res, series, err = E2E(ctx, job.Config, job.FASTA, job.SinkFormat, job.Log, gpu)
 	}
 	gpu.Close() // every sample taken, so the series gets them all
 	if err != nil {

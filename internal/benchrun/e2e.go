@@ -2,6 +2,7 @@ package benchrun
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,9 +14,9 @@ import (
 )
 
 // E2E runs the whole job in one process (localrun.Run: embedded JetStream, one pipeline, the
-// file published, every output sunk to a temporary Parquet file) and times it from the first
-// publish to the last record done. gpu may be nil.
-func E2E(ctx context.Context, cfg pipeline.Config, path string, log *zap.Logger, gpu *GPUMeter) (Result, *Series, error) {
+// file published, every output sunk to a temporary file of format, "parquet" (also when empty)
+// or "arrow") and times it from the first publish to the last record done. gpu may be nil.
+func E2E(ctx context.Context, cfg pipeline.Config, path, format string, log *zap.Logger, gpu *GPUMeter) (Result, *Series, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -25,7 +26,13 @@ func E2E(ctx context.Context, cfg pipeline.Config, path string, log *zap.Logger,
 	}
 	defer os.RemoveAll(dir)
 	cfg.CollectLatency = true
-	sum, err := localrun.Run(ctx, path, filepath.Join(dir, "out.parquet"), cfg, nil, log)
+	if format == "" {
+		format = "parquet"
+	}
+	if format != "parquet" && format != "arrow" {
+		return Result{}, nil, fmt.Errorf("bench: sink format %q: want parquet or arrow", format)
+	}
+	sum, err := localrun.Run(ctx, path, filepath.Join(dir, "out."+format), cfg, nil, log)
 	if err != nil {
 		return Result{}, nil, err
 	}
@@ -34,7 +41,7 @@ func E2E(ctx context.Context, cfg pipeline.Config, path string, log *zap.Logger,
 	// Residues embedded (after truncation), the same count raw mode reports.
 	res := Result{Mode: "e2e", Sequences: sum.Embedded, Residues: st.Residues(), Seconds: sum.Processing.Seconds(),
 		Batches: st.Batches, RunnerBusy: sum.Busy, MeanGapMs: ms(sum.MeanGap), WarmupSeconds: sum.Warmup.Seconds(),
-		CUDAGraphs: sum.CUDAGraphs}
+		CUDAGraphs: sum.CUDAGraphs, SinkFormat: format}
 	res.PaddingEfficiency = float64(st.RealTokens) / float64(max(1, st.PaddedTokens))
 	graphTimes(&res, cfg, sum.GraphsBefore, sum.GraphsAfter)
 	res.LatencyP50Ms, res.LatencyP99Ms = percentileMs(st.Latencies, 0.50), percentileMs(st.Latencies, 0.99)

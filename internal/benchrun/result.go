@@ -33,7 +33,8 @@ type Result struct {
 	LatencyP50Ms  float64 `json:"latency_p50_ms"` // e2e: arrival at the worker → acked
 	LatencyP99Ms  float64 `json:"latency_p99_ms"`
 	WarmupSeconds float64 `json:"warmup_seconds"`
-	CUDAGraphs    bool    `json:"cuda_graphs"` // runs replayed CUDA graphs (--cuda-graphs)
+	CUDAGraphs    bool    `json:"cuda_graphs"`           // runs replayed CUDA graphs (--cuda-graphs)
+	SinkFormat    string  `json:"sink_format,omitempty"` // e2e: the output file's format (parquet, arrow)
 	// CUDA-graph runs only: copies on copy streams (--graph-copy-overlap), sessions per device,
 	// and per batch (means over the timed part, gpurun.GraphStats): queued before its replay,
 	// replaying, after the replay until the outputs were back, and the session's idle gap
