@@ -2,15 +2,19 @@ package arrowout
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/seqembed/seqembed/internal/natsconn"
+	"github.com/seqembed/seqembed/internal/natstest"
 )
 
 // benchMeta and benchBatch are the production shape: ESM-2 650M (1280 dims),
@@ -180,6 +184,71 @@ func BenchmarkSinkPerResidue(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkStorePerResidue is the host's share of per-residue output end to end, without a
+// model: batches of 40 rows × 400 residues × 1280 float16 states (41 MB, published in 2 parts
+// under the file store's 32 MiB) through a Publisher into an in-process JetStream file store
+// ("publish"), and the same then read back by the sink into an Arrow IPC file ("publish+sink").
+func BenchmarkStorePerResidue(b *testing.B) {
+	lengths := make([]int32, 40)
+	for i := range lengths {
+		lengths[i] = 400
+	}
+	meta := Meta{Model: "m", Dim: 1280, Pooling: "mean", Outputs: "residues_l33", ResiduesFP16: true}
+	for _, withSink := range []bool{false, true} {
+		name := "publish"
+		if withSink {
+			name = "publish+sink"
+		}
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			srv := natstest.Server(b, func(o *server.Options) { o.MaxPayload = 64 << 20 })
+			_, js := natstest.Connect(b, srv)
+			stream, err := EnsureStream(ctx, js, StreamConfig{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			p, err := NewPublisher(js, "embeddings.m", meta, WithAckTimeout(5*time.Minute))
+			if err != nil {
+				b.Fatal(err)
+			}
+			total := b.N * len(lengths)
+			var run *SinkRun
+			if withSink {
+				fs, err := NewFileSink("arrow", filepath.Join(b.TempDir(), "out.arrow"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				run = StartSink(ctx, js, stream.CachedInfo().Config.Name, "", fs, func(rows int) bool { return rows >= total })
+			}
+			bytes := 0
+			b.ResetTimer()
+			for i := range b.N {
+				_, batch := longRowsBatch(true, lengths...)
+				batch.Embeddings = make([]float32, len(lengths)*1280)
+				batch.Outputs = []OutputData{{PerResidue: true, F16: make([]uint16, len(lengths)*400*1280)}}
+				for r := range batch.StreamSeqs {
+					batch.StreamSeqs[r] = uint64(i*len(lengths) + r + 1)
+					batch.IDs[r] = fmt.Sprintf("b%d-%d", i, r)
+				}
+				res, err := p.Publish(ctx, batch)
+				if err != nil {
+					b.Fatal(err)
+				}
+				bytes += res.Bytes
+			}
+			if withSink {
+				<-run.Done() // the sink stops by itself once it has every row
+				if err := run.Finish(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.SetBytes(int64(bytes / b.N))
+			b.ReportMetric(float64(total*400)/b.Elapsed().Seconds(), "residues/s")
 		})
 	}
 }

@@ -59,8 +59,9 @@ const (
 	ReasonInvalid       = "invalid_residue"
 	ReasonMaxDeliveries = "max_deliveries"
 	ReasonModelError    = "model_error"
-	// ReasonOutputTooLarge: the record's output row alone encodes larger than a message may be
-	// (max_payload less the header room), e.g. long per-residue outputs; the worker stores no
+	// ReasonOutputTooLarge: the record's output row cannot be stored: it encodes larger than a
+	// message may be (max_payload less the header room) even cut into row slices, or a chunked
+	// record's per-residue states would exceed pipeline.MaxChunkedRowBytes; the worker stores no
 	// part of it and does not retry it.
 	ReasonOutputTooLarge = "output_too_large"
 )

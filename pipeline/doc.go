@@ -34,10 +34,12 @@
 //     device is not the records' fault).
 //   - Publish until stored (pipeline.go, publishPolicy): a failed publish is retried with
 //     backoff for as long as it takes; the inputs are held under InProgress, not nak'd.
-//   - Rows too large (pipeline.go, publishFitting): a row that alone encodes larger than a
-//     message may be (max_payload less the header room; long per-residue outputs) can never be
-//     stored: its record is dead-lettered (output_too_large, with its size and the limit) and the
-//     rest of the batch published, never retried for ever nor dropped in silence.
+//   - Rows too large (pipeline.go, publishFitting): a row larger than a message may be (max_payload
+//     or the file store's 32 MiB, less the header room) is published as row slices when it has
+//     per-residue outputs (arrowout.HeaderResidues; the sink joins them). One that still cannot
+//     fit (not even one residue per message) can never be stored: its record is dead-lettered
+//     (output_too_large, with its size and the limit) and the rest of the batch published, never
+//     retried for ever nor dropped in silence.
 //   - Ack after store: an input is acked only after every output message carrying it has its
 //     PubAck (a duplicate PubAck counts).
 //   - Shutdown: cancelling Run's context stops pulls and naks every held record not yet in a

@@ -451,8 +451,9 @@ func (p *Pipeline) storeAndAck(ctx context.Context, out *arrowout.Batch, msgs []
 	p.stats.acked(items, time.Now())
 }
 
-// publishFitting is publishJobs for a batch some rows of which may not fit in a message alone
-// (a long per-residue row under a small max_payload): such a row's record is dead-lettered
+// publishFitting is publishJobs for a batch some rows of which may not fit in a message alone,
+// even as row slices (arrowout.Part: a row without per-residue outputs, or one residue over the
+// limit, under a tiny max_payload): such a row's record is dead-lettered
 // (reason output_too_large, naming its size and the limit) and taken out of the batch, and the
 // rest is published again, so a record that can never be stored is neither retried for ever
 // nor dropped in silence. It returns the messages and items of the rows stored.

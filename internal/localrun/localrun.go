@@ -172,6 +172,11 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 		return sum, err
 	}
 	sum.Warmup, sum.CUDAGraphs = p.Engine().WarmupTook(), p.Engine().CUDAGraphs()
+	if format == "parquet" && float16Residues(p.Engine().Manifest()) {
+		log.Warn("per-residue float16 states into a Parquet file: arrow-go's Parquet writer takes about 20 MB/s of them "+
+			"(some 8k residues/s for ESM-2 650M: it will be the job's bottleneck); an Arrow IPC file (--out NAME.arrow) takes about 550 MB/s",
+			zap.String("out", job.Out))
+	}
 	workerCtx, stopWorker := context.WithCancel(ctx)
 	workerDone := make(chan error, 1)
 	go func() { workerDone <- p.Run(workerCtx) }()
@@ -323,4 +328,15 @@ func (s Summary) Print(w io.Writer, out string) {
 	} else {
 		fmt.Fprintln(w, "  pass --rejects FILE for the list of every dead-lettered record")
 	}
+}
+
+// float16Residues reports whether man has a per-residue output in float16 (the slow kind for the
+// Parquet writer: arrowout BenchmarkSinkPerResidue).
+func float16Residues(man *gpurun.Manifest) bool {
+	for _, o := range man.Outputs {
+		if o.PerResidue() && o.DType == "float16" {
+			return true
+		}
+	}
+	return false
 }
