@@ -20,7 +20,7 @@ import (
 // rowsBySeq decodes every message of stream s and counts the rows by input stream sequence.
 func rowsBySeq(t *testing.T, ctx context.Context, s jetstream.Stream) (map[uint64]int, []*jetstream.RawStreamMsg) {
 	t.Helper()
-	msgs := storedMsgs(t, ctx, s)
+	msgs := natstest.StoredMsgs(t, ctx, s)
 	seen := map[uint64]int{}
 	for _, m := range msgs {
 		_, rows, err := Decode(m.Data)

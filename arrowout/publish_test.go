@@ -16,30 +16,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/seqembed/seqembed/internal/natstest"
 	"github.com/seqembed/seqembed/internal/testutil"
 )
 
 const smallMaxPayload = 64 << 10
 
 func smallPayload(o *server.Options) { o.MaxPayload = smallMaxPayload }
-
-// storedMsgs returns every message of stream s, in stream order.
-func storedMsgs(t *testing.T, ctx context.Context, s jetstream.Stream) []*jetstream.RawStreamMsg {
-	t.Helper()
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatalf("get msg %d: %v", seq, err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
 
 func TestPublishSplitsStoresAndDeduplicates(t *testing.T) {
 	ctx := testCtx(t)
@@ -70,7 +53,7 @@ func TestPublishSplitsStoresAndDeduplicates(t *testing.T) {
 		t.Fatalf("result %+v: want several parts, no duplicates", res)
 	}
 
-	msgs := storedMsgs(t, ctx, stream)
+	msgs := natstest.StoredMsgs(t, ctx, stream)
 	if len(msgs) != res.Parts {
 		t.Fatalf("stream holds %d messages, published %d parts", len(msgs), res.Parts)
 	}
@@ -131,7 +114,7 @@ func TestPublishSplitsStoresAndDeduplicates(t *testing.T) {
 	if res2.Parts != res.Parts || res2.Duplicates != res.Parts {
 		t.Fatalf("replay result %+v, want %d duplicates", res2, res.Parts)
 	}
-	if after := storedMsgs(t, ctx, stream); len(after) != len(msgs) {
+	if after := natstest.StoredMsgs(t, ctx, stream); len(after) != len(msgs) {
 		t.Fatalf("replay grew the stream to %d messages", len(after))
 	}
 
@@ -141,7 +124,7 @@ func TestPublishSplitsStoresAndDeduplicates(t *testing.T) {
 	if err != nil || res3.Parts != 1 || res3.Duplicates != 0 {
 		t.Fatalf("other batch: %+v, %v", res3, err)
 	}
-	last := storedMsgs(t, ctx, stream)
+	last := natstest.StoredMsgs(t, ctx, stream)
 	if id := last[len(last)-1].Header.Get(jetstream.MsgIDHeader); !regexp.MustCompile(`^esm2_t33:8000-8002:[0-9a-f]{16}:1/1$`).MatchString(id) {
 		t.Fatalf("other batch msg id %q", id)
 	}
@@ -249,7 +232,7 @@ func TestPublishRetryAfterOutage(t *testing.T) {
 		t.Fatalf("retry: %v", err)
 	}
 	t.Logf("retry: %+v", res)
-	msgs := storedMsgs(t, ctx, stream)
+	msgs := natstest.StoredMsgs(t, ctx, stream)
 	if len(msgs) != res.Parts {
 		t.Fatalf("stream holds %d messages for %d parts", len(msgs), res.Parts)
 	}
@@ -375,7 +358,7 @@ func TestPublishConcurrent(t *testing.T) {
 	for n := range parts {
 		total += n
 	}
-	msgs := storedMsgs(t, ctx, stream)
+	msgs := natstest.StoredMsgs(t, ctx, stream)
 	if len(msgs) != total {
 		t.Fatalf("stream holds %d messages, published %d parts", len(msgs), total)
 	}

@@ -62,11 +62,8 @@ type partialRow struct {
 func (s *fileSink) WriteSlice(data []byte, group string, sl RowSlice) (added, dups int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return 0, 0, fmt.Errorf("arrowout: %s sink %s: write after Close", s.kind, s.path)
-	}
-	if s.err != nil {
-		return 0, 0, s.err
+	if err := s.writable(); err != nil {
+		return 0, 0, err
 	}
 	_, err = readStream(data, memory.DefaultAllocator, func(m Meta, c columns) error {
 		if err := s.accept(m); err != nil {

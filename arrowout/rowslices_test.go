@@ -120,7 +120,7 @@ func TestRowSlices(t *testing.T) {
 			if res, err := p.Publish(ctx, b); err != nil || res.Duplicates != len(parts) {
 				t.Fatalf("replay: %+v, %v; want %d duplicates", res, err, len(parts))
 			}
-			msgs := storedMsgs(t, ctx, stream)
+			msgs := natstest.StoredMsgs(t, ctx, stream)
 			slicesSeen := 0
 			for _, msg := range msgs {
 				if msg.Header.Get(HeaderResidues) != "" {
@@ -147,7 +147,7 @@ func TestRowSlices(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sameRows(t, got, want)
+			equalRows(t, got, want)
 
 			// Reverse order, straight into a sink; then a row missing its first slice.
 			path2 := filepath.Join(t.TempDir(), "rev.parquet")
@@ -193,7 +193,7 @@ func TestRowSlices(t *testing.T) {
 				t.Fatal(err)
 			}
 			slices.SortFunc(got2, func(a, b Row) int { return int(a.StreamSeq) - int(b.StreamSeq) })
-			sameRows(t, got2, want)
+			equalRows(t, got2, want)
 
 			path3 := filepath.Join(t.TempDir(), "cut.parquet")
 			sink3, err := NewParquetSink(path3)
@@ -227,25 +227,6 @@ func TestParseRowSlice(t *testing.T) {
 	for _, bad := range []string{"", "10-20", "20-10/30", "10-40/30", "-1-2/3", "a-b/c", "5-5/9"} {
 		if _, err := ParseRowSlice(bad); !errors.Is(err, ErrDecode) {
 			t.Errorf("%q: %v, want ErrDecode", bad, err)
-		}
-	}
-}
-
-// sameRows fails unless got and want hold the same rows, outputs included, in order.
-func sameRows(t *testing.T, got, want []Row) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("%d rows, want %d", len(got), len(want))
-	}
-	for i := range want {
-		g, w := got[i], want[i]
-		if g.ID != w.ID || g.StreamSeq != w.StreamSeq || g.Length != w.Length || !slices.Equal(g.Embedding, w.Embedding) || len(g.Outputs) != len(w.Outputs) {
-			t.Fatalf("row %d: %s/%d len %d, want %s/%d len %d", i, g.ID, g.StreamSeq, g.Length, w.ID, w.StreamSeq, w.Length)
-		}
-		for k := range w.Outputs {
-			if !slices.Equal(g.Outputs[k], w.Outputs[k]) {
-				t.Fatalf("row %d (%s) output %d: %d values differ from the %d written", i, w.ID, k, len(g.Outputs[k]), len(w.Outputs[k]))
-			}
 		}
 	}
 }

@@ -264,11 +264,8 @@ func (s *fileSink) reserve() {
 func (s *fileSink) WriteIPC(data []byte) (added, dups int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return 0, 0, fmt.Errorf("arrowout: %s sink %s: write after Close", s.kind, s.path)
-	}
-	if s.err != nil {
-		return 0, 0, s.err
+	if err := s.writable(); err != nil {
+		return 0, 0, err
 	}
 	m, err := readStream(data, memory.DefaultAllocator, func(m Meta, c columns) error {
 		if err := s.accept(m); err != nil {
@@ -291,6 +288,14 @@ func (s *fileSink) WriteIPC(data []byte) (added, dups int, err error) {
 		s.msgs++
 	}
 	return added, dups, err
+}
+
+// writable is nil unless s is closed or has a sticky write error. Caller holds s.mu.
+func (s *fileSink) writable() error {
+	if s.closed {
+		return fmt.Errorf("arrowout: %s sink %s: write after Close", s.kind, s.path)
+	}
+	return s.err
 }
 
 // firstRow is what a sink keeps of the first row of an id: its identity, and

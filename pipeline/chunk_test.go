@@ -479,7 +479,7 @@ func TestChunkedRowSlicesAndLimit(t *testing.T) {
 		t.Errorf("%d per-residue columns of %d × %d values, want %d", perResidue, long.Length, ref.Dim, ref.NumLayers+1)
 	}
 	sliced := 0
-	for _, m := range storedOutput(t, ctx, js) {
+	for _, m := range natstest.StoredMsgs(t, ctx, e2etest.MustStream(t, ctx, js, arrowout.DefaultStreamName)) {
 		if m.Header.Get(arrowout.HeaderResidues) != "" {
 			sliced++
 		}

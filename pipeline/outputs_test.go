@@ -166,7 +166,7 @@ func TestLongRowPublishedInSlices(t *testing.T) {
 			t.Errorf("max_payload %d: dead letters %+v, %v", maxPayload, dls, err)
 		}
 		n := 0
-		for _, m := range storedOutput(t, ctx, js) {
+		for _, m := range natstest.StoredMsgs(t, ctx, e2etest.MustStream(t, ctx, js, arrowout.DefaultStreamName)) {
 			if m.Header.Get(arrowout.HeaderResidues) != "" {
 				n++
 			}
@@ -204,23 +204,4 @@ func TestLongRowPublishedInSlices(t *testing.T) {
 	if h := small["huge"]; h.Length != 1020 || len(h.Outputs[0]) != 1020*64 {
 		t.Errorf("huge: length %d, %d per-residue values", h.Length, len(h.Outputs[0]))
 	}
-}
-
-// storedOutput is every message of the output stream, headers included.
-func storedOutput(t *testing.T, ctx context.Context, js jetstream.JetStream) []*jetstream.RawStreamMsg {
-	t.Helper()
-	s := e2etest.MustStream(t, ctx, js, arrowout.DefaultStreamName)
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*jetstream.RawStreamMsg
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, m)
-	}
-	return out
 }

@@ -2,6 +2,7 @@
 package natstest
 
 import (
+	"context"
 	"net"
 	"sync"
 	"testing"
@@ -102,4 +103,22 @@ func ReconnectFast() nats.Option {
 		o.ReconnectJitter = 0
 		return nil
 	}
+}
+
+// StoredMsgs is every message stream s holds now, headers included, in stream order.
+func StoredMsgs(t testing.TB, ctx context.Context, s jetstream.Stream) []*jetstream.RawStreamMsg {
+	t.Helper()
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("get msg %d: %v", seq, err)
+		}
+		out = append(out, m)
+	}
+	return out
 }
