@@ -28,6 +28,12 @@ awk '/^>/{n++} n<=200' "$w/q.fasta" >"$w/q200.fasta"
 step 120 seqembed run "$w/q200.fasta" --model "$w/res650" --device cuda:0 --out "$w/res.parquet" --quiet --allow-rejects --allow-id-conflicts
 step 120 python3 bench/outputs_parity.py --hf "$w/hf650" --file "$w/res.parquet" --fasta "$w/q.fasta" --rows 200 --min-cos 0.9999 | tee "$OUT/outputs-parity.json" || true
 python3 bench/synth_fasta.py "$w/q.fasta" "$w/syn.fasta" "$n"
+# Disk and page-cache state every 5 s while the throughput lines run: a repeat of the per-residue
+# e2e line (8.8 GB through the file store and as much into the sink's file) did not finish on
+# 2026-12-02 where the first took 31 s (docs/perf.md); this is what to look at next time.
+(while :; do echo "$(date -u +%T) $(df -m /tmp | awk 'NR==2{print "tmp_free_mb="$4}') $(awk '/^(Dirty|Writeback|MemAvailable):/{printf "%s=%s ", $1, $2}' /proc/meminfo)"; sleep 5; done) >"$OUT/disk.log" 2>&1 &
+monitor=$!
+trap 'kill $monitor 2>/dev/null' EXIT
 arrow=bench-args=--sink-format,arrow
 bash bench/gpu.sh --budget ${BUDGET:-230} --out "$OUT/bench" --fasta "$w/syn.fasta" \
   "model=$preset export=dir:$w/mean650 modes=e2e label=mean" \
