@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/float16"
+	"github.com/apache/arrow-go/v18/parquet/compress"
+	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/seqembed/seqembed/internal/natstest"
@@ -228,5 +230,55 @@ func TestParseRowSlice(t *testing.T) {
 		if _, err := ParseRowSlice(bad); !errors.Is(err, ErrDecode) {
 			t.Errorf("%q: %v, want ErrDecode", bad, err)
 		}
+	}
+}
+
+// TestRowGroupsBoundedByBytes: per-residue rows are megabytes, so a sink writes a row group once
+// its buffered rows hold maxRowGroupBytes, long before WithRowGroupRows rows (which would be
+// gigabytes); the rows read back whole, in order.
+func TestRowGroupsBoundedByBytes(t *testing.T) {
+	m, b := longRowsBatch(false, 4000, 4000, 4000, 4000, 4000, 4000, 4000, 4000)
+	m.Dim = 1280 // 20 MB a row in float32: 8 rows are 164 MB
+	b.Embeddings = make([]float32, b.Rows()*m.Dim)
+	b.Outputs = []OutputData{{F32: make([]float32, b.Rows()*m.Dim)}, {PerResidue: true, F32: make([]float32, 8*4000*m.Dim)}}
+	for i := range b.Outputs[1].F32 {
+		b.Outputs[1].F32[i] = float32(i % 977)
+	}
+	e, err := NewEncoder(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "big.parquet")
+	sink, err := NewParquetSink(path, WithRowGroupRows(100_000), WithCompression(compress.Codecs.Uncompressed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := range b.Rows() { // one small message a row: the builders' path, not a whole record batch
+		data, err := e.Encode(nil, b, r, r+1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := sink.WriteIPC(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := file.OpenParquetFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups := f.NumRowGroups()
+	f.Close()
+	if groups < 3 {
+		t.Errorf("%d row groups for 164 MB of rows, want >= 3 (at most %d bytes buffered)", groups, maxRowGroupBytes)
+	}
+	_, got, err := ReadParquet(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != b.Rows() || got[7].StreamSeq != b.StreamSeqs[7] || !slices.Equal(got[7].Outputs[1][:5], b.Outputs[1].F32[7*4000*1280:7*4000*1280+5]) {
+		t.Fatalf("%d rows read back", len(got))
 	}
 }

@@ -186,6 +186,8 @@ type fileSink struct {
 	seen    map[string]firstRow    // id → its first row
 	others  map[string][]string    // id → the seq_sha256 of its further sequences (conflicts)
 	partial map[string]*partialRow // row slices being joined, by RowSliceGroup/stream seq
+	// buffered is about how many bytes of vectors the builders hold (see maxRowGroupBytes).
+	buffered int
 	book    conflictBook
 	rows    int // unique rows accepted
 	dups    int
@@ -372,9 +374,10 @@ func (s *fileSink) appendColumns(c columns) (added, dups int, err error) {
 		stops.Append(stop)
 		indexes.Append(index)
 		appendOutputs(s.rb, c, i)
+		s.buffered += rowBytes(c, i, s.meta.Dim)
 		added++
 		s.rows++
-		if ids.Len() >= s.cfg.rowGroupRows {
+		if ids.Len() >= s.cfg.rowGroupRows || s.buffered >= maxRowGroupBytes {
 			if err := s.flush(); err != nil {
 				return added, dups, err
 			}
@@ -383,10 +386,31 @@ func (s *fileSink) appendColumns(c columns) (added, dups int, err error) {
 	return added, dups, nil
 }
 
+// maxRowGroupBytes bounds the vectors a sink buffers for one row group: with per-residue outputs
+// a row is up to megabytes, and WithRowGroupRows rows of them would be gigabytes, so a row group is
+// written early once its rows hold this much.
+const maxRowGroupBytes = 64 << 20
+
+// rowBytes is about how many bytes of vectors row i of c holds (its embedding and extra outputs).
+func rowBytes(c columns, i, dim int) int {
+	n := 4 * dim
+	for _, col := range c.extra {
+		switch a := col.(type) {
+		case *array.FixedSizeList:
+			n += 4 * dim
+		case *array.List:
+			lo, hi := a.ValueOffsets(i)
+			n += int(hi-lo) * dim * a.ListValues().(*array.FixedSizeList).ListValues().DataType().(arrow.FixedWidthDataType).Bytes()
+		}
+	}
+	return n
+}
+
 // directBytes: a message at least this large whose rows are all new is written to the file as its
-// record batch is, not copied row by row through the builders (per-residue messages are tens of
-// MB, and the copies were most of the sink's time: BenchmarkSinkPerResidue).
-const directBytes = 4 << 20
+// record batch is, not copied row by row through the builders (per-residue messages are megabytes,
+// and the copies were most of the sink's time: BenchmarkSinkPerResidue). Smaller messages (pooled
+// outputs, a few hundred KB) are gathered into row groups of WithRowGroupRows rows.
+const directBytes = 1 << 20
 
 // writeDirect writes c's record batch to the file as it is when every row of it is new (no id seen
 // before, none twice) and its column types are the sink's; it reports whether it did. Rows
@@ -431,6 +455,7 @@ func (s *fileSink) writeDirect(c columns) (bool, error) {
 // flush writes the buffered rows as one row group (record batch). Caller
 // holds s.mu.
 func (s *fileSink) flush() error {
+	s.buffered = 0
 	rec := s.rb.NewRecordBatch()
 	defer rec.Release()
 	if rec.NumRows() == 0 {
