@@ -188,12 +188,12 @@ type fileSink struct {
 	partial map[string]*partialRow // row slices being joined, by RowSliceGroup/stream seq
 	// buffered is about how many bytes of vectors the builders hold (see maxRowGroupBytes).
 	buffered int
-	book    conflictBook
-	rows    int // unique rows accepted
-	dups    int
-	msgs    int
-	err     error // sticky write error
-	closed  bool
+	book     conflictBook
+	rows     int // unique rows accepted
+	dups     int
+	msgs     int
+	err      error // sticky write error
+	closed   bool
 }
 
 // init sets up s for path and creates the temporary file; with WithMeta it
