@@ -237,10 +237,14 @@ func TestParseRowSlice(t *testing.T) {
 // its buffered rows hold maxRowGroupBytes, long before WithRowGroupRows rows (which would be
 // gigabytes); the rows read back whole, in order.
 func TestRowGroupsBoundedByBytes(t *testing.T) {
-	m, b := longRowsBatch(false, 4000, 4000, 4000, 4000, 4000, 4000, 4000, 4000)
-	m.Dim = 1280 // 20 MB a row in float32: 8 rows are 164 MB
+	lengths := make([]int32, 160)
+	for i := range lengths {
+		lengths[i] = 200
+	}
+	m, b := longRowsBatch(false, lengths...)
+	m.Dim = 1280 // 1 MB a row in float32 (one message each, under the sink's 1 MiB direct path): 164 MB
 	b.Embeddings = make([]float32, b.Rows()*m.Dim)
-	b.Outputs = []OutputData{{F32: make([]float32, b.Rows()*m.Dim)}, {PerResidue: true, F32: make([]float32, 8*4000*m.Dim)}}
+	b.Outputs = []OutputData{{F32: make([]float32, b.Rows()*m.Dim)}, {PerResidue: true, F32: make([]float32, 160*200*m.Dim)}}
 	for i := range b.Outputs[1].F32 {
 		b.Outputs[1].F32[i] = float32(i % 977)
 	}
@@ -253,10 +257,13 @@ func TestRowGroupsBoundedByBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for r := range b.Rows() { // one small message a row: the builders' path, not a whole record batch
+	for r := range b.Rows() { // one message a row, each under directBytes: the builders' path
 		data, err := e.Encode(nil, b, r, r+1)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if len(data) >= directBytes {
+			t.Fatalf("a %d-byte message would be written whole", len(data))
 		}
 		if _, _, err := sink.WriteIPC(data); err != nil {
 			t.Fatal(err)
@@ -271,14 +278,14 @@ func TestRowGroupsBoundedByBytes(t *testing.T) {
 	}
 	groups := f.NumRowGroups()
 	f.Close()
-	if groups < 3 {
-		t.Errorf("%d row groups for 164 MB of rows, want >= 3 (at most %d bytes buffered)", groups, maxRowGroupBytes)
+	if groups < 2 {
+		t.Errorf("%d row groups for 164 MB of rows, want >= 2 (at most %d bytes buffered)", groups, maxRowGroupBytes)
 	}
 	_, got, err := ReadParquet(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != b.Rows() || got[7].StreamSeq != b.StreamSeqs[7] || !slices.Equal(got[7].Outputs[1][:5], b.Outputs[1].F32[7*4000*1280:7*4000*1280+5]) {
+	if len(got) != b.Rows() || got[97].StreamSeq != b.StreamSeqs[97] || !slices.Equal(got[97].Outputs[1][:5], b.Outputs[1].F32[97*200*1280:97*200*1280+5]) {
 		t.Fatalf("%d rows read back", len(got))
 	}
 }
