@@ -170,9 +170,10 @@ func BenchmarkSinkPerResidue(b *testing.B) {
 		data := perResidueBench(b, c.fp16)
 		b.Run(fmt.Sprintf("%s/fp16=%v", format, c.fp16), func(b *testing.B) {
 			b.SetBytes(int64(len(data)))
+			path := filepath.Join(b.TempDir(), "out."+format) // one file, replaced each time
 			for b.Loop() {
 				b.StopTimer()
-				fs, err := NewFileSink(format, filepath.Join(b.TempDir(), "out."+format))
+				fs, err := NewFileSink(format, path)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -438,20 +438,7 @@ func (e *Encoder) rowSlice(rec arrow.RecordBatch, b *Batch, r, a, c int) arrow.R
 			continue
 		}
 		f := e.schema.Field(firstOutputField + k)
-		lo, hi := (first+a)*e.dim, (first+c)*e.dim
-		var vals arrow.ArrayData
-		if e.meta.ResiduesFP16 {
-			vals = array.NewData(arrow.FixedWidthTypes.Float16, hi-lo,
-				[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Uint16Traits.CastToBytes(b.Outputs[k].F16[lo:hi]))}, nil, 0, 0)
-		} else {
-			vals = array.NewData(arrow.PrimitiveTypes.Float32, hi-lo,
-				[]*memory.Buffer{nil, memory.NewBufferBytes(arrow.Float32Traits.CastToBytes(b.Outputs[k].F32[lo:hi]))}, nil, 0, 0)
-		}
-		rowsData := array.NewData(f.Type.(*arrow.ListType).Elem(), c-a, []*memory.Buffer{nil}, []arrow.ArrayData{vals}, 0, 0)
-		vals.Release()
-		d := array.NewData(f.Type, 1, []*memory.Buffer{nil, memory.NewBufferBytes(arrow.Int32Traits.CastToBytes(offsets))},
-			[]arrow.ArrayData{rowsData}, 0, 0)
-		rowsData.Release()
+		d := perResidueList(f.Type.(*arrow.ListType), b.Outputs[k].residueBytes(e.meta.ResiduesFP16, (first+a)*e.dim, (first+c)*e.dim), offsets)
 		cols[firstOutputField+k] = array.MakeFromData(d)
 		d.Release()
 		made = append(made, cols[firstOutputField+k])

@@ -194,22 +194,33 @@ func (e *Encoder) outputArrays(b *Batch, lo, hi int) []arrow.ArrayData {
 			vals.Release()
 			continue
 		}
-		var vals arrow.ArrayData
-		if e.meta.ResiduesFP16 {
-			vals = array.NewData(arrow.FixedWidthTypes.Float16, (last-first)*dim,
-				[]*memory.Buffer{nil, wrap(arrow.Uint16Traits.CastToBytes(o.F16[first*dim : last*dim]))}, nil, 0, 0)
-		} else {
-			vals = array.NewData(arrow.PrimitiveTypes.Float32, (last-first)*dim,
-				[]*memory.Buffer{nil, wrap(arrow.Float32Traits.CastToBytes(o.F32[first*dim : last*dim]))}, nil, 0, 0)
-		}
-		lt := f.Type.(*arrow.ListType)
-		rowsData := array.NewData(lt.Elem(), last-first, []*memory.Buffer{nil}, []arrow.ArrayData{vals}, 0, 0)
-		vals.Release()
-		out = append(out, array.NewData(f.Type, n, []*memory.Buffer{nil, wrap(arrow.Int32Traits.CastToBytes(e.offsets))},
-			[]arrow.ArrayData{rowsData}, 0, 0))
-		rowsData.Release()
+		out = append(out, perResidueList(f.Type.(*arrow.ListType), o.residueBytes(e.meta.ResiduesFP16, first*dim, last*dim), e.offsets))
 	}
 	return out
+}
+
+// residueBytes are values [lo,hi) of a per-residue output as bytes: F16's when fp16, else F32's.
+func (o OutputData) residueBytes(fp16 bool, lo, hi int) []byte {
+	if fp16 {
+		return arrow.Uint16Traits.CastToBytes(o.F16[lo:hi])
+	}
+	return arrow.Float32Traits.CastToBytes(o.F32[lo:hi])
+}
+
+// perResidueList is a per-residue column of type t (list<fixed_size_list<item>[dim]>) with
+// len(offsets)-1 rows, row i holding residues offsets[i] to offsets[i+1] (offsets[0] is 0) of
+// vals, the residues' item values as bytes: zero-copy views of vals and offsets. The encoder's
+// columns, its row slices and the sink's joined rows are all made here. The caller releases it.
+func perResidueList(t *arrow.ListType, vals []byte, offsets []int32) arrow.ArrayData {
+	fsl := t.Elem().(*arrow.FixedSizeListType)
+	residues := int(offsets[len(offsets)-1])
+	items := array.NewData(fsl.Elem(), residues*int(fsl.Len()), []*memory.Buffer{nil, memory.NewBufferBytes(vals)}, nil, 0, 0)
+	rows := array.NewData(fsl, residues, []*memory.Buffer{nil}, []arrow.ArrayData{items}, 0, 0)
+	items.Release()
+	d := array.NewData(t, len(offsets)-1, []*memory.Buffer{nil, memory.NewBufferBytes(arrow.Int32Traits.CastToBytes(offsets))},
+		[]arrow.ArrayData{rows}, 0, 0)
+	rows.Release()
+	return d
 }
 
 // firstOutputField is the field index of the first extra output column (layout version 3:

@@ -147,8 +147,8 @@ func (s *fileSink) addSlice(m Meta, c columns, data []byte, group string, sl Row
 // addJoined adds the row pr gathered: its first slice's columns with the per-residue columns
 // replaced by all its residues. Caller holds s.mu.
 func (s *fileSink) addJoined(pr *partialRow) (added, dups int, err error) {
-	_, err = readStream(pr.first, memory.DefaultAllocator, func(m Meta, c columns) error {
-		offsets := memory.NewBufferBytes(arrow.Int32Traits.CastToBytes([]int32{0, int32(len(pr.covered))}))
+	_, err = readStream(pr.first, memory.DefaultAllocator, func(_ Meta, c columns) error {
+		offsets := []int32{0, int32(len(pr.covered))}
 		var made []arrow.Array
 		defer func() {
 			for _, a := range made {
@@ -161,14 +161,7 @@ func (s *fileSink) addJoined(pr *partialRow) (added, dups int, err error) {
 			if !ok {
 				continue
 			}
-			lt := l.DataType().(*arrow.ListType)
-			item := lt.Elem().(*arrow.FixedSizeListType).Elem()
-			n := len(pr.covered) * m.Dim
-			vals := array.NewData(item, n, []*memory.Buffer{nil, memory.NewBufferBytes(pr.vals[k])}, nil, 0, 0)
-			rowsData := array.NewData(lt.Elem(), len(pr.covered), []*memory.Buffer{nil}, []arrow.ArrayData{vals}, 0, 0)
-			vals.Release()
-			d := array.NewData(lt, 1, []*memory.Buffer{nil, offsets}, []arrow.ArrayData{rowsData}, 0, 0)
-			rowsData.Release()
+			d := perResidueList(l.DataType().(*arrow.ListType), pr.vals[k], offsets)
 			extra[k] = array.MakeFromData(d)
 			d.Release()
 			made = append(made, extra[k])

@@ -309,6 +309,13 @@ type firstRow struct {
 	inputLen  int32
 }
 
+// firstRowOf is what a sink keeps of row i of c, cloned (the values alias the IPC buffer, and the
+// maps must not pin it).
+func firstRowOf(c columns, i int) firstRow {
+	sha, desc, inLen, _, index := c.meta(i)
+	return firstRow{sha: strings.Clone(sha), desc: strings.Clone(desc), index: index, streamSeq: c.seq.Value(i), inputLen: inLen}
+}
+
 // seenAs classifies a row of id with sequence hash sha: a duplicate (that
 // identity was kept before), a conflict (the id was kept with another
 // sequence; first is its first row) or new. Caller holds s.mu.
@@ -358,9 +365,9 @@ func (s *fileSink) appendColumns(c columns) (added, dups int, err error) {
 		if conflict {
 			key := strings.Clone(id)
 			s.others[key] = append(s.others[key], strings.Clone(sha))
-			s.book.add(key, first, firstRow{sha: strings.Clone(sha), desc: strings.Clone(desc), index: index, streamSeq: seq, inputLen: inLen})
+			s.book.add(key, first, firstRowOf(c, i))
 		} else {
-			s.seen[strings.Clone(id)] = firstRow{sha: strings.Clone(sha), desc: strings.Clone(desc), index: index, streamSeq: seq, inputLen: inLen}
+			s.seen[strings.Clone(id)] = firstRowOf(c, i)
 		}
 		ids.Append(id)
 		seqs.Append(seq)
@@ -439,14 +446,11 @@ func (s *fileSink) writeDirect(c columns) (bool, error) {
 	}
 	rec := array.NewRecordBatch(schema, c.rec.Columns(), c.rec.NumRows())
 	defer rec.Release()
-	if err := s.fw.Write(rec); err != nil {
-		s.err = fmt.Errorf("arrowout: %s sink %s: write row group: %w", s.kind, s.path, err)
-		return true, s.err
+	if err := s.write(rec); err != nil {
+		return true, err
 	}
 	for i := range c.len() {
-		sha, desc, inLen, _, index := c.meta(i)
-		s.seen[strings.Clone(c.id.Value(i))] = firstRow{sha: strings.Clone(sha), desc: strings.Clone(desc), index: index,
-			streamSeq: c.seq.Value(i), inputLen: inLen}
+		s.seen[strings.Clone(c.id.Value(i))] = firstRowOf(c, i)
 	}
 	s.rows += c.len()
 	return true, nil
@@ -461,11 +465,20 @@ func (s *fileSink) flush() error {
 	if rec.NumRows() == 0 {
 		return nil
 	}
+	if err := s.write(rec); err != nil {
+		return err
+	}
+	s.reserve()
+	return nil
+}
+
+// write writes rec to the file as one row group (record batch); a failure is sticky. Caller
+// holds s.mu.
+func (s *fileSink) write(rec arrow.RecordBatch) error {
 	if err := s.fw.Write(rec); err != nil {
 		s.err = fmt.Errorf("arrowout: %s sink %s: write row group: %w", s.kind, s.path, err)
 		return s.err
 	}
-	s.reserve()
 	return nil
 }
 
@@ -699,14 +712,14 @@ func sink(ctx context.Context, js jetstream.JetStream, stream string, subjects [
 			seq = md.Sequence.Stream
 		}
 		if v := msg.Headers().Get(HeaderResidues); v != "" {
-			sl, perr := ParseRowSlice(v)
-			if perr == nil {
-				_, _, perr = s.WriteSlice(msg.Data(), RowSliceGroup(msg.Headers()), sl)
+			var sl RowSlice
+			if sl, err = ParseRowSlice(v); err == nil {
+				_, _, err = s.WriteSlice(msg.Data(), RowSliceGroup(msg.Headers()), sl)
 			}
-			if perr != nil {
-				return fmt.Errorf("arrowout: sink %s: message at stream seq %d (subject %s): %w", where, seq, msg.Subject(), perr)
-			}
-		} else if _, _, err := s.WriteIPC(msg.Data()); err != nil {
+		} else {
+			_, _, err = s.WriteIPC(msg.Data())
+		}
+		if err != nil {
 			return fmt.Errorf("arrowout: sink %s: message at stream seq %d (subject %s): %w", where, seq, msg.Subject(), err)
 		}
 		if read != nil {

@@ -3,6 +3,7 @@ package esm2graph
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 )
 
 // RandomCheckpoint is a checkpoint of cfg's shapes with seeded random weights (normal, std 0.02;
@@ -33,7 +34,7 @@ func RandomCheckpoint(cfg Config, seed uint64) (*Checkpoint, error) {
 		tensors: map[string]*source{}}
 	for i, w := range expectedShapes(cfg) {
 		n, s := numel(w.shape), seed*1_000_003+uint64(i)
-		ln := len(w.name) > 7 && w.name[len(w.name)-7:] == ".weight" && len(w.shape) == 1 // a LayerNorm scale
+		ln := strings.HasSuffix(w.name, ".weight") && len(w.shape) == 1 // a LayerNorm scale
 		c.tensors[w.name] = &source{file: c.Path, key: w.name, shape: w.shape, read: func() ([]float32, error) {
 			r := rand.New(rand.NewPCG(s, 7))
 			v := make([]float32, n)

@@ -79,17 +79,7 @@ func (r *Runner) EmbedAll(ctx context.Context, in Input) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, r.runErr(ctx, in, err)
 	}
-	res.Lengths, res.Offsets = make([]int, in.Rows), make([]int, in.Rows+1)
-	for i := range in.Rows {
-		ones := 0
-		for _, m := range in.Mask[i*in.Cols : (i+1)*in.Cols] {
-			if m != 0 {
-				ones++
-			}
-		}
-		res.Lengths[i] = max(ones-2, 0)
-		res.Offsets[i+1] = res.Offsets[i] + res.Lengths[i]
-	}
+	res = NewResult(in, dim)
 	rows, cols, d := int64(in.Rows), int64(in.Cols), int64(dim)
 	bufs := make([]outBuf, len(r.man.Outputs))
 	for i, o := range r.man.Outputs {
@@ -128,6 +118,23 @@ func (r *Runner) EmbedAll(ctx context.Context, in Input) (*Result, error) {
 		res.Outputs[i] = v
 	}
 	return res, nil
+}
+
+// NewResult is the Result of batch in without its outputs: Rows, Dim, each row's Lengths (its
+// mask's ones less <cls> and <eos>) and their Offsets. in must hold Rows × Cols mask values.
+func NewResult(in Input, dim int) *Result {
+	res := &Result{Rows: in.Rows, Dim: dim, Lengths: make([]int, in.Rows), Offsets: make([]int, in.Rows+1)}
+	for i := range in.Rows {
+		ones := 0
+		for _, m := range in.Mask[i*in.Cols : (i+1)*in.Cols] {
+			if m != 0 {
+				ones++
+			}
+		}
+		res.Lengths[i] = max(ones-2, 0)
+		res.Offsets[i+1] = res.Offsets[i] + res.Lengths[i]
+	}
+	return res
 }
 
 // residueRows compacts a [rows, cols, dim] per-residue output to each row's positions 1 to its

@@ -147,15 +147,7 @@ func zeroOutputs(man *gpurun.Manifest) pipeline.EmbedFunc {
 		if man.SingleOutput() {
 			return append(dst, make([]float32, in.Rows*dim)...), nil, nil
 		}
-		res := &gpurun.Result{Rows: in.Rows, Dim: dim, Lengths: make([]int, in.Rows), Offsets: make([]int, in.Rows+1)}
-		for i := range in.Rows {
-			ones := 0
-			for _, m := range in.Mask[i*in.Cols : (i+1)*in.Cols] {
-				ones += int(m)
-			}
-			res.Lengths[i] = max(ones-2, 0)
-			res.Offsets[i+1] = res.Offsets[i] + res.Lengths[i]
-		}
+		res := gpurun.NewResult(in, dim)
 		for _, o := range man.Outputs {
 			v := gpurun.OutputValues{OutputSpec: o}
 			switch {

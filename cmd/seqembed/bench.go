@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/internal/benchrun"
 	"github.com/seqembed/seqembed/internal/cli"
 	"github.com/seqembed/seqembed/pipeline"
@@ -40,8 +41,9 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	if *fastaPath == "" {
 		return cli.Usagef("--fasta FILE is required")
 	}
-	if *sinkFormat != "parquet" && *sinkFormat != "arrow" {
-		return cli.Usagef("--sink-format %q: want parquet or arrow", *sinkFormat)
+	format, err := arrowout.FileFormat(*sinkFormat, "")
+	if err != nil {
+		return cli.Usagef("--sink-format %q: want %s or %s", *sinkFormat, arrowout.FormatParquet, arrowout.FormatArrow)
 	}
 	if *procs && (*raw || *report != "") {
 		return cli.Usagef("--worker-procs measures end to end only, without --raw or --report")
@@ -54,7 +56,7 @@ func runBenchCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	res, series, err := benchrun.Run(ctx, benchrun.Job{Config: cfg, FASTA: *fastaPath, Raw: *raw, WorkerProcs: *procs,
-		Procs: benchrun.ProcsOptions{WorkerArgs: workerFlagArgs(fs), Command: workerCommand}, SinkFormat: *sinkFormat, Log: log})
+		Procs: benchrun.ProcsOptions{WorkerArgs: workerFlagArgs(fs), Command: workerCommand}, SinkFormat: format, Log: log})
 	if err != nil {
 		return err
 	}

@@ -2,13 +2,13 @@ package benchrun
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/seqembed/seqembed/arrowout"
 	"github.com/seqembed/seqembed/internal/localrun"
 	"github.com/seqembed/seqembed/pipeline"
 )
@@ -27,11 +27,9 @@ func E2E(ctx context.Context, cfg pipeline.Config, path, format string, log *zap
 	defer os.RemoveAll(dir)
 	cfg.CollectLatency = true
 	if format == "" {
-		format = "parquet"
+		format = arrowout.FormatParquet
 	}
-	if format != "parquet" && format != "arrow" {
-		return Result{}, nil, fmt.Errorf("bench: sink format %q: want parquet or arrow", format)
-	}
+	// The file's suffix is its format; localrun refuses (arrowout.FileFormat) any other.
 	sum, err := localrun.Run(ctx, path, filepath.Join(dir, "out."+format), cfg, nil, log)
 	if err != nil {
 		return Result{}, nil, err
