@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -234,5 +235,58 @@ func TestTooLargeRefusals(t *testing.T) {
 		if got := natsconn.TooLarge(c.err); got != c.want {
 			t.Errorf("TooLarge(%v) = %v, want %v", c.err, got, c.want)
 		}
+	}
+}
+
+// TestSinkPullUnderServerPending: the sink reads messages near the file store's 32 MiB limit
+// (a batch of 650M per-residue float16 states is two of them), from a server whose max_pending
+// (the outbound bytes it queues for one connection before dropping it as a slow consumer; 64 MiB by
+// default) is 48 MiB here, with the publisher on the sink's connection. Found on the GPU machine
+// (2026-12-02): pulling by bytes (nats.go's PullMaxBytes, 64 MiB) had the server drop the
+// connection, and with a 40 MiB byte budget the sink spun for ever on a refill smaller than the next
+// message; it now pulls two messages at a time, each request bounded by the largest message the
+// stream can hold.
+func TestSinkPullUnderServerPending(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
+	defer cancel()
+	srv := natstest.Server(t, func(o *server.Options) {
+		o.MaxPending = 48 << 20
+		o.MaxPayload = 48 << 20 // the server refuses a max_payload above max_pending
+	})
+	nc, js := natstest.Connect(t, srv)
+	if _, err := EnsureStream(ctx, js, StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	meta := testMeta
+	meta.Dim = 5120 // 20 KiB a row: a batch of 3,200 rows is two 32.8 MB messages
+	p, err := NewPublisher(js, "embeddings.x", meta, WithAckTimeout(100*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const batches, rows = 4, 3200
+	for i := range batches {
+		b := makeBatch(uint64(1+i), rows, meta.Dim, uint64(1+i*rows))
+		for j := range b.IDs {
+			b.IDs[j] = fmt.Sprintf("b%d-%s", i, b.IDs[j]) // other records than the other batches'
+		}
+		if _, err := p.Publish(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs, err := NewFileSink(FormatArrow, filepath.Join(t.TempDir(), "out.arrow"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := StartSink(ctx, js, DefaultStreamName, "", fs, func(n int) bool { return n >= batches*rows })
+	select {
+	case <-sink.Done():
+	case <-ctx.Done():
+		t.Fatalf("sink: %d of %d rows (server slow consumers %d, client reconnects %d)", sink.Rows(), batches*rows, srv.NumSlowConsumers(), nc.Stats().Reconnects)
+	}
+	if err := sink.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.NumSlowConsumers(); n != 0 {
+		t.Fatalf("the server dropped %d slow consumer(s) while the sink read", n)
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/compress"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/seqembed/seqembed/internal/natsconn"
 )
 
 // DefaultRowGroupRows is the default Parquet row group size of a
@@ -25,9 +27,26 @@ import (
 // uncompressed, which is also about what the sink buffers in memory.
 const DefaultRowGroupRows = 8192
 
-// sinkPullMaxBytes bounds what Sink's consumer buffers client-side; it must
-// exceed the largest message (NATS caps max_payload at 64 MiB).
-const sinkPullMaxBytes = 64 << 20
+// The sink's consumer asks the server for up to sinkPullMessages messages per request, each
+// request bounded by sinkPullRequestBytes, or by the largest message the stream can hold where that
+// is more (natsconn.LargestIn, plus sinkPullSlack for the subject and reply the server counts too),
+// and asks again once fewer than sinkPullRefill are waiting (the next messages travel while the last
+// is written). Not by a byte budget: with nats.go's PullMaxBytes a refill asks for what is left of
+// the budget, which can be less than the next message; the server answers "409 Message Size
+// Exceeds MaxBytes", the client asks again for the same, and the sink spins without a row (found
+// 2026-12-02 with 31 MB per-residue messages: the server's consumer loaded the same message for
+// ever). Every message fits a fresh request. And a request stays well under what the server
+// queues for one connection before it drops it as a slow consumer (max_pending, 64 MiB by default;
+// a 64 MiB byte budget did that): a file-backed stream's messages are at most 32 MiB, so a request
+// is 48 MiB, two 20 MB messages of per-residue states, or one of 32 MiB.
+// sinkPullMessages is also the client's buffer, status notices included: nats.go drops what
+// overflows it.
+const (
+	sinkPullMessages     = 64
+	sinkPullRefill       = 2
+	sinkPullRequestBytes = 48 << 20
+	sinkPullSlack        = 64 << 10
+)
 
 // SinkOption configures a ParquetSink or an ArrowFileSink.
 type SinkOption func(*sinkConfig) error
@@ -694,7 +713,14 @@ func sink(ctx context.Context, js jetstream.JetStream, stream string, subjects [
 	if err != nil {
 		return fmt.Errorf("arrowout: sink %s: create consumer: %w", where, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxBytes(sinkPullMaxBytes))
+	// A user allowed to consume but not to read the stream's info gets the bound for any stream.
+	largest := natsconn.MaxPayloadCeiling
+	if st, err := js.Stream(ctx, stream); err == nil {
+		largest = natsconn.LargestIn(st.CachedInfo().Config)
+	}
+	request := max(sinkPullRequestBytes, largest+sinkPullSlack)
+	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(sinkPullMessages, request),
+		jetstream.PullThresholdMessages(sinkPullRefill))
 	if err != nil {
 		return fmt.Errorf("arrowout: sink %s: consume: %w", where, err)
 	}

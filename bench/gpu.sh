@@ -75,6 +75,9 @@ if [[ -z $fasta ]]; then
   fasta=${fasta:-bench-data/db8000.fasta.xz}
 fi
 SEQEMBED_BIN=${SEQEMBED_BIN:-seqembed}
+# STEP_SIGNAL: what a step past its timeout gets first (default TERM; QUIT makes a Go binary print
+# every goroutine's stack before it exits, for a step that hangs; 15 s later it is killed).
+step_signal=${STEP_SIGNAL:-TERM}
 GPURUN_TEST=${GPURUN_TEST:-gpurun.test}
 
 # ---- matrix lines -------------------------------------------------------------------------------
@@ -229,9 +232,9 @@ run_step() {
     echo
   } >>"$combined"
   if [[ -n $STEP_STDOUT ]]; then
-    (cd "${STEP_CWD:-.}" && exec timeout -k 15 "$limit" "$@") >"$STEP_STDOUT" 2>"$log" || STEP_RC=$?
+    (cd "${STEP_CWD:-.}" && exec timeout -s "$step_signal" -k 15 "$limit" "$@") >"$STEP_STDOUT" 2>"$log" || STEP_RC=$?
   else
-    (cd "${STEP_CWD:-.}" && exec timeout -k 15 "$limit" "$@") >"$log" 2>&1 || STEP_RC=$?
+    (cd "${STEP_CWD:-.}" && exec timeout -s "$step_signal" -k 15 "$limit" "$@") >"$log" 2>&1 || STEP_RC=$?
   fi
   STEP_SECS=$((SECONDS - t0))
   cat "$log" >>"$combined"

@@ -9,7 +9,8 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 w=${TMPDIR:-/tmp}/outputs
-# PRESET=t6_8M LAYER=6 for a quick check (default ESM-2 650M, layer 33); N sequences for throughput.
+# PRESET=t6_8M LAYER=6 for a quick check (default ESM-2 650M, layer 33); N sequences for throughput;
+# NO_PARITY=1 skips the parity step, NO_RAW=1 the raw (ORT alone) lines (a shorter e2e-only call).
 preset=${PRESET:-t33_650M} layer=${LAYER:-33} n=${N:-8000}
 mkdir -p "$w" "$OUT"
 # Every step's output goes to $OUT/steps.log as it runs, each step under its own time limit, so a
@@ -26,7 +27,7 @@ zcat testdata/sample/query500.fasta.gz >"$w/q.fasta"
 # float16 per-residue states: BenchmarkSinkPerResidue), throughput on N sequences.
 awk '/^>/{n++} n<=200' "$w/q.fasta" >"$w/q200.fasta"
 step 120 seqembed run "$w/q200.fasta" --model "$w/res650" --device cuda:0 --out "$w/res.parquet" --quiet --allow-rejects --allow-id-conflicts
-step 120 python3 bench/outputs_parity.py --hf "$w/hf650" --file "$w/res.parquet" --fasta "$w/q.fasta" --rows 200 --min-cos 0.9999 | tee "$OUT/outputs-parity.json" || true
+[[ -n ${NO_PARITY:-} ]] || step 120 python3 bench/outputs_parity.py --hf "$w/hf650" --file "$w/res.parquet" --fasta "$w/q.fasta" --rows 200 --min-cos 0.9999 | tee "$OUT/outputs-parity.json" || true
 python3 bench/synth_fasta.py "$w/q.fasta" "$w/syn.fasta" "$n"
 # Disk and page-cache state every 5 s while the throughput lines run: a repeat of the per-residue
 # e2e line (8.8 GB through the file store and as much into the sink's file) did not finish on
@@ -35,12 +36,19 @@ python3 bench/synth_fasta.py "$w/q.fasta" "$w/syn.fasta" "$n"
 monitor=$!
 trap 'kill $monitor 2>/dev/null' EXIT
 arrow=bench-args=--sink-format,arrow
-bash bench/gpu.sh --budget ${BUDGET:-230} --out "$OUT/bench" --fasta "$w/syn.fasta" \
-  "model=$preset export=dir:$w/mean650 modes=e2e label=mean" \
-  "model=$preset export=dir:$w/res650 modes=e2e $arrow label=per-residue-fp16-arrow" \
-  "model=$preset export=dir:$w/mean650 modes=e2e $arrow label=mean-arrow" \
-  "model=$preset export=dir:$w/res650 modes=raw label=per-residue-fp16" \
-  "model=$preset export=dir:$w/mean650 modes=raw label=mean" \
-  "model=$preset export=dir:$w/res650 modes=e2e $arrow label=per-residue-fp16-arrow-2" \
-  "model=$preset export=dir:$w/mean650 modes=e2e label=mean-2" \
-  "model=$preset export=dir:$w/res650 modes=e2e records=300 label=per-residue-fp16-parquet-300"
+raw=("model=$preset export=dir:$w/res650 modes=raw label=per-residue-fp16 timeout=60"
+  "model=$preset export=dir:$w/mean650 modes=raw label=mean timeout=60")
+[[ -z ${NO_RAW:-} ]] || raw=()
+# The per-residue e2e line three times in a row (a repeat hung on 2026-12-02): a step past its
+# timeout gets SIGQUIT, so a hung run prints its goroutines into the step log.
+STEP_SIGNAL=QUIT GOTRACEBACK=all bash bench/gpu.sh --budget ${BUDGET:-260} --out "$OUT/bench" --fasta "$w/syn.fasta" \
+  "model=$preset export=dir:$w/mean650 modes=e2e label=mean timeout=90" \
+  "model=$preset export=dir:$w/res650 modes=e2e $arrow label=per-residue-fp16-arrow timeout=90" \
+  "model=$preset export=dir:$w/res650 modes=e2e $arrow label=per-residue-fp16-arrow-2 timeout=90" \
+  "model=$preset export=dir:$w/res650 modes=e2e $arrow label=per-residue-fp16-arrow-3 timeout=90" \
+  "${raw[@]}" \
+  "model=$preset export=dir:$w/mean650 modes=e2e label=mean-2 timeout=60"
+# The host path alone on this machine's cores (issue #19; bench/pack.sh with TEST_PKGS="gpurun pipeline").
+if command -v pipeline.test >/dev/null; then
+  step 120 pipeline.test -test.run '^$' -test.bench BenchmarkHostPathWide -test.benchtime 4000x -test.count 2 | tee "$OUT/hostpath.txt"
+fi

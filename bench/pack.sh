@@ -8,8 +8,9 @@
 # Then prints what the device call will send (the limit is 64 MiB for everything that travels).
 #
 #   bench/pack.sh                      # then: run with carry [".device"] (bench/README.md)
-# Environment: BUILD_TAGS (build tags for go build and go test -c, when set), NO_TESTS=1 (no
-# gpurun.test), NO_DATA=1 (no db8000.fasta.xz: for parity-only calls), DEVICE_DIR (default .device),
+# Environment: BUILD_TAGS (build tags for go build and go test -c, when set), TEST_PKGS (the
+# packages built as NAME.test, default gpurun; e.g. "gpurun pipeline"), NO_TESTS=1 (none),
+# NO_DATA=1 (no db8000.fasta.xz: for parity-only calls), DEVICE_DIR (default .device),
 # DEVICE_PACK (default ../shared/tools/device-pack).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,9 +33,11 @@ echo "pack.sh: go build ./cmd/seqembed${tags:+ (tags $tags)}"
 go build -trimpath -ldflags='-s -w' "${tagargs[@]}" -o "$bin/seqembed" ./cmd/seqembed
 files=("$bin/seqembed")
 if [[ -z ${NO_TESTS:-} ]]; then
-  echo "pack.sh: go test -c ./gpurun"
-  go test -c -trimpath -ldflags='-s -w' "${tagargs[@]}" -o "$bin/gpurun.test" ./gpurun
-  files+=("$bin/gpurun.test")
+  for pkg in ${TEST_PKGS:-gpurun}; do
+    echo "pack.sh: go test -c ./$pkg"
+    go test -c -trimpath -ldflags='-s -w' "${tagargs[@]}" -o "$bin/$(basename "$pkg").test" "./$pkg"
+    files+=("$bin/$(basename "$pkg").test")
+  done
 fi
 
 # The real-protein subset: bench-data/db8000.fasta.xz (make bench-data fetches it once).

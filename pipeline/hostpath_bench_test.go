@@ -63,7 +63,7 @@ func benchHostPath(b *testing.B, inflight int) {
 // `seqembed run` and bench e2e have it: records of 50–500 residues published first, the worker's
 // model call replaced by zeros shaped as the graph's outputs (a one-layer random checkpoint of the
 // width, built in Go: esm2graph.RandomCheckpoint), Arrow encode, publish (64 MiB max_payload, as
-// `seqembed run` has it), ack, and the sink
+// `seqembed run` has it), ack, and the sink (on its own connection, as localrun has it)
 // writing every row to an Arrow IPC file, timed until the file has every row. dim320 is ESM-2 8M's
 // width (issue #19: 8M end to end is host-bound), dim1280 650M's, per-residue its last layer's
 // states in float16 (issue #16). The naive baseline is BenchmarkHostPath (dim 64, no sink).
@@ -121,7 +121,9 @@ func benchHostPathWide(b *testing.B, dim int, outputs string) {
 	}
 	b.ResetTimer()
 	start := time.Now()
-	sink := arrowout.StartSink(ctx, js, arrowout.DefaultStreamName, "", fs, func(rows int) bool { return rows >= n })
+	// The sink on a connection of its own, as localrun has it.
+	_, sinkJS := natstest.Connect(b, srv)
+	sink := arrowout.StartSink(ctx, sinkJS, arrowout.DefaultStreamName, "", fs, func(rows int) bool { return rows >= n })
 	w.Start(b, ctx)
 	select {
 	case <-sink.Done():
@@ -135,6 +137,7 @@ func benchHostPathWide(b *testing.B, dim int, outputs string) {
 	}
 	b.ReportMetric(float64(n)/el.Seconds(), "records/s")
 	b.ReportMetric(float64(residues)/el.Seconds(), "residues/s")
+	b.ReportMetric(float64(srv.NumSlowConsumers()), "slow-consumers")
 	b.ReportMetric(0, "ns/op")
 }
 

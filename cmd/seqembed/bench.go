@@ -104,6 +104,9 @@ func printBench(res benchrun.Result) {
 	if len(res.GPUUtilPerDevice) > 0 {
 		fmt.Fprintf(os.Stderr, "bench: GPU util per device %v\n", res.GPUUtilPerDevice)
 	}
+	if res.SlowConsumers > 0 {
+		fmt.Fprintf(os.Stderr, "bench: the embedded NATS server dropped %d slow connection(s): the figure includes records waiting out their AckWait\n", res.SlowConsumers)
+	}
 }
 
 // workerCommand is the command `bench --worker-procs` runs as `seqembed ARGS...`; nil runs this

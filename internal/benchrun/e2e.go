@@ -39,7 +39,7 @@ func E2E(ctx context.Context, cfg pipeline.Config, path, format string, log *zap
 	// Residues embedded (after truncation), the same count raw mode reports.
 	res := Result{Mode: "e2e", Sequences: sum.Embedded, Residues: st.Residues(), Seconds: sum.Processing.Seconds(),
 		Batches: st.Batches, RunnerBusy: sum.Busy, MeanGapMs: ms(sum.MeanGap), WarmupSeconds: sum.Warmup.Seconds(),
-		CUDAGraphs: sum.CUDAGraphs, SinkFormat: format}
+		CUDAGraphs: sum.CUDAGraphs, SinkFormat: format, SlowConsumers: sum.SlowConsumers}
 	res.PaddingEfficiency = float64(st.RealTokens) / float64(max(1, st.PaddedTokens))
 	graphTimes(&res, cfg, sum.GraphsBefore, sum.GraphsAfter)
 	res.LatencyP50Ms, res.LatencyP99Ms = percentileMs(st.Latencies, 0.50), percentileMs(st.Latencies, 0.99)

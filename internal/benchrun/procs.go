@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -61,7 +60,7 @@ func Procs(ctx context.Context, cfg pipeline.Config, path string, opts ProcsOpti
 		return Result{}, err
 	}
 	defer stopServer()
-	nc, err := nats.Connect(srv.ClientURL())
+	nc, err := localrun.DialEmbedded(srv, "seqembed-bench-sink", log)
 	if err != nil {
 		return Result{}, err
 	}
@@ -115,7 +114,8 @@ func Procs(ctx context.Context, cfg pipeline.Config, path string, opts ProcsOpti
 	}
 	end := time.Now()
 	res := Result{Mode: "e2e", WorkerProcs: len(devs), Sequences: embedded, Residues: residues,
-		Seconds: end.Sub(start).Seconds(), Batches: -1, RunnerBusy: -1, Model: man.Name, DType: man.DType}
+		Seconds: end.Sub(start).Seconds(), Batches: -1, RunnerBusy: -1, Model: man.Name, DType: man.DType,
+		SlowConsumers: srv.NumSlowConsumers()}
 	res.GPUUtil, res.GPUUtilPerDevice = gpu.Mean(start, end), gpu.PerDevice(start, end)
 	return finish(res, cfg), nil
 }

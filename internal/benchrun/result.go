@@ -35,6 +35,8 @@ type Result struct {
 	WarmupSeconds float64 `json:"warmup_seconds"`
 	CUDAGraphs    bool    `json:"cuda_graphs"`           // runs replayed CUDA graphs (--cuda-graphs)
 	SinkFormat    string  `json:"sink_format,omitempty"` // e2e: the output file's format (parquet, arrow)
+	// SlowConsumers (e2e): connections the embedded server dropped for falling behind (localrun.Summary).
+	SlowConsumers int64 `json:"nats_slow_consumers"`
 	// CUDA-graph runs only: copies on copy streams (--graph-copy-overlap), sessions per device,
 	// and per batch (means over the timed part, gpurun.GraphStats): queued before its replay,
 	// replaying, after the replay until the outputs were back, and the session's idle gap

@@ -23,12 +23,13 @@ import (
 	"github.com/seqembed/seqembed/gpurun"
 	"github.com/seqembed/seqembed/ingest"
 	"github.com/seqembed/seqembed/internal/jobs"
+	"github.com/seqembed/seqembed/internal/natsconn"
 	"github.com/seqembed/seqembed/pipeline"
 	"github.com/seqembed/seqembed/telemetry"
 )
 
 // EmbeddedMaxPayload is the embedded server's max_payload: 64 MiB, NATS's ceiling.
-const EmbeddedMaxPayload = 64 << 20
+const EmbeddedMaxPayload = natsconn.MaxPayloadCeiling
 
 // EmbeddedServer starts an in-process JetStream server on a random loopback port with its store
 // in a fresh temp dir; stop shuts it down and removes the store.
@@ -55,6 +56,29 @@ func EmbeddedServer() (*server.Server, func(), error) {
 		return nil, nil, errors.New("embedded nats-server not ready in 30s")
 	}
 	return s, func() { s.Shutdown(); s.WaitForShutdown(); os.RemoveAll(dir) }, nil
+}
+
+// DialEmbedded connects to the embedded server srv as name, logging a disconnect (with its cause,
+// e.g. "slow consumer"), a reconnect and asynchronous errors at warn level.
+func DialEmbedded(srv *server.Server, name string, log *zap.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(srv.ClientURL(), nats.Name(name), nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("embedded nats: disconnected", zap.String("conn", name), zap.Error(err))
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { log.Warn("embedded nats: reconnected", zap.String("conn", name)) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Warn("embedded nats: asynchronous error", zap.String("conn", name), zap.String("subject", subject), zap.Error(err))
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the embedded server as %s: %w", name, err)
+	}
+	return nc, nil
 }
 
 // Summary is what `seqembed run` reports.
@@ -86,6 +110,9 @@ type Summary struct {
 	// mean wait between runs.
 	Busy    float64
 	MeanGap time.Duration
+	// SlowConsumers counts the connections the embedded server dropped for falling behind (each
+	// costs the records it was delivering their AckWait before they are redelivered); 0 normally.
+	SlowConsumers int64
 }
 
 // Job is one `seqembed run`.
@@ -158,15 +185,34 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 		return sum, err
 	}
 	defer stopServer()
-	nc, err := nats.Connect(srv.ClientURL())
+	// The worker, the sink and the FASTA publisher each have their own connection, as the separate
+	// processes of a deployment have: the server drops a connection whose outbound queue passes
+	// max_pending (64 MiB by default) as a slow consumer, and with one connection the sink's pulls
+	// of per-residue outputs and the worker's deliveries shared that queue (2026-12-02, 650M
+	// per-residue e2e: a record delivered into the dropped connection waited out its AckWait).
+	nc, err := DialEmbedded(srv, "seqembed-run-worker", log)
 	if err != nil {
-		return sum, fmt.Errorf("connecting to the embedded server: %w", err)
+		return sum, err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return sum, err
 	}
+	sinkNC, err := DialEmbedded(srv, "seqembed-run-sink", log)
+	if err != nil {
+		return sum, err
+	}
+	defer sinkNC.Close()
+	sinkJS, err := jetstream.New(sinkNC)
+	if err != nil {
+		return sum, err
+	}
+	pubNC, err := DialEmbedded(srv, "seqembed-run-publish", log)
+	if err != nil {
+		return sum, err
+	}
+	defer pubNC.Close()
 	p, err := pipeline.New(ctx, cfg, pipeline.Deps{Conn: nc, Log: log})
 	if err != nil {
 		return sum, err
@@ -186,7 +232,7 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 	if err != nil {
 		return sum, err
 	}
-	sink := arrowout.StartSink(ctx, js, cfg.OutStream, arrowout.Subject(p.Model(), sum.Job), fs, nil)
+	sink := arrowout.StartSink(ctx, sinkJS, cfg.OutStream, arrowout.Subject(p.Model(), sum.Job), fs, nil)
 	defer sink.Finish()
 
 	procStart := time.Now()
@@ -196,7 +242,7 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 	if rejects != nil {
 		opts.OnReject = func(r ingest.Reject) error { refused = append(refused, r); return nil }
 	}
-	if sum.Published, err = ingest.Publish(ctx, nc, job.Inputs, opts); err != nil {
+	if sum.Published, err = ingest.Publish(ctx, pubNC, job.Inputs, opts); err != nil {
 		return sum, err
 	}
 	expected := sum.Published.Stored + sum.Published.DeadLettered
@@ -205,6 +251,7 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 		return sum, err
 	}
 	sum.Processing = time.Since(procStart)
+	sum.SlowConsumers = srv.NumSlowConsumers()
 	sum.GraphsAfter = p.Engine().GraphStats()
 	bar.Finish()
 	busy, _, gap := p.Engine().Busy().Snapshot(false)
@@ -306,6 +353,9 @@ func (s Summary) Print(w io.Writer, out string) {
 	}
 	fmt.Fprintf(w, "  %d residues in %s: %.0f residues/s, %.1f sequences/s (including model load)\n",
 		s.Published.Residues, s.Elapsed.Round(time.Millisecond), rate, float64(s.Embedded)/s.Elapsed.Seconds())
+	if s.SlowConsumers > 0 {
+		fmt.Fprintf(w, "  the embedded NATS server dropped %d slow connection(s): records it was delivering waited out their AckWait (nothing is lost; the run was slower)\n", s.SlowConsumers)
+	}
 	if len(s.Reasons) == 0 {
 		return
 	}

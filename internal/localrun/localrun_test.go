@@ -119,8 +119,17 @@ func TestRunJobStopCodonsAndRejects(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", s, buf.String())
 		}
 	}
+	if sum.SlowConsumers != 0 || strings.Contains(buf.String(), "slow connection") {
+		t.Errorf("the embedded server dropped %d slow connections:\n%s", sum.SlowConsumers, buf.String())
+	}
 	if _, err := os.Stat(out); err != nil {
 		t.Error(err)
+	}
+	buf.Reset()
+	sum.SlowConsumers = 2
+	sum.Print(&buf, out)
+	if !strings.Contains(buf.String(), "dropped 2 slow connection(s)") {
+		t.Errorf("a summary with slow consumers does not say so:\n%s", buf.String())
 	}
 }
 

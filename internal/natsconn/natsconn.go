@@ -46,6 +46,24 @@ const FallbackMaxPayload = 1 << 20
 // max_payload allows: a 64 MiB max_payload still stores at most 32 MiB per message).
 const FileStoreMaxMsg = 32 << 20
 
+// MaxPayloadCeiling is the largest max_payload nats-server accepts (64 MiB).
+const MaxPayloadCeiling = 64 << 20
+
+// LargestIn is the largest message a stream of cfg can hold: its max_msg_size when set, at most
+// FileStoreMaxMsg for a file-backed stream and MaxPayloadCeiling for any. A consumer that pulls with
+// a byte bound per request must allow at least this (plus the subject and reply), or a message
+// larger than a request is never delivered.
+func LargestIn(cfg jetstream.StreamConfig) int {
+	n := MaxPayloadCeiling
+	if cfg.Storage == jetstream.FileStorage {
+		n = FileStoreMaxMsg
+	}
+	if cfg.MaxMsgSize > 0 {
+		n = min(n, int(cfg.MaxMsgSize))
+	}
+	return n
+}
+
 // MaxStored is the largest message nc can have stored in a file-backed stream now: the server's
 // max_payload from its last INFO (FallbackMaxPayload while it reports none), at most
 // FileStoreMaxMsg.
