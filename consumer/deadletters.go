@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -22,6 +23,9 @@ type DeadLetter struct {
 	Truncated  bool   // Data is only a prefix of the body (the whole did not fit max_payload)
 }
 
+// getMsgTimeout bounds each message ReadDeadLetters reads (within the caller's ctx).
+const getMsgTimeout = 2 * time.Minute
+
 // ReadDeadLetters returns up to max dead letters of model's job (JobDLQSubject; "" = outside any
 // job) from stream, oldest first, without
 // consuming them (direct gets: the DLQ shares the work-queue stream, where reading through a
@@ -33,7 +37,12 @@ func ReadDeadLetters(ctx context.Context, js jetstream.JetStream, stream, model,
 	}
 	var out []DeadLetter
 	for seq := uint64(1); max <= 0 || len(out) < max; {
-		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(JobDLQSubject(model, job)))
+		// Without a deadline of its own a request gets nats.go's 5 s, too short for a dead letter
+		// as large as max_payload (up to 64 MiB, base64 in JSON): a 16 MiB one took longer on a
+		// loaded CI machine.
+		gctx, cancel := context.WithTimeout(ctx, getMsgTimeout)
+		m, err := s.GetMsg(gctx, seq, jetstream.WithGetMsgSubject(JobDLQSubject(model, job)))
+		cancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}

@@ -190,29 +190,22 @@ func RunJob(ctx context.Context, job Job) (Summary, error) {
 	// max_pending (64 MiB by default) as a slow consumer, and with one connection the sink's pulls
 	// of per-residue outputs and the worker's deliveries shared that queue (2026-12-02, 650M
 	// per-residue e2e: a record delivered into the dropped connection waited out its AckWait).
-	nc, err := DialEmbedded(srv, "seqembed-run-worker", log)
-	if err != nil {
-		return sum, err
+	conns := make([]*nats.Conn, 3)
+	for i, name := range []string{"seqembed-run-worker", "seqembed-run-sink", "seqembed-run-publish"} {
+		if conns[i], err = DialEmbedded(srv, name, log); err != nil {
+			return sum, err
+		}
+		defer conns[i].Close()
 	}
-	defer nc.Close()
+	nc, sinkNC, pubNC := conns[0], conns[1], conns[2]
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return sum, err
 	}
-	sinkNC, err := DialEmbedded(srv, "seqembed-run-sink", log)
-	if err != nil {
-		return sum, err
-	}
-	defer sinkNC.Close()
 	sinkJS, err := jetstream.New(sinkNC)
 	if err != nil {
 		return sum, err
 	}
-	pubNC, err := DialEmbedded(srv, "seqembed-run-publish", log)
-	if err != nil {
-		return sum, err
-	}
-	defer pubNC.Close()
 	p, err := pipeline.New(ctx, cfg, pipeline.Deps{Conn: nc, Log: log})
 	if err != nil {
 		return sum, err
