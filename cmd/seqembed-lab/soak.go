@@ -269,10 +269,16 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := cons.Setup(ctx); err != nil {
+	// Each API call gets 10 s and is tried again, as the worker's own setup does: a request to a
+	// cluster that has just elected its meta leader can go unanswered (one held a soak's 7 minutes).
+	setup := retry.Policy{Initial: 100 * time.Millisecond, Max: time.Second, PerTry: 10 * time.Second, Retryable: retry.Timeouts}
+	if err := retry.Do(ctx, setup, cons.Setup); err != nil {
 		return err
 	}
-	if _, err := arrowout.EnsureStream(ctx, js, arrowout.StreamConfig{Replicas: 3}); err != nil {
+	if err := retry.Do(ctx, setup, func(ctx context.Context) error {
+		_, err := arrowout.EnsureStream(ctx, js, arrowout.StreamConfig{Replicas: 3})
+		return err
+	}); err != nil {
 		return err
 	}
 
