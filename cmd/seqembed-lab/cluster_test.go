@@ -119,17 +119,7 @@ func TestClusterFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Each API call gets 10 s and is tried again, as the worker's own setup does: a request to a
-	// cluster that has just elected its meta leader can go unanswered (one such request once
-	// held this test's whole 120 s).
-	setup := retry.Policy{Initial: 100 * time.Millisecond, Max: time.Second, PerTry: 10 * time.Second, Retryable: retry.Timeouts}
-	if err := retry.Do(ctx, setup, cons.Setup); err != nil {
-		t.Fatal(err)
-	}
-	if err := retry.Do(ctx, setup, func(ctx context.Context) error {
-		_, err := arrowout.EnsureStream(ctx, js, arrowout.StreamConfig{Replicas: 3})
-		return err
-	}); err != nil {
+	if err := setupStreams(ctx, js, cons); err != nil {
 		t.Fatal(err)
 	}
 

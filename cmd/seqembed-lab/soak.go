@@ -269,16 +269,7 @@ func runSoakCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	// Each API call gets 10 s and is tried again, as the worker's own setup does: a request to a
-	// cluster that has just elected its meta leader can go unanswered (one held a soak's 7 minutes).
-	setup := retry.Policy{Initial: 100 * time.Millisecond, Max: time.Second, PerTry: 10 * time.Second, Retryable: retry.Timeouts}
-	if err := retry.Do(ctx, setup, cons.Setup); err != nil {
-		return err
-	}
-	if err := retry.Do(ctx, setup, func(ctx context.Context) error {
-		_, err := arrowout.EnsureStream(ctx, js, arrowout.StreamConfig{Replicas: 3})
-		return err
-	}); err != nil {
+	if err := setupStreams(ctx, js, cons); err != nil {
 		return err
 	}
 
@@ -542,4 +533,19 @@ func runSoakCmd(ctx context.Context, args []string) error {
 		return fmt.Errorf("%d valid records dead-lettered %v", len(dead), reasons)
 	}
 	return nil
+}
+
+// setupStreams creates cons's input stream and consumer and the R3 output stream, each API call
+// given 10 s and tried again as the worker's own setup does: a request to a cluster that has just
+// elected its meta leader can go unanswered (one held a soak's 7 minutes, another
+// TestClusterFailover's 120 s).
+func setupStreams(ctx context.Context, js jetstream.JetStream, cons *consumer.Consumer) error {
+	pol := retry.Policy{Initial: 100 * time.Millisecond, Max: time.Second, PerTry: 10 * time.Second, Retryable: retry.Timeouts}
+	if err := retry.Do(ctx, pol, cons.Setup); err != nil {
+		return err
+	}
+	return retry.Do(ctx, pol, func(ctx context.Context) error {
+		_, err := arrowout.EnsureStream(ctx, js, arrowout.StreamConfig{Replicas: 3})
+		return err
+	})
 }
