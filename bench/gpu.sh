@@ -31,8 +31,12 @@ usage: bench/gpu.sh [options] [-f MATRIX]... [LINE]...
   --build-info F  build.json written by bench/pack.sh (default .device/build.json)
 Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required),
   export= mha|packed|auto|traced|optimized|dir:PATH (default auto), ops=custom|none (default
-  custom for fused fp16 exports), dtype=fp16|fp32, layout=rows|sequence, check=1|0,
-  modes= e2e,raw,torch,torch-compile,parity,profile (default e2e,raw,torch,torch-compile),
+  custom for fused fp16 exports), dtype=fp16|fp32, precision=fp16|fp8|fp8-ffn (fp8: FP8 projections,
+  fp8-ffn: only the FFN's; packed fp16 exports with the custom ops; torch rows stay fp16), outliers=SIGMA (heavy-tailed
+  channels, export --outlier-channels), layout=rows|sequence, check=1|0,
+  modes= e2e,raw,torch,torch-compile,parity,precision,profile (default e2e,raw,torch,torch-compile;
+  precision: seqembed check-precision against float32 PyTorch on the first golden=N records,
+  default 2000),
   inflight=2, tokens=16384, graphs=auto|on|off, records=N (first N records), device=,
   bench-args=a,b  env=K=V,K2=V2  torch-args=a,b  ncu-skip=20000 ncu-count=1200  label=  timeout=S
 EOF
@@ -81,10 +85,10 @@ step_signal=${STEP_SIGNAL:-TERM}
 GPURUN_TEST=${GPURUN_TEST:-gpurun.test}
 
 # ---- matrix lines -------------------------------------------------------------------------------
-KEYS=" model export ops dtype layout check modes inflight tokens graphs records device bench-args env torch-args ncu-skip ncu-count label timeout "
-MODES=" e2e raw torch torch-compile parity profile "
-declare -A DEF=([export]=auto [dtype]=fp16 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
-  [inflight]=2 [tokens]=16384 [ncu-skip]=20000 [ncu-count]=1200)
+KEYS=" model export ops dtype precision outliers layout check modes inflight tokens graphs records golden device bench-args env torch-args ncu-skip ncu-count label timeout "
+MODES=" e2e raw torch torch-compile parity precision profile "
+declare -A DEF=([export]=auto [dtype]=fp16 [precision]=fp16 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
+  [inflight]=2 [tokens]=16384 [golden]=2000 [ncu-skip]=20000 [ncu-count]=1200)
 LINES=() # each: the line's key=value words, defaults applied
 
 # add_line SOURCE TEXT: one matrix line (or a 'set' line) into LINES.
@@ -154,10 +158,18 @@ load() {
   [[ $ops == custom || $ops == none ]] || die "[$1] ops '$ops': want custom or none"
   [[ $ops == custom && ! ($attn == mha || $attn == packed || $attn == dir:*) ]] && die "[$1] ops=custom needs export=mha|packed"
   [[ $ops == custom && ${L[dtype]} != fp16 && $attn != dir:* ]] && die "[$1] ops=custom needs dtype=fp16"
+  [[ ${L[precision]} =~ ^(fp16|fp8|fp8-ffn)$ ]] || die "[$1] precision '${L[precision]}': want fp16, fp8 or fp8-ffn"
+  [[ ${L[precision]} == fp8* && $attn != dir:* && ($attn != packed || $ops != custom) ]] &&
+    die "[$1] precision=fp8 needs export=packed with ops=custom"
+  [[ -z ${L[outliers]:-} || ${L[outliers]} =~ ^[0-9.]+$ ]] || die "[$1] outliers '${L[outliers]}': want a number"
+  [[ ${L[golden]} =~ ^[0-9]+$ ]] || die "[$1] golden '${L[golden]}': want a record count"
   label=$attn
   [[ $attn == dir:* ]] && label=dir
   [[ $ops == custom && $attn != dir:* ]] && label+=+ops
   [[ ${L[layout]} == sequence ]] && label+=+seq
+  [[ ${L[precision]} == fp8 && $attn != dir:* ]] && label+=+fp8
+  [[ ${L[precision]} == fp8-ffn && $attn != dir:* ]] && label+=+fp8ffn
+  [[ -n ${L[outliers]:-} && $attn != dir:* ]] && label+=+out${L[outliers]}
   if [[ $attn == dir:* ]]; then
     mdir=${attn#dir:}
   else
@@ -166,6 +178,7 @@ load() {
   records=${L[records]:-all}
   fa=$work/data/input-$records.fasta
   dev=${L[device]:-$device}
+  goldfa=$work/data/golden-${L[golden]}.fasta # precision mode: the golden records (first golden=N)
 }
 
 # Exports some line runs parity on get golden vectors; seqembed is needed where a line runs it.
@@ -173,7 +186,8 @@ declare -A GOLDEN=()
 need_seqembed=0
 for l in "${LINES[@]}"; do
   load "$l"
-  [[ ,${L[modes]}, == *,parity,* ]] && GOLDEN[$mdir]=1
+  [[ ,${L[modes]}, == *,parity,* ]] && GOLDEN[$mdir]=testdata/golden-input.fasta
+  [[ ,${L[modes]}, == *,precision,* ]] && GOLDEN[$mdir]=$goldfa
   [[ ,${L[modes]}, =~ ,(e2e|raw|profile), ]] && need_seqembed=1
 done
 
@@ -181,6 +195,9 @@ done
 export_cmd() {
   EXPORT=(python3 tools/export_esm2.py --preset "$preset" --out "$mdir")
   [[ ${L[dtype]} == fp16 ]] && EXPORT+=(--fp16)
+  [[ ${L[precision]} == fp8 ]] && EXPORT+=(--precision fp8)
+  [[ ${L[precision]} == fp8-ffn ]] && EXPORT+=(--precision fp8 --fp8-projections ffn)
+  [[ -n ${L[outliers]:-} ]] && EXPORT+=(--outlier-channels "${L[outliers]}")
   case $attn in
   mha | packed) EXPORT+=(--fused "$attn") ;;
   optimized) EXPORT+=(--optimize) ;;
@@ -188,7 +205,19 @@ export_cmd() {
   [[ $ops == custom ]] && EXPORT+=(--custom-ops)
   [[ $attn == packed && ${L[layout]} == sequence ]] && EXPORT+=(--packed-layout sequence)
   [[ ${L[check]} == 0 ]] && EXPORT+=(--no-check)
-  [[ -n ${GOLDEN[$mdir]:-} ]] && EXPORT+=(--golden testdata/golden-input.fasta --golden-out "$mdir/golden.json")
+  # Golden vectors come from the float32 PyTorch model: exports of one preset, seed and weight
+  # change (outliers=) share them, so they are computed once (GOLDEN_COPY: the copy to reuse).
+  GOLDEN_COPY=""
+  if [[ -n ${GOLDEN[$mdir]:-} ]]; then
+    local gkey
+    gkey=$work/golden/$preset-out${L[outliers]:-0}-$(basename "${GOLDEN[$mdir]}" .fasta).json
+    if [[ -s $gkey ]]; then
+      GOLDEN_COPY=$gkey
+    else
+      EXPORT+=(--golden "${GOLDEN[$mdir]}" --golden-out "$mdir/golden.json")
+      GOLDEN_SAVE=$gkey
+    fi
+  fi
   return 0
 }
 
@@ -251,7 +280,8 @@ run_step() {
 
 # common_sets N LINE: the --set arguments every row of the loaded line (number N) gets.
 common_sets() {
-  SETS=(--set "model=${L[model]}" --set "preset=$preset" --set "dtype=${L[dtype]}" --set "max_batch_tokens=${L[tokens]}"
+  SETS=(--set "model=${L[model]}" --set "preset=$preset" --set "dtype=${L[dtype]}" --set "precision=${L[precision]}"
+    --set "max_batch_tokens=${L[tokens]}"
     --set "records=$records" --set "line=$1" --set "matrix=$2")
   [[ -n ${L[label]:-} ]] && SETS+=(--set "label=${L[label]}")
   return 0
@@ -357,6 +387,17 @@ for l in "${LINES[@]}"; do
   fi
   echo "   data: $fa, $(grep -c '^>' "$fa") records"
 done
+# Golden records for precision lines: the first golden=N of the input.
+for l in "${LINES[@]}"; do
+  load "$l"
+  [[ ,${L[modes]}, == *,precision,* ]] || continue
+  if ((dry)); then
+    echo "     golden: first ${L[golden]} records of $fa -> $goldfa"
+  elif [[ ! -s $goldfa ]]; then
+    awk -v n="${L[golden]}" '/^>/{k++} k>n{exit} {print}' "$fa" >"$goldfa"
+    echo "   golden: $goldfa, $(grep -c '^>' "$goldfa") records"
+  fi
+done
 
 # The custom-op library, built once with nvcc where any export uses it.
 opslib=$work/ops/libseqembed_ops.so ops_ok=1
@@ -407,6 +448,15 @@ for l in "${LINES[@]}"; do
       run_step "export-$preset-$label" "${to:-900}" env PYTHONUNBUFFERED=1 "${EXPORT[@]}"
       ((dry)) && [[ $ops == custom ]] && echo "     cp $opslib $mdir/"
       if ((STEP_RC == 0 && !dry)) && [[ $ops == custom ]]; then cp "$opslib" "$mdir/"; fi
+      ((dry)) && [[ -n $GOLDEN_COPY ]] && echo "     cp $GOLDEN_COPY $mdir/golden.json"
+      if ((STEP_RC == 0 && !dry)); then
+        if [[ -n $GOLDEN_COPY ]]; then
+          cp "$GOLDEN_COPY" "$mdir/golden.json"
+        elif [[ -n ${GOLDEN_SAVE:-} && -s $mdir/golden.json ]]; then
+          mkdir -p "$work/golden" && cp "$mdir/golden.json" "$GOLDEN_SAVE"
+        fi
+      fi
+      GOLDEN_SAVE=""
       if ((STEP_RC == 0 && !dry)); then
         echo "$sig" >"$mdir/.bench-export"
         append --kind export "${SETS[@]}" --set "export=$label" --set mode=export --set reused=0 --set "seconds=$STEP_SECS"
@@ -510,6 +560,22 @@ for l in "${LINES[@]}"; do
       else
         fail_row parity --set "export=$label"
       fi
+      ;;
+    precision)
+      if ((!model_ok)); then
+        STEP_RC=1 STEP_SECS=0
+        fail_row precision --set "export=$label" --set "error=no model (export failed)"
+        continue
+      fi
+      j=$work/tmp/precision.json
+      rm -f "$j"
+      cmd=("$SEQEMBED_BIN" check-precision --device "$dev" --model "$mdir" --against "$mdir/golden.json"
+        --max-batch-tokens "${L[tokens]}" --json "$j")
+      echo "   precision ($label): against float32 PyTorch on ${L[golden]} records"
+      run_step "precision-$preset-$label" "${to:-300}" env "${envs[@]}" "${cmd[@]}"
+      # check-precision exits 1 when a threshold is missed: the report is the measurement
+      ((STEP_RC == 1)) && [[ -s $j ]] && STEP_RC=0
+      record precision "$j" precision "$label"
       ;;
     profile)
       if ((!model_ok)); then

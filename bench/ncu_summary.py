@@ -12,6 +12,7 @@ import sys
 from collections import defaultdict
 
 FAMILIES = [
+    ("fp8 quantize", r"Quantize"),
     ("attention", r"flash|fmha|attention|Attention"),
     ("gemm", r"gemm|Gemm|GEMM|cutlass|xmma|nvjet|sm90_|cublas"),
     ("layernorm", r"LayerNorm|layer_norm|LayerNormalization|SkipLayerNorm"),

@@ -3,7 +3,7 @@
 measurement appended to results.jsonl, and the closing table.
 
     results.py meta --build .device/build.json --out META.json
-    results.py append --meta META.json --results OUT/results.jsonl --kind seqembed|torch|parity|profile|export|failed
+    results.py append --meta META.json --results OUT/results.jsonl --kind seqembed|torch|parity|precision|profile|export|failed
                       [--src FILE] [--set key=value ...]
     results.py table OUT/results.jsonl [--run RUN_ID]
 
@@ -141,6 +141,16 @@ def rows_from(kind, src):
     if kind == "profile":
         with open(src) as f:
             return [json.load(f)]
+    if kind == "precision":  # seqembed check-precision --json: the report, maybe under "report"
+        with open(src) as f:
+            doc = json.load(f)
+        rep = doc.get("report", doc)
+        r = {k: rep.get(k) for k in ("n", "min_cosine", "p1_cosine", "median_cosine", "mean_cosine", "k",
+                                      "mean_overlap", "min_overlap")}
+        r["worst"] = rep.get("worst")
+        if "pass" in doc:
+            r["passed"] = doc["pass"]
+        return [r]
     return [{}]
 
 
@@ -159,12 +169,19 @@ def cmd_append(a):
             print("   " + one_line(row))
 
 
+def precision_note(r):
+    """A check-precision row: cosine vs float32 PyTorch (min, p1, median) and top-k overlap."""
+    f = lambda k, d=6: f"{r[k]:.{d}f}" if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
+    return (f"{r.get('n')} seqs vs float32: cosine min {f('min_cosine')} p1 {f('p1_cosine')} "
+            f"median {f('median_cosine')}; top-{r.get('k')} overlap mean {f('mean_overlap', 3)} min {f('min_overlap', 3)}")
+
+
 def fmt_rate(v):
     return f"{v:,.0f}" if isinstance(v, (int, float)) else "-"
 
 
 def one_line(r):
-    what = f"{r.get('model')} {r.get('export') or ''} {r.get('mode')}".replace("  ", " ")
+    what = f"{r.get('model')} {r.get('export') or ''}{' [' + r['label'] + ']' if r.get('label') else ''} {r.get('mode')}".replace("  ", " ")
     if r.get("status") != "ok":
         return f"{what}: {r.get('status', '?').upper()} {r.get('error', '')}".rstrip()
     if "residues_per_s" in r:
@@ -176,6 +193,8 @@ def one_line(r):
         return f"{what}: {fmt_rate(r['residues_per_s'])} residues/s in {r.get('seconds', 0):.1f} s{extra}"
     if r.get("mode") == "parity":
         return f"{what}: worst cosine {r.get('worst_cosine')}, max-abs {r.get('worst_max_abs')}"
+    if r.get("mode") == "precision":
+        return f"{what}: {precision_note(r)}"
     if r.get("mode") == "export":
         return f"{what}: {'reused' if r.get('reused') else 'exported'} in {r.get('seconds', 0)} s"
     if r.get("mode") == "profile":
@@ -232,10 +251,13 @@ def cmd_table(a):
                 notes.append(f"cosine vs eager {r['vs_eager']['min_cosine']:.6f}")
         elif mode == "parity":
             notes.append(f"worst cosine {r.get('worst_cosine')}, max-abs {r.get('worst_max_abs')}")
+        elif mode == "precision":
+            notes.append(precision_note(r))
         elif mode == "profile":
             notes.append(", ".join(f"{k} {v:.1f} %" for k, v in list(r.get("families", {}).items())[:6]))
         show_ratio = mode in SEQEMBED_MODES or mode == "torch-compile"
-        print(f"{str(r.get('model')):<6} {str(r.get('export') or '-'):<14} {str(mode):<14} {fmt_rate(rate):>12} "
+        exp = str(r.get('export') or '-') + (f" [{r['label']}]" if r.get("label") else "")
+        print(f"{str(r.get('model')):<6} {exp:<14} {str(mode):<14} {fmt_rate(rate):>12} "
               f"{ratio(eager) if show_ratio else '':>7} {ratio(comp) if mode in SEQEMBED_MODES else '':>10}  "
               f"{'; '.join(notes)}")
     exports = [r for r in rows if r.get("mode") == "export" and r.get("status") == "ok"]
@@ -260,7 +282,7 @@ def main():
     p = sub.add_parser("append")
     p.add_argument("--meta", required=True)
     p.add_argument("--results", required=True)
-    p.add_argument("--kind", required=True, choices=["seqembed", "torch", "parity", "profile", "export", "failed"])
+    p.add_argument("--kind", required=True, choices=["seqembed", "torch", "parity", "precision", "profile", "export", "failed"])
     p.add_argument("--src")
     p.add_argument("--set", action="append")
     p = sub.add_parser("table")

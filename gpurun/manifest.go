@@ -30,6 +30,10 @@ type Manifest struct {
 	// Older manifests have none: LoadManifest then makes it the one Output, the last layer's mean.
 	Outputs []OutputSpec `json:"outputs,omitempty"`
 	DType   string       `json:"dtype"`
+	// Precision is the projections' arithmetic: "fp8" (FP8 GEMMs, tools/export_esm2.py
+	// --precision fp8: needs a GPU with FP8 tensor cores), else the dtype's ("fp16", "fp32"; empty
+	// in older manifests).
+	Precision string `json:"precision,omitempty"`
 	// Attention is how the export wrote attention: "traced" (TorchScript export), "mha" or
 	// "packed" (tools/esm2_graph.py fused graphs). Informational; empty in older manifests.
 	Attention string `json:"attention,omitempty"`
@@ -44,6 +48,13 @@ type Manifest struct {
 	// Dir is the directory the manifest was read from (not in the JSON).
 	Dir string `json:"-"`
 }
+
+// PrecisionFP8 is Manifest.Precision of models whose projections are FP8 GEMMs.
+const PrecisionFP8 = "fp8"
+
+// FP8MinCapability is the lowest CUDA compute capability (major*10 + minor) with FP8 tensor
+// cores: Ada (8.9), Hopper (9.0) and later.
+const FP8MinCapability = 89
 
 // Output poolings (OutputSpec.Pooling).
 const (
@@ -155,6 +166,11 @@ func LoadManifest(dir string) (*Manifest, error) {
 			return nil, fmt.Errorf("%w: %s: custom_ops library: %v (build it with scripts/build-ops.sh %s, "+
 				"or point SEQEMBED_CUSTOM_OPS at one)", ErrManifest, path, err, m.CustomOpsPath())
 		}
+	}
+	switch m.Precision {
+	case "", "fp32", "fp16", PrecisionFP8:
+	default:
+		return nil, fmt.Errorf("%w: %s: precision %q (want fp32, fp16 or fp8)", ErrManifest, path, m.Precision)
 	}
 	for _, req := range m.Requires {
 		if req != "cuda" {

@@ -96,3 +96,15 @@ func CUDADeviceCount() (int, error) {
 	}
 	return int(n), nil
 }
+
+// CUDACapability is device dev's compute capability (major, minor), e.g. 9, 0 on a Hopper GPU.
+func CUDACapability(dev int) (major, minor int, err error) {
+	if err := loadCudart(); err != nil {
+		return 0, 0, err
+	}
+	var ma, mi C.int
+	if rc := C.se_dev_cc(C.int(dev), &ma, &mi); rc != 0 {
+		return 0, 0, fmt.Errorf("%w: cudaDeviceGetAttribute(compute capability, device %d): %s", ErrDevice, dev, C.GoString(C.se_err(rc)))
+	}
+	return int(ma), int(mi), nil
+}

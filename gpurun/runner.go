@@ -298,6 +298,9 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 			"use --device cuda:N, or export a CPU-capable graph (tools/export_esm2.py without --fused packed)",
 			ErrDevice, man.Name, man.Attention, o.device)
 	}
+	if err := checkPrecision(man, o.device); err != nil {
+		return nil, err
+	}
 	graphs, err := o.useGraphs(man)
 	if err != nil {
 		return nil, err
@@ -321,6 +324,28 @@ func New(modelDir string, opts ...Option) (*Runner, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// checkPrecision refuses an FP8 model on a device without FP8 tensor cores, before any session
+// is made (the op would fail at the first run).
+func checkPrecision(man *Manifest, dev Device) error {
+	if man.Precision != PrecisionFP8 {
+		return nil
+	}
+	if dev.Kind != "cuda" {
+		return fmt.Errorf("%w: model %s has FP8 projections (precision fp8): it runs on a CUDA GPU with FP8 tensor "+
+			"cores only, not on %s; use the float16 export", ErrDevice, man.Name, dev)
+	}
+	major, minor, err := CUDACapability(dev.Index)
+	if err != nil {
+		return err
+	}
+	if major*10+minor < FP8MinCapability {
+		return fmt.Errorf("%w: model %s has FP8 projections (precision fp8), which need FP8 tensor cores (compute "+
+			"capability 8.9 or newer: Ada, Hopper, Blackwell); %s is %d.%d: use the float16 export",
+			ErrDevice, man.Name, dev, major, minor)
+	}
+	return nil
 }
 
 // useGraphs resolves the CUDA graph mode for man.

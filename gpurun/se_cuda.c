@@ -13,6 +13,7 @@ typedef struct { int type; int device; void *devicePointer; void *hostPointer; c
 static int (*ptr_attr_fn)(ptr_attr *, const void *);
 static const char *(*err_str_fn)(int);
 static int (*dev_count_fn)(int *);
+static int (*dev_attr_fn)(int *, int, int);
 static int (*set_device_fn)(int);
 static int (*malloc_fn)(void **, size_t);
 static int (*free_fn)(void *);
@@ -39,6 +40,7 @@ int se_cudart_load(const char *name) {
 	if (!LOAD(host_alloc_fn, "cudaHostAlloc") || !LOAD(free_host_fn, "cudaFreeHost") ||
 	    !LOAD(ptr_attr_fn, "cudaPointerGetAttributes") || !LOAD(err_str_fn, "cudaGetErrorString") ||
 	    !LOAD(dev_count_fn, "cudaGetDeviceCount") || !LOAD(set_device_fn, "cudaSetDevice") ||
+	    !LOAD(dev_attr_fn, "cudaDeviceGetAttribute") ||
 	    !LOAD(malloc_fn, "cudaMalloc") || !LOAD(free_fn, "cudaFree") ||
 	    !LOAD(stream_create_fn, "cudaStreamCreateWithFlags") || !LOAD(stream_destroy_fn, "cudaStreamDestroy") ||
 	    !LOAD(stream_sync_fn, "cudaStreamSynchronize") || !LOAD(memcpy_async_fn, "cudaMemcpyAsync")) {
@@ -56,6 +58,12 @@ int se_cudart_load(const char *name) {
 
 const char *se_err(int rc) { return err_str_fn(rc); }
 int se_dev_count(int *n) { return dev_count_fn(n); }
+
+// cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76.
+int se_dev_cc(int dev, int *major, int *minor) {
+	int rc = dev_attr_fn(major, 75, dev);
+	return rc ? rc : dev_attr_fn(minor, 76, dev);
+}
 int se_host_alloc(void **p, size_t n) { return host_alloc_fn(p, n, 1); }
 int se_free_host(void *p) { return free_host_fn(p); }
 

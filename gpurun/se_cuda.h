@@ -7,6 +7,8 @@
 int se_cudart_load(const char *name);
 const char *se_err(int rc);
 int se_dev_count(int *n);
+// se_dev_cc gives device dev's compute capability (major.minor).
+int se_dev_cc(int dev, int *major, int *minor);
 
 // Pinned host memory (cudaHostAllocPortable: pinned for every device).
 int se_host_alloc(void **p, size_t n);

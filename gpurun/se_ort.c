@@ -217,6 +217,7 @@ static void free_value(OrtValue *v) {
 
 static size_t elem_size(int32_t t) {
 	switch (t) {
+	case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return 1;
 	case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return 2;
 	case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT:
 	case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return 4;

@@ -152,9 +152,49 @@ def parse_outputs(text):
 SEQEMBED_OPS = "ai.seqembed"
 CUSTOM_OPS_LIBRARY = "libseqembed_ops.so"
 
+E4M3_MAX = 448.0  # largest finite float8 e4m3fn value
+
+
+def e4m3_encode(x):
+    """float8 e4m3fn bit patterns (uint8) of x: round to nearest even, saturated at +-448; the
+    same rounding as the ops' FloatToE4M3 and CUDA's __nv_cvt_float_to_fp8(SATFINITE)."""
+    x = np.asarray(x, dtype=np.float32)
+    sign = (np.signbit(x).astype(np.uint8) << 7).astype(np.uint8)
+    a = np.minimum(np.abs(x).astype(np.float64), E4M3_MAX)
+    with np.errstate(all="ignore"):
+        e = np.frexp(a)[1] - 1  # a's binade: a in [2^e, 2^(e+1))
+        sub = (a == 0) | (e < -6)
+        mant = np.rint((np.ldexp(a, -e) - 1.0) * 8.0)  # rint: ties to even
+        carry = mant == 8
+        e, mant = np.where(carry, e + 1, e), np.where(carry, 0, mant)
+        normal = (np.clip(e + 7, 0, 15).astype(np.int64) << 3) | np.nan_to_num(mant).astype(np.int64)
+        code = np.where(sub, np.rint(np.ldexp(a, 9)), normal)
+    return (np.minimum(code, 0x7E).astype(np.uint8) | sign).astype(np.uint8)
+
+
+def e4m3_decode(codes):
+    """float32 values of e4m3fn bit patterns (0x7f / 0xff are NaN)."""
+    c = np.asarray(codes, dtype=np.uint8).astype(np.int64)
+    e, m = (c >> 3) & 15, c & 7
+    v = np.where(e == 0, np.ldexp(m.astype(np.float64), -9), np.ldexp(1 + m / 8.0, e - 7))
+    v = np.where((e == 15) & (m == 7), np.nan, v)
+    return np.where(c & 0x80, -v, v).astype(np.float32)
+
+
+def quantize_weight(w):
+    """Per-output-channel E4M3 quantisation of a [out, in] weight: (codes uint8 [out, in],
+    scales float32 [out]) with w ~= codes * scale[:, None], scale = max |row| / 448 (1 for a zero
+    row)."""
+    w = np.asarray(w, dtype=np.float32)
+    scale = (np.abs(w).max(axis=1) / np.float32(E4M3_MAX)).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    return e4m3_encode(w / scale[:, None]), scale
+
+PRECISIONS = ("fp16", "fp8")
+
 
 def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False, outputs=None,
-          residues_fp16=False):
+          residues_fp16=False, precision="fp16", fp8_projections="all"):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
@@ -167,7 +207,22 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     outputs: None (the single "embedding" output, mean of the last layer) or [(layer, pooling)]
     (see resolve_outputs and POOLINGS; names from output_name), in that order; residues_fp16
     writes per-residue outputs as float16 (pooled outputs are float32 always). Same graph as
-    esm2graph's Options.Outputs / ResiduesFP16."""
+    esm2graph's Options.Outputs / ResiduesFP16.
+    precision "fp8" (fp16 packed graphs with custom_ops only) runs the six projections of every
+    block as FP8 GEMMs: weights E4M3 with per-output-channel scales (quantize_weight), activations
+    quantised per token on the fly (ai.seqembed.QuantizeE4M3, the FFN's erf GELU folded into the
+    quantisation of its output), ai.seqembed.Fp8Linear (cuBLASLt, fp16 out, fc1's bias in its
+    epilogue, cuBLASLt's fast FP8 accumulation: measured as accurate as the exact one, docs/perf.md);
+    embeddings, attention, LayerNorms, residuals and pooling stay as in fp16. fp8_projections "ffn"
+    keeps attention's q, k, v and output projections in fp16 (only fc1 and fc2 go FP8)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: want one of {PRECISIONS}")
+    fp8 = precision == "fp8"
+    if fp8_projections not in ("all", "ffn"):
+        raise ValueError(f"fp8_projections {fp8_projections!r}: want all or ffn")
+    fp8_attn = fp8 and fp8_projections == "all"
+    if fp8 and not (fp16 and custom_ops and attention == "packed"):
+        raise ValueError("precision fp8 needs fp16, attention packed and custom_ops (seqembed's CUDA ops)")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
@@ -246,12 +301,28 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     ln = g.op("LayerNormalization", [x, g.w("l0_ln1_g", _np(layers[0].attention.LayerNorm.weight)),
                                      g.w("l0_ln1_b", _np(layers[0].attention.LayerNorm.bias))], axis=-1, epsilon=eps)
     resid = x
+    def quant(t, gelu=0):  # per-token E4M3 codes and scales of t (after erf GELU when gelu)
+        return g.op("QuantizeE4M3", [t], outputs=2, domain=SEQEMBED_OPS, gelu=gelu)
+
+    def fp8_linear(tq, name, w_out_in, bias=None):  # tq: (codes, scales); w [out, in]
+        wq, ws = quantize_weight(w_out_in)
+        ins = [tq[0], tq[1], g.w(name, wq, np.uint8), g.w(name + "_scale", ws, np.float32)]
+        if bias is not None:
+            ins.append(g.w(name + "_bias", bias))
+        return g.op("Fp8Linear", ins, domain=SEQEMBED_OPS, fast_accum=1)
+
     for i, lay in enumerate(layers):
         att, p = lay.attention, f"l{i}_"
-        q = g.op("MatMul", [ln, g.w(p + "wq", lin_w(att.self.query)[:, perm])])
-        k = g.op("MatMul", [ln, g.w(p + "wk", lin_w(att.self.key)[:, perm])])
+        if fp8_attn:
+            lnq = quant(ln)
+            q = fp8_linear(lnq, p + "wq", _np(att.self.query.weight)[perm])
+            k = fp8_linear(lnq, p + "wk", _np(att.self.key.weight)[perm])
+            v = fp8_linear(lnq, p + "wv", _np(att.self.value.weight))
+        else:
+            q = g.op("MatMul", [ln, g.w(p + "wq", lin_w(att.self.query)[:, perm])])
+            k = g.op("MatMul", [ln, g.w(p + "wk", lin_w(att.self.key)[:, perm])])
+            v = g.op("MatMul", [ln, g.w(p + "wv", lin_w(att.self.value))])
         bq, bk = g.w(p + "bq", _np(att.self.query.bias)[perm]), g.w(p + "bk", _np(att.self.key.bias)[perm])
-        v = g.op("MatMul", [ln, g.w(p + "wv", lin_w(att.self.value))])
         if custom_ops:
             q = g.op("BiasRotary", [q, bq, pos, cos, sin], domain=SEQEMBED_OPS)
             k = g.op("BiasRotary", [k, bk, pos, cos, sin], domain=SEQEMBED_OPS)
@@ -265,13 +336,20 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
             ctx = g.op("MultiHeadAttention", [q, k, v, "", key_mask], domain=MS, num_heads=H)
         wo = _np(att.output.dense.weight)  # [out, in]
         bo = _np(att.output.dense.bias) + wo @ _np(att.self.value.bias)  # value bias folded in
-        o = g.op("MatMul", [ctx, g.w(p + "wo", wo.T)])
+        if fp8_attn:
+            o = fp8_linear(quant(ctx), p + "wo", wo)
+        else:
+            o = g.op("MatMul", [ctx, g.w(p + "wo", wo.T)])
         ln2, _, _, resid = g.op("SkipLayerNormalization", [o, resid, g.w(p + "ln2_g", _np(lay.LayerNorm.weight)),
                                                             g.w(p + "ln2_b", _np(lay.LayerNorm.bias)), g.w(p + "bo", bo)],
                                 outputs=4, skip=(1, 2), domain=MS, epsilon=eps)
-        h = g.op("BiasGelu", [g.op("MatMul", [ln2, g.w(p + "w1", lin_w(lay.intermediate.dense))]),
-                              g.w(p + "b1", _np(lay.intermediate.dense.bias))], domain=MS)
-        y = g.op("MatMul", [h, g.w(p + "w2", lin_w(lay.output.dense))])
+        if fp8:
+            h = fp8_linear(quant(ln2), p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias))
+            y = fp8_linear(quant(h, gelu=1), p + "w2", _np(lay.output.dense.weight))
+        else:
+            h = g.op("BiasGelu", [g.op("MatMul", [ln2, g.w(p + "w1", lin_w(lay.intermediate.dense))]),
+                                  g.w(p + "b1", _np(lay.intermediate.dense.bias))], domain=MS)
+            y = g.op("MatMul", [h, g.w(p + "w2", lin_w(lay.output.dense))])
         if i + 1 < L:
             nxt = layers[i + 1].attention.LayerNorm
             gname, bname = f"l{i + 1}_ln1_g", f"l{i + 1}_ln1_b"

@@ -103,9 +103,56 @@ def load_model(args):
         # Random init gives tiny weights; scale the embeddings so the output is not near-constant.
         with torch.no_grad():
             esm.embeddings.word_embeddings.weight.normal_(0.0, 1.0)
+        if getattr(args, "outlier_channels", 0):  # callers such as bench/torch_baseline.py pass no such field
+            outlier_channels(esm, args.outlier_channels, args.seed)
         name = args.name or f"esm2-{args.preset}"
     esm.eval()
     return esm, name
+
+
+def outlier_channels(esm, sigma, seed):
+    """Give random weights the activation outliers of trained transformers, for FP8 accuracy
+    checks, without changing what the model computes: every channel c entering a projection is
+    scaled by f_c = exp(sigma * z_c), z_c ~ N(0, 1) (log-normal, heavy-tailed: at sigma 1.5 about one
+    channel in 100 is 33x larger), and the projection's input column c by 1 / f_c. The channels are
+    the outputs of each block's two LayerNorms (gain and bias; into q, k, v and into fc1) and of the
+    value projection (its rows and bias; attention is linear in v, into the output projection).
+    fc2's input (after GELU) is left as is. The float32 model is the same function (up to rounding),
+    so the check measures how per-token FP8 scales cope with heavy-tailed channels."""
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def factors(n):
+        return torch.exp(sigma * torch.randn(n, generator=gen))
+
+    with torch.no_grad():
+        for lay in esm.encoder.layer:
+            att = lay.attention
+            f = factors(att.LayerNorm.weight.shape[0])
+            att.LayerNorm.weight.mul_(f)
+            att.LayerNorm.bias.mul_(f)
+            for lin in (att.self.query, att.self.key, att.self.value):
+                lin.weight.div_(f[None, :])
+            f = factors(att.self.value.weight.shape[0])
+            att.self.value.weight.mul_(f[:, None])
+            att.self.value.bias.mul_(f)
+            att.output.dense.weight.div_(f[None, :])
+            f = factors(lay.LayerNorm.weight.shape[0])
+            lay.LayerNorm.weight.mul_(f)
+            lay.LayerNorm.bias.mul_(f)
+            lay.intermediate.dense.weight.div_(f[None, :])
+
+
+def check_e4m3(model):
+    """The graph builder's E4M3 rounding against PyTorch's float8_e4m3fn cast on one layer's
+    weights (in range, so saturation does not enter): exits on any differing code."""
+    import esm2_graph
+    w = model.esm.encoder.layer[0].intermediate.dense.weight.detach().float().cpu()
+    codes, scale = esm2_graph.quantize_weight(w.numpy())
+    want = (w / torch.from_numpy(scale)[:, None]).to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+    bad = int((codes != want).sum())
+    print(f"fp8: E4M3 rounding vs torch.float8_e4m3fn on {codes.size} weights: {bad} differ", file=sys.stderr)
+    if bad:
+        sys.exit(f"fp8: {bad} E4M3 codes differ from PyTorch's cast")
 
 
 # HF EsmModel parameter names -> fair-esm ESM-2 names (fair-esm's esm/model/esm2.py; its
@@ -362,6 +409,17 @@ def main():
     ap.add_argument("--custom-ops", action="store_true", help="--fused mha|packed --fp16: bias + rotary as seqembed's "
                     "ai.seqembed.BiasRotary (build the library into --out with scripts/build-ops.sh "
                     "OUT/libseqembed_ops.so)")
+    ap.add_argument("--precision", choices=["fp16", "fp8"], default="fp16", help="--fused packed --fp16 "
+                    "--custom-ops: fp8 runs every block's six projections as FP8 GEMMs (E4M3 weights with "
+                    "per-output-channel scales, activations quantised per token; needs a GPU with FP8 tensor "
+                    "cores: Ada, Hopper). Check it on your weights: seqembed check-precision")
+    ap.add_argument("--fp8-projections", choices=["all", "ffn"], default="all", help="--precision fp8: which "
+                    "projections run as FP8 GEMMs: all six of every block (default) or only the FFN's two (fc1, "
+                    "fc2: two thirds of the GEMM work; attention's q, k, v, o stay fp16) for more accuracy")
+    ap.add_argument("--outlier-channels", type=float, default=0.0, metavar="SIGMA", help="--preset only: "
+                    "give the activations entering the projections heavy-tailed channels (log-normal factors "
+                    "exp(SIGMA*z), undone in the weights that read them: the same function), as trained models "
+                    "have; for FP8 accuracy checks")
     ap.add_argument("--outputs", help="--fused only: the graph's outputs, comma-separated pooling:layer pairs, "
                     "e.g. mean:-1,bos:-1,per-residue:20 (poolings mean, bos, per-residue; layers as fair-esm "
                     "repr_layers: 0 = embeddings, N = last layer after the final LayerNorm, negative from the end). "
@@ -374,6 +432,10 @@ def main():
     args = ap.parse_args()
     if args.custom_ops and (not args.fused or not args.fp16):
         sys.exit("--custom-ops needs --fused mha|packed --fp16")
+    if args.precision == "fp8" and not (args.fused in ("packed", "auto") and args.fp16 and args.custom_ops):
+        sys.exit("--precision fp8 needs --fused packed --fp16 --custom-ops")
+    if args.outlier_channels and not args.preset:
+        sys.exit("--outlier-channels applies to --preset (random weights) only")
     if args.fused and args.optimize:
         sys.exit("--fused graphs are already fused; drop --optimize")
     if (args.outputs or args.residues_fp16) and not args.fused:
@@ -386,6 +448,8 @@ def main():
     if args.fused == "auto":
         args.fused = "mha" if model.config.hidden_size <= AUTO_MHA_MAX_HIDDEN else "packed"
         print(f"--fused auto: {args.fused} (hidden size {model.config.hidden_size})", file=sys.stderr)
+        if args.precision == "fp8" and args.fused != "packed":
+            sys.exit("--precision fp8 needs the packed graph; --fused auto chose mha for this model")
     if args.fp16 and device != "cuda" and not args.fused:
         sys.exit("--fp16 needs a CUDA device for the traced export (or use --fused)")
     os.makedirs(args.out, exist_ok=True)
@@ -412,7 +476,10 @@ def main():
                                                args.residues_fp16)
         t0 = time.time()
         graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused, packed_layout=args.packed_layout,
-                                 custom_ops=args.custom_ops, outputs=outputs, residues_fp16=args.residues_fp16)
+                                 custom_ops=args.custom_ops, outputs=outputs, residues_fp16=args.residues_fp16,
+                                 precision=args.precision, fp8_projections=args.fp8_projections)
+        if args.precision == "fp8":
+            check_e4m3(pooled)
         esm2_graph.save(graph, path)
         fused = {}
         for n in graph.graph.node:
@@ -451,6 +518,8 @@ def main():
         "output": "embedding" if not outputs or any(o["name"] == "embedding" for o in out_info) else "",
         "pooling": "mean" if not outputs or any(o["name"] == "embedding" for o in out_info) else "",
         "dtype": "float16" if args.fp16 else "float32",
+        # fp8: the projections are FP8 GEMMs (activations and outputs stay "dtype").
+        "precision": args.precision if args.fp16 else "fp32",
         "opset": args.opset,
         "parity": parity,
         "optimized": fused,
@@ -460,6 +529,11 @@ def main():
         "custom_ops": "libseqembed_ops.so" if args.custom_ops else "",
         "exported": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
+    if args.precision == "fp8":  # which projections are FP8 GEMMs (all, ffn)
+        keys = list(manifest)
+        at = keys.index("precision") + 1
+        manifest = {**{k: manifest[k] for k in keys[:at]}, "fp8_projections": args.fp8_projections,
+                    **{k: manifest[k] for k in keys[at:]}}
     if outputs:  # after "pooling", as esm2graph writes it; absent for the one-embedding graph
         keys = list(manifest)
         at = keys.index("pooling") + 1

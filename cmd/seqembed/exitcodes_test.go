@@ -260,7 +260,7 @@ func TestHelpListsOwnFlags(t *testing.T) {
 // TestWorkerFlagSubsets: every name of the subsets is a worker flag, and the fields they do not
 // expose keep the worker's defaults.
 func TestWorkerFlagSubsets(t *testing.T) {
-	for _, names := range [][]string{modelFlags, streamFlags} {
+	for _, names := range [][]string{modelFlags, streamFlags, precisionFlags} {
 		fs := flag.NewFlagSet("x", flag.ContinueOnError)
 		var cfg pipeline.Config
 		registerWorkerFlags(fs, &cfg, names...)

@@ -6,6 +6,7 @@
 //	seqembed publish --nats URL --model NAME F...  publish FASTA files as records
 //	seqembed sink    --nats URL --out F.parquet    write the embeddings stream to Parquet
 //	seqembed run     F.fasta... --out F.parquet    all of it in one process (embedded JetStream)
+//	seqembed check-precision --model DIR --against DIR|golden.json  a model against a reference
 package main
 
 import (
@@ -33,6 +34,7 @@ func program(hooks pipeline.Hooks) cli.Program {
 			{Name: "streams", Summary: "create or update the streams and a model's consumer (idempotent) and print their state", Run: runStreamsCmd},
 			{Name: "model", Summary: "real weights: pull an ESM-2 checkpoint from the Hugging Face hub, build its graph in Go (no Python), list the cache", Run: runModelCmd},
 			{Name: "bench", Summary: "measure throughput end to end (or --raw: ONNX Runtime alone) on a FASTA file", Run: runBenchCmd},
+			{Name: "check-precision", Summary: "compare a model's embeddings with a reference model's or golden file's (cosine per sequence, top-10 neighbour overlap)", Run: runCheckPrecisionCmd},
 			{Name: "version", Summary: "print the version", Run: func(context.Context, []string) error { fmt.Println("seqembed", version()); return nil }},
 		},
 		Footer: "Run 'seqembed COMMAND -h' for a command's flags. Every flag can also be set as an\nenvironment variable SEQEMBED_<FLAG> (upper case, '-' as '_').",

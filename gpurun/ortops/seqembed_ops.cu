@@ -14,15 +14,39 @@
 //   output   y, same shape as x:  y[2j] = x0*c - x1*s,  y[2j+1] = x1*c + x0*s,
 //            with x0 = x[2j] + bias[2j], x1 = x[2j+1] + bias[2j+1], c|s = cache[position][j % C]
 // Positions outside [0, P) are clamped (the CPU op rejects them).
+//
+// FP8 linear layers (tools/esm2_graph.py precision "fp8"; E4M3 = OCP float8 e4m3fn, max 448, no
+// infinities, stored as uint8 bit patterns):
+//
+// QuantizeE4M3 (CUDA, float16 x) / QuantizeE4M3F32 (CPU, float32 x), attribute gelu (0 or 1,
+// default 0): per-row (per-token) dynamic quantisation of x [..., K] (rows R = numel / K):
+//   v = gelu ? erf-GELU(x) : x;  scale[r] = max_k |v[r,k]| / 448 (1 where that is 0);
+//   q[r,k] = e4m3(v[r,k] * (1 / scale[r])) (round to nearest even, saturated to ±448)
+//   outputs  q uint8 [..., K], scale float32 [...] (x's dimensions without the last)
+// Fp8Linear (CUDA, float16 out; cuBLASLt FP8 GEMM with outer-vector scales, Hopper/Ada) /
+// Fp8LinearF32 (CPU, float32 out), attribute fast_accum (CUDA only, default 0):
+//   inputs   q uint8 [..., K], scale float32 [R], w uint8 [N, K] (E4M3, one row per output
+//            channel), w_scale float32 [N], bias [N] (optional; the output's float type)
+//   output   y [..., N]:  y[r,n] = scale[r] * w_scale[n] * sum_k e4m3(q[r,k]) * e4m3(w[n,k]) + bias[n]
+//            (float32 accumulation; the CUDA op adds the bias in cuBLASLt's epilogue)
+// The CUDA op refuses a GPU without FP8 tensor cores (compute capability below 8.9).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "onnxruntime_c_api.h"
 
 #ifndef SEQEMBED_OPS_CPU_ONLY
+#include <cublasLt.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -31,6 +55,7 @@ namespace {
 const OrtApi* g_api = nullptr;
 
 OrtStatus* Fail(const char* msg) { return g_api->CreateStatus(ORT_INVALID_ARGUMENT, msg); }
+OrtStatus* Fail(const std::string& msg) { return g_api->CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str()); }
 
 #define SE_RETURN_IF(expr)        \
   do {                            \
@@ -45,10 +70,12 @@ struct Tensor {
   size_t count = 0;
 };
 
-OrtStatus* GetInput(OrtKernelContext* ctx, size_t index, Tensor* t) {
+// GetInput reads input index into t; a missing input leaves t empty (data null) when optional,
+// else fails.
+OrtStatus* GetInput(OrtKernelContext* ctx, size_t index, Tensor* t, bool optional = false) {
   const OrtValue* v = nullptr;
   SE_RETURN_IF(g_api->KernelContext_GetInput(ctx, index, &v));
-  if (!v) return Fail("BiasRotary: missing input");
+  if (!v) return optional ? nullptr : Fail("seqembed ops: missing input " + std::to_string(index));
   OrtTensorTypeAndShapeInfo* info = nullptr;
   SE_RETURN_IF(g_api->GetTensorTypeAndShape(v, &info));
   size_t nd = 0;
@@ -171,50 +198,514 @@ OrtStatus* ComputeCUDA(OrtKernelContext* ctx) {
 }
 #endif
 
+// ---- FP8 (E4M3) quantisation and linear layers ------------------------------------------------
+
+constexpr float kE4M3Max = 448.0f;
+
+// E4M3ToFloat decodes one e4m3fn byte (0x7f / 0xff are NaN; no infinities).
+float E4M3ToFloat(uint8_t c) {
+  const int e = (c >> 3) & 15, m = c & 7;
+  float v;
+  if (e == 15 && m == 7) {
+    v = NAN;
+  } else if (e == 0) {
+    v = std::ldexp(static_cast<float>(m), -9);
+  } else {
+    v = std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
+  }
+  return (c & 0x80) ? -v : v;
+}
+
+// FloatToE4M3 encodes x as e4m3fn, rounding to nearest even and saturating to ±448 (what CUDA's
+// __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3) does); NaN gives 0x7f.
+uint8_t FloatToE4M3(float x) {
+  if (std::isnan(x)) return 0x7f;
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  const float a = std::fabs(x);
+  if (a >= kE4M3Max) return sign | 0x7e;
+  int e = 0;
+  std::frexp(a, &e);  // a = f * 2^e, f in [0.5, 1): a's binade is 2^(e-1)
+  e -= 1;
+  if (a == 0.0f || e < -6) {  // subnormal: m * 2^-9, m = 0..8 (8 is the smallest normal, 0x08)
+    const float m = std::nearbyint(std::ldexp(a, 9));
+    return sign | static_cast<uint8_t>(m);
+  }
+  float m = std::nearbyint((std::ldexp(a, -e) - 1.0f) * 8.0f);  // 0..8
+  if (m == 8.0f) {
+    m = 0.0f;
+    e += 1;
+  }
+  const int code = ((e + 7) << 3) | static_cast<int>(m);
+  return sign | static_cast<uint8_t>(code > 0x7e ? 0x7e : code);
+}
+
+float GeluErf(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
+
+// RowScale is the per-row quantisation scale for a row whose largest magnitude is amax.
+float RowScale(float amax) {
+  const float s = amax / kE4M3Max;
+  return s > 0.0f ? s : 1.0f;  // an all-zero row (or a NaN) quantises with scale 1
+}
+
+struct Kernel;
+using Compute = OrtStatus* (*)(Kernel*, OrtKernelContext*);
+
+// Kernel is one node's state: its op's compute function and attributes (and, for Fp8Linear on
+// CUDA, its cuBLASLt handle and the algorithms chosen per row count, behind mu: concurrent Runs
+// share a node's kernel).
 struct Kernel {
-  bool cuda;
+  Compute compute = nullptr;
+  int64_t gelu = 0;        // QuantizeE4M3: apply erf GELU before quantising
+  int64_t fast_accum = 0;  // Fp8Linear (CUDA): cuBLASLt's FP8 fast accumulation
+#ifndef SEQEMBED_OPS_CPU_ONLY
+  std::mutex mu;
+  cublasLtHandle_t lt = nullptr;
+  bool cc_ok = false;
+  std::unordered_map<int64_t, cublasLtMatmulAlgo_t> algos;  // by row-count bucket (AlgoBucket)
+  ~Kernel() {
+    if (lt) cublasLtDestroy(lt);
+  }
+#endif
 };
 
-// Op is one registered operator: name, execution provider and float type; inputs 0, 1, 3, 4 and
-// the output have the float type, input 2 (position_ids) is int64.
+// QuantArgs are QuantizeE4M3's checked inputs and allocated outputs.
+struct QuantArgs {
+  Tensor x;
+  uint8_t* q = nullptr;
+  float* scale = nullptr;
+  int64_t rows = 0, k = 0;
+};
+
+OrtStatus* GatherQuant(OrtKernelContext* ctx, ONNXTensorElementDataType want, QuantArgs* a) {
+  SE_RETURN_IF(GetInput(ctx, 0, &a->x));
+  if (a->x.type != want) return Fail("QuantizeE4M3: x has the wrong float type for this op");
+  if (a->x.dims.empty() || a->x.dims.back() <= 0) return Fail("QuantizeE4M3: x must be [..., K] with K > 0");
+  a->k = a->x.dims.back();
+  a->rows = static_cast<int64_t>(a->x.count) / a->k;
+  OrtValue* out = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, a->x.dims.data(), a->x.dims.size(), &out));
+  SE_RETURN_IF(g_api->GetTensorMutableData(out, reinterpret_cast<void**>(&a->q)));
+  std::vector<int64_t> sdims(a->x.dims.begin(), a->x.dims.end() - 1);
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 1, sdims.data(), sdims.size(), &out));
+  return g_api->GetTensorMutableData(out, reinterpret_cast<void**>(&a->scale));
+}
+
+OrtStatus* QuantizeCPU(const Kernel* k, OrtKernelContext* ctx) {
+  QuantArgs a;
+  SE_RETURN_IF(GatherQuant(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
+  const float* x = static_cast<const float*>(a.x.data);
+  std::vector<float> v(static_cast<size_t>(a.k));
+  for (int64_t r = 0; r < a.rows; r++) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < a.k; j++) {
+      v[j] = k->gelu ? GeluErf(x[r * a.k + j]) : x[r * a.k + j];
+      amax = std::fmax(amax, std::fabs(v[j]));
+    }
+    const float s = RowScale(amax), inv = 1.0f / s;
+    a.scale[r] = s;
+    for (int64_t j = 0; j < a.k; j++) a.q[r * a.k + j] = FloatToE4M3(v[j] * inv);
+  }
+  return nullptr;
+}
+
+// LinearArgs are Fp8Linear's checked inputs and allocated output.
+struct LinearArgs {
+  Tensor q, scale, w, wscale, bias;
+  void* y = nullptr;
+  int64_t rows = 0, k = 0, n = 0;
+};
+
+OrtStatus* GatherLinear(OrtKernelContext* ctx, ONNXTensorElementDataType want, LinearArgs* a) {
+  SE_RETURN_IF(GetInput(ctx, 0, &a->q));
+  SE_RETURN_IF(GetInput(ctx, 1, &a->scale));
+  SE_RETURN_IF(GetInput(ctx, 2, &a->w));
+  SE_RETURN_IF(GetInput(ctx, 3, &a->wscale));
+  SE_RETURN_IF(GetInput(ctx, 4, &a->bias, true));
+  const auto u8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  if (a->q.type != u8 || a->w.type != u8) return Fail("Fp8Linear: q and w must be uint8 (E4M3 bit patterns)");
+  if (a->scale.type != f32 || a->wscale.type != f32) return Fail("Fp8Linear: scale and w_scale must be float32");
+  if (a->q.dims.empty() || a->w.dims.size() != 2) return Fail("Fp8Linear: q must be [..., K] and w [N, K]");
+  a->k = a->q.dims.back();
+  a->n = a->w.dims[0];
+  if (a->k <= 0 || a->n <= 0 || a->w.dims[1] != a->k)
+    return Fail("Fp8Linear: w is [" + std::to_string(a->w.dims[0]) + ", " + std::to_string(a->w.dims[1]) +
+                "], want [N, K] with K = q's last dimension " + std::to_string(a->k));
+  a->rows = static_cast<int64_t>(a->q.count) / a->k;
+  if (static_cast<int64_t>(a->scale.count) != a->rows) return Fail("Fp8Linear: scale must hold one value per row of q");
+  if (static_cast<int64_t>(a->wscale.count) != a->n) return Fail("Fp8Linear: w_scale must hold N values");
+  if (a->bias.data && (a->bias.type != want || static_cast<int64_t>(a->bias.count) != a->n))
+    return Fail("Fp8Linear: bias must hold N values of the output's float type");
+  std::vector<int64_t> dims = a->q.dims;
+  dims.back() = a->n;
+  OrtValue* out = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, dims.data(), dims.size(), &out));
+  return g_api->GetTensorMutableData(out, &a->y);
+}
+
+OrtStatus* LinearCPU(const Kernel*, OrtKernelContext* ctx) {
+  LinearArgs a;
+  SE_RETURN_IF(GatherLinear(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
+  float lut[256];
+  for (int c = 0; c < 256; c++) lut[c] = E4M3ToFloat(static_cast<uint8_t>(c));
+  const uint8_t* q = static_cast<const uint8_t*>(a.q.data);
+  const uint8_t* w = static_cast<const uint8_t*>(a.w.data);
+  const float* xs = static_cast<const float*>(a.scale.data);
+  const float* ws = static_cast<const float*>(a.wscale.data);
+  const float* b = static_cast<const float*>(a.bias.data);
+  float* y = static_cast<float*>(a.y);
+  for (int64_t r = 0; r < a.rows; r++) {
+    for (int64_t n = 0; n < a.n; n++) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < a.k; j++) acc += lut[q[r * a.k + j]] * lut[w[n * a.k + j]];
+      y[r * a.n + n] = xs[r] * ws[n] * acc + (b ? b[n] : 0.0f);
+    }
+  }
+  return nullptr;
+}
+
+#ifndef SEQEMBED_OPS_CPU_ONLY
+OrtStatus* CudaFail(const char* what, cudaError_t err) {
+  return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION, (std::string(what) + ": " + cudaGetErrorString(err)).c_str());
+}
+
+OrtStatus* LtFail(const char* what, cublasStatus_t st) {
+  return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION,
+                             (std::string("Fp8Linear: ") + what + ": cuBLASLt status " + std::to_string(static_cast<int>(st)))
+                                 .c_str());
+}
+
+__device__ __forceinline__ float GeluErfDev(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+// One block per row, each thread holding kVec vectors of 8 values (16 bytes of float16 in) in
+// registers: the row is read once, GELU (when asked) computed once, the row's |max| reduced across
+// the block, then the scaled E4M3 bytes written (8 a store).
+template <bool kGelu, int kVec>
+__global__ void QuantizeRowsKernel(const uint4* __restrict__ x, uint2* __restrict__ q, float* __restrict__ scale,
+                                   int64_t vectors_per_row) {
+  const int64_t r = blockIdx.x;
+  const uint4* xr = x + r * vectors_per_row;
+  float v[kVec][8];
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kVec; i++) {
+    const int64_t idx = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (idx < vectors_per_row) {
+      const uint4 u = xr[idx];
+      const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        float2 f = __half22float2(h[j]);
+        if (kGelu) f = make_float2(GeluErfDev(f.x), GeluErfDev(f.y));
+        v[i][2 * j] = f.x;
+        v[i][2 * j + 1] = f.y;
+        amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
+      }
+    }
+  }
+  __shared__ float warp_max[32];
+  __shared__ float row_scale;
+  for (int off = 16; off; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = 0.0f;
+    for (unsigned w = 0; w < (blockDim.x + 31) / 32; w++) m = fmaxf(m, warp_max[w]);
+    const float s = m / kE4M3Max;
+    row_scale = s > 0.0f ? s : 1.0f;
+    scale[r] = row_scale;
+  }
+  __syncthreads();
+  const float inv = 1.0f / row_scale;
+  uint2* qr = q + r * vectors_per_row;
+#pragma unroll
+  for (int i = 0; i < kVec; i++) {
+    const int64_t idx = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (idx < vectors_per_row) {
+      uint2 out;
+      uint8_t* ob = reinterpret_cast<uint8_t*>(&out);
+#pragma unroll
+      for (int j = 0; j < 8; j++) ob[j] = __nv_cvt_float_to_fp8(v[i][j] * inv, __NV_SATFINITE, __NV_E4M3);
+      qr[idx] = out;
+    }
+  }
+}
+
+template <bool kGelu>
+void LaunchQuantize(const uint4* x, uint2* q, float* scale, int64_t rows, int64_t per_row, cudaStream_t st) {
+  // Threads: the row's vectors rounded up to whole warps, at most 512; vectors a thread: 1, 2, 4, 8.
+  const int64_t threads = std::min<int64_t>(512, (per_row + 31) / 32 * 32);
+  const int64_t vec = (per_row + threads - 1) / threads;
+  const dim3 grid(static_cast<unsigned>(rows)), block(static_cast<unsigned>(threads));
+  if (vec <= 1)
+    QuantizeRowsKernel<kGelu, 1><<<grid, block, 0, st>>>(x, q, scale, per_row);
+  else if (vec <= 2)
+    QuantizeRowsKernel<kGelu, 2><<<grid, block, 0, st>>>(x, q, scale, per_row);
+  else if (vec <= 4)
+    QuantizeRowsKernel<kGelu, 4><<<grid, block, 0, st>>>(x, q, scale, per_row);
+  else
+    QuantizeRowsKernel<kGelu, 8><<<grid, block, 0, st>>>(x, q, scale, per_row);
+}
+
+// CheckFP8 fails on a GPU without FP8 tensor cores (compute capability below 8.9); once per kernel.
+OrtStatus* CheckFP8(Kernel* k) {
+  if (k->cc_ok) return nullptr;
+  int dev = 0, major = 0, minor = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (err != cudaSuccess) return CudaFail("Fp8Linear: compute capability", err);
+  if (major * 10 + minor < 89)
+    return g_api->CreateStatus(ORT_NOT_IMPLEMENTED,
+                               ("Fp8Linear: this model's FP8 GEMMs need FP8 tensor cores (compute capability 8.9 or "
+                                "newer: Ada, Hopper, Blackwell); GPU " +
+                                std::to_string(dev) + " is " + std::to_string(major) + "." + std::to_string(minor) +
+                                ": use the float16 export")
+                                   .c_str());
+  k->cc_ok = true;
+  return nullptr;
+}
+
+OrtStatus* QuantizeCUDA(const Kernel* k, OrtKernelContext* ctx) {
+  QuantArgs a;
+  SE_RETURN_IF(GatherQuant(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
+  if (a.k % 8) return Fail("QuantizeE4M3 (CUDA): K must be a multiple of 8");
+  if (a.rows == 0) return nullptr;
+  void* stream = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
+  const int64_t per_row = a.k / 8;
+  if (per_row > 512 * 8) return Fail("QuantizeE4M3 (CUDA): K above 32768 is not supported");
+  auto* xs = static_cast<const uint4*>(a.x.data);
+  auto* qs = reinterpret_cast<uint2*>(a.q);
+  auto st = static_cast<cudaStream_t>(stream);
+  if (k->gelu)
+    LaunchQuantize<true>(xs, qs, a.scale, a.rows, per_row, st);
+  else
+    LaunchQuantize<false>(xs, qs, a.scale, a.rows, per_row, st);
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : CudaFail("QuantizeE4M3", err);
+}
+
+// Workspace is cuBLASLt's scratch memory, one buffer per CUDA stream for the process's life: the
+// work on one stream is ordered, so every Fp8Linear node of every session can share it.
+constexpr size_t kWorkspaceBytes = 32u << 20;
+
+OrtStatus* Workspace(cudaStream_t stream, void** out) {
+  static std::mutex mu;
+  static std::unordered_map<cudaStream_t, void*> buffers;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = buffers.find(stream);
+  if (it != buffers.end()) {
+    *out = it->second;
+    return nullptr;
+  }
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, kWorkspaceBytes);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return CudaFail("Fp8Linear: cuBLASLt workspace", err);
+  }
+  buffers[stream] = p;
+  *out = p;
+  return nullptr;
+}
+
+// AlgoBucket groups row counts that share one cuBLASLt algorithm: a heuristic query costs far
+// more than the GEMM's launch, and packed batches have a different token count each time. An
+// algorithm found for one M of a bucket is used for the others (cuBLASLt's tiles do not depend on
+// M); a GEMM that refuses it is planned again for its exact M.
+int64_t AlgoBucket(int64_t m) { return m <= 256 ? m : (m + 255) / 256 * 256; }
+
+// LtPlan holds one call's cuBLASLt descriptors (created per call: concurrent Runs share a kernel).
+struct LtPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~LtPlan() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+#define SE_LT(expr, what)                                 \
+  do {                                                     \
+    cublasStatus_t se_st_ = (expr);                        \
+    if (se_st_ != CUBLAS_STATUS_SUCCESS) return LtFail(what, se_st_); \
+  } while (0)
+
+__global__ void AddBiasKernel(__half* y, const __half* __restrict__ bias, int64_t n, int64_t total) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < total) y[i] = __float2half(__half2float(y[i]) + __half2float(bias[i % n]));
+}
+
+// LinearCUDA: D (column-major N x M, i.e. y row-major [M, N]) = op(A) B with A = w stored
+// column-major K x N (transposed: the "TN" form FP8 needs), B = q column-major K x M; A's outer
+// vector scale is w_scale (length N), B's is the row scales (length M); bias in the epilogue.
+OrtStatus* LinearCUDA(Kernel* k, OrtKernelContext* ctx) {
+  LinearArgs a;
+  SE_RETURN_IF(GatherLinear(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
+  if (a.k % 16 || a.n % 16) return Fail("Fp8Linear (CUDA): K and N must be multiples of 16");
+  if (a.rows == 0) return nullptr;
+  void* stream_ptr = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream_ptr));
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  cublasLtHandle_t lt;
+  {
+    std::lock_guard<std::mutex> lock(k->mu);
+    SE_RETURN_IF(CheckFP8(k));
+    if (!k->lt) SE_LT(cublasLtCreate(&k->lt), "create handle");
+    lt = k->lt;
+  }
+  void* ws = nullptr;
+  SE_RETURN_IF(Workspace(stream, &ws));
+
+  LtPlan p;
+  SE_LT(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");
+  const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
+  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof(opT)), "transa");
+  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof(opN)), "transb");
+  const cublasLtMatmulMatrixScale_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec, sizeof(vec)), "A scale mode");
+  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec, sizeof(vec)), "B scale mode");
+  const void* a_scale = a.wscale.data;
+  const void* b_scale = a.scale.data;
+  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)), "A scale");
+  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)), "B scale");
+  const int8_t fast = k->fast_accum ? 1 : 0;
+  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)), "fast accumulation");
+  bool epilogue_bias = false;
+  if (a.bias.data) {
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    const void* bias = a.bias.data;
+    const cudaDataType_t bias_type = CUDA_R_16F;
+    SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)), "epilogue");
+    SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)), "bias");
+    SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)),
+          "bias type");
+    epilogue_bias = true;
+  }
+  SE_LT(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, a.k, a.n, a.k), "A layout");
+  SE_LT(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, a.k, a.rows, a.k), "B layout");
+  SE_LT(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_16F, a.n, a.rows, a.n), "D layout");
+
+  cublasLtMatmulAlgo_t algo;
+  bool have = false;
+  {
+    std::lock_guard<std::mutex> lock(k->mu);
+    auto it = k->algos.find(AlgoBucket(a.rows));
+    if (it != k->algos.end()) {
+      algo = it->second;
+      have = true;
+    }
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  if (have) {
+    const cublasStatus_t st = cublasLtMatmul(lt, p.op, &alpha, a.w.data, p.a, a.q.data, p.b, &beta, a.y, p.d, a.y, p.d,
+                                             &algo, ws, kWorkspaceBytes, stream);
+    if (st == CUBLAS_STATUS_SUCCESS) return nullptr;  // the bias was in the epilogue (only such plans are kept)
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) return LtFail("matmul", st);
+    have = false;  // the bucket's algorithm does not fit this M: plan it exactly
+  }
+  {
+    SE_LT(cublasLtMatmulPreferenceCreate(&p.pref), "preference");
+    const uint64_t wsb = kWorkspaceBytes;
+    SE_LT(cublasLtMatmulPreferenceSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb)),
+          "workspace preference");
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, 1, &res, &found);
+    if ((st != CUBLAS_STATUS_SUCCESS || found == 0) && epilogue_bias) {
+      // No kernel with the bias epilogue for this shape: plain GEMM, then a bias pass.
+      const cublasLtEpilogue_t none = CUBLASLT_EPILOGUE_DEFAULT;
+      SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof(none)), "epilogue");
+      epilogue_bias = false;
+      st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, 1, &res, &found);
+    }
+    if (st != CUBLAS_STATUS_SUCCESS) return LtFail("algorithm heuristic", st);
+    if (found == 0)
+      return Fail("Fp8Linear: cuBLASLt has no FP8 GEMM with outer-vector scales for M=" + std::to_string(a.rows) +
+                  " N=" + std::to_string(a.n) + " K=" + std::to_string(a.k) + " on this GPU");
+    algo = res.algo;
+    if (epilogue_bias || !a.bias.data) {  // cache only plans that keep the epilogue as asked
+      std::lock_guard<std::mutex> lock(k->mu);
+      if (k->algos.size() >= 4096) k->algos.clear();
+      k->algos[AlgoBucket(a.rows)] = algo;
+    }
+  }
+  SE_LT(cublasLtMatmul(lt, p.op, &alpha, a.w.data, p.a, a.q.data, p.b, &beta, a.y, p.d, a.y, p.d, &algo, ws,
+                       kWorkspaceBytes, stream),
+        "matmul");
+  if (a.bias.data && !epilogue_bias) {
+    const int64_t total = a.rows * a.n;
+    AddBiasKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(
+        static_cast<__half*>(a.y), static_cast<const __half*>(a.bias.data), a.n, total);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return CudaFail("Fp8Linear bias", err);
+  }
+  return nullptr;
+}
+#endif
+
+OrtStatus* BiasRotaryCPU(Kernel*, OrtKernelContext* ctx) { return ComputeCPU(ctx); }
+OrtStatus* QuantizeCPUOp(Kernel* k, OrtKernelContext* ctx) { return QuantizeCPU(k, ctx); }
+OrtStatus* LinearCPUOp(Kernel* k, OrtKernelContext* ctx) { return LinearCPU(k, ctx); }
+#ifndef SEQEMBED_OPS_CPU_ONLY
+OrtStatus* BiasRotaryCUDA(Kernel*, OrtKernelContext* ctx) { return ComputeCUDA(ctx); }
+OrtStatus* QuantizeCUDAOp(Kernel* k, OrtKernelContext* ctx) { return QuantizeCUDA(k, ctx); }
+#endif
+
+// Op is one registered operator: name, execution provider, input and output element types (the
+// inputs from optional_from on are optional) and its compute function.
 struct Op : OrtCustomOp {
   const char* name;
   const char* provider;
-  ONNXTensorElementDataType type;
-  bool cuda;
+  std::vector<ONNXTensorElementDataType> ins, outs;
+  size_t optional_from;
+  Compute compute;
 
-  Op(const char* n, const char* ep, ONNXTensorElementDataType t, bool on_cuda) {
+  Op(const char* n, const char* ep, std::vector<ONNXTensorElementDataType> in,
+     std::vector<ONNXTensorElementDataType> out, Compute fn, size_t opt_from = SIZE_MAX)
+      : name(n), provider(ep), ins(std::move(in)), outs(std::move(out)), optional_from(opt_from), compute(fn) {
     std::memset(static_cast<OrtCustomOp*>(this), 0, sizeof(OrtCustomOp));
-    name = n;
-    provider = ep;
-    type = t;
-    cuda = on_cuda;
     version = ORT_API_VERSION;
     GetName = [](const OrtCustomOp* op) { return static_cast<const Op*>(op)->name; };
     GetExecutionProviderType = [](const OrtCustomOp* op) { return static_cast<const Op*>(op)->provider; };
-    GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 5; };
-    GetInputType = [](const OrtCustomOp* op, size_t i) {
-      return i == 2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : static_cast<const Op*>(op)->type;
+    GetInputTypeCount = [](const OrtCustomOp* op) { return static_cast<const Op*>(op)->ins.size(); };
+    GetInputType = [](const OrtCustomOp* op, size_t i) { return static_cast<const Op*>(op)->ins[i]; };
+    GetOutputTypeCount = [](const OrtCustomOp* op) { return static_cast<const Op*>(op)->outs.size(); };
+    GetOutputType = [](const OrtCustomOp* op, size_t i) { return static_cast<const Op*>(op)->outs[i]; };
+    GetInputCharacteristic = [](const OrtCustomOp* op, size_t i) {
+      return i >= static_cast<const Op*>(op)->optional_from ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
     };
-    GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
-    GetOutputType = [](const OrtCustomOp* op, size_t) { return static_cast<const Op*>(op)->type; };
-    GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
     GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
     GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
     GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
     GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
     GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
     GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
-    CreateKernelV2 = [](const OrtCustomOp* op, const OrtApi*, const OrtKernelInfo*, void** kernel) -> OrtStatusPtr {
-      *kernel = new Kernel{static_cast<const Op*>(op)->cuda};
+    CreateKernelV2 = [](const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
+                        void** kernel) -> OrtStatusPtr {
+      auto* k = new Kernel();
+      k->compute = static_cast<const Op*>(op)->compute;
+      for (auto [attr, dst] : {std::pair<const char*, int64_t*>{"gelu", &k->gelu}, {"fast_accum", &k->fast_accum}}) {
+        int64_t v = 0;
+        if (OrtStatus* s = api->KernelInfoGetAttribute_int64(info, attr, &v)) {
+          api->ReleaseStatus(s);  // absent: the default
+        } else {
+          *dst = v;
+        }
+      }
+      // SEQEMBED_FP8_FAST_ACCUM=0|1 overrides fast_accum (for measuring its speed and accuracy).
+      if (const char* env = std::getenv("SEQEMBED_FP8_FAST_ACCUM"); env && (env[0] == '0' || env[0] == '1'))
+        k->fast_accum = env[0] - '0';
+      *kernel = k;
       return nullptr;
     };
     KernelComputeV2 = [](void* kernel, OrtKernelContext* ctx) -> OrtStatusPtr {
-#ifndef SEQEMBED_OPS_CPU_ONLY
-      if (static_cast<Kernel*>(kernel)->cuda) return ComputeCUDA(ctx);
-#endif
-      (void)kernel;
-      return ComputeCPU(ctx);
+      auto* k = static_cast<Kernel*>(kernel);
+      return k->compute(k, ctx);
     };
     KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
     GetStartVersion = [](const OrtCustomOp*) { return 1; };
@@ -222,10 +713,26 @@ struct Op : OrtCustomOp {
   }
 };
 
-Op g_cpu_op("BiasRotaryF32", "CPUExecutionProvider", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, false);
+constexpr auto kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, kF16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
+               kI64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, kU8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+constexpr const char* kCPU = "CPUExecutionProvider";
+
+// AllOps are the library's operators (static: ORT needs them for the process's life).
+const std::vector<Op*>& AllOps() {
+  static Op bias_cpu("BiasRotaryF32", kCPU, {kF32, kF32, kI64, kF32, kF32}, {kF32}, BiasRotaryCPU);
+  static Op quant_cpu("QuantizeE4M3F32", kCPU, {kF32}, {kU8, kF32}, QuantizeCPUOp);
+  static Op linear_cpu("Fp8LinearF32", kCPU, {kU8, kF32, kU8, kF32, kF32}, {kF32}, LinearCPUOp, 4);
 #ifndef SEQEMBED_OPS_CPU_ONLY
-Op g_cuda_op("BiasRotary", "CUDAExecutionProvider", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, true);
+  constexpr const char* kCUDA = "CUDAExecutionProvider";
+  static Op bias_cuda("BiasRotary", kCUDA, {kF16, kF16, kI64, kF16, kF16}, {kF16}, BiasRotaryCUDA);
+  static Op quant_cuda("QuantizeE4M3", kCUDA, {kF16}, {kU8, kF32}, QuantizeCUDAOp);
+  static Op linear_cuda("Fp8Linear", kCUDA, {kU8, kF32, kU8, kF32, kF16}, {kF16}, LinearCUDA, 4);
+  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &bias_cuda, &quant_cuda, &linear_cuda};
+#else
+  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu};
 #endif
+  return all;
+}
 
 }  // namespace
 
@@ -238,9 +745,6 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
   g_api = api;
   OrtCustomOpDomain* domain = nullptr;
   SE_RETURN_IF(api->CreateCustomOpDomain("ai.seqembed", &domain));
-  SE_RETURN_IF(api->CustomOpDomain_Add(domain, &g_cpu_op));
-#ifndef SEQEMBED_OPS_CPU_ONLY
-  SE_RETURN_IF(api->CustomOpDomain_Add(domain, &g_cuda_op));
-#endif
+  for (Op* op : AllOps()) SE_RETURN_IF(api->CustomOpDomain_Add(domain, op));
   return api->AddCustomOpDomain(options, domain);
 }

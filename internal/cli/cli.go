@@ -67,11 +67,15 @@ type Program struct {
 	Extra func(arg string) (code int, ok bool)
 }
 
-// Usage prints the command list to w.
+// Usage prints the command list to w, the summaries aligned after the longest name.
 func (p Program) Usage(w io.Writer) {
 	fmt.Fprintf(w, "usage: %s COMMAND [flags]\n\ncommands:\n", p.Name)
+	width := 8
 	for _, c := range p.Commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.Name, c.Summary)
+		width = max(width, len(c.Name))
+	}
+	for _, c := range p.Commands {
+		fmt.Fprintf(w, "  %-*s %s\n", width, c.Name, c.Summary)
 	}
 	if p.Footer != "" {
 		fmt.Fprintln(w, "\n"+p.Footer)

@@ -588,14 +588,43 @@ func AllOutputs(layers int) []esm2graph.Output {
 // per-residue outputs when fp16) into a folder of the test's and returns it.
 func OutputsModel(t testing.TB, outs []esm2graph.Output, fp16 bool) string {
 	t.Helper()
-	ck, err := esm2graph.Load(TinyHF)
+	return buildTiny(t, nil, esm2graph.Options{Name: "esm2-tiny-out", Outputs: outs, ResiduesFP16: fp16})
+}
+
+// FP16TinyModel builds the tiny model's graph (TinyHF; mha, CPU) in float16 weights and
+// activations, named esm2-tiny-fp16, into a folder of the test's: a reduced-precision copy of
+// testdata/esm2-tiny.
+func FP16TinyModel(t testing.TB) string {
+	t.Helper()
+	return buildTiny(t, nil, esm2graph.Options{Name: "esm2-tiny-fp16", FP16: true})
+}
+
+// RandomTinyModel builds a graph of the tiny model's architecture (mha, CPU) with random weights
+// of seed (esm2graph.RandomCheckpoint), named esm2-tiny-seedN, into a folder of the test's:
+// another model, whose embeddings have nothing to do with testdata/esm2-tiny's.
+func RandomTinyModel(t testing.TB, seed uint64) string {
+	t.Helper()
+	ck, err := esm2graph.RandomCheckpoint(esm2graph.Config{HiddenSize: 64, NumAttentionHeads: 4, NumHiddenLayers: 2, IntermediateSize: 256}, seed)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return buildTiny(t, ck, esm2graph.Options{Name: fmt.Sprintf("esm2-tiny-seed%d", seed)})
+}
+
+// buildTiny builds ck's graph (nil: TinyHF's) for the CPU with mha attention and the rest of
+// opts into a folder of the test's and returns it.
+func buildTiny(t testing.TB, ck *esm2graph.Checkpoint, opts esm2graph.Options) string {
+	t.Helper()
+	if ck == nil {
+		var err error
+		if ck, err = esm2graph.Load(TinyHF); err != nil {
+			t.Fatal(err)
+		}
+	}
 	defer ck.Close()
 	dir := filepath.Join(t.TempDir(), "model")
-	if _, err := esm2graph.Build(context.Background(), ck, dir, esm2graph.Options{Attention: esm2graph.AttentionMHA,
-		Device: esm2graph.DeviceCPU, Name: "esm2-tiny-out", Outputs: outs, ResiduesFP16: fp16}); err != nil {
+	opts.Attention, opts.Device = esm2graph.AttentionMHA, esm2graph.DeviceCPU
+	if _, err := esm2graph.Build(context.Background(), ck, dir, opts); err != nil {
 		t.Fatal(err)
 	}
 	return dir
