@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/seqembed/seqembed/internal/natsconn"
 	"github.com/seqembed/seqembed/telemetry"
 )
 
@@ -115,35 +116,14 @@ func (f *natsFlags) connectWatched(name string, log *zap.Logger, health *telemet
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts,
-		nats.Name(name),
-		nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			health.SetNATS(false)
-			if err == nil { // a clean close (drain at exit): not worth a warning
-				log.Debug("nats disconnected")
-				return
-			}
-			log.Warn("nats disconnected", zap.Error(err))
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) {
+	opts = append(opts, natsconn.Watched(name, log, natsconn.Events{
+		Down: func() { health.SetNATS(false) },
+		Up: func() {
 			health.SetNATS(true)
 			cm.Reconnected()
-			log.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted()))
-		}),
-		nats.ClosedHandler(func(*nats.Conn) { health.SetNATS(false) }),
-		// Setting it replaces nats.go's default logging of asynchronous errors, so log here.
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			subject := ""
-			if sub != nil {
-				subject = sub.Subject
-			}
-			if errors.Is(err, nats.ErrSlowConsumer) {
-				cm.SlowConsumer(subject)
-			}
-			log.Warn("nats asynchronous error", zap.String("subject", subject), zap.Error(err))
-		}),
-	)
+		},
+		SlowConsumer: cm.SlowConsumer,
+	})...)
 	nc, err := nats.Connect(f.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to NATS at %s: %s", redact(f.URL, f.secrets()), redact(err.Error(), f.secrets()))

@@ -58,23 +58,11 @@ func EmbeddedServer() (*server.Server, func(), error) {
 	return s, func() { s.Shutdown(); s.WaitForShutdown(); os.RemoveAll(dir) }, nil
 }
 
-// DialEmbedded connects to the embedded server srv as name, logging a disconnect (with its cause,
-// e.g. "slow consumer"), a reconnect and asynchronous errors at warn level.
+// DialEmbedded connects to the embedded server srv as name, logging its disconnects (with their
+// cause, e.g. "slow consumer"), reconnects and asynchronous errors as every seqembed connection
+// does (natsconn.Watched).
 func DialEmbedded(srv *server.Server, name string, log *zap.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(srv.ClientURL(), nats.Name(name), nats.MaxReconnects(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("embedded nats: disconnected", zap.String("conn", name), zap.Error(err))
-			}
-		}),
-		nats.ReconnectHandler(func(*nats.Conn) { log.Warn("embedded nats: reconnected", zap.String("conn", name)) }),
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			subject := ""
-			if sub != nil {
-				subject = sub.Subject
-			}
-			log.Warn("embedded nats: asynchronous error", zap.String("conn", name), zap.String("subject", subject), zap.Error(err))
-		}))
+	nc, err := nats.Connect(srv.ClientURL(), natsconn.Watched(name, log, natsconn.Events{})...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the embedded server as %s: %w", name, err)
 	}
