@@ -128,7 +128,9 @@ OrtStatus* GatherArgs(OrtKernelContext* ctx, ONNXTensorElementDataType want, Arg
   return g_api->GetTensorMutableData(out, &a->y);
 }
 
-OrtStatus* ComputeCPU(OrtKernelContext* ctx) {
+struct Kernel;  // one node's state (below); every op's compute takes it
+
+OrtStatus* BiasRotaryCPU(Kernel*, OrtKernelContext* ctx) {
   Args a;
   SE_RETURN_IF(GatherArgs(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
   const float* x = static_cast<const float*>(a.x.data);
@@ -178,7 +180,7 @@ __global__ void BiasRotaryKernel(const uint4* __restrict__ x, const uint4* __res
   y[v] = out;
 }
 
-OrtStatus* ComputeCUDA(OrtKernelContext* ctx) {
+OrtStatus* BiasRotaryCUDA(Kernel*, OrtKernelContext* ctx) {
   Args a;
   SE_RETURN_IF(GatherArgs(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
   if (a.dim % 8) return Fail("BiasRotary (CUDA): last dimension of x must be a multiple of 8");
@@ -239,15 +241,21 @@ uint8_t FloatToE4M3(float x) {
   return sign | static_cast<uint8_t>(code > 0x7e ? 0x7e : code);
 }
 
-float GeluErf(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
+// SE_HD marks the helpers both forms share: the CPU ops and the CUDA kernels.
+#ifdef SEQEMBED_OPS_CPU_ONLY
+#define SE_HD
+#else
+#define SE_HD __host__ __device__
+#endif
+
+SE_HD inline float GeluErf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 // RowScale is the per-row quantisation scale for a row whose largest magnitude is amax.
-float RowScale(float amax) {
+SE_HD inline float RowScale(float amax) {
   const float s = amax / kE4M3Max;
   return s > 0.0f ? s : 1.0f;  // an all-zero row (or a NaN) quantises with scale 1
 }
 
-struct Kernel;
 using Compute = OrtStatus* (*)(Kernel*, OrtKernelContext*);
 
 // Kernel is one node's state: its op's compute function and attributes (and, for Fp8Linear on
@@ -290,7 +298,7 @@ OrtStatus* GatherQuant(OrtKernelContext* ctx, ONNXTensorElementDataType want, Qu
   return g_api->GetTensorMutableData(out, reinterpret_cast<void**>(&a->scale));
 }
 
-OrtStatus* QuantizeCPU(const Kernel* k, OrtKernelContext* ctx) {
+OrtStatus* QuantizeCPU(Kernel* k, OrtKernelContext* ctx) {
   QuantArgs a;
   SE_RETURN_IF(GatherQuant(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
   const float* x = static_cast<const float*>(a.x.data);
@@ -342,7 +350,7 @@ OrtStatus* GatherLinear(OrtKernelContext* ctx, ONNXTensorElementDataType want, L
   return g_api->GetTensorMutableData(out, &a->y);
 }
 
-OrtStatus* LinearCPU(const Kernel*, OrtKernelContext* ctx) {
+OrtStatus* LinearCPU(Kernel*, OrtKernelContext* ctx) {
   LinearArgs a;
   SE_RETURN_IF(GatherLinear(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
   float lut[256];
@@ -374,8 +382,6 @@ OrtStatus* LtFail(const char* what, cublasStatus_t st) {
                                  .c_str());
 }
 
-__device__ __forceinline__ float GeluErfDev(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-
 // One block per row, each thread holding kVec vectors of 8 values (16 bytes of float16 in) in
 // registers: the row is read once, GELU (when asked) computed once, the row's |max| reduced across
 // the block, then the scaled E4M3 bytes written (8 a store).
@@ -395,7 +401,7 @@ __global__ void QuantizeRowsKernel(const uint4* __restrict__ x, uint2* __restric
 #pragma unroll
       for (int j = 0; j < 4; j++) {
         float2 f = __half22float2(h[j]);
-        if (kGelu) f = make_float2(GeluErfDev(f.x), GeluErfDev(f.y));
+        if (kGelu) f = make_float2(GeluErf(f.x), GeluErf(f.y));
         v[i][2 * j] = f.x;
         v[i][2 * j + 1] = f.y;
         amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
@@ -410,8 +416,7 @@ __global__ void QuantizeRowsKernel(const uint4* __restrict__ x, uint2* __restric
   if (threadIdx.x == 0) {
     float m = 0.0f;
     for (unsigned w = 0; w < (blockDim.x + 31) / 32; w++) m = fmaxf(m, warp_max[w]);
-    const float s = m / kE4M3Max;
-    row_scale = s > 0.0f ? s : 1.0f;
+    row_scale = RowScale(m);
     scale[r] = row_scale;
   }
   __syncthreads();
@@ -465,7 +470,7 @@ OrtStatus* CheckFP8(Kernel* k) {
   return nullptr;
 }
 
-OrtStatus* QuantizeCUDA(const Kernel* k, OrtKernelContext* ctx) {
+OrtStatus* QuantizeCUDA(Kernel* k, OrtKernelContext* ctx) {
   QuantArgs a;
   SE_RETURN_IF(GatherQuant(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
   if (a.k % 8) return Fail("QuantizeE4M3 (CUDA): K must be a multiple of 8");
@@ -606,7 +611,7 @@ OrtStatus* LinearCUDA(Kernel* k, OrtKernelContext* ctx) {
                                              &algo, ws, kWorkspaceBytes, stream);
     if (st == CUBLAS_STATUS_SUCCESS) return nullptr;  // the bias was in the epilogue (only such plans are kept)
     if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) return LtFail("matmul", st);
-    have = false;  // the bucket's algorithm does not fit this M: plan it exactly
+    // the bucket's algorithm does not fit this M: plan it exactly (below)
   }
   {
     SE_LT(cublasLtMatmulPreferenceCreate(&p.pref), "preference");
@@ -646,14 +651,6 @@ OrtStatus* LinearCUDA(Kernel* k, OrtKernelContext* ctx) {
   }
   return nullptr;
 }
-#endif
-
-OrtStatus* BiasRotaryCPU(Kernel*, OrtKernelContext* ctx) { return ComputeCPU(ctx); }
-OrtStatus* QuantizeCPUOp(Kernel* k, OrtKernelContext* ctx) { return QuantizeCPU(k, ctx); }
-OrtStatus* LinearCPUOp(Kernel* k, OrtKernelContext* ctx) { return LinearCPU(k, ctx); }
-#ifndef SEQEMBED_OPS_CPU_ONLY
-OrtStatus* BiasRotaryCUDA(Kernel*, OrtKernelContext* ctx) { return ComputeCUDA(ctx); }
-OrtStatus* QuantizeCUDAOp(Kernel* k, OrtKernelContext* ctx) { return QuantizeCUDA(k, ctx); }
 #endif
 
 // Op is one registered operator: name, execution provider, input and output element types (the
@@ -720,12 +717,12 @@ constexpr const char* kCPU = "CPUExecutionProvider";
 // AllOps are the library's operators (static: ORT needs them for the process's life).
 const std::vector<Op*>& AllOps() {
   static Op bias_cpu("BiasRotaryF32", kCPU, {kF32, kF32, kI64, kF32, kF32}, {kF32}, BiasRotaryCPU);
-  static Op quant_cpu("QuantizeE4M3F32", kCPU, {kF32}, {kU8, kF32}, QuantizeCPUOp);
-  static Op linear_cpu("Fp8LinearF32", kCPU, {kU8, kF32, kU8, kF32, kF32}, {kF32}, LinearCPUOp, 4);
+  static Op quant_cpu("QuantizeE4M3F32", kCPU, {kF32}, {kU8, kF32}, QuantizeCPU);
+  static Op linear_cpu("Fp8LinearF32", kCPU, {kU8, kF32, kU8, kF32, kF32}, {kF32}, LinearCPU, 4);
 #ifndef SEQEMBED_OPS_CPU_ONLY
   constexpr const char* kCUDA = "CUDAExecutionProvider";
   static Op bias_cuda("BiasRotary", kCUDA, {kF16, kF16, kI64, kF16, kF16}, {kF16}, BiasRotaryCUDA);
-  static Op quant_cuda("QuantizeE4M3", kCUDA, {kF16}, {kU8, kF32}, QuantizeCUDAOp);
+  static Op quant_cuda("QuantizeE4M3", kCUDA, {kF16}, {kU8, kF32}, QuantizeCUDA);
   static Op linear_cuda("Fp8Linear", kCUDA, {kU8, kF32, kU8, kF32, kF16}, {kF16}, LinearCUDA, 4);
   static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &bias_cuda, &quant_cuda, &linear_cuda};
 #else
