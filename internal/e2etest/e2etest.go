@@ -599,12 +599,18 @@ func FP16TinyModel(t testing.TB) string {
 	return buildTiny(t, nil, esm2graph.Options{Name: "esm2-tiny-fp16", FP16: true})
 }
 
-// RandomTinyModel builds a graph of the tiny model's architecture (mha, CPU) with random weights
-// of seed (esm2graph.RandomCheckpoint), named esm2-tiny-seedN, into a folder of the test's:
-// another model, whose embeddings have nothing to do with testdata/esm2-tiny's.
+// RandomTinyModel builds a graph of the tiny model's architecture (TinyHF's config; mha, CPU) with
+// random weights of seed (esm2graph.RandomCheckpoint), named esm2-tiny-seedN, into a folder of the
+// test's: another model, whose embeddings have nothing to do with testdata/esm2-tiny's.
 func RandomTinyModel(t testing.TB, seed uint64) string {
 	t.Helper()
-	ck, err := esm2graph.RandomCheckpoint(esm2graph.Config{HiddenSize: 64, NumAttentionHeads: 4, NumHiddenLayers: 2, IntermediateSize: 256}, seed)
+	tiny, err := esm2graph.Load(TinyHF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := tiny.Config
+	tiny.Close()
+	ck, err := esm2graph.RandomCheckpoint(cfg, seed)
 	if err != nil {
 		t.Fatal(err)
 	}
