@@ -172,15 +172,6 @@ def e4m3_encode(x):
     return (np.minimum(code, 0x7E).astype(np.uint8) | sign).astype(np.uint8)
 
 
-def e4m3_decode(codes):
-    """float32 values of e4m3fn bit patterns (0x7f / 0xff are NaN)."""
-    c = np.asarray(codes, dtype=np.uint8).astype(np.int64)
-    e, m = (c >> 3) & 15, c & 7
-    v = np.where(e == 0, np.ldexp(m.astype(np.float64), -9), np.ldexp(1 + m / 8.0, e - 7))
-    v = np.where((e == 15) & (m == 7), np.nan, v)
-    return np.where(c & 0x80, -v, v).astype(np.float32)
-
-
 def quantize_weight(w):
     """Per-output-channel E4M3 quantisation of a [out, in] weight: (codes uint8 [out, in],
     scales float32 [out]) with w ~= codes * scale[:, None], scale = max |row| / 448 (1 for a zero
