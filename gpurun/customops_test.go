@@ -14,6 +14,15 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
+// SkipWithoutGPU skips t unless GPU tests run here (SEQEMBED_GPU_TESTS set: the GPU machine; CI
+// has none). Exported for the package's external GPU tests (gpu_test.go) as well.
+func SkipWithoutGPU(t testing.TB) {
+	t.Helper()
+	if os.Getenv("SEQEMBED_GPU_TESTS") == "" {
+		t.Skip("GPU tests: set SEQEMBED_GPU_TESTS=1 on a machine with a CUDA GPU")
+	}
+}
+
 // buildCPUOps builds the custom-op library's CPU-only form with scripts/build-ops.sh (g++).
 func buildCPUOps(t *testing.T) string {
 	t.Helper()

@@ -265,9 +265,7 @@ func TestCustomOpsFP8CPU(t *testing.T) {
 // y within float16 rounding of the CPU result. Needs SEQEMBED_GPU_TESTS=1, a GPU with FP8 tensor
 // cores and SEQEMBED_CUSTOM_OPS pointing at the CUDA build of the library.
 func TestGPUFP8Ops(t *testing.T) {
-	if os.Getenv("SEQEMBED_GPU_TESTS") != "1" {
-		t.Skip("GPU tests: set SEQEMBED_GPU_TESTS=1 on a machine with a CUDA GPU")
-	}
+	SkipWithoutGPU(t)
 	cudaLib := os.Getenv("SEQEMBED_CUSTOM_OPS")
 	if cudaLib == "" {
 		t.Skip("set SEQEMBED_CUSTOM_OPS to the CUDA build of libseqembed_ops.so")

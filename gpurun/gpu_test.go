@@ -20,9 +20,7 @@ import (
 // of float32 PyTorch embeddings (e.g. the 650M fp16 export), held to cosine >= 0.9999 per sequence.
 func requireGPU(t *testing.T) {
 	t.Helper()
-	if os.Getenv("SEQEMBED_GPU_TESTS") == "" {
-		t.Skip("GPU tests: set SEQEMBED_GPU_TESTS=1 on a machine with a CUDA GPU")
-	}
+	gpurun.SkipWithoutGPU(t)
 	requireORT(t)
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -354,9 +353,7 @@ func TestNVMLFakeLoop(t *testing.T) {
 
 // TestNVMLOnGPU needs a real NVIDIA GPU 0: SEQEMBED_GPU_TESTS=1 go test ./gpurun/ -run NVMLOnGPU -v
 func TestNVMLOnGPU(t *testing.T) {
-	if os.Getenv("SEQEMBED_GPU_TESTS") == "" {
-		t.Skip("set SEQEMBED_GPU_TESTS=1 to run on a host with an NVIDIA GPU")
-	}
+	SkipWithoutGPU(t)
 	reports := make(chan GPUSample, 16)
 	s, err := NewNVMLSampler([]int{0}, WithInterval(50*time.Millisecond),
 		WithReport(func(g GPUSample, _ Tier) {
