@@ -520,6 +520,8 @@ def main():
         "dtype": "float16" if args.fp16 else "float32",
         # fp8: the projections are FP8 GEMMs (activations and outputs stay "dtype").
         "precision": args.precision if args.fp16 else "fp32",
+        # fp8 only: which projections are FP8 GEMMs (all, ffn)
+        **({"fp8_projections": args.fp8_projections} if args.precision == "fp8" else {}),
         "opset": args.opset,
         "parity": parity,
         "optimized": fused,
@@ -529,11 +531,6 @@ def main():
         "custom_ops": "libseqembed_ops.so" if args.custom_ops else "",
         "exported": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
-    if args.precision == "fp8":  # which projections are FP8 GEMMs (all, ffn)
-        keys = list(manifest)
-        at = keys.index("precision") + 1
-        manifest = {**{k: manifest[k] for k in keys[:at]}, "fp8_projections": args.fp8_projections,
-                    **{k: manifest[k] for k in keys[at:]}}
     if outputs:  # after "pooling", as esm2graph writes it; absent for the one-embedding graph
         keys = list(manifest)
         at = keys.index("pooling") + 1
