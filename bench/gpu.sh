@@ -32,13 +32,16 @@ usage: bench/gpu.sh [options] [-f MATRIX]... [LINE]...
 Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required),
   export= mha|packed|auto|traced|optimized|dir:PATH (default auto), ops=custom|none (default
   custom for fused fp16 exports), dtype=fp16|fp32, precision=fp16|fp8|fp8-ffn (fp8: FP8 projections,
-  fp8-ffn: only the FFN's; packed fp16 exports with the custom ops; torch rows stay fp16), outliers=SIGMA (heavy-tailed
+  fp8-ffn: only the FFN's; packed fp16 exports with the custom ops; torch rows stay fp16), gelu=erf|tanh (tanh:
+  export --fused-gelu, fc1 with cuBLASLt's bias+GELU epilogue; packed, custom ops, precision fp16), outliers=SIGMA (heavy-tailed
   channels, export --outlier-channels), layout=rows|sequence, check=1|0,
   modes= e2e,raw,torch,torch-compile,parity,precision,profile (default e2e,raw,torch,torch-compile;
   precision: seqembed check-precision against float32 PyTorch on the first golden=N records,
   default 2000),
-  inflight=2, tokens=16384, graphs=auto|on|off, records=N (first N records), device=,
+  inflight=2, tokens=16384, graphs=auto|on|off, records=N (first N records), repeat=K (the records K times,
+  copy k's ids suffixed _rk: long enough runs of the small models on a subset), device=,
   bench-args=a,b  env=K=V,K2=V2  torch-args=a,b  ncu-skip=20000 ncu-count=1200  label=  timeout=S
+  cpuprofile=1 (e2e/raw: seqembed bench --cpuprofile OUT/profiles/PRESET-LABEL-MODE.pprof)
 EOF
 }
 
@@ -85,9 +88,9 @@ step_signal=${STEP_SIGNAL:-TERM}
 GPURUN_TEST=${GPURUN_TEST:-gpurun.test}
 
 # ---- matrix lines -------------------------------------------------------------------------------
-KEYS=" model export ops dtype precision outliers layout check modes inflight tokens graphs records golden device bench-args env torch-args ncu-skip ncu-count label timeout "
+KEYS=" model export ops dtype precision gelu cpuprofile outliers layout check modes inflight tokens graphs records repeat golden device bench-args env torch-args ncu-skip ncu-count label timeout "
 MODES=" e2e raw torch torch-compile parity precision profile "
-declare -A DEF=([export]=auto [dtype]=fp16 [precision]=fp16 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
+declare -A DEF=([export]=auto [dtype]=fp16 [precision]=fp16 [gelu]=erf [cpuprofile]=0 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
   [inflight]=2 [tokens]=16384 [golden]=2000 [ncu-skip]=20000 [ncu-count]=1200)
 LINES=() # each: the line's key=value words, defaults applied
 
@@ -161,6 +164,10 @@ load() {
   [[ ${L[precision]} =~ ^(fp16|fp8|fp8-ffn)$ ]] || die "[$1] precision '${L[precision]}': want fp16, fp8 or fp8-ffn"
   [[ ${L[precision]} == fp8* && $attn != dir:* && ($attn != packed || $ops != custom) ]] &&
     die "[$1] precision=fp8 needs export=packed with ops=custom"
+  [[ ${L[gelu]} == erf || ${L[gelu]} == tanh ]] || die "[$1] gelu '${L[gelu]}': want erf or tanh"
+  [[ ${L[gelu]} == tanh && $attn != dir:* && ($attn != packed || $ops != custom || ${L[precision]} != fp16) ]] &&
+    die "[$1] gelu=tanh needs export=packed with ops=custom and precision=fp16"
+  [[ ${L[cpuprofile]} == 0 || ${L[cpuprofile]} == 1 ]] || die "[$1] cpuprofile '${L[cpuprofile]}': want 0 or 1"
   [[ -z ${L[outliers]:-} || ${L[outliers]} =~ ^[0-9.]+$ ]] || die "[$1] outliers '${L[outliers]}': want a number"
   [[ ${L[golden]} =~ ^[0-9]+$ ]] || die "[$1] golden '${L[golden]}': want a record count"
   label=$attn
@@ -169,6 +176,7 @@ load() {
   [[ ${L[layout]} == sequence ]] && label+=+seq
   [[ ${L[precision]} == fp8 && $attn != dir:* ]] && label+=+fp8
   [[ ${L[precision]} == fp8-ffn && $attn != dir:* ]] && label+=+fp8ffn
+  [[ ${L[gelu]} == tanh && $attn != dir:* ]] && label+=+tanh
   [[ -n ${L[outliers]:-} && $attn != dir:* ]] && label+=+out${L[outliers]}
   if [[ $attn == dir:* ]]; then
     mdir=${attn#dir:}
@@ -176,7 +184,10 @@ load() {
     mdir=$work/models/$preset-$label-${L[dtype]}
   fi
   records=${L[records]:-all}
+  repeat=${L[repeat]:-1}
+  [[ $repeat =~ ^[1-9][0-9]*$ ]] || die "[$1] repeat '$repeat': want a count >= 1"
   fa=$work/data/input-$records.fasta
+  ((repeat > 1)) && fa=$work/data/input-$records-x$repeat.fasta
   dev=${L[device]:-$device}
   goldfa=$work/data/golden-${L[golden]}.fasta # precision mode: the golden records (first golden=N)
 }
@@ -197,6 +208,7 @@ export_cmd() {
   [[ ${L[dtype]} == fp16 ]] && EXPORT+=(--fp16)
   [[ ${L[precision]} == fp8 ]] && EXPORT+=(--precision fp8)
   [[ ${L[precision]} == fp8-ffn ]] && EXPORT+=(--precision fp8 --fp8-projections ffn)
+  [[ ${L[gelu]} == tanh ]] && EXPORT+=(--fused-gelu)
   [[ -n ${L[outliers]:-} ]] && EXPORT+=(--outlier-channels "${L[outliers]}")
   case $attn in
   mha | packed) EXPORT+=(--fused "$attn") ;;
@@ -280,9 +292,9 @@ run_step() {
 
 # common_sets N LINE: the --set arguments every row of the loaded line (number N) gets.
 common_sets() {
-  SETS=(--set "model=${L[model]}" --set "preset=$preset" --set "dtype=${L[dtype]}" --set "precision=${L[precision]}"
+  SETS=(--set "model=${L[model]}" --set "preset=$preset" --set "dtype=${L[dtype]}" --set "precision=${L[precision]}" --set "gelu=${L[gelu]}"
     --set "max_batch_tokens=${L[tokens]}"
-    --set "records=$records" --set "line=$1" --set "matrix=$2")
+    --set "records=$records" --set "repeat=$repeat" --set "line=$1" --set "matrix=$2")
   [[ -n ${L[label]:-} ]] && SETS+=(--set "label=${L[label]}")
   return 0
 }
@@ -379,11 +391,17 @@ for l in "${LINES[@]}"; do
   *.gz) gzip -dc "$fasta" >"$work/data/all.fasta.part" ;;
   *) cp "$fasta" "$work/data/all.fasta.part" ;;
   esac
-  if [[ $records == all ]]; then
-    mv "$work/data/all.fasta.part" "$fa"
-  else
-    awk -v n="$records" '/^>/{k++} k>n{exit} {print}' "$work/data/all.fasta.part" >"$fa"
+  if [[ $records != all ]]; then
+    awk -v n="$records" '/^>/{k++} k>n{exit} {print}' "$work/data/all.fasta.part" >"$work/data/sub.fasta.part"
+    mv "$work/data/sub.fasta.part" "$work/data/all.fasta.part"
+  fi
+  if ((repeat > 1)); then # copy 1 as it is, copy k with every id suffixed _rk
+    for ((k = 1; k <= repeat; k++)); do
+      awk -v k="$k" 'k > 1 && /^>/ {sub(/^>[^ \t]+/, "&_r" k)} {print}' "$work/data/all.fasta.part"
+    done >"$fa"
     rm -f "$work/data/all.fasta.part"
+  else
+    mv "$work/data/all.fasta.part" "$fa"
   fi
   echo "   data: $fa, $(grep -c '^>' "$fa") records"
 done
@@ -495,6 +513,10 @@ for l in "${LINES[@]}"; do
       cmd=("$SEQEMBED_BIN" bench --device "$dev" --model "$mdir" --fasta "$fa" --inflight "${L[inflight]}"
         --max-batch-tokens "${L[tokens]}" --json-out "$j" "${extra[@]}")
       [[ $m == raw ]] && cmd+=(--raw)
+      if [[ ${L[cpuprofile]} == 1 ]]; then
+        ((dry)) || mkdir -p "$out/profiles"
+        cmd+=(--cpuprofile "$out/profiles/$preset-$label-$m.pprof")
+      fi
       echo "   $m ($label)"
       run_step "$m-$preset-$label" "${to:-300}" env "${envs[@]}" "${cmd[@]}"
       record seqembed "$j" "$m" "$label"

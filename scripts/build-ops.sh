@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build-ops.sh OUT.so [cpu]
 # Builds seqembed's custom ONNX Runtime operators (gpurun/ortops/seqembed_ops.cu: BiasRotary, and the
-# FP8 QuantizeE4M3 / Fp8Linear, which link cuBLASLt) into
+# FP8 QuantizeE4M3 / Fp8Linear and the fp16 Fp16Linear, which link cuBLASLt) into
 # OUT.so: with nvcc for the CUDA op (sm_80 and sm_90, or $SEQEMBED_OPS_ARCHS; on the GPU machine or in
 # Dockerfile.gpu's build stage) or, with "cpu", with g++ for the CPU op only (tests, no CUDA).
 # A model exported with `tools/export_esm2.py --fused packed --custom-ops` names the library in

@@ -185,7 +185,7 @@ PRECISIONS = ("fp16", "fp8")
 
 
 def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False, outputs=None,
-          residues_fp16=False, precision="fp16", fp8_projections="all"):
+          residues_fp16=False, precision="fp16", fp8_projections="all", fused_gelu=False):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
@@ -205,7 +205,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     quantisation of its output), ai.seqembed.Fp8Linear (cuBLASLt, fp16 out, fc1's bias in its
     epilogue, cuBLASLt's fast FP8 accumulation: measured as accurate as the exact one, docs/perf.md);
     embeddings, attention, LayerNorms, residuals and pooling stay as in fp16. fp8_projections "ffn"
-    keeps attention's q, k, v and output projections in fp16 (only fc1 and fc2 go FP8)."""
+    keeps attention's q, k, v and output projections in fp16 (only fc1 and fc2 go FP8).
+    fused_gelu (fp16 precision, packed, custom_ops) runs each FFN's fc1 as ai.seqembed.Fp16Linear:
+    one cuBLASLt GEMM with the bias and GELU in its epilogue instead of MatMul + BiasGelu. cuBLASLt's
+    GELU is the tanh approximation, not ESM's erf GELU: an approximation, checked against float32
+    PyTorch before use (docs/perf.md)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: want one of {PRECISIONS}")
     fp8 = precision == "fp8"
@@ -214,6 +218,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     fp8_attn = fp8 and fp8_projections == "all"
     if fp8 and not (fp16 and custom_ops and attention == "packed"):
         raise ValueError("precision fp8 needs fp16, attention packed and custom_ops (seqembed's CUDA ops)")
+    if fused_gelu and (fp8 or not (fp16 and custom_ops and attention == "packed")):
+        raise ValueError("fused_gelu needs precision fp16, fp16, attention packed and custom_ops (seqembed's CUDA ops)")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
@@ -337,6 +343,10 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         if fp8:
             h = fp8_linear(quant(ln2), p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias))
             y = fp8_linear(quant(h, gelu=1), p + "w2", _np(lay.output.dense.weight))
+        elif fused_gelu:
+            h = g.op("Fp16Linear", [ln2, g.w(p + "w1", _np(lay.intermediate.dense.weight)),
+                                    g.w(p + "b1", _np(lay.intermediate.dense.bias))], domain=SEQEMBED_OPS, gelu=1)
+            y = g.op("MatMul", [h, g.w(p + "w2", lin_w(lay.output.dense))])
         else:
             h = g.op("BiasGelu", [g.op("MatMul", [ln2, g.w(p + "w1", lin_w(lay.intermediate.dense))]),
                                   g.w(p + "b1", _np(lay.intermediate.dense.bias))], domain=MS)

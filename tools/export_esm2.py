@@ -416,6 +416,10 @@ def main():
     ap.add_argument("--fp8-projections", choices=["all", "ffn"], default="all", help="--precision fp8: which "
                     "projections run as FP8 GEMMs: all six of every block (default) or only the FFN's two (fc1, "
                     "fc2: two thirds of the GEMM work; attention's q, k, v, o stay fp16) for more accuracy")
+    ap.add_argument("--fused-gelu", action="store_true", help="--fused packed --fp16 --custom-ops, precision "
+                    "fp16: each FFN's fc1 as one cuBLASLt GEMM with bias and GELU in its epilogue "
+                    "(ai.seqembed.Fp16Linear) instead of MatMul + BiasGelu. cuBLASLt's GELU is the tanh "
+                    "approximation, not ESM's erf GELU: check it with seqembed check-precision")
     ap.add_argument("--outlier-channels", type=float, default=0.0, metavar="SIGMA", help="--preset only: "
                     "give the activations entering the projections heavy-tailed channels (log-normal factors "
                     "exp(SIGMA*z), undone in the weights that read them: the same function), as trained models "
@@ -434,6 +438,9 @@ def main():
         sys.exit("--custom-ops needs --fused mha|packed --fp16")
     if args.precision == "fp8" and not (args.fused in ("packed", "auto") and args.fp16 and args.custom_ops):
         sys.exit("--precision fp8 needs --fused packed --fp16 --custom-ops")
+    if args.fused_gelu and not (args.fused in ("packed", "auto") and args.fp16 and args.custom_ops
+                                and args.precision == "fp16"):
+        sys.exit("--fused-gelu needs --fused packed --fp16 --custom-ops and precision fp16")
     if args.outlier_channels and not args.preset:
         sys.exit("--outlier-channels applies to --preset (random weights) only")
     if args.fused and args.optimize:
@@ -448,8 +455,8 @@ def main():
     if args.fused == "auto":
         args.fused = "mha" if model.config.hidden_size <= AUTO_MHA_MAX_HIDDEN else "packed"
         print(f"--fused auto: {args.fused} (hidden size {model.config.hidden_size})", file=sys.stderr)
-        if args.precision == "fp8" and args.fused != "packed":
-            sys.exit("--precision fp8 needs the packed graph; --fused auto chose mha for this model")
+        if (args.precision == "fp8" or args.fused_gelu) and args.fused != "packed":
+            sys.exit("--precision fp8 and --fused-gelu need the packed graph; --fused auto chose mha for this model")
     if args.fp16 and device != "cuda" and not args.fused:
         sys.exit("--fp16 needs a CUDA device for the traced export (or use --fused)")
     os.makedirs(args.out, exist_ok=True)
@@ -477,7 +484,8 @@ def main():
         t0 = time.time()
         graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused, packed_layout=args.packed_layout,
                                  custom_ops=args.custom_ops, outputs=outputs, residues_fp16=args.residues_fp16,
-                                 precision=args.precision, fp8_projections=args.fp8_projections)
+                                 precision=args.precision, fp8_projections=args.fp8_projections,
+                                 fused_gelu=args.fused_gelu)
         if args.precision == "fp8":
             check_e4m3(pooled)
         esm2_graph.save(graph, path)
@@ -522,6 +530,8 @@ def main():
         "precision": args.precision if args.fp16 else "fp32",
         # fp8 only: which projections are FP8 GEMMs (all, ffn)
         **({"fp8_projections": args.fp8_projections} if args.precision == "fp8" else {}),
+        # --fused-gelu only: the FFN's GELU is cuBLASLt's tanh approximation (ESM's is erf)
+        **({"ffn_gelu": "tanh"} if args.fused_gelu else {}),
         "opset": args.opset,
         "parity": parity,
         "optimized": fused,

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/seqembed/seqembed/arrowout"
@@ -30,6 +31,7 @@ func runBenchCmd(ctx context.Context, args []string) error {
 		benchrun.FileMeta+") into the directory `DIR`; 'seqembed-lab plot DIR' draws the PNG plots (throughput over time, "+
 		"batch padding, GPU busy, batch rows) and adds them to summary.md")
 	sinkFormat := fs.String("sink-format", "parquet", "end to end: the format of the embeddings file the sink writes, parquet or arrow (Arrow IPC file: much faster for per-residue float16 states)")
+	cpuProfile := fs.String("cpuprofile", "", "write a Go CPU profile of the whole run (publisher, embedded server, worker, sink) to `FILE` (go tool pprof)")
 	procs := fs.Bool("worker-procs", false, "end to end with one 'seqembed worker' process per device of --device "+
 		"(each given one device, sharing the durable consumer) instead of one worker driving all of them")
 	setUsage(fs, "usage: seqembed bench --fasta FILE [flags]\n\n"+
@@ -54,6 +56,13 @@ func runBenchCmd(ctx context.Context, args []string) error {
 	}
 	if err := resolveHFModel(ctx, &cfg, os.Stderr); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	res, series, err := benchrun.Run(ctx, benchrun.Job{Config: cfg, FASTA: *fastaPath, Raw: *raw, WorkerProcs: *procs,
 		Procs: benchrun.ProcsOptions{WorkerArgs: workerFlagArgs(fs), Command: workerCommand}, SinkFormat: format, Log: log})
@@ -126,4 +135,22 @@ func workerFlagArgs(fs *flag.FlagSet) []string {
 		}
 	})
 	return args
+}
+
+// startCPUProfile starts the process's CPU profile into path; stop ends it and closes the file.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile %s: %w", path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "--cpuprofile %s: %v\n", path, err)
+		}
+	}, nil
 }

@@ -59,18 +59,23 @@ func TestBenchWorkerProcs(t *testing.T) {
 	}
 }
 
-// TestBenchReportFlag runs `seqembed bench --raw --report DIR --json-out F`: DIR gets summary.md
-// and the plot data but no PNG (the plots are seqembed-lab's), F the JSON line.
+// TestBenchReportFlag runs `seqembed bench --raw --report DIR --json-out F --cpuprofile P`: DIR
+// gets summary.md and the plot data but no PNG (the plots are seqembed-lab's), F the JSON line, P
+// a CPU profile (gzip-compressed, as runtime/pprof writes it).
 func TestBenchReportFlag(t *testing.T) {
 	e2etest.RequireORT(t)
 	dir := filepath.Join(t.TempDir(), "report")
 	out := filepath.Join(t.TempDir(), "bench.jsonl")
+	prof := filepath.Join(t.TempDir(), "cpu.pprof")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	err := runBenchCmd(ctx, []string{"--model", e2etest.TinyModel, "--threads", "2", "--max-batch-rows", "2", "--raw",
-		"--fasta", benchFASTA, "--report", dir, "--json-out", out})
+		"--fasta", benchFASTA, "--report", dir, "--json-out", out, "--cpuprofile", prof})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if p, err := os.ReadFile(prof); err != nil || len(p) < 2 || p[0] != 0x1f || p[1] != 0x8b {
+		t.Errorf("--cpuprofile %s: %d bytes, err %v; want a gzip-compressed profile", prof, len(p), err)
 	}
 	res := readBenchLine(t, out)
 	if res.Mode != "raw" || res.Sequences != 20 || res.Batches < 10 {

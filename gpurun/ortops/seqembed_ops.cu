@@ -30,6 +30,15 @@
 //   output   y [..., N]:  y[r,n] = scale[r] * w_scale[n] * sum_k e4m3(q[r,k]) * e4m3(w[n,k]) + bias[n]
 //            (float32 accumulation; the CUDA op adds the bias in cuBLASLt's epilogue)
 // The CUDA op refuses a GPU without FP8 tensor cores (compute capability below 8.9).
+//
+// Fp16Linear (CUDA, float16; cuBLASLt) / Fp16LinearF32 (CPU, float32), attribute gelu (0 or 1,
+// default 0): a linear layer with its epilogue fused into the GEMM (tools/esm2_graph.py
+// fused_gelu: the FFN's fc1, replacing MatMul + BiasGelu):
+//   inputs   x [..., K], w [N, K] (one row per output channel), bias [N] (optional)
+//   output   y [..., N]:  v = sum_k x[r,k] * w[n,k] + bias[n];  y = gelu ? GeluTanh(v) : v
+//            (float32 accumulation). The GELU is the tanh approximation, the one cuBLASLt's
+//            GELU epilogue computes, not ESM's erf GELU: a model built with it is checked against
+//            float32 PyTorch (docs/perf.md) before it is used.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -250,6 +259,11 @@ uint8_t FloatToE4M3(float x) {
 
 SE_HD inline float GeluErf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
+// GeluTanh is GELU's tanh approximation (cuBLASLt's GELU epilogue; PyTorch's approximate="tanh").
+SE_HD inline float GeluTanh(float x) {
+  return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+}
+
 // RowScale is the per-row quantisation scale for a row whose largest magnitude is amax.
 SE_HD inline float RowScale(float amax) {
   const float s = amax / kE4M3Max;
@@ -258,12 +272,12 @@ SE_HD inline float RowScale(float amax) {
 
 using Compute = OrtStatus* (*)(Kernel*, OrtKernelContext*);
 
-// Kernel is one node's state: its op's compute function and attributes (and, for Fp8Linear on
-// CUDA, its cuBLASLt handle and the algorithms chosen per row count, behind mu: concurrent Runs
+// Kernel is one node's state: its op's compute function and attributes (and, for the linear ops
+// on CUDA, its cuBLASLt handle and the algorithms chosen per row count, behind mu: concurrent Runs
 // share a node's kernel).
 struct Kernel {
   Compute compute = nullptr;
-  int64_t gelu = 0;        // QuantizeE4M3: apply erf GELU before quantising
+  int64_t gelu = 0;        // QuantizeE4M3: erf GELU before quantising; Fp16Linear: tanh GELU epilogue
   int64_t fast_accum = 0;  // Fp8Linear (CUDA): cuBLASLt's FP8 fast accumulation
 #ifndef SEQEMBED_OPS_CPU_ONLY
   std::mutex mu;
@@ -371,15 +385,61 @@ OrtStatus* LinearCPU(Kernel*, OrtKernelContext* ctx) {
   return nullptr;
 }
 
+// DenseArgs are Fp16Linear's checked inputs and allocated output.
+struct DenseArgs {
+  Tensor x, w, bias;
+  void* y = nullptr;
+  int64_t rows = 0, k = 0, n = 0;
+};
+
+OrtStatus* GatherDense(OrtKernelContext* ctx, ONNXTensorElementDataType want, DenseArgs* a) {
+  SE_RETURN_IF(GetInput(ctx, 0, &a->x));
+  SE_RETURN_IF(GetInput(ctx, 1, &a->w));
+  SE_RETURN_IF(GetInput(ctx, 2, &a->bias, true));
+  if (a->x.type != want || a->w.type != want || (a->bias.data && a->bias.type != want))
+    return Fail("Fp16Linear: x, w and bias must all have the op's float type");
+  if (a->x.dims.empty() || a->w.dims.size() != 2) return Fail("Fp16Linear: x must be [..., K] and w [N, K]");
+  a->k = a->x.dims.back();
+  a->n = a->w.dims[0];
+  if (a->k <= 0 || a->n <= 0 || a->w.dims[1] != a->k)
+    return Fail("Fp16Linear: w is [" + std::to_string(a->w.dims[0]) + ", " + std::to_string(a->w.dims[1]) +
+                "], want [N, K] with K = x's last dimension " + std::to_string(a->k));
+  if (a->bias.data && static_cast<int64_t>(a->bias.count) != a->n) return Fail("Fp16Linear: bias must hold N values");
+  a->rows = static_cast<int64_t>(a->x.count) / a->k;
+  std::vector<int64_t> dims = a->x.dims;
+  dims.back() = a->n;
+  OrtValue* out = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, dims.data(), dims.size(), &out));
+  return g_api->GetTensorMutableData(out, &a->y);
+}
+
+OrtStatus* DenseCPU(Kernel* k, OrtKernelContext* ctx) {
+  DenseArgs a;
+  SE_RETURN_IF(GatherDense(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
+  const float* x = static_cast<const float*>(a.x.data);
+  const float* w = static_cast<const float*>(a.w.data);
+  const float* b = static_cast<const float*>(a.bias.data);
+  float* y = static_cast<float*>(a.y);
+  for (int64_t r = 0; r < a.rows; r++) {
+    for (int64_t n = 0; n < a.n; n++) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < a.k; j++) acc += x[r * a.k + j] * w[n * a.k + j];
+      const float v = acc + (b ? b[n] : 0.0f);
+      y[r * a.n + n] = k->gelu ? GeluTanh(v) : v;
+    }
+  }
+  return nullptr;
+}
+
 #ifndef SEQEMBED_OPS_CPU_ONLY
 OrtStatus* CudaFail(const char* what, cudaError_t err) {
   return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION, (std::string(what) + ": " + cudaGetErrorString(err)).c_str());
 }
 
-OrtStatus* LtFail(const char* what, cublasStatus_t st) {
-  return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION,
-                             (std::string("Fp8Linear: ") + what + ": cuBLASLt status " + std::to_string(static_cast<int>(st)))
-                                 .c_str());
+OrtStatus* LtFail(const char* op, const char* what, cublasStatus_t st) {
+  return g_api->CreateStatus(
+      ORT_RUNTIME_EXCEPTION,
+      (std::string(op) + ": " + what + ": cuBLASLt status " + std::to_string(static_cast<int>(st))).c_str());
 }
 
 // One block per row, each thread holding kVec vectors of 8 values (16 bytes of float16 in) in
@@ -534,72 +594,92 @@ struct LtPlan {
   }
 };
 
-#define SE_LT(expr, what)                                 \
-  do {                                                     \
-    cublasStatus_t se_st_ = (expr);                        \
-    if (se_st_ != CUBLAS_STATUS_SUCCESS) return LtFail(what, se_st_); \
+#define SE_LT(op, expr, what)                                             \
+  do {                                                                     \
+    cublasStatus_t se_st_ = (expr);                                        \
+    if (se_st_ != CUBLAS_STATUS_SUCCESS) return LtFail(op, what, se_st_); \
   } while (0)
 
-__global__ void AddBiasKernel(__half* y, const __half* __restrict__ bias, int64_t n, int64_t total) {
+// BiasActKernel is the epilogue as a pass of its own, for a shape cuBLASLt has no epilogue kernel
+// for: y += bias (when given), then GELU (tanh, as cuBLASLt's) when kGelu.
+template <bool kGelu>
+__global__ void BiasActKernel(__half* y, const __half* __restrict__ bias, int64_t n, int64_t total) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < total) y[i] = __float2half(__half2float(y[i]) + __half2float(bias[i % n]));
+  if (i >= total) return;
+  float v = __half2float(y[i]) + (bias ? __half2float(bias[i % n]) : 0.0f);
+  if (kGelu) v = GeluTanh(v);
+  y[i] = __float2half(v);
 }
 
-// LinearCUDA: D (column-major N x M, i.e. y row-major [M, N]) = op(A) B with A = w stored
-// column-major K x N (transposed: the "TN" form FP8 needs), B = q column-major K x M; A's outer
-// vector scale is w_scale (length N), B's is the row scales (length M); bias in the epilogue.
-OrtStatus* LinearCUDA(Kernel* k, OrtKernelContext* ctx) {
-  LinearArgs a;
-  SE_RETURN_IF(GatherLinear(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
-  if (a.k % 16 || a.n % 16) return Fail("Fp8Linear (CUDA): K and N must be multiples of 16");
-  if (a.rows == 0) return nullptr;
-  void* stream_ptr = nullptr;
-  SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream_ptr));
-  auto stream = static_cast<cudaStream_t>(stream_ptr);
+// LtGemm is one linear layer's GEMM for RunLt: y [rows, n] (float16) = x [rows, k] · w [n, k]^T
+// (+ bias [n], then tanh GELU when gelu), float32 accumulation. For FP8 (in_type E4M3) x and w are
+// codes and w_scale [n] / x_scale [rows] their outer-vector scales.
+struct LtGemm {
+  const char* op = "";  // the op's name, for errors
+  cudaDataType_t in_type = CUDA_R_16F;
+  const void *w = nullptr, *x = nullptr, *bias = nullptr;
+  void* y = nullptr;
+  int64_t rows = 0, k = 0, n = 0;
+  const void *w_scale = nullptr, *x_scale = nullptr;
+  bool gelu = false, fast_accum = false;
+};
+
+// RunLt is the one path to cuBLASLt: D (column-major N x M, i.e. y row-major [M, N]) = op(A) B
+// with A = w stored column-major K x N (transposed: the "TN" form FP8 needs), B = x column-major
+// K x M; bias and GELU in the epilogue where cuBLASLt has a kernel with it for the shape, else a
+// plain GEMM and BiasActKernel. Algorithms are cached in the node's kernel per AlgoBucket.
+OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
   cublasLtHandle_t lt;
   {
     std::lock_guard<std::mutex> lock(k->mu);
-    SE_RETURN_IF(CheckFP8(k));
-    if (!k->lt) SE_LT(cublasLtCreate(&k->lt), "create handle");
+    if (!k->lt) SE_LT(g.op, cublasLtCreate(&k->lt), "create handle");
     lt = k->lt;
   }
   void* ws = nullptr;
   SE_RETURN_IF(Workspace(stream, &ws));
 
   LtPlan p;
-  SE_LT(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");
+  SE_LT(g.op, cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");
   const cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
-  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof(opT)), "transa");
-  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof(opN)), "transb");
-  const cublasLtMatmulMatrixScale_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec, sizeof(vec)), "A scale mode");
-  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec, sizeof(vec)), "B scale mode");
-  const void* a_scale = a.wscale.data;
-  const void* b_scale = a.scale.data;
-  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale, sizeof(a_scale)), "A scale");
-  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale, sizeof(b_scale)), "B scale");
-  const int8_t fast = k->fast_accum ? 1 : 0;
-  SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)), "fast accumulation");
-  bool epilogue_bias = false;
-  if (a.bias.data) {
-    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    const void* bias = a.bias.data;
-    const cudaDataType_t bias_type = CUDA_R_16F;
-    SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)), "epilogue");
-    SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)), "bias");
-    SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)),
-          "bias type");
-    epilogue_bias = true;
+  SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof(opT)), "transa");
+  SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof(opN)), "transb");
+  if (g.in_type == CUDA_R_8F_E4M3) {
+    const cublasLtMatmulMatrixScale_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec, sizeof(vec)),
+          "A scale mode");
+    SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec, sizeof(vec)),
+          "B scale mode");
+    SE_LT(g.op,
+          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g.w_scale, sizeof(g.w_scale)),
+          "A scale");
+    SE_LT(g.op,
+          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g.x_scale, sizeof(g.x_scale)),
+          "B scale");
+    const int8_t fast = g.fast_accum ? 1 : 0;
+    SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)),
+          "fast accumulation");
   }
-  SE_LT(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, a.k, a.n, a.k), "A layout");
-  SE_LT(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, a.k, a.rows, a.k), "B layout");
-  SE_LT(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_16F, a.n, a.rows, a.n), "D layout");
+  const cublasLtEpilogue_t want = g.bias ? (g.gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+                                         : (g.gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
+  bool fused = true;  // the epilogue is in the GEMM (false: BiasActKernel after it)
+  SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &want, sizeof(want)), "epilogue");
+  if (g.bias) {
+    const cudaDataType_t bias_type = CUDA_R_16F;
+    SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias, sizeof(g.bias)),
+          "bias");
+    SE_LT(g.op,
+          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)),
+          "bias type");
+  }
+  SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.a, g.in_type, g.k, g.n, g.k), "A layout");
+  SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.b, g.in_type, g.k, g.rows, g.k), "B layout");
+  SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.d, CUDA_R_16F, g.n, g.rows, g.n), "D layout");
 
   cublasLtMatmulAlgo_t algo;
   bool have = false;
   {
     std::lock_guard<std::mutex> lock(k->mu);
-    auto it = k->algos.find(AlgoBucket(a.rows));
+    auto it = k->algos.find(AlgoBucket(g.rows));
     if (it != k->algos.end()) {
       algo = it->second;
       have = true;
@@ -607,49 +687,92 @@ OrtStatus* LinearCUDA(Kernel* k, OrtKernelContext* ctx) {
   }
   const float alpha = 1.0f, beta = 0.0f;
   if (have) {
-    const cublasStatus_t st = cublasLtMatmul(lt, p.op, &alpha, a.w.data, p.a, a.q.data, p.b, &beta, a.y, p.d, a.y, p.d,
-                                             &algo, ws, kWorkspaceBytes, stream);
-    if (st == CUBLAS_STATUS_SUCCESS) return nullptr;  // the bias was in the epilogue (only such plans are kept)
-    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) return LtFail("matmul", st);
+    const cublasStatus_t st = cublasLtMatmul(lt, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, g.y, p.d, g.y, p.d, &algo,
+                                             ws, kWorkspaceBytes, stream);
+    if (st == CUBLAS_STATUS_SUCCESS) return nullptr;  // the epilogue was fused (only such plans are kept)
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) return LtFail(g.op, "matmul", st);
     // the bucket's algorithm does not fit this M: plan it exactly (below)
   }
   {
-    SE_LT(cublasLtMatmulPreferenceCreate(&p.pref), "preference");
+    SE_LT(g.op, cublasLtMatmulPreferenceCreate(&p.pref), "preference");
     const uint64_t wsb = kWorkspaceBytes;
-    SE_LT(cublasLtMatmulPreferenceSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb)),
+    SE_LT(g.op,
+          cublasLtMatmulPreferenceSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb)),
           "workspace preference");
     cublasLtMatmulHeuristicResult_t res{};
     int found = 0;
     cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, 1, &res, &found);
-    if ((st != CUBLAS_STATUS_SUCCESS || found == 0) && epilogue_bias) {
-      // No kernel with the bias epilogue for this shape: plain GEMM, then a bias pass.
+    if ((st != CUBLAS_STATUS_SUCCESS || found == 0) && want != CUBLASLT_EPILOGUE_DEFAULT) {
+      // No kernel with this epilogue for the shape: plain GEMM, then the epilogue as a pass.
       const cublasLtEpilogue_t none = CUBLASLT_EPILOGUE_DEFAULT;
-      SE_LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof(none)), "epilogue");
-      epilogue_bias = false;
+      SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof(none)), "epilogue");
+      fused = false;
       st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, 1, &res, &found);
     }
-    if (st != CUBLAS_STATUS_SUCCESS) return LtFail("algorithm heuristic", st);
+    if (st != CUBLAS_STATUS_SUCCESS) return LtFail(g.op, "algorithm heuristic", st);
     if (found == 0)
-      return Fail("Fp8Linear: cuBLASLt has no FP8 GEMM with outer-vector scales for M=" + std::to_string(a.rows) +
-                  " N=" + std::to_string(a.n) + " K=" + std::to_string(a.k) + " on this GPU");
+      return Fail(std::string(g.op) + ": cuBLASLt has no GEMM for M=" + std::to_string(g.rows) +
+                  " N=" + std::to_string(g.n) + " K=" + std::to_string(g.k) + " on this GPU");
     algo = res.algo;
-    if (epilogue_bias || !a.bias.data) {  // cache only plans that keep the epilogue as asked
+    if (fused) {  // cache only plans that keep the epilogue as asked
       std::lock_guard<std::mutex> lock(k->mu);
       if (k->algos.size() >= 4096) k->algos.clear();
-      k->algos[AlgoBucket(a.rows)] = algo;
+      k->algos[AlgoBucket(g.rows)] = algo;
     }
   }
-  SE_LT(cublasLtMatmul(lt, p.op, &alpha, a.w.data, p.a, a.q.data, p.b, &beta, a.y, p.d, a.y, p.d, &algo, ws,
-                       kWorkspaceBytes, stream),
+  SE_LT(g.op,
+        cublasLtMatmul(lt, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, g.y, p.d, g.y, p.d, &algo, ws, kWorkspaceBytes,
+                       stream),
         "matmul");
-  if (a.bias.data && !epilogue_bias) {
-    const int64_t total = a.rows * a.n;
-    AddBiasKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(
-        static_cast<__half*>(a.y), static_cast<const __half*>(a.bias.data), a.n, total);
+  if (!fused) {
+    const int64_t total = g.rows * g.n;
+    const unsigned blocks = static_cast<unsigned>((total + 255) / 256);
+    auto* y = static_cast<__half*>(g.y);
+    auto* b = static_cast<const __half*>(g.bias);
+    if (g.gelu)
+      BiasActKernel<true><<<blocks, 256, 0, stream>>>(y, b, g.n, total);
+    else
+      BiasActKernel<false><<<blocks, 256, 0, stream>>>(y, b, g.n, total);
     const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return CudaFail("Fp8Linear bias", err);
+    if (err != cudaSuccess) return CudaFail((std::string(g.op) + " epilogue").c_str(), err);
   }
   return nullptr;
+}
+
+OrtStatus* LinearCUDA(Kernel* k, OrtKernelContext* ctx) {
+  LinearArgs a;
+  SE_RETURN_IF(GatherLinear(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
+  if (a.k % 16 || a.n % 16) return Fail("Fp8Linear (CUDA): K and N must be multiples of 16");
+  {
+    std::lock_guard<std::mutex> lock(k->mu);
+    SE_RETURN_IF(CheckFP8(k));
+  }
+  if (a.rows == 0) return nullptr;
+  void* stream = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
+  LtGemm g;
+  g.op = "Fp8Linear";
+  g.in_type = CUDA_R_8F_E4M3;
+  g.w = a.w.data, g.x = a.q.data, g.bias = a.bias.data, g.y = a.y;
+  g.rows = a.rows, g.k = a.k, g.n = a.n;
+  g.w_scale = a.wscale.data, g.x_scale = a.scale.data;
+  g.fast_accum = k->fast_accum != 0;
+  return RunLt(k, static_cast<cudaStream_t>(stream), g);
+}
+
+OrtStatus* DenseCUDA(Kernel* k, OrtKernelContext* ctx) {
+  DenseArgs a;
+  SE_RETURN_IF(GatherDense(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
+  if (a.k % 8 || a.n % 8) return Fail("Fp16Linear (CUDA): K and N must be multiples of 8");
+  if (a.rows == 0) return nullptr;
+  void* stream = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
+  LtGemm g;
+  g.op = "Fp16Linear";
+  g.w = a.w.data, g.x = a.x.data, g.bias = a.bias.data, g.y = a.y;
+  g.rows = a.rows, g.k = a.k, g.n = a.n;
+  g.gelu = k->gelu != 0;
+  return RunLt(k, static_cast<cudaStream_t>(stream), g);
 }
 #endif
 
@@ -719,14 +842,17 @@ const std::vector<Op*>& AllOps() {
   static Op bias_cpu("BiasRotaryF32", kCPU, {kF32, kF32, kI64, kF32, kF32}, {kF32}, BiasRotaryCPU);
   static Op quant_cpu("QuantizeE4M3F32", kCPU, {kF32}, {kU8, kF32}, QuantizeCPU);
   static Op linear_cpu("Fp8LinearF32", kCPU, {kU8, kF32, kU8, kF32, kF32}, {kF32}, LinearCPU, 4);
+  static Op dense_cpu("Fp16LinearF32", kCPU, {kF32, kF32, kF32}, {kF32}, DenseCPU, 2);
 #ifndef SEQEMBED_OPS_CPU_ONLY
   constexpr const char* kCUDA = "CUDAExecutionProvider";
   static Op bias_cuda("BiasRotary", kCUDA, {kF16, kF16, kI64, kF16, kF16}, {kF16}, BiasRotaryCUDA);
   static Op quant_cuda("QuantizeE4M3", kCUDA, {kF16}, {kU8, kF32}, QuantizeCUDA);
   static Op linear_cuda("Fp8Linear", kCUDA, {kU8, kF32, kU8, kF32, kF16}, {kF16}, LinearCUDA, 4);
-  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &bias_cuda, &quant_cuda, &linear_cuda};
+  static Op dense_cuda("Fp16Linear", kCUDA, {kF16, kF16, kF16}, {kF16}, DenseCUDA, 2);
+  static const std::vector<Op*> all{&bias_cpu,  &quant_cpu,  &linear_cpu,  &dense_cpu,
+                                    &bias_cuda, &quant_cuda, &linear_cuda, &dense_cuda};
 #else
-  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu};
+  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &dense_cpu};
 #endif
   return all;
 }

@@ -1,0 +1,223 @@
+package gpurun
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/apache/arrow-go/v18/arrow/float16"
+)
+
+// denseModel is one Fp16Linear node (op: Fp16LinearF32 or Fp16Linear) y = x·wᵀ (+ bias), GELU
+// when gelu is 1; float is the ONNX element type of x, w, bias and y (1 float32, 10 float16).
+func denseModel(float int64, op string, gelu int64, bias bool) []byte {
+	attr := pbVarint(pbVarint(pbString(nil, 1, "gelu"), 3, gelu), 20, 2) // AttributeProto INT
+	node := withBias(pbString(pbString(nil, 1, "x"), 1, "w"), bias)
+	node = pbString(pbString(pbString(pbString(node, 2, "y"), 3, "dense"), 4, op), 7, "ai.seqembed")
+	node = pbMessage(node, 5, attr)
+	graph := pbString(pbMessage(nil, 1, node), 2, "dense-test")
+	graph = pbMessage(graph, 11, valueInfo("x", float, "rows", "k"))
+	graph = pbMessage(graph, 11, valueInfo("w", float, "n", "k"))
+	if bias {
+		graph = pbMessage(graph, 11, valueInfo("bias", float, "n"))
+	}
+	graph = pbMessage(graph, 12, valueInfo("y", float, "rows", "n"))
+	model := pbVarint(nil, 1, 8)
+	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, ""), 2, 17))
+	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, "ai.seqembed"), 2, 1))
+	return pbMessage(model, 7, graph)
+}
+
+func openDense(t *testing.T, lib string, model []byte, dev Device, bias bool) *session {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "dense.onnx")
+	if err := os.WriteFile(path, model, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in := []string{"x", "w"}
+	if bias {
+		in = append(in, "bias")
+	}
+	cfg := sessionConfig{model: path, threads: 1, device: dev, customOps: lib, inputs: in, outputs: []string{"y"}}
+	if dev.Kind == "cuda" {
+		cfg.cuda = map[string]string{"device_id": "0"}
+	}
+	sess, err := openSession(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sess.close)
+	return sess
+}
+
+// denseCase is one Fp16Linear problem: x [rows, k], w [n, k], bias [n], values of ESM-2's scale
+// (activations up to a few units, weights ~0.02), exactly representable in float16.
+type denseCase struct {
+	rows, k, n int
+	x, w, bias []float32
+}
+
+func newDenseCase(rows, k, n int) denseCase {
+	c := denseCase{rows: rows, k: k, n: n, x: make([]float32, rows*k), w: make([]float32, n*k), bias: make([]float32, n)}
+	round := func(v float64) float32 { return float16.New(float32(v)).Float32() }
+	for i := range c.x {
+		c.x[i] = round(2 * math.Sin(float64(i)*0.731+0.2) * (1 + float64(i%5)/4))
+	}
+	for i := range c.w {
+		c.w[i] = round(0.04 * math.Cos(float64(i)*1.173+0.5) / math.Sqrt(float64(k)/64))
+	}
+	for i := range c.bias {
+		c.bias[i] = round(0.5 * math.Sin(float64(i)*0.37))
+	}
+	return c
+}
+
+// geluTanh and geluErf are GELU's tanh approximation and its exact form, in float64.
+func geluTanh(v float64) float64 {
+	return 0.5 * v * (1 + math.Tanh(math.Sqrt(2/math.Pi)*(v+0.044715*v*v*v)))
+}
+func geluErf(v float64) float64 { return 0.5 * v * (1 + math.Erf(v/math.Sqrt2)) }
+
+// reference is Fp16Linear's contract in float64; act applies GELU (nil: none).
+func (c denseCase) reference(bias bool, act func(float64) float64) []float64 {
+	y := make([]float64, c.rows*c.n)
+	for r := range c.rows {
+		for n := range c.n {
+			acc := 0.0
+			for j := range c.k {
+				acc += float64(c.x[r*c.k+j]) * float64(c.w[n*c.k+j])
+			}
+			if bias {
+				acc += float64(c.bias[n])
+			}
+			if act != nil {
+				acc = act(acc)
+			}
+			y[r*c.n+n] = acc
+		}
+	}
+	return y
+}
+
+// TestCustomOpsFp16LinearCPU checks the CPU form of Fp16Linear (the CUDA op's reference on the
+// GPU) against a float64 reference: with and without bias, with the tanh GELU, and that the GELU
+// is the tanh approximation (cuBLASLt's), measurably not the erf form, on values where they part.
+func TestCustomOpsFp16LinearCPU(t *testing.T) {
+	lib := buildCPUOps(t)
+	if err := acquireEnv(LibraryPath()); err != nil {
+		t.Fatal(err)
+	}
+	defer releaseEnv()
+	c := newDenseCase(9, 48, 40)
+	for _, tc := range []struct {
+		gelu, bias bool
+	}{{true, true}, {false, true}, {false, false}, {true, false}} {
+		gelu := map[bool]int64{false: 0, true: 1}[tc.gelu]
+		sess := openDense(t, lib, denseModel(1, "Fp16LinearF32", gelu, tc.bias), Device{Kind: "cpu"}, tc.bias)
+		in := tensors(tensorOf(c.x, int64(c.rows), int64(c.k)), tensorOf(c.w, int64(c.n), int64(c.k)))
+		if tc.bias {
+			in = append(in, tensorOf(c.bias, int64(c.n)))
+		}
+		y := make([]float32, c.rows*c.n)
+		if err := sess.run(context.Background(), in, tensors(tensorOf(y, int64(c.rows), int64(c.n)))); err != nil {
+			t.Fatalf("gelu %v bias %v: %v", tc.gelu, tc.bias, err)
+		}
+		var act func(float64) float64
+		if tc.gelu {
+			act = geluTanh
+		}
+		want := c.reference(tc.bias, act)
+		for i, w := range want {
+			if d := math.Abs(float64(y[i]) - w); d > 2e-5*(1+math.Abs(w)) {
+				t.Fatalf("gelu %v bias %v: y[%d][%d] = %g, want %g", tc.gelu, tc.bias, i/c.n, i%c.n, y[i], w)
+			}
+		}
+		if tc.gelu && tc.bias {
+			erf := c.reference(true, geluErf)
+			worst := 0.0
+			for i := range erf {
+				worst = max(worst, math.Abs(float64(y[i])-erf[i]))
+			}
+			if worst < 5e-5 {
+				t.Errorf("the GELU is within %.1e of the erf form everywhere: the case does not tell tanh from erf", worst)
+			}
+			t.Logf("tanh GELU vs erf GELU on this case: max |diff| %.2e", worst)
+		}
+	}
+}
+
+// TestGPUFp16Linear runs the CUDA Fp16Linear (cuBLASLt, bias and GELU in the epilogue) on ESM-2
+// 650M's fc1/fc2 shapes and odd row counts, held to the CPU op on the same float16 values: within
+// float16 rounding of the output (2e-3 of max |y|). It also reports how far the GPU's GELU is from
+// the tanh and the erf forms, which says which one cuBLASLt computes. Needs SEQEMBED_GPU_TESTS=1
+// and SEQEMBED_CUSTOM_OPS pointing at the CUDA build of the library.
+func TestGPUFp16Linear(t *testing.T) {
+	SkipWithoutGPU(t)
+	cudaLib := os.Getenv("SEQEMBED_CUSTOM_OPS")
+	if cudaLib == "" {
+		t.Skip("set SEQEMBED_CUSTOM_OPS to the CUDA build of libseqembed_ops.so")
+	}
+	cpuLib := buildCPUOps(t)
+	if err := acquireEnv(LibraryPath()); err != nil {
+		t.Fatal(err)
+	}
+	defer releaseEnv()
+	half := func(v []float32) []uint16 {
+		out := make([]uint16, len(v))
+		for i, f := range v {
+			out[i] = float16.New(f).Uint16()
+		}
+		return out
+	}
+	for _, shape := range [][3]int{{333, 1280, 5120}, {77, 5120, 1280}, {1, 1280, 5120}, {257, 1280, 5120}, {12, 32, 48}} {
+		c := newDenseCase(shape[0], shape[1], shape[2])
+		rows, k, n := int64(c.rows), int64(c.k), int64(c.n)
+		for _, tc := range []struct {
+			gelu, bias bool
+		}{{true, true}, {false, true}, {false, false}} {
+			gelu := map[bool]int64{false: 0, true: 1}[tc.gelu]
+			cpu := openDense(t, cpuLib, denseModel(1, "Fp16LinearF32", gelu, tc.bias), Device{Kind: "cpu"}, tc.bias)
+			gpu := openDense(t, cudaLib, denseModel(10, "Fp16Linear", gelu, tc.bias), Device{Kind: "cuda"}, tc.bias)
+			in := tensors(tensorOf(c.x, rows, k), tensorOf(c.w, n, k))
+			in16 := tensors(tensorOf(half(c.x), rows, k), tensorOf(half(c.w), n, k))
+			if tc.bias {
+				in = append(in, tensorOf(c.bias, n))
+				in16 = append(in16, tensorOf(half(c.bias), n))
+			}
+			y, gy := make([]float32, c.rows*c.n), make([]uint16, c.rows*c.n)
+			if err := cpu.run(context.Background(), in, tensors(tensorOf(y, rows, n))); err != nil {
+				t.Fatal(err)
+			}
+			// Twice: the second run takes the algorithm the first cached for its row bucket.
+			for range 2 {
+				if err := gpu.run(context.Background(), in16, tensors(tensorOf(gy, rows, n))); err != nil {
+					t.Fatalf("shape %v gelu %v bias %v: %v", shape, tc.gelu, tc.bias, err)
+				}
+			}
+			ymax, worst := 0.0, 0.0
+			for _, v := range y {
+				ymax = max(ymax, math.Abs(float64(v)))
+			}
+			for i, v := range y {
+				worst = max(worst, math.Abs(float64(float16.FromBits(gy[i]).Float32())-float64(v))/(ymax+1e-30))
+			}
+			msg := ""
+			if tc.gelu && tc.bias {
+				dt, de := 0.0, 0.0
+				pre := c.reference(true, nil)
+				for i, v := range pre {
+					g := float64(float16.FromBits(gy[i]).Float32())
+					dt, de = max(dt, math.Abs(g-geluTanh(v))), max(de, math.Abs(g-geluErf(v)))
+				}
+				msg = fmt.Sprintf("; GPU GELU vs the tanh form max %.2e, vs the erf form %.2e", dt, de)
+			}
+			t.Logf("shape %v gelu %v bias %v: y max diff %.2e of max |y| %.3g%s", shape, tc.gelu, tc.bias, worst, ymax, msg)
+			if worst > 2e-3 {
+				t.Errorf("shape %v gelu %v bias %v: y differs from the CPU op by %.2e of max |y| (limit 2e-3)", shape, tc.gelu, tc.bias, worst)
+			}
+		}
+	}
+}
