@@ -41,7 +41,7 @@ Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required
   inflight=2, tokens=16384, graphs=auto|on|off, records=N (first N records), repeat=K (the records K times,
   copy k's ids suffixed _rk: long enough runs of the small models on a subset), device=,
   bench-args=a,b  env=K=V,K2=V2  torch-args=a,b  ncu-skip=20000 ncu-count=1200  label=  timeout=S
-  cpuprofile=1 (e2e/raw: seqembed bench --cpuprofile OUT/profiles/PRESET-LABEL-MODE.pprof)
+  cpuprofile=1 (e2e/raw: seqembed bench --cpuprofile OUT/profiles/PRESET-EXPORT[-LABEL]-MODE.pprof)
 EOF
 }
 
@@ -515,7 +515,7 @@ for l in "${LINES[@]}"; do
       [[ $m == raw ]] && cmd+=(--raw)
       if [[ ${L[cpuprofile]} == 1 ]]; then
         ((dry)) || mkdir -p "$out/profiles"
-        cmd+=(--cpuprofile "$out/profiles/$preset-$label-$m.pprof")
+        cmd+=(--cpuprofile "$out/profiles/$preset-${label//+/_}${L[label]:+-${L[label]}}-$m.pprof") # no + (the device tool refuses it)
       fi
       echo "   $m ($label)"
       run_step "$m-$preset-$label" "${to:-300}" env "${envs[@]}" "${cmd[@]}"

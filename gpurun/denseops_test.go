@@ -150,9 +150,12 @@ func TestCustomOpsFp16LinearCPU(t *testing.T) {
 }
 
 // TestGPUFp16Linear runs the CUDA Fp16Linear (cuBLASLt, bias and GELU in the epilogue) on ESM-2
-// 650M's fc1/fc2 shapes and odd row counts, held to the CPU op on the same float16 values: within
-// float16 rounding of the output (2e-3 of max |y|). It also reports how far the GPU's GELU is from
-// the tanh and the erf forms, which says which one cuBLASLt computes. Needs SEQEMBED_GPU_TESTS=1
+// 650M's fc1/fc2 shapes and odd row counts, held to the CPU op on the same float16 values within
+// float16 rounding of y plus a GEMM's accumulation bound (|Δ| ≤ 2e-3·|y| + 1e-5·Σ_k|x_rk|·max|w|:
+// cuBLAS may sum in a different order, or split K). With GELU it also checks the GELU is the tanh
+// form the op documents: one float16 output cannot tell the forms apart (they differ by ≤ 2e-4,
+// under float16's step at |y| ≈ 1), but the mean error signed by the forms' difference does — it
+// is ≈ 0 for the form computed and ≈ the forms' mean gap for the other. Needs SEQEMBED_GPU_TESTS=1
 // and SEQEMBED_CUSTOM_OPS pointing at the CUDA build of the library.
 func TestGPUFp16Linear(t *testing.T) {
 	SkipWithoutGPU(t)
@@ -174,7 +177,21 @@ func TestGPUFp16Linear(t *testing.T) {
 	}
 	for _, shape := range [][3]int{{333, 1280, 5120}, {77, 5120, 1280}, {1, 1280, 5120}, {257, 1280, 5120}, {12, 32, 48}} {
 		c := newDenseCase(shape[0], shape[1], shape[2])
+		for i := range c.bias { // pre-activations across GELU's bend (|v| up to ~3), where the forms part
+			c.bias[i] = float16.New(2.5 * float32(math.Sin(float64(i)*0.37))).Float32()
+		}
 		rows, k, n := int64(c.rows), int64(c.k), int64(c.n)
+		wmax := 0.0
+		for _, v := range c.w {
+			wmax = max(wmax, math.Abs(float64(v)))
+		}
+		bound := make([]float64, c.rows) // 1e-5·Σ_k|x_rk|·max|w|
+		for r := range c.rows {
+			for j := range c.k {
+				bound[r] += math.Abs(float64(c.x[r*c.k+j]))
+			}
+			bound[r] *= 1e-5 * wmax
+		}
 		for _, tc := range []struct {
 			gelu, bias bool
 		}{{true, true}, {false, true}, {false, false}} {
@@ -197,27 +214,41 @@ func TestGPUFp16Linear(t *testing.T) {
 					t.Fatalf("shape %v gelu %v bias %v: %v", shape, tc.gelu, tc.bias, err)
 				}
 			}
-			ymax, worst := 0.0, 0.0
-			for _, v := range y {
-				ymax = max(ymax, math.Abs(float64(v)))
-			}
+			worst, bad := 0.0, 0
 			for i, v := range y {
-				worst = max(worst, math.Abs(float64(float16.FromBits(gy[i]).Float32())-float64(v))/(ymax+1e-30))
+				d := math.Abs(float64(float16.FromBits(gy[i]).Float32()) - float64(v))
+				tol := 2e-3*math.Abs(float64(v)) + bound[i/c.n]
+				worst = max(worst, d/tol)
+				if d > tol {
+					if bad++; bad <= 3 {
+						t.Errorf("shape %v gelu %v bias %v: y[%d][%d] = %g on the GPU, %g on the CPU (tolerance %.2g)",
+							shape, tc.gelu, tc.bias, i/c.n, i%c.n, float16.FromBits(gy[i]).Float32(), v, tol)
+					}
+				}
 			}
 			msg := ""
-			if tc.gelu && tc.bias {
-				dt, de := 0.0, 0.0
+			if tc.gelu && tc.bias && c.rows*c.n >= 100000 {
+				// mean of (GPU - form) signed by (tanh - erf), where the forms differ by > 5e-5
 				pre := c.reference(true, nil)
+				var st, se float64
+				cnt := 0
 				for i, v := range pre {
-					g := float64(float16.FromBits(gy[i]).Float32())
-					dt, de = max(dt, math.Abs(g-geluTanh(v))), max(de, math.Abs(g-geluErf(v)))
+					gt, ge := geluTanh(v), geluErf(v)
+					if math.Abs(gt-ge) < 5e-5 {
+						continue
+					}
+					g, sign := float64(float16.FromBits(gy[i]).Float32()), math.Copysign(1, gt-ge)
+					st += (g - gt) * sign
+					se += (g - ge) * sign
+					cnt++
 				}
-				msg = fmt.Sprintf("; GPU GELU vs the tanh form max %.2e, vs the erf form %.2e", dt, de)
+				st, se = st/float64(cnt), se/float64(cnt)
+				msg = fmt.Sprintf("; over %d outputs where the forms differ, mean signed error vs tanh %.2e, vs erf %.2e", cnt, st, se)
+				if cnt < 1000 || math.Abs(st) > math.Abs(se)/4 {
+					t.Errorf("shape %v: the GPU's GELU is not the tanh form%s", shape, msg)
+				}
 			}
-			t.Logf("shape %v gelu %v bias %v: y max diff %.2e of max |y| %.3g%s", shape, tc.gelu, tc.bias, worst, ymax, msg)
-			if worst > 2e-3 {
-				t.Errorf("shape %v gelu %v bias %v: y differs from the CPU op by %.2e of max |y| (limit 2e-3)", shape, tc.gelu, tc.bias, worst)
-			}
+			t.Logf("shape %v gelu %v bias %v: worst |Δ| %.2f of the tolerance, %d outside%s", shape, tc.gelu, tc.bias, worst, bad, msg)
 		}
 	}
 }
