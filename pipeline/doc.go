@@ -5,8 +5,8 @@
 //
 //   - pulled and validated: consumer (consumer/consumer.go), started by [Pipeline.Run];
 //   - formed into a batch: batcher (batcher/batcher.go), fed by Run's feeder goroutine;
-//   - run on a device: [Engine.Embed] (engine.go), a pool of Inflight slots per device, through
-//     the retry-in-halves rule (split.go); a model with extra outputs (layers × mean, bos,
+//   - run on a device: [Engine.Embed] (engine.go), a pool of InflightPerDevice slots per device,
+//     through the retry-in-halves rule (split.go); a model with extra outputs (layers × mean, bos,
 //     per-residue) runs through gpurun's EmbedAll, and its outputs become the extra columns of
 //     layout version 3 (outputs.go); a model of one output keeps Embed's path (CUDA graphs);
 //   - published and acked: [Pipeline] batch (pipeline.go), through arrowout.Publisher;

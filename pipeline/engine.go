@@ -49,7 +49,7 @@ func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
 	if err := cudaPreflight(devs, cudaNeeds{driver: "/proc/driver/nvidia/version", ortLib: gpurun.LibraryPath()}); err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, slots: make(chan *gpurun.Runner, cfg.Inflight*len(devs)),
+	e := &Engine{cfg: cfg, slots: make(chan *gpurun.Runner, cfg.InflightPerDevice()*len(devs)),
 		runs: make([]atomic.Int64, len(devs)), busy: gpurun.NewBusyMeter()}
 	for _, dev := range devs {
 		opts, err := cfg.runnerOptions(dev)
@@ -67,8 +67,8 @@ func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
 		}
 		e.runners = append(e.runners, r)
 	}
-	// Inflight slots per device, interleaved: a batch runs on whichever device frees one first.
-	for range cfg.Inflight {
+	// InflightPerDevice slots per device, interleaved: a batch runs on whichever device frees one first.
+	for range cfg.InflightPerDevice() {
 		for _, r := range e.runners {
 			e.slots <- r
 		}
@@ -125,7 +125,7 @@ func (e *Engine) Devices() []gpurun.Device {
 	return out
 }
 
-// Slots is the number of batches the engine runs at once (Inflight per device).
+// Slots is the number of batches the engine runs at once (InflightPerDevice per device).
 func (e *Engine) Slots() int { return cap(e.slots) }
 
 // Busy is the meter of time with at least one run in flight.

@@ -255,7 +255,7 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("Default() invalid: %v", c.Validate())
 	}
 	for flag, mod := range map[string]func(*Config){
-		"--inflight":         func(c *Config) { c.Inflight = 0 },
+		"--inflight":         func(c *Config) { c.Inflight = -1 },
 		"--device":           func(c *Config) { c.Device = "tpu:0" },
 		"--overlength":       func(c *Config) { c.Overlength = "chop" },
 		"--cuda-graphs":      func(c *Config) { c.CUDAGraphs = "maybe" },
@@ -275,6 +275,37 @@ func TestConfigValidate(t *testing.T) {
 		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), flag) {
 			t.Errorf("%s: Validate() = %v, want ErrConfig naming the flag", flag, err)
 		}
+	}
+}
+
+// TestInflightPerDevice: --inflight 0 (the default) means 4 batches per CUDA device and 2 on the
+// CPU; a value given is kept whatever the device; --graph-sessions is bounded by the resolved count.
+func TestInflightPerDevice(t *testing.T) {
+	for _, tc := range []struct {
+		device   string
+		inflight int
+		want     int
+	}{
+		{"cpu", 0, InflightCPU}, {"cuda:0", 0, InflightCUDA}, {"cuda:0,cuda:1", 0, InflightCUDA},
+		{"cuda:all", 0, InflightCUDA}, {"cpu", 3, 3}, {"cuda:1", 1, 1},
+	} {
+		c := Default()
+		c.Device, c.Inflight = tc.device, tc.inflight
+		if got := c.InflightPerDevice(); got != tc.want {
+			t.Errorf("device %s --inflight %d: %d batches per device, want %d", tc.device, tc.inflight, got, tc.want)
+		}
+	}
+	if d := Default(); d.Inflight != 0 || d.InflightPerDevice() != InflightCPU {
+		t.Errorf("Default(): Inflight %d, per device %d; want 0 (auto), %d on its cpu device", d.Inflight, d.InflightPerDevice(), InflightCPU)
+	}
+	c := Default()
+	c.Device, c.GraphSessions = "cuda:0", InflightCUDA
+	if err := c.Validate(); err != nil {
+		t.Errorf("cuda:0, --graph-sessions %d with --inflight auto: %v", InflightCUDA, err)
+	}
+	c.Device = "cpu"
+	if err := c.Validate(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "--graph-sessions") {
+		t.Errorf("cpu, --graph-sessions %d with --inflight auto (%d): %v, want a --graph-sessions error", InflightCUDA, InflightCPU, err)
 	}
 }
 

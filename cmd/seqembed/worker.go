@@ -42,7 +42,7 @@ func registerConfig(fs *flag.FlagSet, c *pipeline.Config) {
 			return err
 		})
 	fs.IntVar(&c.GraphSessions, "graph-sessions", d.GraphSessions, "CUDA-graph sessions per device (0 = --inflight); fewer sessions than batches in flight lets copies overlap replays")
-	fs.IntVar(&c.Inflight, "inflight", d.Inflight, "batches in flight at once per device (inference and publishing overlap)")
+	fs.IntVar(&c.Inflight, "inflight", d.Inflight, "batches in flight at once per device, inference and publishing overlapping (0 = 4 on CUDA, 2 on the CPU)")
 	fs.StringVar(&c.InStream, "in-stream", d.InStream, "input stream (work queue, subjects seqs.>)")
 	fs.StringVar(&c.OutStream, "out-stream", d.OutStream, "output stream (subjects embeddings.>)")
 	fs.DurationVar(&c.BacklogEvery, "backlog-interval", d.BacklogEvery, "how often the consumer's pending + unacked counts are read into seqembed_backlog_records")

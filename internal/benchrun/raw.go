@@ -18,8 +18,8 @@ import (
 
 // Raw prices the pipeline: it loads the model as the worker does (pipeline.NewEngine), batches
 // the whole file with the engine's batcher (lingering an hour, so every bucket fills and then
-// drains), warms up, and times only the model runs, Engine.Slots() of them in flight (Inflight
-// per device) calling Engine.Embed. No NATS, no Arrow. gpu may be nil.
+// drains), warms up, and times only the model runs, Engine.Slots() of them in flight
+// (InflightPerDevice per device) calling Engine.Embed. No NATS, no Arrow. gpu may be nil.
 func Raw(ctx context.Context, cfg pipeline.Config, path string, log *zap.Logger, gpu *GPUMeter) (Result, *Series, error) {
 	if log == nil {
 		log = zap.NewNop()

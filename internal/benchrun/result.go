@@ -58,7 +58,7 @@ func graphTimes(res *Result, cfg pipeline.Config, before, after gpurun.GraphStat
 	per := func(a, b time.Duration) float64 { return ms((a - b) / time.Duration(n)) }
 	res.GraphCopyOverlap, res.GraphSessions = !cfg.GraphCopySync, cfg.GraphSessions
 	if res.GraphSessions == 0 {
-		res.GraphSessions = cfg.Inflight
+		res.GraphSessions = cfg.InflightPerDevice()
 	}
 	res.GraphQueueMs, res.GraphRunMs = per(after.Queue, before.Queue), per(after.Run, before.Run)
 	res.GraphFinishMs, res.GraphGapMs = per(after.Finish, before.Finish), per(after.Gap, before.Gap)
@@ -67,7 +67,7 @@ func graphTimes(res *Result, cfg pipeline.Config, before, after gpurun.GraphStat
 // finish fills in what every mode reports the same way: the configuration, the model (from the
 // manifest if the mode did not load it) and the rates.
 func finish(res Result, cfg pipeline.Config) Result {
-	res.Device, res.Inflight, res.MaxBatchTokens = cfg.Device, cfg.Inflight, cfg.MaxBatchTokens
+	res.Device, res.Inflight, res.MaxBatchTokens = cfg.Device, cfg.InflightPerDevice(), cfg.MaxBatchTokens
 	if res.Model == "" {
 		if man, err := gpurun.LoadManifest(cfg.ModelDir); err == nil {
 			res.Model, res.DType = man.Name, man.DType
