@@ -91,10 +91,37 @@ func biasRotaryModel() []byte {
 	graph = pbMessage(graph, 11, valueInfo("cos", float, "positions", "half"))
 	graph = pbMessage(graph, 11, valueInfo("sin", float, "positions", "half"))
 	graph = pbMessage(graph, 12, valueInfo("y", float, "batch", "length", "dim"))
+	return opTestModel(graph)
+}
+
+// opTestModel wraps an op test's graph in a ModelProto: IR version 8, the ONNX opset 17 and the
+// ai.seqembed domain.
+func opTestModel(graph []byte) []byte {
 	model := pbVarint(nil, 1, 8)
 	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, ""), 2, 17))
 	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, "ai.seqembed"), 2, 1))
 	return pbMessage(model, 7, graph)
+}
+
+// openOpTest writes model to a file called name in a temporary directory and opens it through
+// openSession with the custom-op library lib on dev (one thread; device_id 0 on CUDA), feeding
+// inputs and fetching outputs; the session closes when the test ends.
+func openOpTest(t *testing.T, lib, name string, model []byte, dev Device, inputs, outputs []string) *session {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, model, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := sessionConfig{model: path, threads: 1, device: dev, customOps: lib, inputs: inputs, outputs: outputs}
+	if dev.Kind == "cuda" {
+		cfg.cuda = map[string]string{"device_id": "0"}
+	}
+	sess, err := openSession(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sess.close)
+	return sess
 }
 
 // TestCustomOpsBiasRotaryCPU registers the custom-op library (CPU form) on a session made by

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow/float16"
@@ -25,32 +24,16 @@ func denseModel(float int64, op string, gelu int64, bias bool) []byte {
 		graph = pbMessage(graph, 11, valueInfo("bias", float, "n"))
 	}
 	graph = pbMessage(graph, 12, valueInfo("y", float, "rows", "n"))
-	model := pbVarint(nil, 1, 8)
-	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, ""), 2, 17))
-	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, "ai.seqembed"), 2, 1))
-	return pbMessage(model, 7, graph)
+	return opTestModel(graph)
 }
 
 func openDense(t *testing.T, lib string, model []byte, dev Device, bias bool) *session {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "dense.onnx")
-	if err := os.WriteFile(path, model, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	in := []string{"x", "w"}
 	if bias {
 		in = append(in, "bias")
 	}
-	cfg := sessionConfig{model: path, threads: 1, device: dev, customOps: lib, inputs: in, outputs: []string{"y"}}
-	if dev.Kind == "cuda" {
-		cfg.cuda = map[string]string{"device_id": "0"}
-	}
-	sess, err := openSession(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sess.close)
-	return sess
+	return openOpTest(t, lib, "dense.onnx", model, dev, in, []string{"y"})
 }
 
 // denseCase is one Fp16Linear problem: x [rows, k], w [n, k], bias [n], values of ESM-2's scale

@@ -80,10 +80,7 @@ func fp8Model(float int64, quantOp, linearOp string, gelu int64, bias bool) []by
 	graph = pbMessage(graph, 12, valueInfo("q", uint8T, "rows", "k"))
 	graph = pbMessage(graph, 12, valueInfo("scale", 1, "rows"))
 	graph = pbMessage(graph, 12, valueInfo("y", float, "rows", "n"))
-	model := pbVarint(nil, 1, 8)
-	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, ""), 2, 17))
-	model = pbMessage(model, 8, pbVarint(pbString(nil, 1, "ai.seqembed"), 2, 1))
-	return pbMessage(model, 7, graph)
+	return opTestModel(graph)
 }
 
 // withBias appends the bias input to a node under construction when bias is set.
@@ -165,24 +162,11 @@ func (c fp8Case) reference(x []float32, gelu bool) (q []uint8, scale []float32, 
 
 func openFP8(t *testing.T, lib string, model []byte, dev Device, bias bool) *session {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "fp8.onnx")
-	if err := os.WriteFile(path, model, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	in := []string{"x", "w", "w_scale"}
 	if bias {
 		in = append(in, "bias")
 	}
-	cfg := sessionConfig{model: path, threads: 1, device: dev, customOps: lib, inputs: in, outputs: []string{"q", "scale", "y"}}
-	if dev.Kind == "cuda" {
-		cfg.cuda = map[string]string{"device_id": "0"}
-	}
-	sess, err := openSession(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sess.close)
-	return sess
+	return openOpTest(t, lib, "fp8.onnx", model, dev, in, []string{"q", "scale", "y"})
 }
 
 // TestCustomOpsFP8CPU checks the CPU forms of QuantizeE4M3 and Fp8Linear (the reference the CUDA
