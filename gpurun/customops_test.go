@@ -103,6 +103,24 @@ func opTestModel(graph []byte) []byte {
 	return pbMessage(model, 7, graph)
 }
 
+// gpuOpLibs skips t without a GPU (SkipWithoutGPU) or without SEQEMBED_CUSTOM_OPS (the CUDA build
+// of libseqembed_ops.so), builds the library's CPU form and holds ORT's environment until t ends:
+// the two libraries of a test that holds a CUDA op to its CPU twin.
+func gpuOpLibs(t *testing.T) (cpuLib, cudaLib string) {
+	t.Helper()
+	SkipWithoutGPU(t)
+	cudaLib = os.Getenv("SEQEMBED_CUSTOM_OPS")
+	if cudaLib == "" {
+		t.Skip("set SEQEMBED_CUSTOM_OPS to the CUDA build of libseqembed_ops.so")
+	}
+	cpuLib = buildCPUOps(t)
+	if err := acquireEnv(LibraryPath()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(releaseEnv)
+	return cpuLib, cudaLib
+}
+
 // openOpTest writes model to a file called name in a temporary directory and opens it through
 // openSession with the custom-op library lib on dev (one thread; device_id 0 on CUDA), feeding
 // inputs and fetching outputs; the session closes when the test ends.

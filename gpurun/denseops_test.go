@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow/float16"
@@ -141,16 +140,7 @@ func TestCustomOpsFp16LinearCPU(t *testing.T) {
 // is ≈ 0 for the form computed and ≈ the forms' mean gap for the other. Needs SEQEMBED_GPU_TESTS=1
 // and SEQEMBED_CUSTOM_OPS pointing at the CUDA build of the library.
 func TestGPUFp16Linear(t *testing.T) {
-	SkipWithoutGPU(t)
-	cudaLib := os.Getenv("SEQEMBED_CUSTOM_OPS")
-	if cudaLib == "" {
-		t.Skip("set SEQEMBED_CUSTOM_OPS to the CUDA build of libseqembed_ops.so")
-	}
-	cpuLib := buildCPUOps(t)
-	if err := acquireEnv(LibraryPath()); err != nil {
-		t.Fatal(err)
-	}
-	defer releaseEnv()
+	cpuLib, cudaLib := gpuOpLibs(t)
 	half := func(v []float32) []uint16 {
 		out := make([]uint16, len(v))
 		for i, f := range v {

@@ -249,16 +249,7 @@ func TestCustomOpsFP8CPU(t *testing.T) {
 // y within float16 rounding of the CPU result. Needs SEQEMBED_GPU_TESTS=1, a GPU with FP8 tensor
 // cores and SEQEMBED_CUSTOM_OPS pointing at the CUDA build of the library.
 func TestGPUFP8Ops(t *testing.T) {
-	SkipWithoutGPU(t)
-	cudaLib := os.Getenv("SEQEMBED_CUSTOM_OPS")
-	if cudaLib == "" {
-		t.Skip("set SEQEMBED_CUSTOM_OPS to the CUDA build of libseqembed_ops.so")
-	}
-	cpuLib := buildCPUOps(t)
-	if err := acquireEnv(LibraryPath()); err != nil {
-		t.Fatal(err)
-	}
-	defer releaseEnv()
+	cpuLib, cudaLib := gpuOpLibs(t)
 	for _, shape := range [][3]int{{333, 1280, 1280}, {77, 5120, 1280}, {1, 1280, 5120}, {12, 32, 32}} {
 		c := newFP8Case(shape[0], shape[1], shape[2])
 		// The inputs as float16, and the same values as float32 for the CPU ops.
