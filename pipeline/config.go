@@ -79,8 +79,8 @@ type Config struct {
 
 // Default is the worker's configuration before any flag: the tiny model on the CPU, a 16,384
 // padded-token budget, 256 rows, a 50 ms linger, 64-token buckets, 60 s AckWait, 4,096 unacked
-// records, 5 deliveries, 4 batches in flight per CUDA device (2 on the CPU), a 30 s shutdown, a 1 GiB input stream and
-// an output stream without limits.
+// records, 5 deliveries, 4 batches in flight per CUDA device (2 on the CPU), a 30 s shutdown, a
+// 1 GiB input stream and an output stream without limits.
 func Default() Config {
 	return Config{
 		ModelDir: "testdata/esm2-tiny", Device: "cpu", MaxBatchTokens: 16384, MaxBatchRows: 256,
