@@ -49,7 +49,8 @@ func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
 	if err := cudaPreflight(devs, cudaNeeds{driver: "/proc/driver/nvidia/version", ortLib: gpurun.LibraryPath()}); err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, slots: make(chan *gpurun.Runner, cfg.InflightPerDevice()*len(devs)),
+	perDevice := cfg.InflightPerDevice()
+	e := &Engine{cfg: cfg, slots: make(chan *gpurun.Runner, perDevice*len(devs)),
 		runs: make([]atomic.Int64, len(devs)), busy: gpurun.NewBusyMeter()}
 	for _, dev := range devs {
 		opts, err := cfg.runnerOptions(dev)
@@ -67,8 +68,8 @@ func NewEngine(cfg Config, log *zap.Logger) (*Engine, error) {
 		}
 		e.runners = append(e.runners, r)
 	}
-	// InflightPerDevice slots per device, interleaved: a batch runs on whichever device frees one first.
-	for range cfg.InflightPerDevice() {
+	// perDevice slots per device, interleaved: a batch runs on whichever device frees one first.
+	for range perDevice {
 		for _, r := range e.runners {
 			e.slots <- r
 		}

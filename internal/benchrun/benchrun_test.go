@@ -11,6 +11,7 @@ import (
 
 	"github.com/seqembed/seqembed/gpurun"
 	"github.com/seqembed/seqembed/internal/e2etest"
+	"github.com/seqembed/seqembed/pipeline"
 )
 
 var goldenFASTA = filepath.Join(e2etest.Root, "testdata", "golden-input.fasta")
@@ -33,7 +34,7 @@ func TestBenchCPU(t *testing.T) {
 			if res.Mode != mode || res.Device != "cpu" || res.Model != "esm2-tiny" || res.Sequences != 20 ||
 				res.Residues <= 0 || res.Seconds <= 0 || res.ResiduesPerSec <= 0 || res.Batches < 10 ||
 				res.PaddingEfficiency <= 0 || res.PaddingEfficiency > 1 || res.GPUUtil != -1 ||
-				res.Inflight != cfg.InflightPerDevice() || res.MaxBatchTokens != cfg.MaxBatchTokens {
+				res.Inflight != pipeline.InflightCPU || res.MaxBatchTokens != cfg.MaxBatchTokens {
 				t.Fatalf("result %+v", res)
 			}
 			if mode == "e2e" && (res.LatencyP50Ms <= 0 || res.LatencyP99Ms < res.LatencyP50Ms) {
