@@ -32,12 +32,13 @@ usage: bench/gpu.sh [options] [-f MATRIX]... [LINE]...
 Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required),
   export= mha|packed|auto|traced|optimized|dir:PATH (default auto), ops=custom|none (default
   custom for fused fp16 exports), dtype=fp16|fp32, precision=fp16|fp8|fp8-ffn (fp8: FP8 projections,
-  fp8-ffn: only the FFN's; packed fp16 exports with the custom ops; torch rows stay fp16), gelu=erf|tanh (tanh:
-  export --fused-gelu, fc1 with cuBLASLt's bias+GELU epilogue; packed, custom ops, precision fp16), outliers=SIGMA (heavy-tailed
+  fp8-ffn: only the FFN's; packed or mha fp16 exports with the custom ops; torch rows stay fp16), gelu=erf|tanh (tanh:
+  export --fused-gelu, fc1 with cuBLASLt's bias+GELU epilogue; packed or mha, custom ops, precision fp16), outliers=SIGMA (heavy-tailed
   channels, export --outlier-channels), layout=rows|sequence, check=1|0,
-  modes= e2e,raw,torch,torch-compile,parity,precision,profile (default e2e,raw,torch,torch-compile;
+  modes= e2e,raw,torch,torch-compile,parity,precision,profile,gemm (default e2e,raw,torch,torch-compile;
   precision: seqembed check-precision against float32 PyTorch on the first golden=N records,
-  default 2000),
+  default 2000; gemm: bench/lt_probe.cu, one block's projections through cuBLASLt at the model's
+  shapes with M = tokens, heuristic vs best algorithm, fp16 and FP8; needs no export),
   inflight=2, tokens=16384, graphs=auto|on|off, records=N (first N records), repeat=K (the records K times,
   copy k's ids suffixed _rk: long enough runs of the small models on a subset), device=,
   bench-args=a,b  env=K=V,K2=V2  torch-args=a,b  ncu-skip=20000 ncu-count=1200  label=  timeout=S
@@ -89,7 +90,7 @@ GPURUN_TEST=${GPURUN_TEST:-gpurun.test}
 
 # ---- matrix lines -------------------------------------------------------------------------------
 KEYS=" model export ops dtype precision gelu cpuprofile outliers layout check modes inflight tokens graphs records repeat golden device bench-args env torch-args ncu-skip ncu-count label timeout "
-MODES=" e2e raw torch torch-compile parity precision profile "
+MODES=" e2e raw torch torch-compile parity precision profile gemm "
 declare -A DEF=([export]=auto [dtype]=fp16 [precision]=fp16 [gelu]=erf [cpuprofile]=0 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
   [inflight]=2 [tokens]=16384 [golden]=2000 [ncu-skip]=20000 [ncu-count]=1200)
 LINES=() # each: the line's key=value words, defaults applied
@@ -147,7 +148,6 @@ load() {
   tiny | t6_8M | t12_35M | t30_150M | t33_650M | t36_3B) preset=${L[model]} ;;
   *) die "[$1] model '${L[model]}': want 8M 35M 150M 650M 3B tiny or a preset name" ;;
   esac
-  local hidden
   case $preset in tiny) hidden=64 ;; t6_8M) hidden=320 ;; t12_35M) hidden=480 ;; t30_150M) hidden=640 ;; t33_650M) hidden=1280 ;; t36_3B) hidden=2560 ;; esac
   attn=${L[export]}
   [[ $attn == auto ]] && { ((hidden <= 480)) && attn=mha || attn=packed; } # tools/export_esm2.py --fused auto
@@ -162,11 +162,11 @@ load() {
   [[ $ops == custom && ! ($attn == mha || $attn == packed || $attn == dir:*) ]] && die "[$1] ops=custom needs export=mha|packed"
   [[ $ops == custom && ${L[dtype]} != fp16 && $attn != dir:* ]] && die "[$1] ops=custom needs dtype=fp16"
   [[ ${L[precision]} =~ ^(fp16|fp8|fp8-ffn)$ ]] || die "[$1] precision '${L[precision]}': want fp16, fp8 or fp8-ffn"
-  [[ ${L[precision]} == fp8* && $attn != dir:* && ($attn != packed || $ops != custom) ]] &&
-    die "[$1] precision=fp8 needs export=packed with ops=custom"
+  [[ ${L[precision]} == fp8* && $attn != dir:* && ($attn != packed && $attn != mha || $ops != custom) ]] &&
+    die "[$1] precision=fp8 needs export=packed|mha with ops=custom"
   [[ ${L[gelu]} == erf || ${L[gelu]} == tanh ]] || die "[$1] gelu '${L[gelu]}': want erf or tanh"
-  [[ ${L[gelu]} == tanh && $attn != dir:* && ($attn != packed || $ops != custom || ${L[precision]} != fp16) ]] &&
-    die "[$1] gelu=tanh needs export=packed with ops=custom and precision=fp16"
+  [[ ${L[gelu]} == tanh && $attn != dir:* && ($attn != packed && $attn != mha || $ops != custom || ${L[precision]} != fp16) ]] &&
+    die "[$1] gelu=tanh needs export=packed|mha with ops=custom and precision=fp16"
   [[ ${L[cpuprofile]} == 0 || ${L[cpuprofile]} == 1 ]] || die "[$1] cpuprofile '${L[cpuprofile]}': want 0 or 1"
   [[ -z ${L[outliers]:-} || ${L[outliers]} =~ ^[0-9.]+$ ]] || die "[$1] outliers '${L[outliers]}': want a number"
   [[ ${L[golden]} =~ ^[0-9]+$ ]] || die "[$1] golden '${L[golden]}': want a record count"
@@ -449,7 +449,7 @@ for l in "${LINES[@]}"; do
   # Export once per model directory.
   model_ok=1
   needs_model=0
-  for m in $modes; do [[ $m == torch || $m == torch-compile ]] || needs_model=1; done
+  for m in $modes; do [[ $m == torch || $m == torch-compile || $m == gemm ]] || needs_model=1; done
   if ((needs_model)) && [[ $attn != dir:* && -z ${EXPORTED[$mdir]:-} ]]; then
     export_cmd
     sig=$(printf '%q ' "${EXPORT[@]}")
@@ -598,6 +598,22 @@ for l in "${LINES[@]}"; do
       # check-precision exits 1 when a threshold is missed: the report is the measurement
       ((STEP_RC == 1)) && [[ -s $j ]] && STEP_RC=0
       record precision "$j" precision "$label"
+      ;;
+    gemm)
+      probe=$work/lt_probe
+      if ((dry)) || [[ ! -x $probe ]]; then
+        run_step build-lt-probe 120 "${NVCC:-nvcc}" -O2 -std=c++17 -arch=sm_90 bench/lt_probe.cu -o "$probe" -lcublasLt -lcublas
+        if ((STEP_RC)); then
+          fail_row gemm --set "error=bench/lt_probe.cu did not build"
+          continue
+        fi
+      fi
+      g=$work/tmp/gemm.txt
+      echo "   gemm: one block's projections, M=${L[tokens]} D=$hidden F=$((4 * hidden))"
+      STEP_STDOUT=$g
+      run_step "gemm-$preset" "${to:-180}" "$probe" --m "${L[tokens]}" --d "$hidden" --f "$((4 * hidden))"
+      ((dry)) || cp "$g" "$out/logs/gemm-$preset-${L[tokens]}.txt"
+      record gemm "$g" gemm
       ;;
     profile)
       if ((!model_ok)); then

@@ -3,14 +3,15 @@
 measurement appended to results.jsonl, and the closing table.
 
     results.py meta --build .device/build.json --out META.json
-    results.py append --meta META.json --results OUT/results.jsonl --kind seqembed|torch|parity|precision|profile|export|failed
+    results.py append --meta META.json --results OUT/results.jsonl --kind seqembed|torch|parity|precision|profile|gemm|export|failed
                       [--src FILE] [--set key=value ...]
     results.py table OUT/results.jsonl [--run RUN_ID]
 
 Every row holds the run's metadata (date, run_id, commit, GPU, driver, ORT, torch, ...), the matrix
 line's fields (model, preset, export, dtype, mode, label, ...), "status" (ok, failed, skipped) and
 the measurement: for seqembed the bench's own JSON line (its "model" renamed "model_name"), for
-torch one result of bench/torch_baseline.py (its "mode" renamed "torch_mode").
+torch one result of bench/torch_baseline.py (its "mode" renamed "torch_mode"), for gemm the
+lines of bench/lt_probe.cu as "gemms" and "layers".
 """
 import argparse
 import ctypes
@@ -106,6 +107,16 @@ def parity_checks(text):
     return checks
 
 
+def num(v):
+    """v as an int or float where it reads as one, else the string."""
+    for t in (int, float):
+        try:
+            return t(v)
+        except ValueError:
+            pass
+    return v
+
+
 def rows_from(kind, src):
     """The measurement rows that one step's output file holds."""
     if kind == "seqembed":
@@ -141,6 +152,17 @@ def rows_from(kind, src):
     if kind == "profile":
         with open(src) as f:
             return [json.load(f)]
+    if kind == "gemm":  # bench/lt_probe.cu: "gemm k=v ..." and "layer k=v ..." lines
+        r = {"gemms": [], "layers": []}
+        with open(src) as f:
+            for line in f:
+                word, *pairs = line.split()
+                if word in ("gemm", "layer") and pairs:
+                    kv = dict(p.split("=", 1) for p in pairs if "=" in p)
+                    r[word + "s"].append({k: num(v) for k, v in kv.items()})
+        if not r["layers"]:
+            sys.exit(f"results.py: no layer line in {src}")
+        return [r]
     if kind == "precision":  # seqembed check-precision --json: the report, maybe under "report"
         with open(src) as f:
             doc = json.load(f)
@@ -176,6 +198,16 @@ def precision_note(r):
             f"median {f('median_cosine')}; top-{r.get('k')} overlap mean {f('mean_overlap', 3)} min {f('min_overlap', 3)}")
 
 
+def gemm_note(r):
+    """A gemm row: one block's six projections, heuristic's first algorithm vs the best found."""
+    out = []
+    for l in r.get("layers", []):
+        out.append(f"{l.get('dtype')} block {l.get('separate_top1_us')} us (heuristic), best "
+                   f"{l.get('separate_best_us')}, q/k/v fused {l.get('fused_qkv_best_us')}"
+                   + (f", ORT MatMul form {l.get('gemmex_us')}" if l.get("dtype") == "fp16" else ""))
+    return "; ".join(out)
+
+
 def fmt_rate(v):
     return f"{v:,.0f}" if isinstance(v, (int, float)) else "-"
 
@@ -197,6 +229,8 @@ def one_line(r):
         return f"{what}: {precision_note(r)}"
     if r.get("mode") == "export":
         return f"{what}: {'reused' if r.get('reused') else 'exported'} in {r.get('seconds', 0)} s"
+    if r.get("mode") == "gemm":
+        return f"{what}: {gemm_note(r)}"
     if r.get("mode") == "profile":
         fam = ", ".join(f"{k} {v:.1f} %" for k, v in list(r.get("families", {}).items())[:5])
         return f"{what}: {r.get('kernels')} kernels: {fam}"
@@ -253,6 +287,8 @@ def cmd_table(a):
             notes.append(f"worst cosine {r.get('worst_cosine')}, max-abs {r.get('worst_max_abs')}")
         elif mode == "precision":
             notes.append(precision_note(r))
+        elif mode == "gemm":
+            notes.append(gemm_note(r))
         elif mode == "profile":
             notes.append(", ".join(f"{k} {v:.1f} %" for k, v in list(r.get("families", {}).items())[:6]))
         show_ratio = mode in SEQEMBED_MODES or mode == "torch-compile"
@@ -282,7 +318,8 @@ def main():
     p = sub.add_parser("append")
     p.add_argument("--meta", required=True)
     p.add_argument("--results", required=True)
-    p.add_argument("--kind", required=True, choices=["seqembed", "torch", "parity", "precision", "profile", "export", "failed"])
+    p.add_argument("--kind", required=True, choices=["seqembed", "torch", "parity", "precision", "profile", "gemm", "export",
+                                                        "failed"])
     p.add_argument("--src")
     p.add_argument("--set", action="append")
     p = sub.add_parser("table")

@@ -199,14 +199,14 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     (see resolve_outputs and POOLINGS; names from output_name), in that order; residues_fp16
     writes per-residue outputs as float16 (pooled outputs are float32 always). Same graph as
     esm2graph's Options.Outputs / ResiduesFP16.
-    precision "fp8" (fp16 packed graphs with custom_ops only) runs the six projections of every
+    precision "fp8" (fp16 graphs with custom_ops only, packed or mha) runs the six projections of every
     block as FP8 GEMMs: weights E4M3 with per-output-channel scales (quantize_weight), activations
     quantised per token on the fly (ai.seqembed.QuantizeE4M3, the FFN's erf GELU folded into the
     quantisation of its output), ai.seqembed.Fp8Linear (cuBLASLt, fp16 out, fc1's bias in its
     epilogue, cuBLASLt's fast FP8 accumulation: measured as accurate as the exact one, docs/perf.md);
     embeddings, attention, LayerNorms, residuals and pooling stay as in fp16. fp8_projections "ffn"
     keeps attention's q, k, v and output projections in fp16 (only fc1 and fc2 go FP8).
-    fused_gelu (fp16 precision, packed, custom_ops) runs each FFN's fc1 as ai.seqembed.Fp16Linear:
+    fused_gelu (fp16 precision, custom_ops, packed or mha) runs each FFN's fc1 as ai.seqembed.Fp16Linear:
     one cuBLASLt GEMM with the bias and GELU in its epilogue instead of MatMul + BiasGelu. cuBLASLt's
     GELU is the tanh approximation, not ESM's erf GELU: an approximation, checked against float32
     PyTorch before use (docs/perf.md)."""
@@ -216,10 +216,10 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     if fp8_projections not in ("all", "ffn"):
         raise ValueError(f"fp8_projections {fp8_projections!r}: want all or ffn")
     fp8_attn = fp8 and fp8_projections == "all"
-    if fp8 and not (fp16 and custom_ops and attention == "packed"):
-        raise ValueError("precision fp8 needs fp16, attention packed and custom_ops (seqembed's CUDA ops)")
-    if fused_gelu and (fp8 or not (fp16 and custom_ops and attention == "packed")):
-        raise ValueError("fused_gelu needs precision fp16, fp16, attention packed and custom_ops (seqembed's CUDA ops)")
+    if fp8 and not (fp16 and custom_ops):
+        raise ValueError("precision fp8 needs fp16 and custom_ops (seqembed's CUDA ops)")
+    if fused_gelu and (fp8 or not (fp16 and custom_ops)):
+        raise ValueError("fused_gelu needs precision fp16, fp16 and custom_ops (seqembed's CUDA ops)")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):

@@ -409,15 +409,15 @@ def main():
     ap.add_argument("--custom-ops", action="store_true", help="--fused mha|packed --fp16: bias + rotary as seqembed's "
                     "ai.seqembed.BiasRotary (build the library into --out with scripts/build-ops.sh "
                     "OUT/libseqembed_ops.so)")
-    ap.add_argument("--precision", choices=["fp16", "fp8"], default="fp16", help="--fused packed --fp16 "
+    ap.add_argument("--precision", choices=["fp16", "fp8"], default="fp16", help="--fused packed|mha --fp16 "
                     "--custom-ops: fp8 runs every block's six projections as FP8 GEMMs (E4M3 weights with "
                     "per-output-channel scales, activations quantised per token; needs a GPU with FP8 tensor "
                     "cores: Ada, Hopper). Check it on your weights: seqembed check-precision")
     ap.add_argument("--fp8-projections", choices=["all", "ffn"], default="all", help="--precision fp8: which "
                     "projections run as FP8 GEMMs: all six of every block (default) or only the FFN's two (fc1, "
                     "fc2: two thirds of the GEMM work; attention's q, k, v, o stay fp16) for more accuracy")
-    ap.add_argument("--fused-gelu", action="store_true", help="--fused packed --fp16 --custom-ops, precision "
-                    "fp16: each FFN's fc1 as one cuBLASLt GEMM with bias and GELU in its epilogue "
+    ap.add_argument("--fused-gelu", action="store_true", help="--fused packed|mha --fp16 --custom-ops, "
+                    "precision fp16: each FFN's fc1 as one cuBLASLt GEMM with bias and GELU in its epilogue "
                     "(ai.seqembed.Fp16Linear) instead of MatMul + BiasGelu. cuBLASLt's GELU is the tanh "
                     "approximation, not ESM's erf GELU: check it with seqembed check-precision")
     ap.add_argument("--outlier-channels", type=float, default=0.0, metavar="SIGMA", help="--preset only: "
@@ -436,11 +436,10 @@ def main():
     args = ap.parse_args()
     if args.custom_ops and (not args.fused or not args.fp16):
         sys.exit("--custom-ops needs --fused mha|packed --fp16")
-    if args.precision == "fp8" and not (args.fused in ("packed", "auto") and args.fp16 and args.custom_ops):
-        sys.exit("--precision fp8 needs --fused packed --fp16 --custom-ops")
-    if args.fused_gelu and not (args.fused in ("packed", "auto") and args.fp16 and args.custom_ops
-                                and args.precision == "fp16"):
-        sys.exit("--fused-gelu needs --fused packed --fp16 --custom-ops and precision fp16")
+    if args.precision == "fp8" and not (args.fused and args.fp16 and args.custom_ops):
+        sys.exit("--precision fp8 needs --fused packed|mha|auto --fp16 --custom-ops")
+    if args.fused_gelu and not (args.fused and args.fp16 and args.custom_ops and args.precision == "fp16"):
+        sys.exit("--fused-gelu needs --fused packed|mha|auto --fp16 --custom-ops and precision fp16")
     if args.outlier_channels and not args.preset:
         sys.exit("--outlier-channels applies to --preset (random weights) only")
     if args.fused and args.optimize:
@@ -455,8 +454,6 @@ def main():
     if args.fused == "auto":
         args.fused = "mha" if model.config.hidden_size <= AUTO_MHA_MAX_HIDDEN else "packed"
         print(f"--fused auto: {args.fused} (hidden size {model.config.hidden_size})", file=sys.stderr)
-        if (args.precision == "fp8" or args.fused_gelu) and args.fused != "packed":
-            sys.exit("--precision fp8 and --fused-gelu need the packed graph; --fused auto chose mha for this model")
     if args.fp16 and device != "cuda" and not args.fused:
         sys.exit("--fp16 needs a CUDA device for the traced export (or use --fused)")
     os.makedirs(args.out, exist_ok=True)
