@@ -185,7 +185,7 @@ PRECISIONS = ("fp16", "fp8")
 
 
 def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False, outputs=None,
-          residues_fp16=False, precision="fp16", fp8_projections="all", fused_gelu=False):
+          residues_fp16=False, precision="fp16", fp8_projections="all", fused_gelu=False, fp16_linear=False):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
@@ -209,7 +209,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     fused_gelu (fp16 precision, custom_ops, packed or mha) runs each FFN's fc1 as ai.seqembed.Fp16Linear:
     one cuBLASLt GEMM with the bias and GELU in its epilogue instead of MatMul + BiasGelu. cuBLASLt's
     GELU is the tanh approximation, not ESM's erf GELU: an approximation, checked against float32
-    PyTorch before use (docs/perf.md)."""
+    PyTorch before use (docs/perf.md).
+    fp16_linear (fp16, custom_ops) runs every projection that is not FP8 as ai.seqembed.Fp16Linear
+    (cuBLASLt with the weight stored [out, in], the "TN" form, and the algorithm chosen by timing
+    per shape) instead of ORT's MatMul (cublasGemmEx on [in, out] weights): faster at ESM-2's shapes
+    (docs/perf.md, bench/gpu.sh mode gemm); the same arithmetic (float32 accumulation)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: want one of {PRECISIONS}")
     fp8 = precision == "fp8"
@@ -220,6 +224,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         raise ValueError("precision fp8 needs fp16 and custom_ops (seqembed's CUDA ops)")
     if fused_gelu and (fp8 or not (fp16 and custom_ops)):
         raise ValueError("fused_gelu needs precision fp16, fp16 and custom_ops (seqembed's CUDA ops)")
+    if fp16_linear and not (fp16 and custom_ops):
+        raise ValueError("fp16_linear needs fp16 and custom_ops (seqembed's CUDA ops)")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
@@ -291,9 +297,6 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         else:
             raise ValueError(f"mask_form {mask_form!r}")
 
-    def lin_w(lin):
-        return _np(lin.weight).T  # MatMul wants [in, out]
-
     layers = esm.encoder.layer
     ln = g.op("LayerNormalization", [x, g.w("l0_ln1_g", _np(layers[0].attention.LayerNorm.weight)),
                                      g.w("l0_ln1_b", _np(layers[0].attention.LayerNorm.bias))], axis=-1, epsilon=eps)
@@ -308,6 +311,12 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
             ins.append(g.w(name + "_bias", bias))
         return g.op("Fp8Linear", ins, domain=SEQEMBED_OPS, fast_accum=1)
 
+    def linear(t, name, w_out_in, bias=None, gelu=0):  # fp16 projection: Fp16Linear, or MatMul on [in, out]
+        if fp16_linear or gelu:
+            ins = [t, g.w(name, w_out_in)] + ([g.w(name.replace("w", "b", 1), bias)] if bias is not None else [])
+            return g.op("Fp16Linear", ins, domain=SEQEMBED_OPS, gelu=gelu)
+        return g.op("MatMul", [t, g.w(name, np.ascontiguousarray(w_out_in.T))])
+
     for i, lay in enumerate(layers):
         att, p = lay.attention, f"l{i}_"
         if fp8_attn:
@@ -316,9 +325,9 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
             k = fp8_linear(lnq, p + "wk", _np(att.self.key.weight)[perm])
             v = fp8_linear(lnq, p + "wv", _np(att.self.value.weight))
         else:
-            q = g.op("MatMul", [ln, g.w(p + "wq", lin_w(att.self.query)[:, perm])])
-            k = g.op("MatMul", [ln, g.w(p + "wk", lin_w(att.self.key)[:, perm])])
-            v = g.op("MatMul", [ln, g.w(p + "wv", lin_w(att.self.value))])
+            q = linear(ln, p + "wq", _np(att.self.query.weight)[perm])
+            k = linear(ln, p + "wk", _np(att.self.key.weight)[perm])
+            v = linear(ln, p + "wv", _np(att.self.value.weight))
         bq, bk = g.w(p + "bq", _np(att.self.query.bias)[perm]), g.w(p + "bk", _np(att.self.key.bias)[perm])
         if custom_ops:
             q = g.op("BiasRotary", [q, bq, pos, cos, sin], domain=SEQEMBED_OPS)
@@ -336,7 +345,7 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         if fp8_attn:
             o = fp8_linear(quant(ctx), p + "wo", wo)
         else:
-            o = g.op("MatMul", [ctx, g.w(p + "wo", wo.T)])
+            o = linear(ctx, p + "wo", wo)
         ln2, _, _, resid = g.op("SkipLayerNormalization", [o, resid, g.w(p + "ln2_g", _np(lay.LayerNorm.weight)),
                                                             g.w(p + "ln2_b", _np(lay.LayerNorm.bias)), g.w(p + "bo", bo)],
                                 outputs=4, skip=(1, 2), domain=MS, epsilon=eps)
@@ -344,13 +353,12 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
             h = fp8_linear(quant(ln2), p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias))
             y = fp8_linear(quant(h, gelu=1), p + "w2", _np(lay.output.dense.weight))
         elif fused_gelu:
-            h = g.op("Fp16Linear", [ln2, g.w(p + "w1", _np(lay.intermediate.dense.weight)),
-                                    g.w(p + "b1", _np(lay.intermediate.dense.bias))], domain=SEQEMBED_OPS, gelu=1)
-            y = g.op("MatMul", [h, g.w(p + "w2", lin_w(lay.output.dense))])
+            h = linear(ln2, p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias), gelu=1)
+            y = linear(h, p + "w2", _np(lay.output.dense.weight))
         else:
-            h = g.op("BiasGelu", [g.op("MatMul", [ln2, g.w(p + "w1", lin_w(lay.intermediate.dense))]),
+            h = g.op("BiasGelu", [linear(ln2, p + "w1", _np(lay.intermediate.dense.weight)),
                                   g.w(p + "b1", _np(lay.intermediate.dense.bias))], domain=MS)
-            y = g.op("MatMul", [h, g.w(p + "w2", lin_w(lay.output.dense))])
+            y = linear(h, p + "w2", _np(lay.output.dense.weight))
         if i + 1 < L:
             nxt = layers[i + 1].attention.LayerNorm
             gname, bname = f"l{i + 1}_ln1_g", f"l{i + 1}_ln1_b"

@@ -44,8 +44,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -273,8 +275,8 @@ SE_HD inline float RowScale(float amax) {
 using Compute = OrtStatus* (*)(Kernel*, OrtKernelContext*);
 
 // Kernel is one node's state: its op's compute function and attributes (and, for the linear ops
-// on CUDA, its cuBLASLt handle and the algorithms chosen per row count, behind mu: concurrent Runs
-// share a node's kernel).
+// on CUDA, its cuBLASLt handle behind mu: concurrent Runs share a node's kernel; the algorithms
+// are chosen once per shape for the whole process, AlgoCache).
 struct Kernel {
   Compute compute = nullptr;
   int64_t gelu = 0;        // QuantizeE4M3: erf GELU before quantising; Fp16Linear: tanh GELU epilogue
@@ -283,7 +285,6 @@ struct Kernel {
   std::mutex mu;
   cublasLtHandle_t lt = nullptr;
   bool cc_ok = false;
-  std::unordered_map<int64_t, cublasLtMatmulAlgo_t> algos;  // by row-count bucket (AlgoBucket)
   ~Kernel() {
     if (lt) cublasLtDestroy(lt);
   }
@@ -574,11 +575,42 @@ OrtStatus* Workspace(cudaStream_t stream, void** out) {
   return nullptr;
 }
 
-// AlgoBucket groups row counts that share one cuBLASLt algorithm: a heuristic query costs far
-// more than the GEMM's launch, and packed batches have a different token count each time. An
-// algorithm found for one M of a bucket is used for the others (cuBLASLt's tiles do not depend on
-// M); a GEMM that refuses it is planned again for its exact M.
-int64_t AlgoBucket(int64_t m) { return m <= 256 ? m : (m + 255) / 256 * 256; }
+// AlgoClass groups row counts that share one cuBLASLt algorithm: choosing one costs far more than
+// the GEMM's launch, and packed batches have a different token count each time. Up to 256 rows a
+// class is one M; above, half an octave (M in (2^(c/2-1/2), 2^(c/2)]). An algorithm chosen for one M
+// of a class is used for the others (cuBLASLt's tiles do not depend on M); a GEMM that refuses it
+// is planned again for its exact M.
+int64_t AlgoClass(int64_t m) {
+  if (m <= 256) return m;
+  return 1000 + static_cast<int64_t>(std::ceil(2.0 * std::log2(static_cast<double>(m)) - 1e-9));
+}
+
+// AlgoKey is what an algorithm is chosen for: device, input type, N, K, epilogue, FP8 fast
+// accumulation and AlgoClass(M). Every node of every session with that GEMM shares the choice.
+using AlgoKey = std::tuple<int, int, int64_t, int64_t, int, int, int64_t>;
+
+// AlgoCache holds the chosen algorithms for the process's life (behind its mutex).
+struct AlgoCache {
+  std::mutex mu;
+  std::map<AlgoKey, cublasLtMatmulAlgo_t> algos;
+};
+AlgoCache& Algos() {
+  static AlgoCache* c = new AlgoCache;  // never destroyed: ORT may run kernels during exit
+  return *c;
+}
+
+// TuneCount is how many of cuBLASLt's heuristic candidates a new GEMM shape times before choosing
+// (8; SEQEMBED_LT_TUNE=0 takes the heuristic's first, as before the timing, SEQEMBED_LT_TUNE=N
+// times N). The timing runs once per AlgoKey, on the op's stream, a few GEMMs per candidate.
+int TuneCount() {
+  static const int n = [] {
+    const char* env = std::getenv("SEQEMBED_LT_TUNE");
+    if (!env || !*env) return 8;
+    const int v = std::atoi(env);
+    return v < 1 ? 1 : (v > 32 ? 32 : v);
+  }();
+  return n;
+}
 
 // LtPlan holds one call's cuBLASLt descriptors (created per call: concurrent Runs share a kernel).
 struct LtPlan {
@@ -624,10 +656,53 @@ struct LtGemm {
   bool gelu = false, fast_accum = false;
 };
 
+// TimeAlgos picks the fastest of found heuristic candidates res for one GEMM (matmul runs it with
+// a given algorithm on stream): each candidate runs once, then kReps times between two events, in
+// two interleaved rounds (the minimum counts); a candidate cuBLASLt refuses is skipped. It waits
+// for the stream, so it runs once per AlgoKey; while the stream is being captured into a CUDA graph
+// it cannot wait and keeps the heuristic's first (best = 0). The GEMM's output is rewritten by
+// every run (the same values: beta is 0), so nothing else sees the timing.
+template <typename Matmul>
+OrtStatus* TimeAlgos(const char* op, cudaStream_t stream, const cublasLtMatmulHeuristicResult_t* res, int found,
+                     Matmul&& matmul, int* best) {
+  *best = 0;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  if (cap != cudaStreamCaptureStatusNone) return nullptr;
+  constexpr int kReps = 3;
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  cudaError_t err = cudaEventCreate(&e0);
+  if (err == cudaSuccess) err = cudaEventCreate(&e1);
+  std::vector<float> ms(static_cast<size_t>(found), -1.0f);
+  for (int round = 0; round < 2 && err == cudaSuccess; round++) {
+    for (int i = 0; i < found && err == cudaSuccess; i++) {
+      if (round > 0 && ms[i] < 0) continue;  // refused in round 0
+      bool ok = matmul(res[i].algo) == CUBLAS_STATUS_SUCCESS;
+      if (!ok) continue;
+      err = cudaEventRecord(e0, stream);
+      for (int r = 0; r < kReps && err == cudaSuccess && ok; r++) ok = matmul(res[i].algo) == CUBLAS_STATUS_SUCCESS;
+      if (err == cudaSuccess) err = cudaEventRecord(e1, stream);
+      if (err == cudaSuccess) err = cudaEventSynchronize(e1);
+      float t = 0.0f;
+      if (err == cudaSuccess) err = cudaEventElapsedTime(&t, e0, e1);
+      if (err == cudaSuccess && ok && (ms[i] < 0 || t < ms[i])) ms[i] = t;
+    }
+  }
+  if (e0) cudaEventDestroy(e0);
+  if (e1) cudaEventDestroy(e1);
+  if (err != cudaSuccess) return CudaFail((std::string(op) + ": timing cuBLASLt's algorithms").c_str(), err);
+  for (int i = 0; i < found; i++)
+    if (ms[i] >= 0 && (ms[*best] < 0 || ms[i] < ms[*best])) *best = i;
+  return nullptr;
+}
+
 // RunLt is the one path to cuBLASLt: D (column-major N x M, i.e. y row-major [M, N]) = op(A) B
 // with A = w stored column-major K x N (transposed: the "TN" form FP8 needs), B = x column-major
 // K x M; bias and GELU in the epilogue where cuBLASLt has a kernel with it for the shape, else a
-// plain GEMM and BiasActKernel. Algorithms are cached in the node's kernel per AlgoBucket.
+// plain GEMM and BiasActKernel. The algorithm is chosen once per AlgoKey (TimeAlgos) and cached.
 OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
   cublasLtHandle_t lt;
   {
@@ -675,23 +750,31 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
   SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.b, g.in_type, g.k, g.rows, g.k), "B layout");
   SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.d, CUDA_R_16F, g.n, g.rows, g.n), "D layout");
 
+  int dev = 0;
+  if (const cudaError_t err = cudaGetDevice(&dev); err != cudaSuccess) return CudaFail(g.op, err);
+  const AlgoKey key{dev, static_cast<int>(g.in_type), g.n, g.k, static_cast<int>(want), g.fast_accum ? 1 : 0,
+                    AlgoClass(g.rows)};
   cublasLtMatmulAlgo_t algo;
   bool have = false;
   {
-    std::lock_guard<std::mutex> lock(k->mu);
-    auto it = k->algos.find(AlgoBucket(g.rows));
-    if (it != k->algos.end()) {
+    AlgoCache& c = Algos();
+    std::lock_guard<std::mutex> lock(c.mu);
+    auto it = c.algos.find(key);
+    if (it != c.algos.end()) {
       algo = it->second;
       have = true;
     }
   }
   const float alpha = 1.0f, beta = 0.0f;
+  auto matmul = [&](const cublasLtMatmulAlgo_t& a) {
+    return cublasLtMatmul(lt, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, g.y, p.d, g.y, p.d, &a, ws, kWorkspaceBytes,
+                          stream);
+  };
   if (have) {
-    const cublasStatus_t st = cublasLtMatmul(lt, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, g.y, p.d, g.y, p.d, &algo,
-                                             ws, kWorkspaceBytes, stream);
+    const cublasStatus_t st = matmul(algo);
     if (st == CUBLAS_STATUS_SUCCESS) return nullptr;  // the epilogue was fused (only such plans are kept)
     if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) return LtFail(g.op, "matmul", st);
-    // the bucket's algorithm does not fit this M: plan it exactly (below)
+    // the class's algorithm does not fit this M: plan it exactly (below), without caching
   }
   {
     SE_LT(g.op, cublasLtMatmulPreferenceCreate(&p.pref), "preference");
@@ -699,31 +782,33 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
     SE_LT(g.op,
           cublasLtMatmulPreferenceSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb)),
           "workspace preference");
-    cublasLtMatmulHeuristicResult_t res{};
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
     int found = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, 1, &res, &found);
+    std::vector<cublasLtMatmulHeuristicResult_t> res(have ? 1 : TuneCount());
+    st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, static_cast<int>(res.size()),
+                                        res.data(), &found);
     if ((st != CUBLAS_STATUS_SUCCESS || found == 0) && want != CUBLASLT_EPILOGUE_DEFAULT) {
       // No kernel with this epilogue for the shape: plain GEMM, then the epilogue as a pass.
       const cublasLtEpilogue_t none = CUBLASLT_EPILOGUE_DEFAULT;
       SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof(none)), "epilogue");
       fused = false;
-      st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, 1, &res, &found);
+      st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, static_cast<int>(res.size()),
+                                          res.data(), &found);
     }
     if (st != CUBLAS_STATUS_SUCCESS) return LtFail(g.op, "algorithm heuristic", st);
     if (found == 0)
       return Fail(std::string(g.op) + ": cuBLASLt has no GEMM for M=" + std::to_string(g.rows) +
                   " N=" + std::to_string(g.n) + " K=" + std::to_string(g.k) + " on this GPU");
-    algo = res.algo;
-    if (fused) {  // cache only plans that keep the epilogue as asked
-      std::lock_guard<std::mutex> lock(k->mu);
-      if (k->algos.size() >= 4096) k->algos.clear();
-      k->algos[AlgoBucket(g.rows)] = algo;
+    int best = 0;
+    if (found > 1) SE_RETURN_IF(TimeAlgos(g.op, stream, res.data(), found, matmul, &best));
+    algo = res[best].algo;
+    if (fused && !have) {  // cache only plans that keep the epilogue as asked
+      AlgoCache& c = Algos();
+      std::lock_guard<std::mutex> lock(c.mu);
+      c.algos.emplace(key, algo);
     }
   }
-  SE_LT(g.op,
-        cublasLtMatmul(lt, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, g.y, p.d, g.y, p.d, &algo, ws, kWorkspaceBytes,
-                       stream),
-        "matmul");
+  SE_LT(g.op, matmul(algo), "matmul");
   if (!fused) {
     const int64_t total = g.rows * g.n;
     const unsigned blocks = static_cast<unsigned>((total + 255) / 256);
