@@ -421,8 +421,7 @@ def main():
                     "(ai.seqembed.Fp16Linear) instead of MatMul + BiasGelu. cuBLASLt's GELU is the tanh "
                     "approximation, not ESM's erf GELU: check it with seqembed check-precision")
     ap.add_argument("--fp16-linear", action="store_true", help="--fused packed|mha --fp16 --custom-ops: every "
-                    "float16 projection as ai.seqembed.Fp16Linear (cuBLASLt, weights [out, in], algorithm timed per "
-                    "shape) instead of ORT's MatMul: faster at ESM-2's shapes, the same arithmetic")
+                    "float16 projection as ai.seqembed.Fp16Linear (cuBLASLt, weights [out, in]) instead of ORT's MatMul: faster at ESM-2's shapes, the same arithmetic")
     ap.add_argument("--outlier-channels", type=float, default=0.0, metavar="SIGMA", help="--preset only: "
                     "give the activations entering the projections heavy-tailed channels (log-normal factors "
                     "exp(SIGMA*z), undone in the weights that read them: the same function), as trained models "

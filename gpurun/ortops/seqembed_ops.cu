@@ -599,13 +599,15 @@ AlgoCache& Algos() {
   return *c;
 }
 
-// TuneCount is how many of cuBLASLt's heuristic candidates a new GEMM shape times before choosing
-// (8; SEQEMBED_LT_TUNE=0 takes the heuristic's first, as before the timing, SEQEMBED_LT_TUNE=N
-// times N). The timing runs once per AlgoKey, on the op's stream, a few GEMMs per candidate.
+// TuneCount is how many of cuBLASLt's heuristic candidates a new GEMM shape times before choosing:
+// 1 by default (the heuristic's first, no timing); SEQEMBED_LT_TUNE=N times N. Off by default
+// because it measured slower: at 650M the timed choice (fastest alone, bench/gpu.sh mode gemm) was
+// 7 % slower end to end than the heuristic's with four batches in flight (docs/perf.md, 2026-12-02
+// sixth session). The timing runs once per AlgoKey, on the op's stream, a few GEMMs a candidate.
 int TuneCount() {
   static const int n = [] {
     const char* env = std::getenv("SEQEMBED_LT_TUNE");
-    if (!env || !*env) return 8;
+    if (!env || !*env) return 1;
     const int v = std::atoi(env);
     return v < 1 ? 1 : (v > 32 ? 32 : v);
   }();
