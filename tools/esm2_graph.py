@@ -211,8 +211,9 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     GELU is the tanh approximation, not ESM's erf GELU: an approximation, checked against float32
     PyTorch before use (docs/perf.md).
     fp16_linear (fp16, custom_ops) runs every projection that is not FP8 as ai.seqembed.Fp16Linear
-    (cuBLASLt with the weight stored [out, in], the "TN" form) instead of ORT's MatMul (cublasGemmEx on [in, out] weights): faster at ESM-2's shapes
-    (docs/perf.md, bench/gpu.sh mode gemm); the same arithmetic (float32 accumulation)."""
+    (cuBLASLt with the weight stored [out, in], the "TN" form) instead of ORT's MatMul (cublasGemmEx
+    on [in, out] weights): faster at ESM-2's shapes (docs/perf.md, bench/gpu.sh mode gemm); the same
+    arithmetic (float32 accumulation)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: want one of {PRECISIONS}")
     fp8 = precision == "fp8"

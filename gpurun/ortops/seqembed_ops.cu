@@ -784,11 +784,10 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
     SE_LT(g.op,
           cublasLtMatmulPreferenceSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb)),
           "workspace preference");
-    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
     int found = 0;
     std::vector<cublasLtMatmulHeuristicResult_t> res(have ? 1 : TuneCount());
-    st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, static_cast<int>(res.size()),
-                                        res.data(), &found);
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref,
+                                                       static_cast<int>(res.size()), res.data(), &found);
     if ((st != CUBLAS_STATUS_SUCCESS || found == 0) && want != CUBLASLT_EPILOGUE_DEFAULT) {
       // No kernel with this epilogue for the shape: plain GEMM, then the epilogue as a pass.
       const cublasLtEpilogue_t none = CUBLASLT_EPILOGUE_DEFAULT;
