@@ -33,8 +33,8 @@ Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required
   export= mha|packed|auto|traced|optimized|dir:PATH (default auto), ops=custom|none (default
   custom for fused fp16 exports), dtype=fp16|fp32, precision=fp16|fp8|fp8-ffn (fp8: FP8 projections,
   fp8-ffn: only the FFN's; packed or mha fp16 exports with the custom ops; torch rows stay fp16), gelu=erf|tanh (tanh:
-  export --fused-gelu, fc1 with cuBLASLt's bias+GELU epilogue; packed or mha, custom ops, precision fp16), linear=ort|lt (lt: export --fp16-linear, every fp16
-  projection as ai.seqembed.Fp16Linear), outliers=SIGMA (heavy-tailed
+  export --fused-gelu, fc1 with cuBLASLt's bias+GELU epilogue; packed or mha, custom ops, precision fp16), linear=ort|lt|lt-res (lt: export --fp16-linear, every fp16
+  projection as ai.seqembed.Fp16Linear; lt-res: also --fused-residual, the residual added in the GEMM), outliers=SIGMA (heavy-tailed
   channels, export --outlier-channels), layout=rows|sequence, check=1|0,
   modes= e2e,raw,torch,torch-compile,parity,precision,profile,gemm (default e2e,raw,torch,torch-compile;
   precision: seqembed check-precision against float32 PyTorch on the first golden=N records,
@@ -168,9 +168,9 @@ load() {
   [[ ${L[gelu]} == erf || ${L[gelu]} == tanh ]] || die "[$1] gelu '${L[gelu]}': want erf or tanh"
   [[ ${L[gelu]} == tanh && $attn != dir:* && ($attn != packed && $attn != mha || $ops != custom || ${L[precision]} != fp16) ]] &&
     die "[$1] gelu=tanh needs export=packed|mha with ops=custom and precision=fp16"
-  [[ ${L[linear]} == ort || ${L[linear]} == lt ]] || die "[$1] linear '${L[linear]}': want ort or lt"
-  [[ ${L[linear]} == lt && $attn != dir:* && ($attn != packed && $attn != mha || $ops != custom) ]] &&
-    die "[$1] linear=lt needs export=packed|mha with ops=custom"
+  [[ ${L[linear]} =~ ^(ort|lt|lt-res)$ ]] || die "[$1] linear '${L[linear]}': want ort, lt or lt-res"
+  [[ ${L[linear]} == lt* && $attn != dir:* && ($attn != packed && $attn != mha || $ops != custom) ]] &&
+    die "[$1] linear=${L[linear]} needs export=packed|mha with ops=custom"
   [[ ${L[cpuprofile]} == 0 || ${L[cpuprofile]} == 1 ]] || die "[$1] cpuprofile '${L[cpuprofile]}': want 0 or 1"
   [[ -z ${L[outliers]:-} || ${L[outliers]} =~ ^[0-9.]+$ ]] || die "[$1] outliers '${L[outliers]}': want a number"
   [[ ${L[golden]} =~ ^[0-9]+$ ]] || die "[$1] golden '${L[golden]}': want a record count"
@@ -181,7 +181,7 @@ load() {
   [[ ${L[precision]} == fp8 && $attn != dir:* ]] && label+=+fp8
   [[ ${L[precision]} == fp8-ffn && $attn != dir:* ]] && label+=+fp8ffn
   [[ ${L[gelu]} == tanh && $attn != dir:* ]] && label+=+tanh
-  [[ ${L[linear]} == lt && $attn != dir:* ]] && label+=+lt
+  [[ ${L[linear]} == lt* && $attn != dir:* ]] && label+=+${L[linear]}
   [[ -n ${L[outliers]:-} && $attn != dir:* ]] && label+=+out${L[outliers]}
   if [[ $attn == dir:* ]]; then
     mdir=${attn#dir:}
@@ -214,7 +214,8 @@ export_cmd() {
   [[ ${L[precision]} == fp8 ]] && EXPORT+=(--precision fp8)
   [[ ${L[precision]} == fp8-ffn ]] && EXPORT+=(--precision fp8 --fp8-projections ffn)
   [[ ${L[gelu]} == tanh ]] && EXPORT+=(--fused-gelu)
-  [[ ${L[linear]} == lt ]] && EXPORT+=(--fp16-linear)
+  [[ ${L[linear]} == lt* ]] && EXPORT+=(--fp16-linear)
+  [[ ${L[linear]} == lt-res ]] && EXPORT+=(--fused-residual)
   [[ -n ${L[outliers]:-} ]] && EXPORT+=(--outlier-channels "${L[outliers]}")
   case $attn in
   mha | packed) EXPORT+=(--fused "$attn") ;;

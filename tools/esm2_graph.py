@@ -185,7 +185,8 @@ PRECISIONS = ("fp16", "fp8")
 
 
 def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False, outputs=None,
-          residues_fp16=False, precision="fp16", fp8_projections="all", fused_gelu=False, fp16_linear=False):
+          residues_fp16=False, precision="fp16", fp8_projections="all", fused_gelu=False, fp16_linear=False,
+          fused_residual=False):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
@@ -213,7 +214,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     fp16_linear (fp16, custom_ops) runs every projection that is not FP8 as ai.seqembed.Fp16Linear
     (cuBLASLt with the weight stored [out, in], the "TN" form) instead of ORT's MatMul (cublasGemmEx
     on [in, out] weights): faster at ESM-2's shapes (docs/perf.md, bench/gpu.sh mode gemm); the same
-    arithmetic (float32 accumulation)."""
+    arithmetic (float32 accumulation).
+    fused_residual (with fp16_linear) adds the residual stream inside the GEMM of every fp16 output
+    projection and fc2 (Fp16Linear's residual input: cuBLASLt's C with beta = 1) and normalises the
+    sum with LayerNormalization instead of SkipLayerNormalization: one pass over [tokens, D] fewer
+    per residual, and the sum rounded to float16 once instead of twice."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: want one of {PRECISIONS}")
     fp8 = precision == "fp8"
@@ -226,6 +231,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         raise ValueError("fused_gelu needs precision fp16, fp16 and custom_ops (seqembed's CUDA ops)")
     if fp16_linear and not (fp16 and custom_ops):
         raise ValueError("fp16_linear needs fp16 and custom_ops (seqembed's CUDA ops)")
+    if fused_residual and not fp16_linear:
+        raise ValueError("fused_residual needs fp16_linear")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
@@ -317,6 +324,23 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
             return g.op("Fp16Linear", ins, domain=SEQEMBED_OPS, gelu=gelu)
         return g.op("MatMul", [t, g.w(name, np.ascontiguousarray(w_out_in.T))])
 
+    def residual_ln(t, fused, resid, bias_name, bias, ln_names, ln, keep_sum):
+        # (LayerNorm ln with weight names ln_names of t + bias + resid, the sum): fused, t is already the
+        # sum (out_linear added the bias and the residual); else SkipLayerNormalization adds them,
+        # keep_sum False leaving its sum output unnamed.
+        norm = [g.w(ln_names[0], _np(ln.weight)), g.w(ln_names[1], _np(ln.bias))]
+        if fused:
+            return g.op("LayerNormalization", [t] + norm, axis=-1, epsilon=eps), t
+        out, _, _, total = g.op("SkipLayerNormalization", [t, resid] + norm + [g.w(bias_name, bias)], outputs=4,
+                                skip=(1, 2) if keep_sum else (1, 2, 3), domain=MS, epsilon=eps)
+        return out, total
+
+    def out_linear(t, name, w_out_in, bias, resid):  # an fp16 projection feeding the residual stream
+        if not fused_residual:
+            return linear(t, name, w_out_in)
+        ins = [t, g.w(name, w_out_in), g.w(name.replace("w", "b", 1), bias), resid]
+        return g.op("Fp16Linear", ins, domain=SEQEMBED_OPS, gelu=0)
+
     for i, lay in enumerate(layers):
         att, p = lay.attention, f"l{i}_"
         if fp8_attn:
@@ -345,29 +369,27 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         if fp8_attn:
             o = fp8_linear(quant(ctx), p + "wo", wo)
         else:
-            o = linear(ctx, p + "wo", wo)
-        ln2, _, _, resid = g.op("SkipLayerNormalization", [o, resid, g.w(p + "ln2_g", _np(lay.LayerNorm.weight)),
-                                                            g.w(p + "ln2_b", _np(lay.LayerNorm.bias)), g.w(p + "bo", bo)],
-                                outputs=4, skip=(1, 2), domain=MS, epsilon=eps)
+            o = out_linear(ctx, p + "wo", wo, bo, resid)
+        ln2, resid = residual_ln(o, fused_residual and not fp8_attn, resid, p + "bo", bo, (p + "ln2_g", p + "ln2_b"),
+                                 lay.LayerNorm, True)
         if fp8:
             h = fp8_linear(quant(ln2), p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias))
             y = fp8_linear(quant(h, gelu=1), p + "w2", _np(lay.output.dense.weight))
         elif fused_gelu:
             h = linear(ln2, p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias), gelu=1)
-            y = linear(h, p + "w2", _np(lay.output.dense.weight))
+            y = out_linear(h, p + "w2", _np(lay.output.dense.weight), _np(lay.output.dense.bias), resid)
         else:
             h = g.op("BiasGelu", [linear(ln2, p + "w1", _np(lay.intermediate.dense.weight)),
                                   g.w(p + "b1", _np(lay.intermediate.dense.bias))], domain=MS)
-            y = linear(h, p + "w2", _np(lay.output.dense.weight))
+            y = out_linear(h, p + "w2", _np(lay.output.dense.weight), _np(lay.output.dense.bias), resid)
         if i + 1 < L:
             nxt = layers[i + 1].attention.LayerNorm
             gname, bname = f"l{i + 1}_ln1_g", f"l{i + 1}_ln1_b"
         else:
             nxt, gname, bname = esm.encoder.emb_layer_norm_after, "final_ln_g", "final_ln_b"
         # The last block's residual sum is not needed: leave that output unnamed.
-        ln, _, _, resid = g.op("SkipLayerNormalization", [y, resid, g.w(gname, _np(nxt.weight)), g.w(bname, _np(nxt.bias)),
-                                                          g.w(p + "b2", _np(lay.output.dense.bias))],
-                               outputs=4, skip=(1, 2) if i + 1 < L else (1, 2, 3), domain=MS, epsilon=eps)
+        ln, resid = residual_ln(y, fused_residual and not fp8, resid, p + "b2", _np(lay.output.dense.bias),
+                                (gname, bname), nxt, i + 1 < L)
         states[i + 1] = resid
     states[L] = ln
     if outputs:

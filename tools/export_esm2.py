@@ -422,6 +422,9 @@ def main():
                     "approximation, not ESM's erf GELU: check it with seqembed check-precision")
     ap.add_argument("--fp16-linear", action="store_true", help="--fused packed|mha --fp16 --custom-ops: every "
                     "float16 projection as ai.seqembed.Fp16Linear (cuBLASLt, weights [out, in]) instead of ORT's MatMul: faster at ESM-2's shapes, the same arithmetic")
+    ap.add_argument("--fused-residual", action="store_true", help="--fp16-linear: every float16 output projection "
+                    "and fc2 adds the residual stream inside its GEMM (cuBLASLt's C), and a LayerNormalization "
+                    "replaces SkipLayerNormalization: one pass over the activations fewer per residual")
     ap.add_argument("--outlier-channels", type=float, default=0.0, metavar="SIGMA", help="--preset only: "
                     "give the activations entering the projections heavy-tailed channels (log-normal factors "
                     "exp(SIGMA*z), undone in the weights that read them: the same function), as trained models "
@@ -444,6 +447,8 @@ def main():
         sys.exit("--fused-gelu needs --fused packed|mha|auto --fp16 --custom-ops and precision fp16")
     if args.fp16_linear and not (args.fused and args.fp16 and args.custom_ops):
         sys.exit("--fp16-linear needs --fused packed|mha|auto --fp16 --custom-ops")
+    if args.fused_residual and not args.fp16_linear:
+        sys.exit("--fused-residual needs --fp16-linear")
     if args.outlier_channels and not args.preset:
         sys.exit("--outlier-channels applies to --preset (random weights) only")
     if args.fused and args.optimize:
@@ -486,7 +491,8 @@ def main():
         graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused, packed_layout=args.packed_layout,
                                  custom_ops=args.custom_ops, outputs=outputs, residues_fp16=args.residues_fp16,
                                  precision=args.precision, fp8_projections=args.fp8_projections,
-                                 fused_gelu=args.fused_gelu, fp16_linear=args.fp16_linear)
+                                 fused_gelu=args.fused_gelu, fp16_linear=args.fp16_linear,
+                                 fused_residual=args.fused_residual)
         if args.precision == "fp8":
             check_e4m3(pooled)
         esm2_graph.save(graph, path)

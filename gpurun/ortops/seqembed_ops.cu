@@ -33,10 +33,13 @@
 //
 // Fp16Linear (CUDA, float16; cuBLASLt) / Fp16LinearF32 (CPU, float32), attribute gelu (0 or 1,
 // default 0): a linear layer with its epilogue fused into the GEMM (tools/esm2_graph.py
-// fused_gelu: the FFN's fc1, replacing MatMul + BiasGelu):
-//   inputs   x [..., K], w [N, K] (one row per output channel), bias [N] (optional)
-//   output   y [..., N]:  v = sum_k x[r,k] * w[n,k] + bias[n];  y = gelu ? GeluTanh(v) : v
-//            (float32 accumulation). The GELU is the tanh approximation, the one cuBLASLt's
+// fused_gelu: the FFN's fc1, replacing MatMul + BiasGelu; fused_residual: the output projection
+// and fc2 with the residual stream added, so a LayerNormalization replaces SkipLayerNormalization):
+//   inputs   x [..., K], w [N, K] (one row per output channel), bias [N] (optional),
+//            residual [..., N] (optional; y's shape; not with gelu)
+//   output   y [..., N]:  v = sum_k x[r,k] * w[n,k] + bias[n] + residual[r,n];  y = gelu ? GeluTanh(v) : v
+//            (float32 accumulation, one rounding: the CUDA op adds the residual as cuBLASLt's C with
+//            beta = 1). The GELU is the tanh approximation, the one cuBLASLt's
 //            GELU epilogue computes, not ESM's erf GELU: a model built with it is checked against
 //            float32 PyTorch (docs/perf.md) before it is used.
 #include <algorithm>
@@ -388,7 +391,7 @@ OrtStatus* LinearCPU(Kernel*, OrtKernelContext* ctx) {
 
 // DenseArgs are Fp16Linear's checked inputs and allocated output.
 struct DenseArgs {
-  Tensor x, w, bias;
+  Tensor x, w, bias, residual;
   void* y = nullptr;
   int64_t rows = 0, k = 0, n = 0;
 };
@@ -397,8 +400,10 @@ OrtStatus* GatherDense(OrtKernelContext* ctx, ONNXTensorElementDataType want, De
   SE_RETURN_IF(GetInput(ctx, 0, &a->x));
   SE_RETURN_IF(GetInput(ctx, 1, &a->w));
   SE_RETURN_IF(GetInput(ctx, 2, &a->bias, true));
-  if (a->x.type != want || a->w.type != want || (a->bias.data && a->bias.type != want))
-    return Fail("Fp16Linear: x, w and bias must all have the op's float type");
+  SE_RETURN_IF(GetInput(ctx, 3, &a->residual, true));
+  if (a->x.type != want || a->w.type != want || (a->bias.data && a->bias.type != want) ||
+      (a->residual.data && a->residual.type != want))
+    return Fail("Fp16Linear: x, w, bias and residual must all have the op's float type");
   if (a->x.dims.empty() || a->w.dims.size() != 2) return Fail("Fp16Linear: x must be [..., K] and w [N, K]");
   a->k = a->x.dims.back();
   a->n = a->w.dims[0];
@@ -409,6 +414,9 @@ OrtStatus* GatherDense(OrtKernelContext* ctx, ONNXTensorElementDataType want, De
   a->rows = static_cast<int64_t>(a->x.count) / a->k;
   std::vector<int64_t> dims = a->x.dims;
   dims.back() = a->n;
+  if (a->residual.data && a->residual.dims != dims)
+    return Fail("Fp16Linear: residual must have y's shape (x's with the last dimension N = " + std::to_string(a->n) +
+                ")");
   OrtValue* out = nullptr;
   SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, dims.data(), dims.size(), &out));
   return g_api->GetTensorMutableData(out, &a->y);
@@ -417,7 +425,9 @@ OrtStatus* GatherDense(OrtKernelContext* ctx, ONNXTensorElementDataType want, De
 OrtStatus* DenseCPU(Kernel* k, OrtKernelContext* ctx) {
   DenseArgs a;
   SE_RETURN_IF(GatherDense(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
+  if (k->gelu && a.residual.data) return Fail("Fp16Linear: a residual input with gelu is not supported");
   const float* x = static_cast<const float*>(a.x.data);
+  const float* res = static_cast<const float*>(a.residual.data);
   const float* w = static_cast<const float*>(a.w.data);
   const float* b = static_cast<const float*>(a.bias.data);
   float* y = static_cast<float*>(a.y);
@@ -425,7 +435,7 @@ OrtStatus* DenseCPU(Kernel* k, OrtKernelContext* ctx) {
     for (int64_t n = 0; n < a.n; n++) {
       float acc = 0.0f;
       for (int64_t j = 0; j < a.k; j++) acc += x[r * a.k + j] * w[n * a.k + j];
-      const float v = acc + (b ? b[n] : 0.0f);
+      const float v = acc + (b ? b[n] : 0.0f) + (res ? res[r * a.n + n] : 0.0f);
       y[r * a.n + n] = k->gelu ? GeluTanh(v) : v;
     }
   }
@@ -586,8 +596,9 @@ int64_t AlgoClass(int64_t m) {
 }
 
 // AlgoKey is what an algorithm is chosen for: device, input type, N, K, epilogue, FP8 fast
-// accumulation and AlgoClass(M). Every node of every session with that GEMM shares the choice.
-using AlgoKey = std::tuple<int, int, int64_t, int64_t, int, int, int64_t>;
+// accumulation, whether C is added (beta 1) and AlgoClass(M). Every node of every session with that
+// GEMM shares the choice.
+using AlgoKey = std::tuple<int, int, int64_t, int64_t, int, int, int, int64_t>;
 
 // AlgoCache holds the chosen algorithms for the process's life (behind its mutex).
 struct AlgoCache {
@@ -646,12 +657,14 @@ __global__ void BiasActKernel(__half* y, const __half* __restrict__ bias, int64_
 }
 
 // LtGemm is one linear layer's GEMM for RunLt: y [rows, n] (float16) = x [rows, k] · w [n, k]^T
-// (+ bias [n], then tanh GELU when gelu), float32 accumulation. For FP8 (in_type E4M3) x and w are
-// codes and w_scale [n] / x_scale [rows] their outer-vector scales.
+// (+ c [rows, n] when given, + bias [n], then tanh GELU when gelu: never with c), float32
+// accumulation. For FP8 (in_type E4M3) x and w are codes and w_scale [n] / x_scale [rows] their
+// outer-vector scales.
 struct LtGemm {
   const char* op = "";  // the op's name, for errors
   cudaDataType_t in_type = CUDA_R_16F;
   const void *w = nullptr, *x = nullptr, *bias = nullptr;
+  const void* c = nullptr;  // float16 [rows, n], added with beta = 1 (never y itself)
   void* y = nullptr;
   int64_t rows = 0, k = 0, n = 0;
   const void *w_scale = nullptr, *x_scale = nullptr;
@@ -663,7 +676,7 @@ struct LtGemm {
 // two interleaved rounds (the minimum counts); a candidate cuBLASLt refuses is skipped. It waits
 // for the stream, so it runs once per AlgoKey; while the stream is being captured into a CUDA graph
 // it cannot wait and keeps the heuristic's first (best = 0). The GEMM's output is rewritten by
-// every run (the same values: beta is 0), so nothing else sees the timing.
+// every run with the same values (beta is 0, or C is another buffer), so nothing else sees it.
 template <typename Matmul>
 OrtStatus* TimeAlgos(const char* op, cudaStream_t stream, const cublasLtMatmulHeuristicResult_t* res, int found,
                      Matmul&& matmul, int* best) {
@@ -703,9 +716,11 @@ OrtStatus* TimeAlgos(const char* op, cudaStream_t stream, const cublasLtMatmulHe
 
 // RunLt is the one path to cuBLASLt: D (column-major N x M, i.e. y row-major [M, N]) = op(A) B
 // with A = w stored column-major K x N (transposed: the "TN" form FP8 needs), B = x column-major
-// K x M; bias and GELU in the epilogue where cuBLASLt has a kernel with it for the shape, else a
-// plain GEMM and BiasActKernel. The algorithm is chosen once per AlgoKey (TimeAlgos) and cached.
+// K x M, C (when given) the same layout as D with beta = 1; bias and GELU in the epilogue where
+// cuBLASLt has a kernel with it for the shape, else a plain GEMM (+ C) and BiasActKernel. The
+// algorithm is chosen once per AlgoKey (TimeAlgos) and cached.
 OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
+  if (g.c && (g.gelu || g.c == g.y)) return Fail(std::string(g.op) + ": C must be another buffer, and not with GELU");
   cublasLtHandle_t lt;
   {
     std::lock_guard<std::mutex> lock(k->mu);
@@ -755,7 +770,7 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
   int dev = 0;
   if (const cudaError_t err = cudaGetDevice(&dev); err != cudaSuccess) return CudaFail(g.op, err);
   const AlgoKey key{dev, static_cast<int>(g.in_type), g.n, g.k, static_cast<int>(want), g.fast_accum ? 1 : 0,
-                    AlgoClass(g.rows)};
+                    g.c ? 1 : 0, AlgoClass(g.rows)};
   cublasLtMatmulAlgo_t algo;
   bool have = false;
   {
@@ -767,9 +782,10 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
       have = true;
     }
   }
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = g.c ? 1.0f : 0.0f;
+  const void* cmat = g.c ? g.c : g.y;
   auto matmul = [&](const cublasLtMatmulAlgo_t& a) {
-    return cublasLtMatmul(lt, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, g.y, p.d, g.y, p.d, &a, ws, kWorkspaceBytes,
+    return cublasLtMatmul(lt, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, cmat, p.d, g.y, p.d, &a, ws, kWorkspaceBytes,
                           stream);
   };
   if (have) {
@@ -850,12 +866,13 @@ OrtStatus* DenseCUDA(Kernel* k, OrtKernelContext* ctx) {
   DenseArgs a;
   SE_RETURN_IF(GatherDense(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
   if (a.k % 8 || a.n % 8) return Fail("Fp16Linear (CUDA): K and N must be multiples of 8");
+  if (k->gelu && a.residual.data) return Fail("Fp16Linear: a residual input with gelu is not supported");
   if (a.rows == 0) return nullptr;
   void* stream = nullptr;
   SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
   LtGemm g;
   g.op = "Fp16Linear";
-  g.w = a.w.data, g.x = a.x.data, g.bias = a.bias.data, g.y = a.y;
+  g.w = a.w.data, g.x = a.x.data, g.bias = a.bias.data, g.c = a.residual.data, g.y = a.y;
   g.rows = a.rows, g.k = a.k, g.n = a.n;
   g.gelu = k->gelu != 0;
   return RunLt(k, static_cast<cudaStream_t>(stream), g);
@@ -928,13 +945,13 @@ const std::vector<Op*>& AllOps() {
   static Op bias_cpu("BiasRotaryF32", kCPU, {kF32, kF32, kI64, kF32, kF32}, {kF32}, BiasRotaryCPU);
   static Op quant_cpu("QuantizeE4M3F32", kCPU, {kF32}, {kU8, kF32}, QuantizeCPU);
   static Op linear_cpu("Fp8LinearF32", kCPU, {kU8, kF32, kU8, kF32, kF32}, {kF32}, LinearCPU, 4);
-  static Op dense_cpu("Fp16LinearF32", kCPU, {kF32, kF32, kF32}, {kF32}, DenseCPU, 2);
+  static Op dense_cpu("Fp16LinearF32", kCPU, {kF32, kF32, kF32, kF32}, {kF32}, DenseCPU, 2);
 #ifndef SEQEMBED_OPS_CPU_ONLY
   constexpr const char* kCUDA = "CUDAExecutionProvider";
   static Op bias_cuda("BiasRotary", kCUDA, {kF16, kF16, kI64, kF16, kF16}, {kF16}, BiasRotaryCUDA);
   static Op quant_cuda("QuantizeE4M3", kCUDA, {kF16}, {kU8, kF32}, QuantizeCUDA);
   static Op linear_cuda("Fp8Linear", kCUDA, {kU8, kF32, kU8, kF32, kF16}, {kF16}, LinearCUDA, 4);
-  static Op dense_cuda("Fp16Linear", kCUDA, {kF16, kF16, kF16}, {kF16}, DenseCUDA, 2);
+  static Op dense_cuda("Fp16Linear", kCUDA, {kF16, kF16, kF16, kF16}, {kF16}, DenseCUDA, 2);
   static const std::vector<Op*> all{&bias_cpu,  &quant_cpu,  &linear_cpu,  &dense_cpu,
                                     &bias_cuda, &quant_cuda, &linear_cuda, &dense_cuda};
 #else
