@@ -22,6 +22,14 @@
 // default 0): per-row (per-token) dynamic quantisation of x [..., K] (rows R = numel / K):
 //   v = gelu ? erf-GELU(x) : x;  scale[r] = max_k |v[r,k]| / 448 (1 where that is 0);
 //   q[r,k] = e4m3(v[r,k] * (1 / scale[r])) (round to nearest even, saturated to ±448)
+// SkipLayerNormE4M3 (CUDA, float16) / SkipLayerNormE4M3F32 (CPU, float32), attribute epsilon
+// (float, default 1e-5): SkipLayerNormalization and QuantizeE4M3 in one pass, for a LayerNorm whose
+// only reader is an FP8 GEMM (tools/esm2_graph.py fused_ln_quant):
+//   inputs   x [..., D], skip [..., D], gamma [D], beta [D], bias [D] (optional)
+//   outputs  q uint8 [..., D], scale float32 [...] (QuantizeE4M3's of LayerNorm(s)), sum [..., D] = s
+//            s = x + skip + bias;  LayerNorm(s) = (s - mean(s)) / sqrt(var(s) + epsilon) * gamma + beta
+//            (float32 throughout: the normalised row is quantised without a float16 rounding
+//            between; var is the biased variance, as LayerNormalization's)
 //   outputs  q uint8 [..., K], scale float32 [...] (x's dimensions without the last)
 // Fp8Linear (CUDA, float16 out; cuBLASLt FP8 GEMM with outer-vector scales, Hopper/Ada) /
 // Fp8LinearF32 (CPU, float32 out), attribute fast_accum (CUDA only, default 0):
@@ -284,6 +292,7 @@ struct Kernel {
   Compute compute = nullptr;
   int64_t gelu = 0;        // QuantizeE4M3: erf GELU before quantising; Fp16Linear: tanh GELU epilogue
   int64_t fast_accum = 0;  // Fp8Linear (CUDA): cuBLASLt's FP8 fast accumulation
+  float epsilon = 1e-5f;   // SkipLayerNormE4M3: LayerNorm's epsilon
 #ifndef SEQEMBED_OPS_CPU_ONLY
   std::mutex mu;
   cublasLtHandle_t lt = nullptr;
@@ -389,6 +398,72 @@ OrtStatus* LinearCPU(Kernel*, OrtKernelContext* ctx) {
   return nullptr;
 }
 
+// SkipLnArgs are SkipLayerNormE4M3's checked inputs and allocated outputs.
+struct SkipLnArgs {
+  Tensor x, skip, gamma, beta, bias;
+  uint8_t* q = nullptr;
+  float* scale = nullptr;
+  void* sum = nullptr;
+  int64_t rows = 0, d = 0;
+};
+
+OrtStatus* GatherSkipLn(OrtKernelContext* ctx, ONNXTensorElementDataType want, SkipLnArgs* a) {
+  SE_RETURN_IF(GetInput(ctx, 0, &a->x));
+  SE_RETURN_IF(GetInput(ctx, 1, &a->skip));
+  SE_RETURN_IF(GetInput(ctx, 2, &a->gamma));
+  SE_RETURN_IF(GetInput(ctx, 3, &a->beta));
+  SE_RETURN_IF(GetInput(ctx, 4, &a->bias, true));
+  for (const Tensor* t : {&a->x, &a->skip, &a->gamma, &a->beta, &a->bias})
+    if (t->data && t->type != want)
+      return Fail("SkipLayerNormE4M3: x, skip, gamma, beta and bias must all have the op's float type");
+  if (a->x.dims.empty() || a->x.dims.back() <= 0) return Fail("SkipLayerNormE4M3: x must be [..., D] with D > 0");
+  if (a->skip.dims != a->x.dims) return Fail("SkipLayerNormE4M3: skip must have x's shape");
+  a->d = a->x.dims.back();
+  for (const Tensor* t : {&a->gamma, &a->beta, &a->bias})
+    if (t->data && static_cast<int64_t>(t->count) != a->d)
+      return Fail("SkipLayerNormE4M3: gamma, beta and bias must hold D = " + std::to_string(a->d) + " values");
+  a->rows = static_cast<int64_t>(a->x.count) / a->d;
+  OrtValue* out = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, a->x.dims.data(), a->x.dims.size(), &out));
+  SE_RETURN_IF(g_api->GetTensorMutableData(out, reinterpret_cast<void**>(&a->q)));
+  std::vector<int64_t> sdims(a->x.dims.begin(), a->x.dims.end() - 1);
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 1, sdims.data(), sdims.size(), &out));
+  SE_RETURN_IF(g_api->GetTensorMutableData(out, reinterpret_cast<void**>(&a->scale)));
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 2, a->x.dims.data(), a->x.dims.size(), &out));
+  return g_api->GetTensorMutableData(out, &a->sum);
+}
+
+OrtStatus* SkipLnQuantCPU(Kernel* k, OrtKernelContext* ctx) {
+  SkipLnArgs a;
+  SE_RETURN_IF(GatherSkipLn(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
+  const float *x = static_cast<const float*>(a.x.data), *skip = static_cast<const float*>(a.skip.data);
+  const float *g = static_cast<const float*>(a.gamma.data), *b = static_cast<const float*>(a.beta.data);
+  const float* bias = static_cast<const float*>(a.bias.data);
+  float* sum = static_cast<float*>(a.sum);
+  std::vector<float> v(static_cast<size_t>(a.d));
+  for (int64_t r = 0; r < a.rows; r++) {
+    float total = 0.0f;
+    for (int64_t j = 0; j < a.d; j++) {
+      v[j] = x[r * a.d + j] + skip[r * a.d + j] + (bias ? bias[j] : 0.0f);
+      sum[r * a.d + j] = v[j];
+      total += v[j];
+    }
+    const float mean = total / static_cast<float>(a.d);
+    float sq = 0.0f;
+    for (int64_t j = 0; j < a.d; j++) sq += (v[j] - mean) * (v[j] - mean);
+    const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(a.d) + k->epsilon);
+    float amax = 0.0f;
+    for (int64_t j = 0; j < a.d; j++) {
+      v[j] = (v[j] - mean) * rstd * g[j] + b[j];
+      amax = std::fmax(amax, std::fabs(v[j]));
+    }
+    const float s = RowScale(amax), inv = 1.0f / s;
+    a.scale[r] = s;
+    for (int64_t j = 0; j < a.d; j++) a.q[r * a.d + j] = FloatToE4M3(v[j] * inv);
+  }
+  return nullptr;
+}
+
 // DenseArgs are Fp16Linear's checked inputs and allocated output.
 struct DenseArgs {
   Tensor x, w, bias, residual;
@@ -453,6 +528,63 @@ OrtStatus* LtFail(const char* op, const char* what, cublasStatus_t st) {
       (std::string(op) + ": " + what + ": cuBLASLt status " + std::to_string(static_cast<int>(st))).c_str());
 }
 
+// Load8 / Store8 move 8 float16 values (16 bytes) between a vector and floats.
+__device__ inline void Load8(const uint4& u, float* f) {
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const float2 t = __half22float2(h[j]);
+    f[2 * j] = t.x;
+    f[2 * j + 1] = t.y;
+  }
+}
+__device__ inline uint4 Store8(const float* f) {
+  uint4 u;
+  __half2* h = reinterpret_cast<__half2*>(&u);
+#pragma unroll
+  for (int j = 0; j < 4; j++) h[j] = __floats2half2_rn(f[2 * j], f[2 * j + 1]);
+  return u;
+}
+
+// StoreE4M3 is 8 values times inv as E4M3 codes (round to nearest even, saturated).
+__device__ inline uint2 StoreE4M3(const float* f, float inv) {
+  uint2 out;
+  uint8_t* ob = reinterpret_cast<uint8_t*>(&out);
+#pragma unroll
+  for (int j = 0; j < 8; j++) ob[j] = __nv_cvt_float_to_fp8(f[j] * inv, __NV_SATFINITE, __NV_E4M3);
+  return out;
+}
+
+// BlockReduce is v summed (kMax: the maximum) across the block, for every thread; red is 33 floats
+// of shared memory, free again when it returns. blockDim.x is a whole number of warps.
+template <bool kMax>
+__device__ float BlockReduce(float v, float* red) {
+  for (int off = 16; off; off >>= 1) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = kMax ? fmaxf(v, o) : v + o;
+  }
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float t = red[0];
+    for (unsigned w = 1; w < blockDim.x / 32; w++) t = kMax ? fmaxf(t, red[w]) : t + red[w];
+    red[32] = t;
+  }
+  __syncthreads();
+  const float r = red[32];
+  __syncthreads();
+  return r;
+}
+
+// RowThreads is the block size for a row kernel that holds a row of per_row vectors in registers:
+// the vectors rounded up to whole warps, at most 512 threads; *vec is how many vectors a thread
+// holds (at most 8 for rows up to 32,768 values; the caller dispatches on it to kVec 1, 2, 4, 8).
+int64_t RowThreads(int64_t per_row, int64_t* vec) {
+  const int64_t threads = std::min<int64_t>(512, (per_row + 31) / 32 * 32);
+  *vec = (per_row + threads - 1) / threads;
+  return threads;
+}
+
 // One block per row, each thread holding kVec vectors of 8 values (16 bytes of float16 in) in
 // registers: the row is read once, GELU (when asked) computed once, the row's |max| reduced across
 // the block, then the scaled E4M3 bytes written (8 a store).
@@ -467,50 +599,30 @@ __global__ void QuantizeRowsKernel(const uint4* __restrict__ x, uint2* __restric
   for (int i = 0; i < kVec; i++) {
     const int64_t idx = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
     if (idx < vectors_per_row) {
-      const uint4 u = xr[idx];
-      const __half2* h = reinterpret_cast<const __half2*>(&u);
+      Load8(xr[idx], v[i]);
 #pragma unroll
-      for (int j = 0; j < 4; j++) {
-        float2 f = __half22float2(h[j]);
-        if (kGelu) f = make_float2(GeluErf(f.x), GeluErf(f.y));
-        v[i][2 * j] = f.x;
-        v[i][2 * j + 1] = f.y;
-        amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
+      for (int j = 0; j < 8; j++) {
+        if (kGelu) v[i][j] = GeluErf(v[i][j]);
+        amax = fmaxf(amax, fabsf(v[i][j]));
       }
     }
   }
-  __shared__ float warp_max[32];
-  __shared__ float row_scale;
-  for (int off = 16; off; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float m = 0.0f;
-    for (unsigned w = 0; w < (blockDim.x + 31) / 32; w++) m = fmaxf(m, warp_max[w]);
-    row_scale = RowScale(m);
-    scale[r] = row_scale;
-  }
-  __syncthreads();
+  __shared__ float red[33];
+  const float row_scale = RowScale(BlockReduce<true>(amax, red));
+  if (threadIdx.x == 0) scale[r] = row_scale;
   const float inv = 1.0f / row_scale;
   uint2* qr = q + r * vectors_per_row;
 #pragma unroll
   for (int i = 0; i < kVec; i++) {
     const int64_t idx = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-    if (idx < vectors_per_row) {
-      uint2 out;
-      uint8_t* ob = reinterpret_cast<uint8_t*>(&out);
-#pragma unroll
-      for (int j = 0; j < 8; j++) ob[j] = __nv_cvt_float_to_fp8(v[i][j] * inv, __NV_SATFINITE, __NV_E4M3);
-      qr[idx] = out;
-    }
+    if (idx < vectors_per_row) qr[idx] = StoreE4M3(v[i], inv);
   }
 }
 
 template <bool kGelu>
 void LaunchQuantize(const uint4* x, uint2* q, float* scale, int64_t rows, int64_t per_row, cudaStream_t st) {
-  // Threads: the row's vectors rounded up to whole warps, at most 512; vectors a thread: 1, 2, 4, 8.
-  const int64_t threads = std::min<int64_t>(512, (per_row + 31) / 32 * 32);
-  const int64_t vec = (per_row + threads - 1) / threads;
+  int64_t vec = 0;
+  const int64_t threads = RowThreads(per_row, &vec);
   const dim3 grid(static_cast<unsigned>(rows)), block(static_cast<unsigned>(threads));
   if (vec <= 1)
     QuantizeRowsKernel<kGelu, 1><<<grid, block, 0, st>>>(x, q, scale, per_row);
@@ -520,6 +632,71 @@ void LaunchQuantize(const uint4* x, uint2* q, float* scale, int64_t rows, int64_
     QuantizeRowsKernel<kGelu, 4><<<grid, block, 0, st>>>(x, q, scale, per_row);
   else
     QuantizeRowsKernel<kGelu, 8><<<grid, block, 0, st>>>(x, q, scale, per_row);
+}
+
+// SkipLnQuantKernel is SkipLayerNormE4M3: one block per row, the row held in registers as in
+// QuantizeRowsKernel (kVec vectors of 8 a thread); the sum written as float16, then mean, variance
+// and |max| of the normalised row reduced across the block, then the E4M3 codes written.
+template <int kVec>
+__global__ void SkipLnQuantKernel(const uint4* __restrict__ x, const uint4* __restrict__ skip,
+                                  const uint4* __restrict__ gamma, const uint4* __restrict__ beta,
+                                  const uint4* __restrict__ bias, uint2* __restrict__ q, float* __restrict__ scale,
+                                  uint4* __restrict__ sum, int64_t per_row, float eps) {
+  __shared__ float red[33];
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * per_row;
+  float v[kVec][8];
+  float total = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kVec; i++) {
+    const int64_t idx = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (idx < per_row) {
+      float s[8], b[8];
+      Load8(x[base + idx], v[i]);
+      Load8(skip[base + idx], s);
+      if (bias) Load8(bias[idx], b);
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        v[i][j] = v[i][j] + s[j] + (bias ? b[j] : 0.0f);  // the CPU op's order: (x + skip) + bias
+        total += v[i][j];
+      }
+      sum[base + idx] = Store8(v[i]);
+    }
+  }
+  const float n = static_cast<float>(per_row * 8);
+  const float mean = BlockReduce<false>(total, red) / n;
+  float sq = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kVec; i++) {
+    const int64_t idx = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (idx < per_row) {
+#pragma unroll
+      for (int j = 0; j < 8; j++) sq += (v[i][j] - mean) * (v[i][j] - mean);
+    }
+  }
+  const float rstd = rsqrtf(BlockReduce<false>(sq, red) / n + eps);
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kVec; i++) {
+    const int64_t idx = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (idx < per_row) {
+      float g[8], b[8];
+      Load8(gamma[idx], g);
+      Load8(beta[idx], b);
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        v[i][j] = (v[i][j] - mean) * rstd * g[j] + b[j];
+        amax = fmaxf(amax, fabsf(v[i][j]));
+      }
+    }
+  }
+  const float row_scale = RowScale(BlockReduce<true>(amax, red));
+  if (threadIdx.x == 0) scale[blockIdx.x] = row_scale;
+  const float inv = 1.0f / row_scale;
+#pragma unroll
+  for (int i = 0; i < kVec; i++) {
+    const int64_t idx = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+    if (idx < per_row) q[base + idx] = StoreE4M3(v[i], inv);
+  }
 }
 
 // CheckFP8 fails on a GPU without FP8 tensor cores (compute capability below 8.9); once per kernel.
@@ -559,6 +736,37 @@ OrtStatus* QuantizeCUDA(Kernel* k, OrtKernelContext* ctx) {
     LaunchQuantize<false>(xs, qs, a.scale, a.rows, per_row, st);
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : CudaFail("QuantizeE4M3", err);
+}
+
+OrtStatus* SkipLnQuantCUDA(Kernel* k, OrtKernelContext* ctx) {
+  SkipLnArgs a;
+  SE_RETURN_IF(GatherSkipLn(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
+  if (a.d % 8) return Fail("SkipLayerNormE4M3 (CUDA): D must be a multiple of 8");
+  const int64_t per_row = a.d / 8;
+  if (per_row > 512 * 8) return Fail("SkipLayerNormE4M3 (CUDA): D above 32768 is not supported");
+  if (a.rows == 0) return nullptr;
+  void* stream = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
+  int64_t vec = 0;
+  const int64_t threads = RowThreads(per_row, &vec);
+  const dim3 grid(static_cast<unsigned>(a.rows)), block(static_cast<unsigned>(threads));
+  auto st = static_cast<cudaStream_t>(stream);
+  auto in = [](const Tensor& t) { return static_cast<const uint4*>(t.data); };
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, block, 0, st>>>(in(a.x), in(a.skip), in(a.gamma), in(a.beta), in(a.bias),
+                                   reinterpret_cast<uint2*>(a.q), a.scale, static_cast<uint4*>(a.sum), per_row,
+                                   k->epsilon);
+  };
+  if (vec <= 1)
+    launch(SkipLnQuantKernel<1>);
+  else if (vec <= 2)
+    launch(SkipLnQuantKernel<2>);
+  else if (vec <= 4)
+    launch(SkipLnQuantKernel<4>);
+  else
+    launch(SkipLnQuantKernel<8>);
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : CudaFail("SkipLayerNormE4M3", err);
 }
 
 // Workspace is cuBLASLt's scratch memory, one buffer per CUDA stream for the process's life: the
@@ -920,6 +1128,12 @@ struct Op : OrtCustomOp {
           *dst = v;
         }
       }
+      float eps = 0.0f;
+      if (OrtStatus* s = api->KernelInfoGetAttribute_float(info, "epsilon", &eps)) {
+        api->ReleaseStatus(s);  // absent: the default
+      } else {
+        k->epsilon = eps;
+      }
       // SEQEMBED_FP8_FAST_ACCUM=0|1 overrides fast_accum (for measuring its speed and accuracy).
       if (const char* env = std::getenv("SEQEMBED_FP8_FAST_ACCUM"); env && (env[0] == '0' || env[0] == '1'))
         k->fast_accum = env[0] - '0';
@@ -946,16 +1160,20 @@ const std::vector<Op*>& AllOps() {
   static Op quant_cpu("QuantizeE4M3F32", kCPU, {kF32}, {kU8, kF32}, QuantizeCPU);
   static Op linear_cpu("Fp8LinearF32", kCPU, {kU8, kF32, kU8, kF32, kF32}, {kF32}, LinearCPU, 4);
   static Op dense_cpu("Fp16LinearF32", kCPU, {kF32, kF32, kF32, kF32}, {kF32}, DenseCPU, 2);
+  static Op skipln_cpu("SkipLayerNormE4M3F32", kCPU, {kF32, kF32, kF32, kF32, kF32}, {kU8, kF32, kF32}, SkipLnQuantCPU,
+                       4);
 #ifndef SEQEMBED_OPS_CPU_ONLY
   constexpr const char* kCUDA = "CUDAExecutionProvider";
   static Op bias_cuda("BiasRotary", kCUDA, {kF16, kF16, kI64, kF16, kF16}, {kF16}, BiasRotaryCUDA);
   static Op quant_cuda("QuantizeE4M3", kCUDA, {kF16}, {kU8, kF32}, QuantizeCUDA);
   static Op linear_cuda("Fp8Linear", kCUDA, {kU8, kF32, kU8, kF32, kF16}, {kF16}, LinearCUDA, 4);
   static Op dense_cuda("Fp16Linear", kCUDA, {kF16, kF16, kF16, kF16}, {kF16}, DenseCUDA, 2);
-  static const std::vector<Op*> all{&bias_cpu,  &quant_cpu,  &linear_cpu,  &dense_cpu,
-                                    &bias_cuda, &quant_cuda, &linear_cuda, &dense_cuda};
+  static Op skipln_cuda("SkipLayerNormE4M3", kCUDA, {kF16, kF16, kF16, kF16, kF16}, {kU8, kF32, kF16}, SkipLnQuantCUDA,
+                        4);
+  static const std::vector<Op*> all{&bias_cpu,  &quant_cpu,  &linear_cpu,  &dense_cpu,  &skipln_cpu,
+                                    &bias_cuda, &quant_cuda, &linear_cuda, &dense_cuda, &skipln_cuda};
 #else
-  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &dense_cpu};
+  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &dense_cpu, &skipln_cpu};
 #endif
   return all;
 }
