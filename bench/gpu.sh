@@ -34,7 +34,8 @@ Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required
   custom for fused fp16 exports), dtype=fp16|fp32, precision=fp16|fp8|fp8-ffn (fp8: FP8 projections,
   fp8-ffn: only the FFN's; packed or mha fp16 exports with the custom ops; torch rows stay fp16), gelu=erf|tanh (tanh:
   export --fused-gelu, fc1 with cuBLASLt's bias+GELU epilogue; packed or mha, custom ops, precision fp16), linear=ort|lt|lt-res (lt: export --fp16-linear, every fp16
-  projection as ai.seqembed.Fp16Linear; lt-res: also --fused-residual, the residual added in the GEMM), outliers=SIGMA (heavy-tailed
+  projection as ai.seqembed.Fp16Linear; lt-res: also --fused-residual, the residual added in the GEMM), lnq=0|1 (1: export
+  --fused-ln-quant, precision fp8: residual + LayerNorm + E4M3 quantisation as one op), outliers=SIGMA (heavy-tailed
   channels, export --outlier-channels), layout=rows|sequence, check=1|0,
   modes= e2e,raw,torch,torch-compile,parity,precision,profile,gemm (default e2e,raw,torch,torch-compile;
   precision: seqembed check-precision against float32 PyTorch on the first golden=N records,
@@ -90,9 +91,9 @@ step_signal=${STEP_SIGNAL:-TERM}
 GPURUN_TEST=${GPURUN_TEST:-gpurun.test}
 
 # ---- matrix lines -------------------------------------------------------------------------------
-KEYS=" model export ops dtype precision gelu linear cpuprofile outliers layout check modes inflight tokens graphs records repeat golden device bench-args env torch-args ncu-skip ncu-count label timeout "
+KEYS=" model export ops dtype precision gelu linear lnq cpuprofile outliers layout check modes inflight tokens graphs records repeat golden device bench-args env torch-args ncu-skip ncu-count label timeout "
 MODES=" e2e raw torch torch-compile parity precision profile gemm "
-declare -A DEF=([export]=auto [dtype]=fp16 [precision]=fp16 [gelu]=erf [linear]=ort [cpuprofile]=0 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
+declare -A DEF=([export]=auto [dtype]=fp16 [precision]=fp16 [gelu]=erf [linear]=ort [lnq]=0 [cpuprofile]=0 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
   [inflight]=2 [tokens]=16384 [golden]=2000 [ncu-skip]=20000 [ncu-count]=1200)
 LINES=() # each: the line's key=value words, defaults applied
 
@@ -171,6 +172,8 @@ load() {
   [[ ${L[linear]} =~ ^(ort|lt|lt-res)$ ]] || die "[$1] linear '${L[linear]}': want ort, lt or lt-res"
   [[ ${L[linear]} == lt* && $attn != dir:* && ($attn != packed && $attn != mha || $ops != custom) ]] &&
     die "[$1] linear=${L[linear]} needs export=packed|mha with ops=custom"
+  [[ ${L[lnq]} == 0 || ${L[lnq]} == 1 ]] || die "[$1] lnq '${L[lnq]}': want 0 or 1"
+  [[ ${L[lnq]} == 1 && $attn != dir:* && ${L[precision]} != fp8* ]] && die "[$1] lnq=1 needs precision=fp8 or fp8-ffn"
   [[ ${L[cpuprofile]} == 0 || ${L[cpuprofile]} == 1 ]] || die "[$1] cpuprofile '${L[cpuprofile]}': want 0 or 1"
   [[ -z ${L[outliers]:-} || ${L[outliers]} =~ ^[0-9.]+$ ]] || die "[$1] outliers '${L[outliers]}': want a number"
   [[ ${L[golden]} =~ ^[0-9]+$ ]] || die "[$1] golden '${L[golden]}': want a record count"
@@ -182,6 +185,7 @@ load() {
   [[ ${L[precision]} == fp8-ffn && $attn != dir:* ]] && label+=+fp8ffn
   [[ ${L[gelu]} == tanh && $attn != dir:* ]] && label+=+tanh
   [[ ${L[linear]} == lt* && $attn != dir:* ]] && label+=+${L[linear]}
+  [[ ${L[lnq]} == 1 && $attn != dir:* ]] && label+=+lnq
   [[ -n ${L[outliers]:-} && $attn != dir:* ]] && label+=+out${L[outliers]}
   if [[ $attn == dir:* ]]; then
     mdir=${attn#dir:}
@@ -216,6 +220,7 @@ export_cmd() {
   [[ ${L[gelu]} == tanh ]] && EXPORT+=(--fused-gelu)
   [[ ${L[linear]} == lt* ]] && EXPORT+=(--fp16-linear)
   [[ ${L[linear]} == lt-res ]] && EXPORT+=(--fused-residual)
+  [[ ${L[lnq]} == 1 ]] && EXPORT+=(--fused-ln-quant)
   [[ -n ${L[outliers]:-} ]] && EXPORT+=(--outlier-channels "${L[outliers]}")
   case $attn in
   mha | packed) EXPORT+=(--fused "$attn") ;;
@@ -299,7 +304,7 @@ run_step() {
 
 # common_sets N LINE: the --set arguments every row of the loaded line (number N) gets.
 common_sets() {
-  SETS=(--set "model=${L[model]}" --set "preset=$preset" --set "dtype=${L[dtype]}" --set "precision=${L[precision]}" --set "gelu=${L[gelu]}" --set "linear=${L[linear]}"
+  SETS=(--set "model=${L[model]}" --set "preset=$preset" --set "dtype=${L[dtype]}" --set "precision=${L[precision]}" --set "gelu=${L[gelu]}" --set "linear=${L[linear]}" --set "lnq=${L[lnq]}"
     --set "max_batch_tokens=${L[tokens]}"
     --set "records=$records" --set "repeat=$repeat" --set "line=$1" --set "matrix=$2")
   [[ -n ${L[label]:-} ]] && SETS+=(--set "label=${L[label]}")

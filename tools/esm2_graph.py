@@ -186,7 +186,7 @@ PRECISIONS = ("fp16", "fp8")
 
 def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False, outputs=None,
           residues_fp16=False, precision="fp16", fp8_projections="all", fused_gelu=False, fp16_linear=False,
-          fused_residual=False):
+          fused_residual=False, fused_ln_quant=False):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
@@ -218,7 +218,10 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     fused_residual (with fp16_linear) adds the residual stream inside the GEMM of every fp16 output
     projection and fc2 (Fp16Linear's residual input: cuBLASLt's C with beta = 1) and normalises the
     sum with LayerNormalization instead of SkipLayerNormalization: one pass over [tokens, D] fewer
-    per residual, and the sum rounded to float16 once instead of twice."""
+    per residual, and the sum rounded to float16 once instead of twice.
+    fused_ln_quant (precision fp8) computes each residual add + LayerNorm whose only reader is an
+    FP8 GEMM together with that GEMM's activation quantisation (ai.seqembed.SkipLayerNormE4M3): the
+    float16 LayerNorm output is never written, QuantizeE4M3 never reads it."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: want one of {PRECISIONS}")
     fp8 = precision == "fp8"
@@ -233,6 +236,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         raise ValueError("fp16_linear needs fp16 and custom_ops (seqembed's CUDA ops)")
     if fused_residual and not fp16_linear:
         raise ValueError("fused_residual needs fp16_linear")
+    if fused_ln_quant and not fp8:
+        raise ValueError("fused_ln_quant needs precision fp8")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
@@ -324,11 +329,16 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
             return g.op("Fp16Linear", ins, domain=SEQEMBED_OPS, gelu=gelu)
         return g.op("MatMul", [t, g.w(name, np.ascontiguousarray(w_out_in.T))])
 
-    def residual_ln(t, fused, resid, bias_name, bias, ln_names, ln, keep_sum):
+    def residual_ln(t, fused, resid, bias_name, bias, ln_names, ln, keep_sum, quantized=False):
         # (LayerNorm ln with weight names ln_names of t + bias + resid, the sum): fused, t is already the
         # sum (out_linear added the bias and the residual); else SkipLayerNormalization adds them,
-        # keep_sum False leaving its sum output unnamed.
+        # keep_sum False leaving its sum output unnamed. quantized (fused_ln_quant): the LayerNorm as
+        # E4M3 (codes, scales) from SkipLayerNormE4M3 instead.
         norm = [g.w(ln_names[0], _np(ln.weight)), g.w(ln_names[1], _np(ln.bias))]
+        if quantized:
+            q, sc, total = g.op("SkipLayerNormE4M3", [t, resid] + norm + [g.w(bias_name, bias)], outputs=3,
+                                domain=SEQEMBED_OPS, epsilon=eps)
+            return (q, sc), total
         if fused:
             return g.op("LayerNormalization", [t] + norm, axis=-1, epsilon=eps), t
         out, _, _, total = g.op("SkipLayerNormalization", [t, resid] + norm + [g.w(bias_name, bias)], outputs=4,
@@ -341,10 +351,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         ins = [t, g.w(name, w_out_in), g.w(name.replace("w", "b", 1), bias), resid]
         return g.op("Fp16Linear", ins, domain=SEQEMBED_OPS, gelu=0)
 
+    lnq_next = None  # the next block's input LayerNorm as E4M3, when a block's end made it (fused_ln_quant)
     for i, lay in enumerate(layers):
         att, p = lay.attention, f"l{i}_"
         if fp8_attn:
-            lnq = quant(ln)
+            lnq, lnq_next = lnq_next or quant(ln), None
             q = fp8_linear(lnq, p + "wq", _np(att.self.query.weight)[perm])
             k = fp8_linear(lnq, p + "wk", _np(att.self.key.weight)[perm])
             v = fp8_linear(lnq, p + "wv", _np(att.self.value.weight))
@@ -371,9 +382,9 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         else:
             o = out_linear(ctx, p + "wo", wo, bo, resid)
         ln2, resid = residual_ln(o, fused_residual and not fp8_attn, resid, p + "bo", bo, (p + "ln2_g", p + "ln2_b"),
-                                 lay.LayerNorm, True)
+                                 lay.LayerNorm, True, quantized=fused_ln_quant)
         if fp8:
-            h = fp8_linear(quant(ln2), p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias))
+            h = fp8_linear(ln2 if fused_ln_quant else quant(ln2), p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias))
             y = fp8_linear(quant(h, gelu=1), p + "w2", _np(lay.output.dense.weight))
         elif fused_gelu:
             h = linear(ln2, p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias), gelu=1)
@@ -388,8 +399,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         else:
             nxt, gname, bname = esm.encoder.emb_layer_norm_after, "final_ln_g", "final_ln_b"
         # The last block's residual sum is not needed: leave that output unnamed.
+        end_q = fused_ln_quant and fp8_attn and i + 1 < L  # the next block's q/k/v read only the codes
         ln, resid = residual_ln(y, fused_residual and not fp8, resid, p + "b2", _np(lay.output.dense.bias),
-                                (gname, bname), nxt, i + 1 < L)
+                                (gname, bname), nxt, i + 1 < L, quantized=end_q)
+        if end_q:
+            lnq_next, ln = ln, None
         states[i + 1] = resid
     states[L] = ln
     if outputs:

@@ -425,6 +425,9 @@ def main():
     ap.add_argument("--fused-residual", action="store_true", help="--fp16-linear: every float16 output projection "
                     "and fc2 adds the residual stream inside its GEMM (cuBLASLt's C), and a LayerNormalization "
                     "replaces SkipLayerNormalization: one pass over the activations fewer per residual")
+    ap.add_argument("--fused-ln-quant", action="store_true", help="--precision fp8: every residual add + "
+                    "LayerNorm that only an FP8 GEMM reads also quantises its output (ai.seqembed.SkipLayerNormE4M3), "
+                    "instead of writing float16 for a QuantizeE4M3 to read")
     ap.add_argument("--outlier-channels", type=float, default=0.0, metavar="SIGMA", help="--preset only: "
                     "give the activations entering the projections heavy-tailed channels (log-normal factors "
                     "exp(SIGMA*z), undone in the weights that read them: the same function), as trained models "
@@ -449,6 +452,8 @@ def main():
         sys.exit("--fp16-linear needs --fused packed|mha|auto --fp16 --custom-ops")
     if args.fused_residual and not args.fp16_linear:
         sys.exit("--fused-residual needs --fp16-linear")
+    if args.fused_ln_quant and args.precision != "fp8":
+        sys.exit("--fused-ln-quant needs --precision fp8")
     if args.outlier_channels and not args.preset:
         sys.exit("--outlier-channels applies to --preset (random weights) only")
     if args.fused and args.optimize:
@@ -492,7 +497,7 @@ def main():
                                  custom_ops=args.custom_ops, outputs=outputs, residues_fp16=args.residues_fp16,
                                  precision=args.precision, fp8_projections=args.fp8_projections,
                                  fused_gelu=args.fused_gelu, fp16_linear=args.fp16_linear,
-                                 fused_residual=args.fused_residual)
+                                 fused_residual=args.fused_residual, fused_ln_quant=args.fused_ln_quant)
         if args.precision == "fp8":
             check_e4m3(pooled)
         esm2_graph.save(graph, path)
