@@ -76,6 +76,15 @@ func newDenseCase(rows, k, n int) denseCase {
 	return c
 }
 
+// halves is v as float16 bit patterns (rounded to nearest even).
+func halves(v []float32) []uint16 {
+	out := make([]uint16, len(v))
+	for i, f := range v {
+		out[i] = float16.New(f).Uint16()
+	}
+	return out
+}
+
 // geluTanh and geluErf are GELU's tanh approximation and its exact form, in float64.
 func geluTanh(v float64) float64 {
 	return 0.5 * v * (1 + math.Tanh(math.Sqrt(2/math.Pi)*(v+0.044715*v*v*v)))
@@ -177,23 +186,16 @@ func TestCustomOpsFp16LinearCPU(t *testing.T) {
 }
 
 // TestGPUFp16Linear runs the CUDA Fp16Linear (cuBLASLt, bias and GELU in the epilogue, the
-// residual as C with beta = 1) on ESM-2
-// 650M's fc1/fc2 shapes and odd row counts, held to the CPU op on the same float16 values within
-// float16 rounding of y plus a GEMM's accumulation bound (|Δ| ≤ 2e-3·|y| + 1e-5·Σ_k|x_rk|·max|w|:
-// cuBLAS may sum in a different order, or split K). With GELU it also checks the GELU is the tanh
-// form the op documents: one float16 output cannot tell the forms apart (they differ by ≤ 2e-4,
-// under float16's step at |y| ≈ 1), but the mean error signed by the forms' difference does — it
-// is ≈ 0 for the form computed and ≈ the forms' mean gap for the other. Needs SEQEMBED_GPU_TESTS=1
-// and SEQEMBED_CUSTOM_OPS pointing at the CUDA build of the library.
+// residual as C with beta = 1) on ESM-2 650M's fc1/fc2 shapes and odd row counts, held to the CPU
+// op on the same float16 values within float16 rounding of y plus a GEMM's accumulation bound
+// (|Δ| ≤ 2e-3·|y| + 1e-5·Σ_k|x_rk|·max|w|: cuBLAS may sum in a different order, or split K). With
+// GELU it also checks the GELU is the tanh form the op documents: one float16 output cannot tell
+// the forms apart (they differ by ≤ 2e-4, under float16's step at |y| ≈ 1), but the mean error
+// signed by the forms' difference does — it is ≈ 0 for the form computed and ≈ the forms' mean gap
+// for the other. Needs SEQEMBED_GPU_TESTS=1 and SEQEMBED_CUSTOM_OPS pointing at the CUDA build of
+// the library.
 func TestGPUFp16Linear(t *testing.T) {
 	cpuLib, cudaLib := gpuOpLibs(t)
-	half := func(v []float32) []uint16 {
-		out := make([]uint16, len(v))
-		for i, f := range v {
-			out[i] = float16.New(f).Uint16()
-		}
-		return out
-	}
 	for _, shape := range [][3]int{{333, 1280, 5120}, {77, 5120, 1280}, {1, 1280, 5120}, {257, 1280, 5120}, {12, 32, 48}} {
 		c := newDenseCase(shape[0], shape[1], shape[2])
 		for i := range c.bias { // pre-activations across GELU's bend (|v| up to ~3), where the forms part
@@ -220,14 +222,14 @@ func TestGPUFp16Linear(t *testing.T) {
 			gpu := openDense(t, cudaLib, denseModel(10, "Fp16Linear", gelu, tc.bias, tc.residual), Device{Kind: "cuda"},
 				tc.bias, tc.residual)
 			in := tensors(tensorOf(c.x, rows, k), tensorOf(c.w, n, k))
-			in16 := tensors(tensorOf(half(c.x), rows, k), tensorOf(half(c.w), n, k))
+			in16 := tensors(tensorOf(halves(c.x), rows, k), tensorOf(halves(c.w), n, k))
 			if tc.bias {
 				in = append(in, tensorOf(c.bias, n))
-				in16 = append(in16, tensorOf(half(c.bias), n))
+				in16 = append(in16, tensorOf(halves(c.bias), n))
 			}
 			if tc.residual {
 				in = append(in, tensorOf(c.residual, rows, n))
-				in16 = append(in16, tensorOf(half(c.residual), rows, n))
+				in16 = append(in16, tensorOf(halves(c.residual), rows, n))
 			}
 			y, gy := make([]float32, c.rows*c.n), make([]uint16, c.rows*c.n)
 			if err := cpu.run(context.Background(), in, tensors(tensorOf(y, rows, n))); err != nil {

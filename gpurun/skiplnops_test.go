@@ -183,18 +183,11 @@ func TestCustomOpsSkipLayerNormE4M3CPU(t *testing.T) {
 
 // TestGPUSkipLayerNormE4M3 runs the CUDA SkipLayerNormE4M3 on ESM-2 650M's and 3B's widths (and a
 // narrow one, odd row counts) and holds it to the CPU op on the same float16 values: the sum is the
-// CPU's float32 sum rounded to float16 (within half a step), scales within 1e-5 (the block sums in another order), codes
-// equal but for a few one step apart. Needs SEQEMBED_GPU_TESTS=1 and SEQEMBED_CUSTOM_OPS pointing at
-// the CUDA build of the library.
+// CPU's float32 sum rounded to float16 (within half a step), scales within 1e-5 (the block sums in
+// another order), codes equal but for a few one step apart. Needs SEQEMBED_GPU_TESTS=1 and
+// SEQEMBED_CUSTOM_OPS pointing at the CUDA build of the library.
 func TestGPUSkipLayerNormE4M3(t *testing.T) {
 	cpuLib, cudaLib := gpuOpLibs(t)
-	half := func(v []float32) []uint16 {
-		out := make([]uint16, len(v))
-		for i, f := range v {
-			out[i] = float16.New(f).Uint16()
-		}
-		return out
-	}
 	for _, shape := range [][2]int{{333, 1280}, {77, 2560}, {1, 1280}, {12, 32}} {
 		c := newSkipLnCase(shape[0], shape[1])
 		rows, d := int64(c.rows), int64(c.d)
@@ -202,11 +195,11 @@ func TestGPUSkipLayerNormE4M3(t *testing.T) {
 			cpu := openSkipLn(t, cpuLib, skipLnModel(1, "SkipLayerNormE4M3F32", 1e-5, bias), Device{Kind: "cpu"}, bias)
 			gpu := openSkipLn(t, cudaLib, skipLnModel(10, "SkipLayerNormE4M3", 1e-5, bias), Device{Kind: "cuda"}, bias)
 			in := tensors(tensorOf(c.x, rows, d), tensorOf(c.skip, rows, d), tensorOf(c.gamma, d), tensorOf(c.beta, d))
-			in16 := tensors(tensorOf(half(c.x), rows, d), tensorOf(half(c.skip), rows, d), tensorOf(half(c.gamma), d),
-				tensorOf(half(c.beta), d))
+			in16 := tensors(tensorOf(halves(c.x), rows, d), tensorOf(halves(c.skip), rows, d), tensorOf(halves(c.gamma), d),
+				tensorOf(halves(c.beta), d))
 			if bias {
 				in = append(in, tensorOf(c.bias, d))
-				in16 = append(in16, tensorOf(half(c.bias), d))
+				in16 = append(in16, tensorOf(halves(c.bias), d))
 			}
 			q, scale, sum := make([]uint8, c.rows*c.d), make([]float32, c.rows), make([]float32, c.rows*c.d)
 			if err := cpu.run(context.Background(), in, tensors(tensorOf(q, rows, d), tensorOf(scale, rows), tensorOf(sum, rows, d))); err != nil {
