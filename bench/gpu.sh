@@ -174,6 +174,7 @@ load() {
     die "[$1] linear=${L[linear]} needs export=packed|mha with ops=custom"
   [[ ${L[lnq]} == 0 || ${L[lnq]} == 1 ]] || die "[$1] lnq '${L[lnq]}': want 0 or 1"
   [[ ${L[lnq]} == 1 && $attn != dir:* && ${L[precision]} != fp8* ]] && die "[$1] lnq=1 needs precision=fp8 or fp8-ffn"
+  [[ ${L[lnq]} == 1 && ${L[linear]} == lt-res ]] && die "[$1] lnq=1 and linear=lt-res do not combine"
   [[ ${L[cpuprofile]} == 0 || ${L[cpuprofile]} == 1 ]] || die "[$1] cpuprofile '${L[cpuprofile]}': want 0 or 1"
   [[ -z ${L[outliers]:-} || ${L[outliers]} =~ ^[0-9.]+$ ]] || die "[$1] outliers '${L[outliers]}': want a number"
   [[ ${L[golden]} =~ ^[0-9]+$ ]] || die "[$1] golden '${L[golden]}': want a record count"

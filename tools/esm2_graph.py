@@ -238,6 +238,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         raise ValueError("fused_residual needs fp16_linear")
     if fused_ln_quant and not fp8:
         raise ValueError("fused_ln_quant needs precision fp8")
+    if fused_ln_quant and fused_residual:  # SkipLayerNormE4M3 adds the residual itself
+        raise ValueError("fused_ln_quant and fused_residual do not combine")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
@@ -384,7 +386,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         ln2, resid = residual_ln(o, fused_residual and not fp8_attn, resid, p + "bo", bo, (p + "ln2_g", p + "ln2_b"),
                                  lay.LayerNorm, True, quantized=fused_ln_quant)
         if fp8:
-            h = fp8_linear(ln2 if fused_ln_quant else quant(ln2), p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias))
+            h = fp8_linear(ln2 if fused_ln_quant else quant(ln2), p + "w1", _np(lay.intermediate.dense.weight),
+                           _np(lay.intermediate.dense.bias))
             y = fp8_linear(quant(h, gelu=1), p + "w2", _np(lay.output.dense.weight))
         elif fused_gelu:
             h = linear(ln2, p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias), gelu=1)

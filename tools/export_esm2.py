@@ -454,6 +454,8 @@ def main():
         sys.exit("--fused-residual needs --fp16-linear")
     if args.fused_ln_quant and args.precision != "fp8":
         sys.exit("--fused-ln-quant needs --precision fp8")
+    if args.fused_ln_quant and args.fused_residual:
+        sys.exit("--fused-ln-quant and --fused-residual do not combine (SkipLayerNormE4M3 adds the residual itself)")
     if args.outlier_channels and not args.preset:
         sys.exit("--outlier-channels applies to --preset (random weights) only")
     if args.fused and args.optimize:
