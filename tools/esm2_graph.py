@@ -329,6 +329,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         if fp16_linear or gelu:
             ins = [t, g.w(name, w_out_in)] + ([g.w(name.replace("w", "b", 1), bias)] if bias is not None else [])
             return g.op("Fp16Linear", ins, domain=SEQEMBED_OPS, gelu=gelu)
+        if bias is not None:  # the MatMul form's bias lives in the SkipLayerNormalization or BiasGelu after it
+            raise ValueError(f"{name}: a bias on the MatMul form would be dropped")
         return g.op("MatMul", [t, g.w(name, np.ascontiguousarray(w_out_in.T))])
 
     def residual_ln(t, fused, resid, bias_name, bias, ln_names, ln, keep_sum, quantized=False):
