@@ -78,6 +78,25 @@ func ParseDevices(s string) ([]Device, error) {
 		}
 		return devs, nil
 	}
+	return parseDeviceList(s)
+}
+
+// DeviceKind is the kind ("cpu" or "cuda") of a device list as ParseDevices reads it, from the
+// list's syntax alone (cuda:all is not counted, so no driver is asked), or ParseDevices' error for
+// a list it refuses by its syntax.
+func DeviceKind(s string) (string, error) {
+	if s == "cuda:all" {
+		return "cuda", nil
+	}
+	devs, err := parseDeviceList(s)
+	if err != nil {
+		return "", err
+	}
+	return devs[0].Kind, nil
+}
+
+// parseDeviceList is ParseDevices for an explicit comma-separated list.
+func parseDeviceList(s string) ([]Device, error) {
 	var devs []Device
 	for _, part := range strings.Split(s, ",") {
 		d, err := ParseDevice(strings.TrimSpace(part))

@@ -357,6 +357,19 @@ func TestParseDevices(t *testing.T) {
 		if _, err := gpurun.ParseDevices(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+		if kind, err := gpurun.DeviceKind(bad); err == nil {
+			t.Errorf("DeviceKind(%q) = %q, want ParseDevices' refusal", bad, kind)
+		}
+	}
+}
+
+// TestDeviceKind: the kind of a device list from its syntax, cuda:all included, without a driver
+// (this test runs on machines with no GPU).
+func TestDeviceKind(t *testing.T) {
+	for s, want := range map[string]string{"cpu": "cpu", "cpu,cpu": "cpu", "cuda": "cuda", "cuda:0, cuda:1": "cuda", "cuda:all": "cuda"} {
+		if got, err := gpurun.DeviceKind(s); err != nil || got != want {
+			t.Errorf("DeviceKind(%q) = %q, %v; want %q", s, got, err, want)
+		}
 	}
 }
 

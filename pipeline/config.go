@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/seqembed/seqembed/arrowout"
@@ -168,16 +167,16 @@ const (
 )
 
 // InflightPerDevice is the number of batches run at once on each device: Inflight, or where it
-// is 0 InflightCUDA for a CUDA --device and InflightCPU for the CPU.
+// is 0 InflightCUDA for a CUDA --device and InflightCPU for the CPU (and for a --device Validate
+// refuses).
 func (c *Config) InflightPerDevice() int {
-	switch {
-	case c.Inflight > 0:
+	if c.Inflight > 0 {
 		return c.Inflight
-	case strings.HasPrefix(strings.TrimSpace(c.Device), "cuda"):
-		return InflightCUDA
-	default:
-		return InflightCPU
 	}
+	if kind, err := gpurun.DeviceKind(c.Device); err == nil && kind == "cuda" {
+		return InflightCUDA
+	}
+	return InflightCPU
 }
 
 // validateChunks checks the chunk flags that need no model: ≥ 0, stride ≤ window, and set

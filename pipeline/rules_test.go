@@ -287,7 +287,8 @@ func TestInflightPerDevice(t *testing.T) {
 		want     int
 	}{
 		{"cpu", 0, InflightCPU}, {"cuda:0", 0, InflightCUDA}, {"cuda:0,cuda:1", 0, InflightCUDA},
-		{"cuda:all", 0, InflightCUDA}, {"cpu", 3, 3}, {"cuda:1", 1, 1},
+		{"cuda:all", 0, InflightCUDA}, {"cpu", 3, 3}, {"cuda:1", 1, 1}, {" cuda:0", 0, InflightCUDA},
+		{"cudax", 0, InflightCPU}, {"cpu,cpu", 0, InflightCPU},
 	} {
 		c := Default()
 		c.Device, c.Inflight = tc.device, tc.inflight
