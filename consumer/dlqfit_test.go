@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -63,11 +65,19 @@ func TestDeadLetterCopyFits(t *testing.T) {
 				t.Fatalf("server max_payload %d, want %d", got, tc.maxPayload)
 			}
 			obs := &countObs{}
-			w, h := startWatched(t, ctx, js, consumer.WithObserver(obs), consumer.WithMaxRecordBytes(32*mib))
+			// An invalid record must be dead-lettered by the pull loop before its second delivery's
+			// AckWait runs out (else the advisory watcher gets it first, as max_deliveries): 300 ms
+			// was too short for a 16 MiB copy under the race detector on a loaded 2-core machine
+			// (CI, 2026-12-03). The nak'd records do not wait for AckWait (a nak redelivers at once).
+			w, h := startWatched(t, ctx, js, consumer.WithObserver(obs), consumer.WithMaxRecordBytes(32*mib),
+				consumer.WithAckWait(3*time.Second))
 			wait := nakAll(h)
 			bodies := map[string][]byte{}
 			seqs := map[string]uint64{}
-			for id, n := range tc.bodies {
+			// Published in id order, the invalid records (BAD…) first: the pull loop meets them
+			// before the nak'd ones, whatever the map's order.
+			for _, id := range slices.Sorted(maps.Keys(tc.bodies)) {
+				n := tc.bodies[id]
 				fill := "A" // valid: delivered, nak'd until max deliveries
 				if strings.HasPrefix(id, "BAD") {
 					fill = "a" // invalid residues: dead-lettered by the pull loop
@@ -78,8 +88,8 @@ func TestDeadLetterCopyFits(t *testing.T) {
 				hdr.Set("Producer", producer) // the record still fits; its copy, whole, does not
 				seqs[id] = publishBody(t, js, hdr, bodies[id])
 			}
-			// A record is dead-lettered within about a second (AckWait 300 ms, MaxDeliver 2);
-			// 16 MiB copies take longer under the race detector.
+			// A record is dead-lettered within about a second (MaxDeliver 2); 16 MiB copies take
+			// longer under the race detector.
 			testutil.Eventually(t, 60*time.Second, func() (bool, string) {
 				n := subjectCount(t, js, consumer.Subject("m"))
 				return n == 0, fmt.Sprintf("input subject empty, %d records left", n)
