@@ -311,18 +311,24 @@ struct QuantArgs {
   int64_t rows = 0, k = 0;
 };
 
+// QuantOutputs allocates outputs 0 (codes, uint8 of x's dims) and 1 (scales, float32 of x's dims
+// without the last) of a quantising op.
+OrtStatus* QuantOutputs(OrtKernelContext* ctx, const std::vector<int64_t>& dims, uint8_t** q, float** scale) {
+  OrtValue* out = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, dims.data(), dims.size(), &out));
+  SE_RETURN_IF(g_api->GetTensorMutableData(out, reinterpret_cast<void**>(q)));
+  std::vector<int64_t> sdims(dims.begin(), dims.end() - 1);
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 1, sdims.data(), sdims.size(), &out));
+  return g_api->GetTensorMutableData(out, reinterpret_cast<void**>(scale));
+}
+
 OrtStatus* GatherQuant(OrtKernelContext* ctx, ONNXTensorElementDataType want, QuantArgs* a) {
   SE_RETURN_IF(GetInput(ctx, 0, &a->x));
   if (a->x.type != want) return Fail("QuantizeE4M3: x has the wrong float type for this op");
   if (a->x.dims.empty() || a->x.dims.back() <= 0) return Fail("QuantizeE4M3: x must be [..., K] with K > 0");
   a->k = a->x.dims.back();
   a->rows = static_cast<int64_t>(a->x.count) / a->k;
-  OrtValue* out = nullptr;
-  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, a->x.dims.data(), a->x.dims.size(), &out));
-  SE_RETURN_IF(g_api->GetTensorMutableData(out, reinterpret_cast<void**>(&a->q)));
-  std::vector<int64_t> sdims(a->x.dims.begin(), a->x.dims.end() - 1);
-  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 1, sdims.data(), sdims.size(), &out));
-  return g_api->GetTensorMutableData(out, reinterpret_cast<void**>(&a->scale));
+  return QuantOutputs(ctx, a->x.dims, &a->q, &a->scale);
 }
 
 OrtStatus* QuantizeCPU(Kernel* k, OrtKernelContext* ctx) {
@@ -423,12 +429,8 @@ OrtStatus* GatherSkipLn(OrtKernelContext* ctx, ONNXTensorElementDataType want, S
     if (t->data && static_cast<int64_t>(t->count) != a->d)
       return Fail("SkipLayerNormE4M3: gamma, beta and bias must hold D = " + std::to_string(a->d) + " values");
   a->rows = static_cast<int64_t>(a->x.count) / a->d;
+  SE_RETURN_IF(QuantOutputs(ctx, a->x.dims, &a->q, &a->scale));
   OrtValue* out = nullptr;
-  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, a->x.dims.data(), a->x.dims.size(), &out));
-  SE_RETURN_IF(g_api->GetTensorMutableData(out, reinterpret_cast<void**>(&a->q)));
-  std::vector<int64_t> sdims(a->x.dims.begin(), a->x.dims.end() - 1);
-  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 1, sdims.data(), sdims.size(), &out));
-  SE_RETURN_IF(g_api->GetTensorMutableData(out, reinterpret_cast<void**>(&a->scale)));
   SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 2, a->x.dims.data(), a->x.dims.size(), &out));
   return g_api->GetTensorMutableData(out, &a->sum);
 }
@@ -471,11 +473,12 @@ struct DenseArgs {
   int64_t rows = 0, k = 0, n = 0;
 };
 
-OrtStatus* GatherDense(OrtKernelContext* ctx, ONNXTensorElementDataType want, DenseArgs* a) {
+OrtStatus* GatherDense(const Kernel* k, OrtKernelContext* ctx, ONNXTensorElementDataType want, DenseArgs* a) {
   SE_RETURN_IF(GetInput(ctx, 0, &a->x));
   SE_RETURN_IF(GetInput(ctx, 1, &a->w));
   SE_RETURN_IF(GetInput(ctx, 2, &a->bias, true));
   SE_RETURN_IF(GetInput(ctx, 3, &a->residual, true));
+  if (k->gelu && a->residual.data) return Fail("Fp16Linear: a residual input with gelu is not supported");
   if (a->x.type != want || a->w.type != want || (a->bias.data && a->bias.type != want) ||
       (a->residual.data && a->residual.type != want))
     return Fail("Fp16Linear: x, w, bias and residual must all have the op's float type");
@@ -499,8 +502,7 @@ OrtStatus* GatherDense(OrtKernelContext* ctx, ONNXTensorElementDataType want, De
 
 OrtStatus* DenseCPU(Kernel* k, OrtKernelContext* ctx) {
   DenseArgs a;
-  SE_RETURN_IF(GatherDense(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
-  if (k->gelu && a.residual.data) return Fail("Fp16Linear: a residual input with gelu is not supported");
+  SE_RETURN_IF(GatherDense(k, ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
   const float* x = static_cast<const float*>(a.x.data);
   const float* res = static_cast<const float*>(a.residual.data);
   const float* w = static_cast<const float*>(a.w.data);
@@ -1072,9 +1074,8 @@ OrtStatus* LinearCUDA(Kernel* k, OrtKernelContext* ctx) {
 
 OrtStatus* DenseCUDA(Kernel* k, OrtKernelContext* ctx) {
   DenseArgs a;
-  SE_RETURN_IF(GatherDense(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
+  SE_RETURN_IF(GatherDense(k, ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
   if (a.k % 8 || a.n % 8) return Fail("Fp16Linear (CUDA): K and N must be multiples of 8");
-  if (k->gelu && a.residual.data) return Fail("Fp16Linear: a residual input with gelu is not supported");
   if (a.rows == 0) return nullptr;
   void* stream = nullptr;
   SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
