@@ -59,6 +59,16 @@ func pbVarint(b []byte, field protowire.Number, v int64) []byte {
 	return protowire.AppendVarint(b, uint64(v))
 }
 
+// intAttr and floatAttr are ONNX AttributeProtos of type INT and FLOAT.
+func intAttr(name string, v int64) []byte {
+	return pbVarint(pbVarint(pbString(nil, 1, name), 3, v), 20, 2)
+}
+
+func floatAttr(name string, v float32) []byte {
+	attr := protowire.AppendFixed32(protowire.AppendTag(pbString(nil, 1, name), 2, protowire.Fixed32Type), math.Float32bits(v))
+	return pbVarint(attr, 20, 1)
+}
+
 // valueInfo is an ONNX ValueInfoProto: a tensor of elemType with named (string) or fixed dims.
 func valueInfo(name string, elemType int64, dims ...any) []byte {
 	var shape []byte

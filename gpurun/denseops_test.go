@@ -14,7 +14,7 @@ import (
 // (+ residual), GELU when gelu is 1; float is the ONNX element type of x, w, bias, residual and y
 // (1 float32, 10 float16). Without bias but with residual the bias input is named "" (absent).
 func denseModel(float int64, op string, gelu int64, bias, residual bool) []byte {
-	attr := pbVarint(pbVarint(pbString(nil, 1, "gelu"), 3, gelu), 20, 2) // AttributeProto INT
+	attr := intAttr("gelu", gelu)
 	node := withBias(pbString(pbString(nil, 1, "x"), 1, "w"), bias)
 	if residual {
 		if !bias {

@@ -65,7 +65,7 @@ func e4m3Encode(x float32) uint8 {
 // for the CPU ops, 10 float16 for the CUDA ones).
 func fp8Model(float int64, quantOp, linearOp string, gelu int64, bias bool) []byte {
 	const uint8T = 2
-	attr := pbVarint(pbVarint(pbString(nil, 1, "gelu"), 3, gelu), 20, 2) // AttributeProto INT
+	attr := intAttr("gelu", gelu)
 	quant := pbString(pbString(pbString(nil, 1, "x"), 2, "q"), 2, "scale")
 	quant = pbMessage(pbString(pbString(pbString(quant, 3, "quantize"), 4, quantOp), 7, "ai.seqembed"), 5, attr)
 	lin := withBias(pbString(pbString(pbString(pbString(nil, 1, "q"), 1, "scale"), 1, "w"), 1, "w_scale"), bias)

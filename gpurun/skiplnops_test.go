@@ -7,16 +7,13 @@ import (
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow/float16"
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // skipLnModel is one SkipLayerNormE4M3 node (op: SkipLayerNormE4M3F32 or SkipLayerNormE4M3)
 // (x, skip, gamma, beta[, bias]) -> (q, scale, sum) with epsilon eps; float is the ONNX element
 // type of x, skip, gamma, beta, bias and sum (1 float32, 10 float16).
 func skipLnModel(float int64, op string, eps float32, bias bool) []byte {
-	attr := pbString(nil, 1, "epsilon")
-	attr = protowire.AppendFixed32(protowire.AppendTag(attr, 2, protowire.Fixed32Type), math.Float32bits(eps))
-	attr = pbVarint(attr, 20, 1) // AttributeProto FLOAT
+	attr := floatAttr("epsilon", eps)
 	node := withBias(pbString(pbString(pbString(pbString(nil, 1, "x"), 1, "skip"), 1, "gamma"), 1, "beta"), bias)
 	node = pbString(pbString(pbString(node, 2, "q"), 2, "scale"), 2, "sum")
 	node = pbMessage(pbString(pbString(pbString(node, 3, "skipln"), 4, op), 7, "ai.seqembed"), 5, attr)

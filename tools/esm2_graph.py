@@ -186,7 +186,7 @@ PRECISIONS = ("fp16", "fp8")
 
 def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False, outputs=None,
           residues_fp16=False, precision="fp16", fp8_projections="all", fused_gelu=False, fp16_linear=False,
-          fused_residual=False, fused_ln_quant=False):
+          fused_residual=False, fused_ln_quant=False, gelu_scales=None):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
@@ -221,7 +221,12 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     per residual, and the sum rounded to float16 once instead of twice.
     fused_ln_quant (precision fp8) computes each residual add + LayerNorm whose only reader is an
     FP8 GEMM together with that GEMM's activation quantisation (ai.seqembed.SkipLayerNormE4M3): the
-    float16 LayerNorm output is never written, QuantizeE4M3 never reads it."""
+    float16 LayerNorm output is never written, QuantizeE4M3 never reads it.
+    gelu_scales (precision fp8; one float per block) runs each fc1 as ai.seqembed.Fp8LinearE4M3:
+    bias and GELU in the FP8 GEMM's epilogue and its output written as E4M3 codes at that block's
+    fixed per-tensor scale (calibrated at export: tools/export_esm2.py gelu_quant_scales), so fc1's
+    float16 output and the per-token QuantizeE4M3 of it are gone. The GELU becomes cuBLASLt's tanh
+    approximation, and values past 448 x the scale saturate."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: want one of {PRECISIONS}")
     fp8 = precision == "fp8"
@@ -240,6 +245,12 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         raise ValueError("fused_ln_quant needs precision fp8")
     if fused_ln_quant and fused_residual:  # SkipLayerNormE4M3 adds the residual itself
         raise ValueError("fused_ln_quant and fused_residual do not combine")
+    if gelu_scales is not None:
+        if not fp8:
+            raise ValueError("gelu_scales needs precision fp8")
+        if len(gelu_scales) != esm.config.num_hidden_layers or not all(np.isfinite(s) and s > 0 for s in gelu_scales):
+            raise ValueError(f"gelu_scales: want {esm.config.num_hidden_layers} finite scales above 0, "
+                             f"got {gelu_scales!r}")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
@@ -325,6 +336,12 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
             ins.append(g.w(name + "_bias", bias))
         return g.op("Fp8Linear", ins, domain=SEQEMBED_OPS, fast_accum=1)
 
+    def fp8_linear_gelu_q(tq, name, w_out_in, bias, y_scale):  # fc1 + GELU as E4M3 (codes, scales)
+        wq, ws = quantize_weight(w_out_in)
+        ins = [tq[0], tq[1], g.w(name, wq, np.uint8), g.w(name + "_scale", ws, np.float32), g.w(name + "_bias", bias)]
+        return g.op("Fp8LinearE4M3", ins, outputs=2, domain=SEQEMBED_OPS, fast_accum=1, gelu=1,
+                    y_scale=float(y_scale))
+
     def linear(t, name, w_out_in, bias=None, gelu=0):  # fp16 projection: Fp16Linear, or MatMul on [in, out]
         if fp16_linear or gelu:
             ins = [t, g.w(name, w_out_in)] + ([g.w(name.replace("w", "b", 1), bias)] if bias is not None else [])
@@ -387,7 +404,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
             o = out_linear(ctx, p + "wo", wo, bo, resid)
         ln2, resid = residual_ln(o, fused_residual and not fp8_attn, resid, p + "bo", bo, (p + "ln2_g", p + "ln2_b"),
                                  lay.LayerNorm, True, quantized=fused_ln_quant)
-        if fp8:
+        if fp8 and gelu_scales is not None:
+            hq = fp8_linear_gelu_q(ln2 if fused_ln_quant else quant(ln2), p + "w1", _np(lay.intermediate.dense.weight),
+                                   _np(lay.intermediate.dense.bias), gelu_scales[i])
+            y = fp8_linear(hq, p + "w2", _np(lay.output.dense.weight))
+        elif fp8:
             h = fp8_linear(ln2 if fused_ln_quant else quant(ln2), p + "w1", _np(lay.intermediate.dense.weight),
                            _np(lay.intermediate.dense.bias))
             y = fp8_linear(quant(h, gelu=1), p + "w2", _np(lay.output.dense.weight))
