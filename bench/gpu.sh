@@ -33,8 +33,8 @@ Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required
   export= mha|packed|auto|traced|optimized|dir:PATH (default auto), ops=custom|none (default
   custom for fused fp16 exports), dtype=fp16|fp32, precision=fp16|fp8|fp8-ffn (fp8: FP8 projections,
   fp8-ffn: only the FFN's; packed or mha fp16 exports with the custom ops; torch rows stay fp16), gelu=erf|tanh (tanh:
-  fc1 with cuBLASLt's bias+GELU epilogue; packed or mha, custom ops: precision fp16 exports --fused-gelu, fp8 and fp8-ffn
-  --fused-gelu-quant, fc1's output E4M3 at calibrated per-block scales), linear=ort|lt|lt-res (lt: export --fp16-linear, every fp16
+  export --fused-gelu, the FFN's GELU as the tanh approximation; packed or mha, custom ops: with precision fp16 fc1 with
+  cuBLASLt's bias+GELU epilogue, with fp8 and fp8-ffn computed in the QuantizeE4M3 of fc1's output), linear=ort|lt|lt-res (lt: export --fp16-linear, every fp16
   projection as ai.seqembed.Fp16Linear; lt-res: also --fused-residual, the residual added in the GEMM), lnq=0|1 (1: export
   --fused-ln-quant, precision fp8: residual + LayerNorm + E4M3 quantisation as one op), outliers=SIGMA (heavy-tailed
   channels, export --outlier-channels), layout=rows|sequence, check=1|0,
@@ -219,9 +219,7 @@ export_cmd() {
   [[ ${L[dtype]} == fp16 ]] && EXPORT+=(--fp16)
   [[ ${L[precision]} == fp8 ]] && EXPORT+=(--precision fp8)
   [[ ${L[precision]} == fp8-ffn ]] && EXPORT+=(--precision fp8 --fp8-projections ffn)
-  if [[ ${L[gelu]} == tanh ]]; then
-    [[ ${L[precision]} == fp16 ]] && EXPORT+=(--fused-gelu) || EXPORT+=(--fused-gelu-quant)
-  fi
+  [[ ${L[gelu]} == tanh ]] && EXPORT+=(--fused-gelu)
   [[ ${L[linear]} == lt* ]] && EXPORT+=(--fp16-linear)
   [[ ${L[linear]} == lt-res ]] && EXPORT+=(--fused-residual)
   [[ ${L[lnq]} == 1 ]] && EXPORT+=(--fused-ln-quant)

@@ -186,7 +186,7 @@ PRECISIONS = ("fp16", "fp8")
 
 def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False, outputs=None,
           residues_fp16=False, precision="fp16", fp8_projections="all", fused_gelu=False, fp16_linear=False,
-          fused_residual=False, fused_ln_quant=False, gelu_scales=None):
+          fused_residual=False, fused_ln_quant=False):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
@@ -207,10 +207,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     epilogue, cuBLASLt's fast FP8 accumulation: measured as accurate as the exact one, docs/perf.md);
     embeddings, attention, LayerNorms, residuals and pooling stay as in fp16. fp8_projections "ffn"
     keeps attention's q, k, v and output projections in fp16 (only fc1 and fc2 go FP8).
-    fused_gelu (fp16 precision, custom_ops, packed or mha) runs each FFN's fc1 as ai.seqembed.Fp16Linear:
-    one cuBLASLt GEMM with the bias and GELU in its epilogue instead of MatMul + BiasGelu. cuBLASLt's
-    GELU is the tanh approximation, not ESM's erf GELU: an approximation, checked against float32
-    PyTorch before use (docs/perf.md).
+    fused_gelu (custom_ops, packed or mha) runs each FFN's GELU as its tanh approximation, not ESM's
+    erf GELU (an approximation, checked against float32 PyTorch before use, docs/perf.md): with
+    precision fp16 fc1 becomes ai.seqembed.Fp16Linear, one cuBLASLt GEMM with the bias and GELU in
+    its epilogue instead of MatMul + BiasGelu; with fp8 the QuantizeE4M3 of fc1's output computes
+    the tanh GELU (gelu=2, a fraction of the erf's arithmetic) instead of the erf one.
     fp16_linear (fp16, custom_ops) runs every projection that is not FP8 as ai.seqembed.Fp16Linear
     (cuBLASLt with the weight stored [out, in], the "TN" form) instead of ORT's MatMul (cublasGemmEx
     on [in, out] weights): faster at ESM-2's shapes (docs/perf.md, bench/gpu.sh mode gemm); the same
@@ -221,12 +222,7 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     per residual, and the sum rounded to float16 once instead of twice.
     fused_ln_quant (precision fp8) computes each residual add + LayerNorm whose only reader is an
     FP8 GEMM together with that GEMM's activation quantisation (ai.seqembed.SkipLayerNormE4M3): the
-    float16 LayerNorm output is never written, QuantizeE4M3 never reads it.
-    gelu_scales (precision fp8; one float per block) runs each fc1 as ai.seqembed.Fp8LinearE4M3:
-    bias and GELU in the FP8 GEMM's epilogue and its output written as E4M3 codes at that block's
-    fixed per-tensor scale (calibrated at export: tools/export_esm2.py gelu_quant_scales), so fc1's
-    float16 output and the per-token QuantizeE4M3 of it are gone. The GELU becomes cuBLASLt's tanh
-    approximation, and values past 448 x the scale saturate."""
+    float16 LayerNorm output is never written, QuantizeE4M3 never reads it."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: want one of {PRECISIONS}")
     fp8 = precision == "fp8"
@@ -235,8 +231,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     fp8_attn = fp8 and fp8_projections == "all"
     if fp8 and not (fp16 and custom_ops):
         raise ValueError("precision fp8 needs fp16 and custom_ops (seqembed's CUDA ops)")
-    if fused_gelu and (fp8 or not (fp16 and custom_ops)):
-        raise ValueError("fused_gelu needs precision fp16, fp16 and custom_ops (seqembed's CUDA ops)")
+    if fused_gelu and not (fp16 and custom_ops):
+        raise ValueError("fused_gelu needs fp16 and custom_ops (seqembed's CUDA ops)")
     if fp16_linear and not (fp16 and custom_ops):
         raise ValueError("fp16_linear needs fp16 and custom_ops (seqembed's CUDA ops)")
     if fused_residual and not fp16_linear:
@@ -245,12 +241,6 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         raise ValueError("fused_ln_quant needs precision fp8")
     if fused_ln_quant and fused_residual:  # SkipLayerNormE4M3 adds the residual itself
         raise ValueError("fused_ln_quant and fused_residual do not combine")
-    if gelu_scales is not None:
-        if not fp8:
-            raise ValueError("gelu_scales needs precision fp8")
-        if len(gelu_scales) != esm.config.num_hidden_layers or not all(np.isfinite(s) and s > 0 for s in gelu_scales):
-            raise ValueError(f"gelu_scales: want {esm.config.num_hidden_layers} finite scales above 0, "
-                             f"got {gelu_scales!r}")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
     if attention not in ("mha", "packed"):
@@ -326,7 +316,7 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     ln = g.op("LayerNormalization", [x, g.w("l0_ln1_g", _np(layers[0].attention.LayerNorm.weight)),
                                      g.w("l0_ln1_b", _np(layers[0].attention.LayerNorm.bias))], axis=-1, epsilon=eps)
     resid = x
-    def quant(t, gelu=0):  # per-token E4M3 codes and scales of t (after erf GELU when gelu)
+    def quant(t, gelu=0):  # per-token E4M3 codes and scales of t (after GELU: 1 erf, 2 tanh)
         return g.op("QuantizeE4M3", [t], outputs=2, domain=SEQEMBED_OPS, gelu=gelu)
 
     def fp8_linear(tq, name, w_out_in, bias=None):  # tq: (codes, scales); w [out, in]
@@ -335,12 +325,6 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         if bias is not None:
             ins.append(g.w(name + "_bias", bias))
         return g.op("Fp8Linear", ins, domain=SEQEMBED_OPS, fast_accum=1)
-
-    def fp8_linear_gelu_q(tq, name, w_out_in, bias, y_scale):  # fc1 + GELU as E4M3 (codes, scales)
-        wq, ws = quantize_weight(w_out_in)
-        ins = [tq[0], tq[1], g.w(name, wq, np.uint8), g.w(name + "_scale", ws, np.float32), g.w(name + "_bias", bias)]
-        return g.op("Fp8LinearE4M3", ins, outputs=2, domain=SEQEMBED_OPS, fast_accum=1, gelu=1,
-                    y_scale=float(y_scale))
 
     def linear(t, name, w_out_in, bias=None, gelu=0):  # fp16 projection: Fp16Linear, or MatMul on [in, out]
         if fp16_linear or gelu:
@@ -404,14 +388,10 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
             o = out_linear(ctx, p + "wo", wo, bo, resid)
         ln2, resid = residual_ln(o, fused_residual and not fp8_attn, resid, p + "bo", bo, (p + "ln2_g", p + "ln2_b"),
                                  lay.LayerNorm, True, quantized=fused_ln_quant)
-        if fp8 and gelu_scales is not None:
-            hq = fp8_linear_gelu_q(ln2 if fused_ln_quant else quant(ln2), p + "w1", _np(lay.intermediate.dense.weight),
-                                   _np(lay.intermediate.dense.bias), gelu_scales[i])
-            y = fp8_linear(hq, p + "w2", _np(lay.output.dense.weight))
-        elif fp8:
+        if fp8:
             h = fp8_linear(ln2 if fused_ln_quant else quant(ln2), p + "w1", _np(lay.intermediate.dense.weight),
                            _np(lay.intermediate.dense.bias))
-            y = fp8_linear(quant(h, gelu=1), p + "w2", _np(lay.output.dense.weight))
+            y = fp8_linear(quant(h, gelu=2 if fused_gelu else 1), p + "w2", _np(lay.output.dense.weight))
         elif fused_gelu:
             h = linear(ln2, p + "w1", _np(lay.intermediate.dense.weight), _np(lay.intermediate.dense.bias), gelu=1)
             y = out_linear(h, p + "w2", _np(lay.output.dense.weight), _np(lay.output.dense.bias), resid)

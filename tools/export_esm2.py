@@ -24,7 +24,6 @@ gpurun's TestGPUGoldenParity against the float32 golden vectors.
 import argparse
 import hashlib
 import json
-import lzma
 import os
 import sys
 import time
@@ -349,7 +348,7 @@ def compare_cases(model, sess, device, rng, what):
 
 def read_fasta(path):
     recs, rid, seq = [], None, []
-    with (lzma.open(path, "rt") if path.endswith(".xz") else open(path)) as f:
+    with open(path) as f:
         for line in f:
             line = line.strip()
             if line.startswith(">"):
@@ -361,28 +360,6 @@ def read_fasta(path):
     if rid is not None:
         recs.append((rid, "".join(seq)))
     return recs
-
-
-def gelu_quant_scales(esm, device, seqs, margin):
-    """Per-block E4M3 scales for --fused-gelu-quant: margin x the largest |tanh-GELU(fc1(x))| the
-    float32 model reaches on seqs (one sequence at a time, unpadded), / 448. A value past 448 x the
-    scale saturates, so margin is headroom over what calibration saw; E4M3 keeps its 3-bit relative
-    precision down to 2^-6 x the scale whatever the margin."""
-    amax = [0.0] * esm.config.num_hidden_layers
-    hooks = []
-    for i, lay in enumerate(esm.encoder.layer):
-        def hook(_mod, _inp, out, i=i):
-            amax[i] = max(amax[i], float(torch.nn.functional.gelu(out.float(), approximate="tanh").abs().max()))
-        hooks.append(lay.intermediate.dense.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            for s in seqs:
-                ids, mask = encode([s[:MAX_RESIDUES]])
-                esm(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device))
-    finally:
-        for h in hooks:
-            h.remove()
-    return [margin * a / 448.0 for a in amax], amax
 
 
 def golden(model, device, fasta, out_path, tmpdir):
@@ -439,10 +416,11 @@ def main():
     ap.add_argument("--fp8-projections", choices=["all", "ffn"], default="all", help="--precision fp8: which "
                     "projections run as FP8 GEMMs: all six of every block (default) or only the FFN's two (fc1, "
                     "fc2: two thirds of the GEMM work; attention's q, k, v, o stay fp16) for more accuracy")
-    ap.add_argument("--fused-gelu", action="store_true", help="--fused packed|mha --fp16 --custom-ops, "
-                    "precision fp16: each FFN's fc1 as one cuBLASLt GEMM with bias and GELU in its epilogue "
-                    "(ai.seqembed.Fp16Linear) instead of MatMul + BiasGelu. cuBLASLt's GELU is the tanh "
-                    "approximation, not ESM's erf GELU: check it with seqembed check-precision")
+    ap.add_argument("--fused-gelu", action="store_true", help="--fused packed|mha --fp16 --custom-ops: the FFN's "
+                    "GELU as the tanh approximation, not ESM's erf GELU (check it with seqembed check-precision). "
+                    "precision fp16: each fc1 as one cuBLASLt GEMM with bias and GELU in its epilogue "
+                    "(ai.seqembed.Fp16Linear) instead of MatMul + BiasGelu; fp8: the tanh GELU computed in the "
+                    "QuantizeE4M3 of fc1's output (cheaper than the erf)")
     ap.add_argument("--fp16-linear", action="store_true", help="--fused packed|mha --fp16 --custom-ops: every "
                     "float16 projection as ai.seqembed.Fp16Linear (cuBLASLt, weights [out, in]) instead of ORT's MatMul: faster at ESM-2's shapes, the same arithmetic")
     ap.add_argument("--fused-residual", action="store_true", help="--fp16-linear: every float16 output projection "
@@ -451,14 +429,6 @@ def main():
     ap.add_argument("--fused-ln-quant", action="store_true", help="--precision fp8: every residual add + "
                     "LayerNorm that only an FP8 GEMM reads also quantises its output (ai.seqembed.SkipLayerNormE4M3), "
                     "instead of writing float16 for a QuantizeE4M3 to read")
-    ap.add_argument("--fused-gelu-quant", action="store_true", help="--precision fp8: each fc1 as one FP8 GEMM "
-                    "with bias and GELU in its epilogue writing E4M3 codes at a fixed per-block scale "
-                    "(ai.seqembed.Fp8LinearE4M3), instead of float16 out + a per-token QuantizeE4M3; the scales are "
-                    "calibrated here (--calibration-fasta, --gelu-quant-margin) and the GELU becomes tanh")
-    ap.add_argument("--calibration-fasta", help="--fused-gelu-quant: FASTA whose first 64 records calibrate the "
-                    "scales (.xz read too; default: 64 random sequences of 50..1022 residues, seeded by --seed)")
-    ap.add_argument("--gelu-quant-margin", type=float, default=2.0, help="--fused-gelu-quant: scale = margin x the "
-                    "largest |GELU(fc1)| seen in calibration / 448 (default 2: headroom for inputs beyond it)")
     ap.add_argument("--outlier-channels", type=float, default=0.0, metavar="SIGMA", help="--preset only: "
                     "give the activations entering the projections heavy-tailed channels (log-normal factors "
                     "exp(SIGMA*z), undone in the weights that read them: the same function), as trained models "
@@ -477,8 +447,8 @@ def main():
         sys.exit("--custom-ops needs --fused mha|packed --fp16")
     if args.precision == "fp8" and not (args.fused and args.fp16 and args.custom_ops):
         sys.exit("--precision fp8 needs --fused packed|mha|auto --fp16 --custom-ops")
-    if args.fused_gelu and not (args.fused and args.fp16 and args.custom_ops and args.precision == "fp16"):
-        sys.exit("--fused-gelu needs --fused packed|mha|auto --fp16 --custom-ops and precision fp16")
+    if args.fused_gelu and not (args.fused and args.fp16 and args.custom_ops):
+        sys.exit("--fused-gelu needs --fused packed|mha|auto --fp16 --custom-ops")
     if args.fp16_linear and not (args.fused and args.fp16 and args.custom_ops):
         sys.exit("--fp16-linear needs --fused packed|mha|auto --fp16 --custom-ops")
     if args.fused_residual and not args.fp16_linear:
@@ -487,12 +457,6 @@ def main():
         sys.exit("--fused-ln-quant needs --precision fp8")
     if args.fused_ln_quant and args.fused_residual:
         sys.exit("--fused-ln-quant and --fused-residual do not combine (SkipLayerNormE4M3 adds the residual itself)")
-    if args.fused_gelu_quant and args.precision != "fp8":
-        sys.exit("--fused-gelu-quant needs --precision fp8")
-    if (args.calibration_fasta or args.gelu_quant_margin != 2.0) and not args.fused_gelu_quant:
-        sys.exit("--calibration-fasta and --gelu-quant-margin apply to --fused-gelu-quant")
-    if not (args.gelu_quant_margin >= 1.0 and np.isfinite(args.gelu_quant_margin)):
-        sys.exit(f"--gelu-quant-margin {args.gelu_quant_margin}: want a finite value of at least 1")
     if args.outlier_channels and not args.preset:
         sys.exit("--outlier-channels applies to --preset (random weights) only")
     if args.fused and args.optimize:
@@ -531,30 +495,12 @@ def main():
             outputs = esm2_graph.resolve_outputs(esm2_graph.parse_outputs(args.outputs), model.config.num_hidden_layers)
         out_info = esm2_graph.manifest_outputs(outputs, model.config.num_hidden_layers, model.config.hidden_size,
                                                args.residues_fp16)
-        gelu_scales, calibration = None, None
-        if args.fused_gelu_quant:
-            t0 = time.time()
-            if args.calibration_fasta:
-                cal = [s for _, s in read_fasta(args.calibration_fasta)[:64]]
-                src = args.calibration_fasta
-            else:
-                cal = random_seqs(np.random.default_rng(args.seed + 1), 64, 50, MAX_RESIDUES)
-                src = f"random:64:seed{args.seed + 1}"
-            if not cal:
-                sys.exit(f"--calibration-fasta {args.calibration_fasta}: no records")
-            gelu_scales, amax = gelu_quant_scales(pooled.esm, device, cal, args.gelu_quant_margin)
-            calibration = {"source": src, "records": len(cal), "margin": args.gelu_quant_margin,
-                           "amax_min": min(amax), "amax_max": max(amax)}
-            print(f"--fused-gelu-quant: {len(cal)} calibration sequences ({src}) in {time.time() - t0:.1f}s, "
-                  f"|GELU(fc1)| max per block {min(amax):.3g}..{max(amax):.3g}, margin {args.gelu_quant_margin}",
-                  file=sys.stderr)
         t0 = time.time()
         graph = esm2_graph.build(model, fp16=args.fp16, attention=args.fused, packed_layout=args.packed_layout,
                                  custom_ops=args.custom_ops, outputs=outputs, residues_fp16=args.residues_fp16,
                                  precision=args.precision, fp8_projections=args.fp8_projections,
                                  fused_gelu=args.fused_gelu, fp16_linear=args.fp16_linear,
-                                 fused_residual=args.fused_residual, fused_ln_quant=args.fused_ln_quant,
-                                 gelu_scales=gelu_scales)
+                                 fused_residual=args.fused_residual, fused_ln_quant=args.fused_ln_quant)
         if args.precision == "fp8":
             check_e4m3(pooled)
         esm2_graph.save(graph, path)
@@ -600,9 +546,7 @@ def main():
         # fp8 only: which projections are FP8 GEMMs (all, ffn)
         **({"fp8_projections": args.fp8_projections} if args.precision == "fp8" else {}),
         # --fused-gelu only: the FFN's GELU is cuBLASLt's tanh approximation (ESM's is erf)
-        **({"ffn_gelu": "tanh"} if args.fused_gelu or args.fused_gelu_quant else {}),
-        # --fused-gelu-quant only: fc1's output is E4M3 at fixed per-block scales, calibrated here
-        **({"fc1_e4m3": calibration} if args.fused_gelu_quant else {}),
+        **({"ffn_gelu": "tanh"} if args.fused_gelu else {}),
         "opset": args.opset,
         "parity": parity,
         "optimized": fused,

@@ -18,9 +18,11 @@
 // FP8 linear layers (tools/esm2_graph.py precision "fp8"; E4M3 = OCP float8 e4m3fn, max 448, no
 // infinities, stored as uint8 bit patterns):
 //
-// QuantizeE4M3 (CUDA, float16 x) / QuantizeE4M3F32 (CPU, float32 x), attribute gelu (0 or 1,
+// QuantizeE4M3 (CUDA, float16 x) / QuantizeE4M3F32 (CPU, float32 x), attribute gelu (0, 1 or 2,
 // default 0): per-row (per-token) dynamic quantisation of x [..., K] (rows R = numel / K):
-//   v = gelu ? erf-GELU(x) : x;  scale[r] = max_k |v[r,k]| / 448 (1 where that is 0);
+//   v = x (gelu 0), erf-GELU(x) (1) or GELU's tanh approximation (2: tools/esm2_graph.py fused_gelu
+//   with fp8; the CUDA op computes it as x * sigmoid(2u) with the hardware exp, the CPU op as
+//   GeluTanh);  scale[r] = max_k |v[r,k]| / 448 (1 where that is 0);
 //   q[r,k] = e4m3(v[r,k] * (1 / scale[r])) (round to nearest even, saturated to ±448)
 // SkipLayerNormE4M3 (CUDA, float16) / SkipLayerNormE4M3F32 (CPU, float32), attribute epsilon
 // (float, default 1e-5): SkipLayerNormalization and QuantizeE4M3 in one pass, for a LayerNorm whose
@@ -37,16 +39,7 @@
 //            channel), w_scale float32 [N], bias [N] (optional; the output's float type)
 //   output   y [..., N]:  y[r,n] = scale[r] * w_scale[n] * sum_k e4m3(q[r,k]) * e4m3(w[n,k]) + bias[n]
 //            (float32 accumulation; the CUDA op adds the bias in cuBLASLt's epilogue)
-// Fp8LinearE4M3 (CUDA; cuBLASLt FP8 GEMM with E4M3 output) / Fp8LinearE4M3F32 (CPU), attributes
-// y_scale (float > 0, required), gelu (0 or 1, default 0), fast_accum (CUDA only): Fp8Linear whose
-// output is quantised again in the GEMM's epilogue, at one fixed scale per tensor (tools/esm2_graph.py
-// fused_gelu_quant: fc1 + GELU, its codes read only by fc2's FP8 GEMM; the scale calibrated at export):
-//   inputs   as Fp8Linear's (bias optional, float16 on CUDA, float32 on the CPU)
-//   outputs  q uint8 [..., N], scale float32 [...] (every value y_scale: Fp8Linear's scale input)
-//            v[r,n] = scale[r] * w_scale[n] * sum_k e4m3(q[r,k]) * e4m3(w[n,k]) + bias[n];
-//            q[r,n] = e4m3((gelu ? GeluTanh(v) : v) * (1 / y_scale)), saturated to ±448
-//            (GELU is cuBLASLt's tanh approximation, as Fp16Linear's)
-// The CUDA ops refuse a GPU without FP8 tensor cores (compute capability below 8.9).
+// The CUDA op refuses a GPU without FP8 tensor cores (compute capability below 8.9).
 //
 // Fp16Linear (CUDA, float16; cuBLASLt) / Fp16LinearF32 (CPU, float32), attribute gelu (0 or 1,
 // default 0): a linear layer with its epilogue fused into the GEMM (tools/esm2_graph.py
@@ -299,10 +292,9 @@ using Compute = OrtStatus* (*)(Kernel*, OrtKernelContext*);
 // are chosen once per shape for the whole process, AlgoCache).
 struct Kernel {
   Compute compute = nullptr;
-  int64_t gelu = 0;        // QuantizeE4M3: erf GELU before quantising; Fp16Linear: tanh GELU epilogue
+  int64_t gelu = 0;        // QuantizeE4M3: 1 erf, 2 tanh GELU before quantising; Fp16Linear: tanh GELU epilogue
   int64_t fast_accum = 0;  // Fp8Linear (CUDA): cuBLASLt's FP8 fast accumulation
   float epsilon = 1e-5f;   // SkipLayerNormE4M3: LayerNorm's epsilon
-  float y_scale = 0.0f;    // Fp8LinearE4M3: the output's per-tensor scale (0: absent)
 #ifndef SEQEMBED_OPS_CPU_ONLY
   std::mutex mu;
   cublasLtHandle_t lt = nullptr;
@@ -332,10 +324,11 @@ OrtStatus* QuantOutputs(OrtKernelContext* ctx, const std::vector<int64_t>& dims,
   return g_api->GetTensorMutableData(out, reinterpret_cast<void**>(scale));
 }
 
-OrtStatus* GatherQuant(OrtKernelContext* ctx, ONNXTensorElementDataType want, QuantArgs* a) {
+OrtStatus* GatherQuant(const Kernel* k, OrtKernelContext* ctx, ONNXTensorElementDataType want, QuantArgs* a) {
   SE_RETURN_IF(GetInput(ctx, 0, &a->x));
   if (a->x.type != want) return Fail("QuantizeE4M3: x has the wrong float type for this op");
   if (a->x.dims.empty() || a->x.dims.back() <= 0) return Fail("QuantizeE4M3: x must be [..., K] with K > 0");
+  if (k->gelu < 0 || k->gelu > 2) return Fail("QuantizeE4M3: attribute gelu must be 0 (none), 1 (erf) or 2 (tanh)");
   a->k = a->x.dims.back();
   a->rows = static_cast<int64_t>(a->x.count) / a->k;
   return QuantOutputs(ctx, a->x.dims, &a->q, &a->scale);
@@ -343,13 +336,14 @@ OrtStatus* GatherQuant(OrtKernelContext* ctx, ONNXTensorElementDataType want, Qu
 
 OrtStatus* QuantizeCPU(Kernel* k, OrtKernelContext* ctx) {
   QuantArgs a;
-  SE_RETURN_IF(GatherQuant(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
+  SE_RETURN_IF(GatherQuant(k, ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
   const float* x = static_cast<const float*>(a.x.data);
   std::vector<float> v(static_cast<size_t>(a.k));
   for (int64_t r = 0; r < a.rows; r++) {
     float amax = 0.0f;
     for (int64_t j = 0; j < a.k; j++) {
-      v[j] = k->gelu ? GeluErf(x[r * a.k + j]) : x[r * a.k + j];
+      const float xv = x[r * a.k + j];
+      v[j] = k->gelu == 1 ? GeluErf(xv) : (k->gelu == 2 ? GeluTanh(xv) : xv);
       amax = std::fmax(amax, std::fabs(v[j]));
     }
     const float s = RowScale(amax), inv = 1.0f / s;
@@ -360,19 +354,13 @@ OrtStatus* QuantizeCPU(Kernel* k, OrtKernelContext* ctx) {
 }
 
 // LinearArgs are Fp8Linear's checked inputs and allocated output.
-// (Fp8LinearE4M3: y is the codes output, yscale the scales output.)
 struct LinearArgs {
   Tensor q, scale, w, wscale, bias;
   void* y = nullptr;
-  float* yscale = nullptr;
   int64_t rows = 0, k = 0, n = 0;
 };
 
-// GatherLinear checks Fp8Linear's inputs (k: Fp8LinearE4M3's kernel, whose outputs are codes and
-// scales; nullptr for Fp8Linear's one float output).
-OrtStatus* GatherLinear(const Kernel* k, OrtKernelContext* ctx, ONNXTensorElementDataType want, LinearArgs* a) {
-  if (k && !(k->y_scale > 0.0f && std::isfinite(k->y_scale)))
-    return Fail("Fp8LinearE4M3: attribute y_scale must be a finite float above 0 (the output's E4M3 scale)");
+OrtStatus* GatherLinear(OrtKernelContext* ctx, ONNXTensorElementDataType want, LinearArgs* a) {
   SE_RETURN_IF(GetInput(ctx, 0, &a->q));
   SE_RETURN_IF(GetInput(ctx, 1, &a->scale));
   SE_RETURN_IF(GetInput(ctx, 2, &a->w));
@@ -394,22 +382,14 @@ OrtStatus* GatherLinear(const Kernel* k, OrtKernelContext* ctx, ONNXTensorElemen
     return Fail("Fp8Linear: bias must hold N values of the output's float type");
   std::vector<int64_t> dims = a->q.dims;
   dims.back() = a->n;
-  if (k) {
-    uint8_t* codes = nullptr;
-    SE_RETURN_IF(QuantOutputs(ctx, dims, &codes, &a->yscale));
-    a->y = codes;
-    return nullptr;
-  }
   OrtValue* out = nullptr;
   SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, dims.data(), dims.size(), &out));
   return g_api->GetTensorMutableData(out, &a->y);
 }
 
-// LinearCPUOut is Fp8LinearF32 (e4m3 false: float32 y) and Fp8LinearE4M3F32 (codes at y_scale,
-// after GELU when asked).
-OrtStatus* LinearCPUOut(Kernel* k, OrtKernelContext* ctx, bool e4m3) {
+OrtStatus* LinearCPU(Kernel*, OrtKernelContext* ctx) {
   LinearArgs a;
-  SE_RETURN_IF(GatherLinear(e4m3 ? k : nullptr, ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
+  SE_RETURN_IF(GatherLinear(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
   float lut[256];
   for (int c = 0; c < 256; c++) lut[c] = E4M3ToFloat(static_cast<uint8_t>(c));
   const uint8_t* q = static_cast<const uint8_t*>(a.q.data);
@@ -417,24 +397,16 @@ OrtStatus* LinearCPUOut(Kernel* k, OrtKernelContext* ctx, bool e4m3) {
   const float* xs = static_cast<const float*>(a.scale.data);
   const float* ws = static_cast<const float*>(a.wscale.data);
   const float* b = static_cast<const float*>(a.bias.data);
-  const float inv = e4m3 ? 1.0f / k->y_scale : 0.0f;  // the CUDA op's D scale, computed the same way
+  float* y = static_cast<float*>(a.y);
   for (int64_t r = 0; r < a.rows; r++) {
-    if (e4m3) a.yscale[r] = k->y_scale;
     for (int64_t n = 0; n < a.n; n++) {
       float acc = 0.0f;
       for (int64_t j = 0; j < a.k; j++) acc += lut[q[r * a.k + j]] * lut[w[n * a.k + j]];
-      const float v = xs[r] * ws[n] * acc + (b ? b[n] : 0.0f);
-      if (e4m3)
-        static_cast<uint8_t*>(a.y)[r * a.n + n] = FloatToE4M3((k->gelu ? GeluTanh(v) : v) * inv);
-      else
-        static_cast<float*>(a.y)[r * a.n + n] = v;
+      y[r * a.n + n] = xs[r] * ws[n] * acc + (b ? b[n] : 0.0f);
     }
   }
   return nullptr;
 }
-
-OrtStatus* LinearCPU(Kernel* k, OrtKernelContext* ctx) { return LinearCPUOut(k, ctx, false); }
-OrtStatus* LinearE4M3CPU(Kernel* k, OrtKernelContext* ctx) { return LinearCPUOut(k, ctx, true); }
 
 // SkipLnArgs are SkipLayerNormE4M3's checked inputs and allocated outputs.
 struct SkipLnArgs {
@@ -611,18 +583,31 @@ __device__ float BlockReduce(float v, float* red) {
 }
 
 // RowThreads is the block size for a row kernel that holds a row of per_row vectors in registers:
-// the vectors rounded up to whole warps, at most 512 threads; *vec is how many vectors a thread
-// holds (at most 8 for rows up to 32,768 values; the caller dispatches on it to kVec 1, 2, 4, 8).
+// *vec (1, 2, 4 or 8: the caller dispatches on it to kVec) is the fewest vectors a thread that
+// keeps the block at 256 threads or fewer (up to 2,048 vectors; above, 8 a thread and up to 512
+// threads: rows up to 32,768 values), and the block is the vectors / *vec rounded up to whole
+// warps. At ESM-2's widths that is 160 threads: small blocks holding several vectors a thread keep
+// more rows, and more loads, in flight on an SM than one vector a thread in blocks of 512 (the
+// 5,120-wide GELU quantisation measured 3x slower than its bytes need that way, docs/perf.md).
 int64_t RowThreads(int64_t per_row, int64_t* vec) {
-  const int64_t threads = std::min<int64_t>(512, (per_row + 31) / 32 * 32);
-  *vec = (per_row + threads - 1) / threads;
-  return threads;
+  *vec = 1;
+  while (*vec < 8 && per_row > 256 * *vec) *vec *= 2;
+  const int64_t per_thread = (per_row + *vec - 1) / *vec;
+  return std::min<int64_t>(512, (per_thread + 31) / 32 * 32);
+}
+
+// GeluTanhFast is GeluTanh as x * sigmoid(2u) (the same function: 0.5 (1 + tanh u) = sigmoid(2u))
+// with the hardware exp and a fast divide: no cancellation for large negative x, a relative error
+// of a few float32 ulps against GeluTanh.
+__device__ inline float GeluTanhFast(float x) {
+  const float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
+  return __fdividef(x, 1.0f + __expf(-2.0f * u));
 }
 
 // One block per row, each thread holding kVec vectors of 8 values (16 bytes of float16 in) in
-// registers: the row is read once, GELU (when asked) computed once, the row's |max| reduced across
-// the block, then the scaled E4M3 bytes written (8 a store).
-template <bool kGelu, int kVec>
+// registers: the row is read once, GELU (kGelu 1 erf, 2 tanh) computed once, the row's |max|
+// reduced across the block, then the scaled E4M3 bytes written (8 a store).
+template <int kGelu, int kVec>
 __global__ void QuantizeRowsKernel(const uint4* __restrict__ x, uint2* __restrict__ q, float* __restrict__ scale,
                                    int64_t vectors_per_row) {
   const int64_t r = blockIdx.x;
@@ -636,7 +621,8 @@ __global__ void QuantizeRowsKernel(const uint4* __restrict__ x, uint2* __restric
       Load8(xr[idx], v[i]);
 #pragma unroll
       for (int j = 0; j < 8; j++) {
-        if (kGelu) v[i][j] = GeluErf(v[i][j]);
+        if (kGelu == 1) v[i][j] = GeluErf(v[i][j]);
+        if (kGelu == 2) v[i][j] = GeluTanhFast(v[i][j]);
         amax = fmaxf(amax, fabsf(v[i][j]));
       }
     }
@@ -653,7 +639,7 @@ __global__ void QuantizeRowsKernel(const uint4* __restrict__ x, uint2* __restric
   }
 }
 
-template <bool kGelu>
+template <int kGelu>
 void LaunchQuantize(const uint4* x, uint2* q, float* scale, int64_t rows, int64_t per_row, cudaStream_t st) {
   int64_t vec = 0;
   const int64_t threads = RowThreads(per_row, &vec);
@@ -754,7 +740,7 @@ OrtStatus* CheckFP8(Kernel* k) {
 
 OrtStatus* QuantizeCUDA(Kernel* k, OrtKernelContext* ctx) {
   QuantArgs a;
-  SE_RETURN_IF(GatherQuant(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
+  SE_RETURN_IF(GatherQuant(k, ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
   if (a.k % 8) return Fail("QuantizeE4M3 (CUDA): K must be a multiple of 8");
   if (a.rows == 0) return nullptr;
   void* stream = nullptr;
@@ -764,10 +750,12 @@ OrtStatus* QuantizeCUDA(Kernel* k, OrtKernelContext* ctx) {
   auto* xs = static_cast<const uint4*>(a.x.data);
   auto* qs = reinterpret_cast<uint2*>(a.q);
   auto st = static_cast<cudaStream_t>(stream);
-  if (k->gelu)
-    LaunchQuantize<true>(xs, qs, a.scale, a.rows, per_row, st);
+  if (k->gelu == 1)
+    LaunchQuantize<1>(xs, qs, a.scale, a.rows, per_row, st);
+  else if (k->gelu == 2)
+    LaunchQuantize<2>(xs, qs, a.scale, a.rows, per_row, st);
   else
-    LaunchQuantize<false>(xs, qs, a.scale, a.rows, per_row, st);
+    LaunchQuantize<0>(xs, qs, a.scale, a.rows, per_row, st);
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : CudaFail("QuantizeE4M3", err);
 }
@@ -804,10 +792,8 @@ OrtStatus* SkipLnQuantCUDA(Kernel* k, OrtKernelContext* ctx) {
 }
 
 // Workspace is cuBLASLt's scratch memory, one buffer per CUDA stream for the process's life: the
-// work on one stream is ordered, so every Fp8Linear node of every session can share it. The
-// kScratchBytes after cuBLASLt's kWorkspaceBytes are the ops' own per-stream scalars (Fp8LinearE4M3's
-// D scale), written by a kernel on the stream before the GEMM that reads them.
-constexpr size_t kWorkspaceBytes = 32u << 20, kScratchBytes = 256;
+// work on one stream is ordered, so every Fp8Linear node of every session can share it.
+constexpr size_t kWorkspaceBytes = 32u << 20;
 
 OrtStatus* Workspace(cudaStream_t stream, void** out) {
   static std::mutex mu;
@@ -819,7 +805,7 @@ OrtStatus* Workspace(cudaStream_t stream, void** out) {
     return nullptr;
   }
   void* p = nullptr;
-  const cudaError_t err = cudaMalloc(&p, kWorkspaceBytes + kScratchBytes);
+  const cudaError_t err = cudaMalloc(&p, kWorkspaceBytes);
   if (err != cudaSuccess) {
     cudaGetLastError();
     return CudaFail("Fp8Linear: cuBLASLt workspace", err);
@@ -839,10 +825,10 @@ int64_t AlgoClass(int64_t m) {
   return 1000 + static_cast<int64_t>(std::ceil(2.0 * std::log2(static_cast<double>(m)) - 1e-9));
 }
 
-// AlgoKey is what an algorithm is chosen for: device, input type, output type, N, K, epilogue, FP8
-// fast accumulation, whether C is added (beta 1) and AlgoClass(M). Every node of every session with
-// that GEMM shares the choice.
-using AlgoKey = std::tuple<int, int, int, int64_t, int64_t, int, int, int, int64_t>;
+// AlgoKey is what an algorithm is chosen for: device, input type, N, K, epilogue, FP8 fast
+// accumulation, whether C is added (beta 1) and AlgoClass(M). Every node of every session with that
+// GEMM shares the choice.
+using AlgoKey = std::tuple<int, int, int64_t, int64_t, int, int, int, int64_t>;
 
 // AlgoCache holds the chosen algorithms for the process's life (behind its mutex).
 struct AlgoCache {
@@ -872,12 +858,11 @@ int TuneCount() {
 // LtPlan holds one call's cuBLASLt descriptors (created per call: concurrent Runs share a kernel).
 struct LtPlan {
   cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulPreference_t pref = nullptr;
   ~LtPlan() {
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
     if (d) cublasLtMatrixLayoutDestroy(d);
-    if (c) cublasLtMatrixLayoutDestroy(c);
     if (b) cublasLtMatrixLayoutDestroy(b);
     if (a) cublasLtMatrixLayoutDestroy(a);
     if (op) cublasLtMatmulDescDestroy(op);
@@ -904,8 +889,7 @@ __global__ void BiasActKernel(__half* y, const __half* __restrict__ bias, int64_
 // LtGemm is one linear layer's GEMM for RunLt: y [rows, n] (float16) = x [rows, k] · w [n, k]^T
 // (+ c [rows, n] when given, + bias [n], then tanh GELU when gelu: never with c), float32
 // accumulation. For FP8 (in_type E4M3) x and w are codes and w_scale [n] / x_scale [rows] their
-// outer-vector scales; out_type E4M3 (FP8 only) writes y as E4M3 codes of the epilogue's result
-// times *d_scale (a device float), saturated.
+// outer-vector scales.
 struct LtGemm {
   const char* op = "";  // the op's name, for errors
   cudaDataType_t in_type = CUDA_R_16F;
@@ -914,8 +898,6 @@ struct LtGemm {
   void* y = nullptr;
   int64_t rows = 0, k = 0, n = 0;
   const void *w_scale = nullptr, *x_scale = nullptr;
-  cudaDataType_t out_type = CUDA_R_16F;
-  const float* d_scale = nullptr;  // out_type E4M3 only
   bool gelu = false, fast_accum = false;
 };
 
@@ -964,15 +946,11 @@ OrtStatus* TimeAlgos(const char* op, cudaStream_t stream, const cublasLtMatmulHe
 
 // RunLt is the one path to cuBLASLt: D (column-major N x M, i.e. y row-major [M, N]) = op(A) B
 // with A = w stored column-major K x N (transposed: the "TN" form FP8 needs), B = x column-major
-// K x M, C (when given) float16 in D's shape with beta = 1; bias and GELU in the epilogue where
-// cuBLASLt has a kernel with it for the shape, else a plain GEMM (+ C) and BiasActKernel (never for
-// an E4M3 D: its epilogue must be cuBLASLt's). The algorithm is chosen once per AlgoKey
-// (TimeAlgos) and cached.
+// K x M, C (when given) the same layout as D with beta = 1; bias and GELU in the epilogue where
+// cuBLASLt has a kernel with it for the shape, else a plain GEMM (+ C) and BiasActKernel. The
+// algorithm is chosen once per AlgoKey (TimeAlgos) and cached.
 OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
   if (g.c && (g.gelu || g.c == g.y)) return Fail(std::string(g.op) + ": C must be another buffer, and not with GELU");
-  const bool e4m3_out = g.out_type == CUDA_R_8F_E4M3;
-  if (e4m3_out && (g.in_type != CUDA_R_8F_E4M3 || !g.d_scale || g.c))
-    return Fail(std::string(g.op) + ": an E4M3 output needs FP8 inputs and a D scale, and no C");
   cublasLtHandle_t lt;
   {
     std::lock_guard<std::mutex> lock(k->mu);
@@ -1003,10 +981,6 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
     SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)),
           "fast accumulation");
   }
-  if (e4m3_out)
-    SE_LT(g.op,
-          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &g.d_scale, sizeof(g.d_scale)),
-          "D scale");
   const cublasLtEpilogue_t want = g.bias ? (g.gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
                                          : (g.gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
   bool fused = true;  // the epilogue is in the GEMM (false: BiasActKernel after it)
@@ -1021,13 +995,12 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
   }
   SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.a, g.in_type, g.k, g.n, g.k), "A layout");
   SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.b, g.in_type, g.k, g.rows, g.k), "B layout");
-  SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16F, g.n, g.rows, g.n), "C layout");
-  SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.d, g.out_type, g.n, g.rows, g.n), "D layout");
+  SE_LT(g.op, cublasLtMatrixLayoutCreate(&p.d, CUDA_R_16F, g.n, g.rows, g.n), "D layout");
 
   int dev = 0;
   if (const cudaError_t err = cudaGetDevice(&dev); err != cudaSuccess) return CudaFail(g.op, err);
-  const AlgoKey key{dev,  static_cast<int>(g.in_type), static_cast<int>(g.out_type), g.n, g.k, static_cast<int>(want),
-                    g.fast_accum ? 1 : 0, g.c ? 1 : 0, AlgoClass(g.rows)};
+  const AlgoKey key{dev, static_cast<int>(g.in_type), g.n, g.k, static_cast<int>(want), g.fast_accum ? 1 : 0,
+                    g.c ? 1 : 0, AlgoClass(g.rows)};
   cublasLtMatmulAlgo_t algo;
   bool have = false;
   {
@@ -1042,7 +1015,7 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
   const float alpha = 1.0f, beta = g.c ? 1.0f : 0.0f;
   const void* cmat = g.c ? g.c : g.y;
   auto matmul = [&](const cublasLtMatmulAlgo_t& a) {
-    return cublasLtMatmul(lt, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, cmat, p.c, g.y, p.d, &a, ws, kWorkspaceBytes,
+    return cublasLtMatmul(lt, p.op, &alpha, g.w, p.a, g.x, p.b, &beta, cmat, p.d, g.y, p.d, &a, ws, kWorkspaceBytes,
                           stream);
   };
   if (have) {
@@ -1059,19 +1032,14 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
           "workspace preference");
     int found = 0;
     std::vector<cublasLtMatmulHeuristicResult_t> res(have ? 1 : TuneCount());
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.d, p.pref,
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref,
                                                        static_cast<int>(res.size()), res.data(), &found);
-    if ((st != CUBLAS_STATUS_SUCCESS || found == 0) && e4m3_out)
-      return Fail(std::string(g.op) + ": cuBLASLt has no FP8 GEMM with an E4M3 output and this epilogue for M=" +
-                  std::to_string(g.rows) + " N=" + std::to_string(g.n) + " K=" + std::to_string(g.k) +
-                  " on this GPU (cuBLASLt status " + std::to_string(static_cast<int>(st)) +
-                  "): export without --fused-gelu-quant");
     if ((st != CUBLAS_STATUS_SUCCESS || found == 0) && want != CUBLASLT_EPILOGUE_DEFAULT) {
       // No kernel with this epilogue for the shape: plain GEMM, then the epilogue as a pass.
       const cublasLtEpilogue_t none = CUBLASLT_EPILOGUE_DEFAULT;
       SE_LT(g.op, cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &none, sizeof(none)), "epilogue");
       fused = false;
-      st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.d, p.pref, static_cast<int>(res.size()),
+      st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.d, p.d, p.pref, static_cast<int>(res.size()),
                                           res.data(), &found);
     }
     if (st != CUBLAS_STATUS_SUCCESS) return LtFail(g.op, "algorithm heuristic", st);
@@ -1103,18 +1071,9 @@ OrtStatus* RunLt(Kernel* k, cudaStream_t stream, const LtGemm& g) {
   return nullptr;
 }
 
-// FillScaleKernel writes Fp8LinearE4M3's scales output (every value s) and, from thread 0 of block
-// 0, the GEMM's D scale 1 / s (computed as the CPU op computes it).
-__global__ void FillScaleKernel(float* __restrict__ scale, int64_t rows, float s, float* __restrict__ d_scale) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i == 0) *d_scale = 1.0f / s;
-  if (i < rows) scale[i] = s;
-}
-
-// LinearCUDAOut is Fp8Linear (e4m3 false: float16 y) and Fp8LinearE4M3 (E4M3 codes at y_scale).
-OrtStatus* LinearCUDAOut(Kernel* k, OrtKernelContext* ctx, bool e4m3) {
+OrtStatus* LinearCUDA(Kernel* k, OrtKernelContext* ctx) {
   LinearArgs a;
-  SE_RETURN_IF(GatherLinear(e4m3 ? k : nullptr, ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
+  SE_RETURN_IF(GatherLinear(ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
   if (a.k % 16 || a.n % 16) return Fail("Fp8Linear (CUDA): K and N must be multiples of 16");
   {
     std::lock_guard<std::mutex> lock(k->mu);
@@ -1123,29 +1082,15 @@ OrtStatus* LinearCUDAOut(Kernel* k, OrtKernelContext* ctx, bool e4m3) {
   if (a.rows == 0) return nullptr;
   void* stream = nullptr;
   SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
-  auto st = static_cast<cudaStream_t>(stream);
   LtGemm g;
-  g.op = e4m3 ? "Fp8LinearE4M3" : "Fp8Linear";
+  g.op = "Fp8Linear";
   g.in_type = CUDA_R_8F_E4M3;
   g.w = a.w.data, g.x = a.q.data, g.bias = a.bias.data, g.y = a.y;
   g.rows = a.rows, g.k = a.k, g.n = a.n;
   g.w_scale = a.wscale.data, g.x_scale = a.scale.data;
   g.fast_accum = k->fast_accum != 0;
-  if (e4m3) {
-    void* ws = nullptr;
-    SE_RETURN_IF(Workspace(st, &ws));
-    auto* d_scale = reinterpret_cast<float*>(static_cast<char*>(ws) + kWorkspaceBytes);
-    FillScaleKernel<<<static_cast<unsigned>((a.rows + 255) / 256), 256, 0, st>>>(a.yscale, a.rows, k->y_scale, d_scale);
-    if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return CudaFail("Fp8LinearE4M3 scales", err);
-    g.out_type = CUDA_R_8F_E4M3;
-    g.d_scale = d_scale;
-    g.gelu = k->gelu != 0;
-  }
-  return RunLt(k, st, g);
+  return RunLt(k, static_cast<cudaStream_t>(stream), g);
 }
-
-OrtStatus* LinearCUDA(Kernel* k, OrtKernelContext* ctx) { return LinearCUDAOut(k, ctx, false); }
-OrtStatus* LinearE4M3CUDA(Kernel* k, OrtKernelContext* ctx) { return LinearCUDAOut(k, ctx, true); }
 
 OrtStatus* DenseCUDA(Kernel* k, OrtKernelContext* ctx) {
   DenseArgs a;
@@ -1204,13 +1149,11 @@ struct Op : OrtCustomOp {
           *dst = v;
         }
       }
-      for (auto [attr, dst] : {std::pair<const char*, float*>{"epsilon", &k->epsilon}, {"y_scale", &k->y_scale}}) {
-        float v = 0.0f;
-        if (OrtStatus* s = api->KernelInfoGetAttribute_float(info, attr, &v)) {
-          api->ReleaseStatus(s);  // absent: the default
-        } else {
-          *dst = v;
-        }
+      float eps = 0.0f;
+      if (OrtStatus* s = api->KernelInfoGetAttribute_float(info, "epsilon", &eps)) {
+        api->ReleaseStatus(s);  // absent: the default
+      } else {
+        k->epsilon = eps;
       }
       // SEQEMBED_FP8_FAST_ACCUM=0|1 overrides fast_accum (for measuring its speed and accuracy).
       if (const char* env = std::getenv("SEQEMBED_FP8_FAST_ACCUM"); env && (env[0] == '0' || env[0] == '1'))
@@ -1237,7 +1180,6 @@ const std::vector<Op*>& AllOps() {
   static Op bias_cpu("BiasRotaryF32", kCPU, {kF32, kF32, kI64, kF32, kF32}, {kF32}, BiasRotaryCPU);
   static Op quant_cpu("QuantizeE4M3F32", kCPU, {kF32}, {kU8, kF32}, QuantizeCPU);
   static Op linear_cpu("Fp8LinearF32", kCPU, {kU8, kF32, kU8, kF32, kF32}, {kF32}, LinearCPU, 4);
-  static Op linq_cpu("Fp8LinearE4M3F32", kCPU, {kU8, kF32, kU8, kF32, kF32}, {kU8, kF32}, LinearE4M3CPU, 4);
   static Op dense_cpu("Fp16LinearF32", kCPU, {kF32, kF32, kF32, kF32}, {kF32}, DenseCPU, 2);
   static Op skipln_cpu("SkipLayerNormE4M3F32", kCPU, {kF32, kF32, kF32, kF32, kF32}, {kU8, kF32, kF32}, SkipLnQuantCPU,
                        4);
@@ -1246,14 +1188,13 @@ const std::vector<Op*>& AllOps() {
   static Op bias_cuda("BiasRotary", kCUDA, {kF16, kF16, kI64, kF16, kF16}, {kF16}, BiasRotaryCUDA);
   static Op quant_cuda("QuantizeE4M3", kCUDA, {kF16}, {kU8, kF32}, QuantizeCUDA);
   static Op linear_cuda("Fp8Linear", kCUDA, {kU8, kF32, kU8, kF32, kF16}, {kF16}, LinearCUDA, 4);
-  static Op linq_cuda("Fp8LinearE4M3", kCUDA, {kU8, kF32, kU8, kF32, kF16}, {kU8, kF32}, LinearE4M3CUDA, 4);
   static Op dense_cuda("Fp16Linear", kCUDA, {kF16, kF16, kF16, kF16}, {kF16}, DenseCUDA, 2);
   static Op skipln_cuda("SkipLayerNormE4M3", kCUDA, {kF16, kF16, kF16, kF16, kF16}, {kU8, kF32, kF16}, SkipLnQuantCUDA,
                         4);
-  static const std::vector<Op*> all{&bias_cpu,  &quant_cpu,  &linear_cpu,  &dense_cpu,  &skipln_cpu,  &linq_cpu,
-                                    &bias_cuda, &quant_cuda, &linear_cuda, &dense_cuda, &skipln_cuda, &linq_cuda};
+  static const std::vector<Op*> all{&bias_cpu,  &quant_cpu,  &linear_cpu,  &dense_cpu,  &skipln_cpu,
+                                    &bias_cuda, &quant_cuda, &linear_cuda, &dense_cuda, &skipln_cuda};
 #else
-  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &dense_cpu, &skipln_cpu, &linq_cpu};
+  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &dense_cpu, &skipln_cpu};
 #endif
   return all;
 }
