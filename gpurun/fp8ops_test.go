@@ -298,7 +298,11 @@ func TestGPUFP8Ops(t *testing.T) {
 			for r := range c.rows {
 				worstScale = max(worstScale, math.Abs(float64(gs[r]-s[r]))/float64(s[r]))
 			}
-			if (gelu == 0 && worstScale != 0) || worstScale > 4e-6 {
+			scaleLimit := 1e-6
+			if gelu == 2 { // the GPU's x*sigmoid(2u) with the hardware exp against the CPU's tanhf form
+				scaleLimit = 4e-6
+			}
+			if (gelu == 0 && worstScale != 0) || worstScale > scaleLimit {
 				t.Fatalf("shape %v gelu %d: scales differ by %g relative", shape, gelu, worstScale)
 			}
 			// y from the GPU's own codes would match to float16 rounding; with a few codes one

@@ -274,10 +274,10 @@ uint8_t FloatToE4M3(float x) {
 
 SE_HD inline float GeluErf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
-// GeluTanh is GELU's tanh approximation (cuBLASLt's GELU epilogue; PyTorch's approximate="tanh").
-SE_HD inline float GeluTanh(float x) {
-  return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
-}
+// GeluTanh is GELU's tanh approximation (cuBLASLt's GELU epilogue; PyTorch's approximate="tanh"),
+// 0.5 x (1 + tanh u) with u = GeluTanhArg(x).
+SE_HD inline float GeluTanhArg(float x) { return 0.79788456080286536f * (x + 0.044715f * x * x * x); }
+SE_HD inline float GeluTanh(float x) { return 0.5f * x * (1.0f + tanhf(GeluTanhArg(x))); }
 
 // RowScale is the per-row quantisation scale for a row whose largest magnitude is amax.
 SE_HD inline float RowScale(float amax) {
@@ -599,10 +599,7 @@ int64_t RowThreads(int64_t per_row, int64_t* vec) {
 // GeluTanhFast is GeluTanh as x * sigmoid(2u) (the same function: 0.5 (1 + tanh u) = sigmoid(2u))
 // with the hardware exp and a fast divide: no cancellation for large negative x, a relative error
 // of a few float32 ulps against GeluTanh.
-__device__ inline float GeluTanhFast(float x) {
-  const float u = 0.79788456080286536f * (x + 0.044715f * x * x * x);
-  return __fdividef(x, 1.0f + __expf(-2.0f * u));
-}
+__device__ inline float GeluTanhFast(float x) { return __fdividef(x, 1.0f + __expf(-2.0f * GeluTanhArg(x))); }
 
 // One block per row, each thread holding kVec vectors of 8 values (16 bytes of float16 in) in
 // registers: the row is read once, GELU (kGelu 1 erf, 2 tanh) computed once, the row's |max|
