@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/apache/arrow-go/v18/arrow/float16"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -86,22 +87,36 @@ func valueInfo(name string, elemType int64, dims ...any) []byte {
 	return pbMessage(pbString(nil, 1, name), 2, pbMessage(nil, 1, tensor))
 }
 
-// biasRotaryModel is a one-node ONNX model: y = ai.seqembed.BiasRotaryF32(x, bias, pos, cos, sin).
-func biasRotaryModel() []byte {
-	const float, int64 = 1, 7
-	node := pbString(nil, 4, "BiasRotaryF32")
+// biasRotaryModel is a one-node ONNX model: y = ai.seqembed.<op>(x, bias, pos, cos, sin), with x,
+// bias, cos, sin and y of ONNX element type elem (1 float32 for BiasRotaryF32, 10 float16 for the
+// CUDA op BiasRotary).
+func biasRotaryModel(op string, elem int64) []byte {
+	const int64 = 7
+	node := pbString(nil, 4, op)
 	for _, in := range []string{"x", "bias", "pos", "cos", "sin"} {
 		node = pbString(node, 1, in)
 	}
 	node = pbString(pbString(pbString(node, 2, "y"), 3, "bias_rotary"), 7, "ai.seqembed")
 	graph := pbString(pbMessage(nil, 1, node), 2, "bias-rotary-test")
-	graph = pbMessage(graph, 11, valueInfo("x", float, "batch", "length", "dim"))
-	graph = pbMessage(graph, 11, valueInfo("bias", float, "dim"))
+	graph = pbMessage(graph, 11, valueInfo("x", elem, "batch", "length", "dim"))
+	graph = pbMessage(graph, 11, valueInfo("bias", elem, "dim"))
 	graph = pbMessage(graph, 11, valueInfo("pos", int64, "p0", "p1"))
-	graph = pbMessage(graph, 11, valueInfo("cos", float, "positions", "half"))
-	graph = pbMessage(graph, 11, valueInfo("sin", float, "positions", "half"))
-	graph = pbMessage(graph, 12, valueInfo("y", float, "batch", "length", "dim"))
+	graph = pbMessage(graph, 11, valueInfo("cos", elem, "positions", "half"))
+	graph = pbMessage(graph, 11, valueInfo("sin", elem, "positions", "half"))
+	graph = pbMessage(graph, 12, valueInfo("y", elem, "batch", "length", "dim"))
 	return opTestModel(graph)
+}
+
+// rotaryCache is ESM-2's cos/sin cache: positions rows of half angles p / 10000^(2j / (2 half)).
+func rotaryCache(positions, half int) (cos, sin []float32) {
+	cos, sin = make([]float32, positions*half), make([]float32, positions*half)
+	for p := range positions {
+		for j := range half {
+			a := float64(p) / math.Pow(10000, float64(2*j)/float64(2*half))
+			cos[p*half+j], sin[p*half+j] = float32(math.Cos(a)), float32(math.Sin(a))
+		}
+	}
+	return cos, sin
 }
 
 // opTestModel wraps an op test's graph in a ModelProto: IR version 8, the ONNX opset 17 and the
@@ -156,8 +171,8 @@ func openOpTest(t *testing.T, lib, name string, model []byte, dev Device, inputs
 // openSession, the path every runner's session takes, and checks BiasRotaryF32 against the
 // formula: pairs (2j, 2j+1) of x + bias rotated by the angle cached for the row's position and
 // column j % half; a single position p0 puts row r of a [batch, length, dim] input at
-// p0 + r % length. The CUDA op runs the same formula in float on float16 data (checked on the
-// GPU by the golden tests of models that use it).
+// p0 + r % length. The CUDA op runs the same formula in float on float16 data (TestGPUBiasRotary
+// holds it to this op; the golden tests of models that use it check it end to end).
 func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 	lib := buildCPUOps(t)
 	if err := acquireEnv(LibraryPath()); err != nil {
@@ -165,7 +180,7 @@ func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 	}
 	defer releaseEnv()
 	model := filepath.Join(t.TempDir(), "bias_rotary.onnx")
-	if err := os.WriteFile(model, biasRotaryModel(), 0o644); err != nil {
+	if err := os.WriteFile(model, biasRotaryModel("BiasRotaryF32", 1), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg := sessionConfig{model: model, threads: 1, device: Device{Kind: "cpu"},
@@ -193,13 +208,7 @@ func TestCustomOpsBiasRotaryCPU(t *testing.T) {
 		bias[i] = float32(i%5) * 0.1
 	}
 	pos := []int64{0, 3, 11, 7, 3}
-	cos, sin := make([]float32, positions*half), make([]float32, positions*half)
-	for p := range positions {
-		for j := range half {
-			a := float64(p) / math.Pow(10000, float64(2*j)/float64(2*half))
-			cos[p*half+j], sin[p*half+j] = float32(math.Cos(a)), float32(math.Sin(a))
-		}
-	}
+	cos, sin := rotaryCache(positions, half)
 	// run treats x as [rows/length, length, dim] with positions pos ([rows, 1] or [1, 1]).
 	run := func(length int64, pos []int64) ([]float32, error) {
 		y := make([]float32, rows*dim)
@@ -300,5 +309,70 @@ func TestRunnerRegistersManifestOps(t *testing.T) {
 	ids, mask := []int64{0, 5, 6, 2}, []int64{1, 1, 1, 1}
 	if out, err := r.Embed(context.Background(), Input{IDs: ids, Mask: mask, Rows: 1, Cols: 4}, nil); err != nil || len(out) != 64 {
 		t.Fatalf("Embed: %d values, %v", len(out), err)
+	}
+}
+
+// TestGPUBiasRotary holds the CUDA op BiasRotary (float16) to its CPU twin BiasRotaryF32 run on the
+// same float16-rounded inputs: every output within one float16 step of the CPU's float32 value.
+// Shapes: ESM-2 650M's and 3B's widths (160 and 320 vectors a row: one and two passes of a row's
+// threads) with the 32-column cache of head size 64, a cache whose width is not a multiple of 4
+// (the scalar cache loads), and one start position over padded [batch, length, dim] rows.
+func TestGPUBiasRotary(t *testing.T) {
+	cpuLib, cudaLib := gpuOpLibs(t)
+	io := []string{"x", "bias", "pos", "cos", "sin"}
+	cpu := openOpTest(t, cpuLib, "bias_rotary_f32.onnx", biasRotaryModel("BiasRotaryF32", 1), Device{Kind: "cpu"}, io, []string{"y"})
+	gpu := openOpTest(t, cudaLib, "bias_rotary.onnx", biasRotaryModel("BiasRotary", 10), Device{Kind: "cuda"}, io, []string{"y"})
+	round := func(v []float32) []float32 {
+		for i, f := range v {
+			v[i] = float16.New(f).Float32()
+		}
+		return v
+	}
+	for _, c := range []struct{ batch, length, dim, half, positions int }{
+		{333, 1, 1280, 32, 1026}, {1, 77, 2560, 32, 1026}, {3, 5, 24, 6, 40}, {7, 11, 1280, 32, 1026}, {1, 1, 16, 4, 12},
+	} {
+		rows := c.batch * c.length
+		x, bias := make([]float32, rows*c.dim), make([]float32, c.dim)
+		for i := range x {
+			x[i] = float32(4 * math.Sin(float64(i)*0.37+0.2))
+		}
+		for i := range bias {
+			bias[i] = float32(0.5 * math.Cos(float64(i)*0.11))
+		}
+		cos, sin := rotaryCache(c.positions, c.half)
+		round(x)
+		round(bias)
+		round(cos)
+		round(sin)
+		pos := make([]int64, rows)
+		for r := range pos {
+			pos[r] = int64((r*37 + 5) % c.positions)
+		}
+		if c.length > 1 {
+			pos = []int64{int64(c.positions - c.length - 1)} // one start position, rows at p0 + r % length
+		}
+		b, l, d, n := int64(c.batch), int64(c.length), int64(c.dim), int64(len(pos))
+		want := make([]float32, rows*c.dim)
+		if err := cpu.run(context.Background(), tensors(tensorOf(x, b, l, d), tensorOf(bias, d), tensorOf(pos, n, 1),
+			tensorOf(cos, int64(c.positions), int64(c.half)), tensorOf(sin, int64(c.positions), int64(c.half))),
+			tensors(tensorOf(want, b, l, d))); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]uint16, rows*c.dim)
+		if err := gpu.run(context.Background(), tensors(tensorOf(halves(x), b, l, d), tensorOf(halves(bias), d), tensorOf(pos, n, 1),
+			tensorOf(halves(cos), int64(c.positions), int64(c.half)), tensorOf(halves(sin), int64(c.positions), int64(c.half))),
+			tensors(tensorOf(got, b, l, d))); err != nil {
+			t.Fatalf("%+v: %v", c, err)
+		}
+		worst := 0.0
+		for i, v := range want {
+			g := float16.FromBits(got[i]).Float32()
+			diff := math.Abs(float64(g - v))
+			if diff > math.Abs(float64(v))*0x1p-10+0x1p-24 {
+				t.Fatalf("%+v: row %d column %d = %g on the GPU, want the CPU's %g within one float16 step", c, i/c.dim, i%c.dim, g, v)
+			}
+			worst = max(worst, diff)
+		}
+		t.Logf("%+v: %d values, worst difference %.3g", c, len(want), worst)
 	}
 }

@@ -177,31 +177,51 @@ OrtStatus* BiasRotaryCPU(Kernel*, OrtKernelContext* ctx) {
 }
 
 #ifndef SEQEMBED_OPS_CPU_ONLY
-// One thread per 8 consecutive halves (4 pairs): 16-byte loads and stores, math in float32.
+// A block holds blockDim.y rows, each thread the vectors col, col + blockDim.x, ... of its row (8
+// consecutive halves = 4 pairs a vector): 16-byte loads and stores of x and y, math in float32, 32-bit
+// indices (the launcher checks the sizes), the row's position read and clamped once, and with
+// kVecCache (C % 4 == 0, so a vector's 4 pairs are 4 consecutive cache columns) 8-byte cos/sin loads.
+template <bool kVecCache>
 __global__ void BiasRotaryKernel(const uint4* __restrict__ x, const uint4* __restrict__ bias,
                                  const int64_t* __restrict__ pos, const __half* __restrict__ cc,
-                                 const __half* __restrict__ sc, uint4* __restrict__ y, int64_t vectors,
-                                 int64_t vectors_per_row, int64_t seq, int64_t cache_rows, int64_t cache_cols) {
-  const int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (v >= vectors) return;
-  const int64_t r = v / vectors_per_row, col = v % vectors_per_row;
-  int64_t p = seq ? pos[0] + r % seq : pos[r];
-  p = p < 0 ? 0 : (p >= cache_rows ? cache_rows - 1 : p);
-  const uint4 xv = x[v], bv = bias[col];
-  const __half2* xh = reinterpret_cast<const __half2*>(&xv);
-  const __half2* bh = reinterpret_cast<const __half2*>(&bv);
-  uint4 out;
-  __half2* oh = reinterpret_cast<__half2*>(&out);
-  const int64_t pair0 = col * 4;
+                                 const __half* __restrict__ sc, uint4* __restrict__ y, int rows, int per_row,
+                                 int seq, int cache_rows, int cache_cols) {
+  const int r = blockIdx.x * blockDim.y + threadIdx.y;
+  if (r >= rows) return;
+  const int64_t p64 = seq ? pos[0] + r % seq : pos[r];
+  const int p = p64 < 0 ? 0 : (p64 >= cache_rows ? cache_rows - 1 : static_cast<int>(p64));
+  const __half* crow = cc + p * cache_cols;
+  const __half* srow = sc + p * cache_cols;
+  for (int col = threadIdx.x; col < per_row; col += blockDim.x) {
+    const int v = r * per_row + col;
+    const uint4 xv = x[v], bv = bias[col];
+    const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+    const __half2* bh = reinterpret_cast<const __half2*>(&bv);
+    alignas(8) __half ch[4];
+    alignas(8) __half sh[4];
+    if (kVecCache) {
+      const int j0 = (col * 4) % cache_cols;
+      *reinterpret_cast<uint2*>(ch) = *reinterpret_cast<const uint2*>(crow + j0);
+      *reinterpret_cast<uint2*>(sh) = *reinterpret_cast<const uint2*>(srow + j0);
+    } else {
 #pragma unroll
-  for (int k = 0; k < 4; k++) {
-    const int64_t ci = p * cache_cols + (pair0 + k) % cache_cols;
-    const float c = __half2float(cc[ci]), s = __half2float(sc[ci]);
-    const float2 xf = __half22float2(xh[k]), bf = __half22float2(bh[k]);
-    const float x0 = xf.x + bf.x, x1 = xf.y + bf.y;
-    oh[k] = __floats2half2_rn(x0 * c - x1 * s, x1 * c + x0 * s);
+      for (int k = 0; k < 4; k++) {
+        const int j = (col * 4 + k) % cache_cols;
+        ch[k] = crow[j];
+        sh[k] = srow[j];
+      }
+    }
+    uint4 out;
+    __half2* oh = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const float c = __half2float(ch[k]), s = __half2float(sh[k]);
+      const float2 xf = __half22float2(xh[k]), bf = __half22float2(bh[k]);
+      const float x0 = xf.x + bf.x, x1 = xf.y + bf.y;
+      oh[k] = __floats2half2_rn(x0 * c - x1 * s, x1 * c + x0 * s);
+    }
+    y[v] = out;
   }
-  y[v] = out;
 }
 
 OrtStatus* BiasRotaryCUDA(Kernel*, OrtKernelContext* ctx) {
@@ -212,12 +232,21 @@ OrtStatus* BiasRotaryCUDA(Kernel*, OrtKernelContext* ctx) {
   SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
   const int64_t per_row = a.dim / 8, vectors = a.rows * per_row;
   if (vectors == 0) return nullptr;
-  const int threads = 256;
-  const unsigned blocks = static_cast<unsigned>((vectors + threads - 1) / threads);
-  BiasRotaryKernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(
+  constexpr int64_t kMax = 0x7fffffff;
+  if (vectors > kMax || a.seq > kMax || a.cache_rows * a.cache_cols > kMax)
+    return Fail("BiasRotary (CUDA): x or the cos/sin cache has more than 2^31 - 1 elements a vector index can reach");
+  // Up to 256 threads across a row (a row of more vectors is walked in passes), rows stacked to
+  // about 256 threads a block: no thread idles at ESM-2's widths (160 vectors at 1,280).
+  const int64_t passes = (per_row + 255) / 256;
+  const int tx = static_cast<int>((per_row + passes - 1) / passes);
+  const int ty = std::max(1, 256 / tx);
+  const unsigned blocks = static_cast<unsigned>((a.rows + ty - 1) / ty);
+  auto* launch = a.cache_cols % 4 ? BiasRotaryKernel<false> : BiasRotaryKernel<true>;
+  launch<<<blocks, dim3(tx, ty), 0, static_cast<cudaStream_t>(stream)>>>(
       static_cast<const uint4*>(a.x.data), static_cast<const uint4*>(a.bias.data),
       static_cast<const int64_t*>(a.pos.data), static_cast<const __half*>(a.cos.data),
-      static_cast<const __half*>(a.sin.data), static_cast<uint4*>(a.y), vectors, per_row, a.seq, a.cache_rows, a.cache_cols);
+      static_cast<const __half*>(a.sin.data), static_cast<uint4*>(a.y), static_cast<int>(a.rows),
+      static_cast<int>(per_row), static_cast<int>(a.seq), static_cast<int>(a.cache_rows), static_cast<int>(a.cache_cols));
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return g_api->CreateStatus(ORT_RUNTIME_EXCEPTION, cudaGetErrorString(err));
   return nullptr;
