@@ -38,10 +38,12 @@ Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required
   projection as ai.seqembed.Fp16Linear; lt-res: also --fused-residual, the residual added in the GEMM), lnq=0|1 (1: export
   --fused-ln-quant, precision fp8: residual + LayerNorm + E4M3 quantisation as one op), outliers=SIGMA (heavy-tailed
   channels, export --outlier-channels), layout=rows|sequence, check=1|0,
-  modes= e2e,raw,torch,torch-compile,parity,precision,profile,gemm (default e2e,raw,torch,torch-compile;
+  modes= e2e,raw,torch,torch-compile,parity,precision,profile,gemm,attn (default e2e,raw,torch,torch-compile;
   precision: seqembed check-precision against float32 PyTorch on the first golden=N records,
   default 2000; gemm: bench/lt_probe.cu, one block's projections through cuBLASLt at the model's
-  shapes with M = tokens, heuristic vs best algorithm, fp16 and FP8; needs no export),
+  shapes with M = tokens, heuristic vs best algorithm, fp16 and FP8; needs no export; attn:
+  bench/attn_probe.py, varlen attention kernels (torch's flash and cuDNN) at the model's head shape on
+  the FASTA's token-budget batches; needs no export),
   inflight=2, tokens=16384, graphs=auto|on|off, records=N (first N records), repeat=K (the records K times,
   copy k's ids suffixed _rk: long enough runs of the small models on a subset), device=,
   bench-args=a,b  env=K=V,K2=V2  torch-args=a,b  ncu-skip=20000 ncu-count=1200  label=  timeout=S
@@ -93,7 +95,7 @@ GPURUN_TEST=${GPURUN_TEST:-gpurun.test}
 
 # ---- matrix lines -------------------------------------------------------------------------------
 KEYS=" model export ops dtype precision gelu linear lnq cpuprofile outliers layout check modes inflight tokens graphs records repeat golden device bench-args env torch-args ncu-skip ncu-count label timeout "
-MODES=" e2e raw torch torch-compile parity precision profile gemm "
+MODES=" e2e raw torch torch-compile parity precision profile gemm attn "
 declare -A DEF=([export]=auto [dtype]=fp16 [precision]=fp16 [gelu]=erf [linear]=ort [lnq]=0 [cpuprofile]=0 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
   [inflight]=2 [tokens]=16384 [golden]=2000 [ncu-skip]=20000 [ncu-count]=1200)
 LINES=() # each: the line's key=value words, defaults applied
@@ -152,6 +154,7 @@ load() {
   *) die "[$1] model '${L[model]}': want 8M 35M 150M 650M 3B tiny or a preset name" ;;
   esac
   case $preset in tiny) hidden=64 ;; t6_8M) hidden=320 ;; t12_35M) hidden=480 ;; t30_150M) hidden=640 ;; t33_650M) hidden=1280 ;; t36_3B) hidden=2560 ;; esac
+  case $preset in tiny) heads=4 ;; t36_3B) heads=40 ;; *) heads=20 ;; esac # ESM-2's attention heads
   attn=${L[export]}
   [[ $attn == auto ]] && { ((hidden <= 480)) && attn=mha || attn=packed; } # tools/export_esm2.py --fused auto
   case $attn in mha | packed | traced | optimized | dir:*) ;; *) die "[$1] export '${L[export]}': want mha packed auto traced optimized dir:PATH" ;; esac
@@ -463,7 +466,7 @@ for l in "${LINES[@]}"; do
   # Export once per model directory.
   model_ok=1
   needs_model=0
-  for m in $modes; do [[ $m == torch || $m == torch-compile || $m == gemm ]] || needs_model=1; done
+  for m in $modes; do [[ $m == torch || $m == torch-compile || $m == gemm || $m == attn ]] || needs_model=1; done
   if ((needs_model)) && [[ $attn != dir:* && -z ${EXPORTED[$mdir]:-} ]]; then
     export_cmd
     sig=$(printf '%q ' "${EXPORT[@]}")
@@ -628,6 +631,14 @@ for l in "${LINES[@]}"; do
       run_step "gemm-$preset" "${to:-180}" "$probe" --m "${L[tokens]}" --d "$hidden" --f "$((4 * hidden))"
       ((dry)) || cp "$g" "$out/logs/gemm-$preset-${L[tokens]}.txt"
       record gemm "$g" gemm
+      ;;
+    attn)
+      j=$work/tmp/attn.json
+      rm -f "$j"
+      echo "   attn: varlen attention kernels, heads $heads, head_dim $((hidden / heads)), ${L[tokens]} tokens a batch"
+      run_step "attn-$preset" "${to:-240}" env PYTHONUNBUFFERED=1 python3 bench/attn_probe.py --fasta "$fa" --heads "$heads" \
+        --head-dim "$((hidden / heads))" --max-batch-tokens "${L[tokens]}" --json-out "$j"
+      record attn "$j" attn
       ;;
     profile)
       if ((!model_ok)); then

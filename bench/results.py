@@ -3,7 +3,7 @@
 measurement appended to results.jsonl, and the closing table.
 
     results.py meta --build .device/build.json --out META.json
-    results.py append --meta META.json --results OUT/results.jsonl --kind seqembed|torch|parity|precision|profile|gemm|export|failed
+    results.py append --meta META.json --results OUT/results.jsonl --kind seqembed|torch|parity|precision|profile|gemm|attn|export|failed
                       [--src FILE] [--set key=value ...]
     results.py table OUT/results.jsonl [--run RUN_ID]
 
@@ -149,7 +149,7 @@ def rows_from(kind, src):
             r["worst_cosine"] = min(c["cosine"] for c in own)
             r["worst_max_abs"] = max(c["max_abs"] for c in own)
         return [r]
-    if kind == "profile":
+    if kind in ("profile", "attn"):  # ncu_summary.py --json; bench/attn_probe.py --json-out
         with open(src) as f:
             return [json.load(f)]
     if kind == "gemm":  # bench/lt_probe.cu: "gemm k=v ..." and "layer k=v ..." lines
@@ -231,6 +231,9 @@ def one_line(r):
         return f"{what}: {'reused' if r.get('reused') else 'exported'} in {r.get('seconds', 0)} s"
     if r.get("mode") == "gemm":
         return f"{what}: {gemm_note(r)}"
+    if r.get("mode") == "attn":
+        return f"{what}: " + "; ".join(f"{k['kernel']} {k['us_per_batch']:.0f} us {k['tflops']:.0f} TFLOP/s"
+                                       if "tflops" in k else f"{k['kernel']} failed" for k in r.get("kernels", []))
     if r.get("mode") == "profile":
         fam = ", ".join(f"{k} {v:.1f} %" for k, v in list(r.get("families", {}).items())[:5])
         return f"{what}: {r.get('kernels')} kernels: {fam}"
@@ -318,7 +321,7 @@ def main():
     p = sub.add_parser("append")
     p.add_argument("--meta", required=True)
     p.add_argument("--results", required=True)
-    p.add_argument("--kind", required=True, choices=["seqembed", "torch", "parity", "precision", "profile", "gemm", "export",
+    p.add_argument("--kind", required=True, choices=["seqembed", "torch", "parity", "precision", "profile", "gemm", "attn", "export",
                                                         "failed"])
     p.add_argument("--src")
     p.add_argument("--set", action="append")
