@@ -9,7 +9,7 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/seqembed/seqembed/esm2graph/internal/half"
+	"github.com/seqembed/seqembed/internal/half"
 	"github.com/seqembed/seqembed/esm2graph/onnxpb"
 )
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/seqembed/seqembed/internal/refout"
 
-	"github.com/seqembed/seqembed/esm2graph/internal/half"
+	"github.com/seqembed/seqembed/internal/half"
 	"github.com/seqembed/seqembed/gpurun"
 )
 

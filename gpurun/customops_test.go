@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/apache/arrow-go/v18/arrow/float16"
+	"github.com/seqembed/seqembed/internal/half"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -324,7 +324,7 @@ func TestGPUBiasRotary(t *testing.T) {
 	gpu := openOpTest(t, cudaLib, "bias_rotary.onnx", biasRotaryModel("BiasRotary", 10), Device{Kind: "cuda"}, io, []string{"y"})
 	round := func(v []float32) []float32 {
 		for i, f := range v {
-			v[i] = float16.New(f).Float32()
+			v[i] = half.ToFloat32(half.FromFloat64(float64(f)))
 		}
 		return v
 	}
@@ -366,7 +366,7 @@ func TestGPUBiasRotary(t *testing.T) {
 		}
 		worst := 0.0
 		for i, v := range want {
-			g := float16.FromBits(got[i]).Float32()
+			g := half.ToFloat32(got[i])
 			diff := math.Abs(float64(g - v))
 			if diff > math.Abs(float64(v))*0x1p-10+0x1p-24 {
 				t.Fatalf("%+v: row %d column %d = %g on the GPU, want the CPU's %g within one float16 step", c, i/c.dim, i%c.dim, g, v)

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/apache/arrow-go/v18/arrow/float16"
+	"github.com/seqembed/seqembed/internal/half"
 )
 
 // denseModel is one Fp16Linear node (op: Fp16LinearF32 or Fp16Linear) y = x·wᵀ (+ bias)
@@ -60,7 +60,7 @@ type denseCase struct {
 func newDenseCase(rows, k, n int) denseCase {
 	c := denseCase{rows: rows, k: k, n: n, x: make([]float32, rows*k), w: make([]float32, n*k), bias: make([]float32, n),
 		residual: make([]float32, rows*n)}
-	round := func(v float64) float32 { return float16.New(float32(v)).Float32() }
+	round := func(v float64) float32 { return half.ToFloat32(half.FromFloat64(float64(float32(v)))) }
 	for i := range c.x {
 		c.x[i] = round(2 * math.Sin(float64(i)*0.731+0.2) * (1 + float64(i%5)/4))
 	}
@@ -80,7 +80,7 @@ func newDenseCase(rows, k, n int) denseCase {
 func halves(v []float32) []uint16 {
 	out := make([]uint16, len(v))
 	for i, f := range v {
-		out[i] = float16.New(f).Uint16()
+		out[i] = half.FromFloat64(float64(f))
 	}
 	return out
 }
@@ -199,7 +199,7 @@ func TestGPUFp16Linear(t *testing.T) {
 	for _, shape := range [][3]int{{333, 1280, 5120}, {77, 5120, 1280}, {1, 1280, 5120}, {257, 1280, 5120}, {12, 32, 48}} {
 		c := newDenseCase(shape[0], shape[1], shape[2])
 		for i := range c.bias { // pre-activations across GELU's bend (|v| up to ~3), where the forms part
-			c.bias[i] = float16.New(2.5 * float32(math.Sin(float64(i)*0.37))).Float32()
+			c.bias[i] = half.ToFloat32(half.FromFloat64(float64(2.5 * float32(math.Sin(float64(i)*0.37)))))
 		}
 		rows, k, n := int64(c.rows), int64(c.k), int64(c.n)
 		wmax := 0.0
@@ -243,13 +243,13 @@ func TestGPUFp16Linear(t *testing.T) {
 			}
 			worst, bad := 0.0, 0
 			for i, v := range y {
-				d := math.Abs(float64(float16.FromBits(gy[i]).Float32()) - float64(v))
+				d := math.Abs(float64(half.ToFloat32(gy[i])) - float64(v))
 				tol := 2e-3*math.Abs(float64(v)) + bound[i/c.n]
 				worst = max(worst, d/tol)
 				if d > tol {
 					if bad++; bad <= 3 {
 						t.Errorf("shape %v %+v: y[%d][%d] = %g on the GPU, %g on the CPU (tolerance %.2g)",
-							shape, tc, i/c.n, i%c.n, float16.FromBits(gy[i]).Float32(), v, tol)
+							shape, tc, i/c.n, i%c.n, half.ToFloat32(gy[i]), v, tol)
 					}
 				}
 			}
@@ -264,7 +264,7 @@ func TestGPUFp16Linear(t *testing.T) {
 					if math.Abs(gt-ge) < 5e-5 {
 						continue
 					}
-					g, sign := float64(float16.FromBits(gy[i]).Float32()), math.Copysign(1, gt-ge)
+					g, sign := float64(half.ToFloat32(gy[i])), math.Copysign(1, gt-ge)
 					st += (g - gt) * sign
 					se += (g - ge) * sign
 					cnt++

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/apache/arrow-go/v18/arrow/float16"
+	"github.com/seqembed/seqembed/internal/half"
 )
 
 // e4m3Values are the non-negative finite E4M3 (e4m3fn) values by code 0..0x7e, computed from the
@@ -265,12 +265,12 @@ func TestGPUFP8Ops(t *testing.T) {
 		// The inputs as float16, and the same values as float32 for the CPU ops.
 		x16, b16 := make([]uint16, len(c.x)), make([]uint16, len(c.bias))
 		for i, v := range c.x {
-			x16[i] = float16.New(min(max(v, -65504), 65504)).Uint16()
-			c.x[i] = float16.FromBits(x16[i]).Float32()
+			x16[i] = half.FromFloat64(float64(min(max(v, -65504), 65504)))
+			c.x[i] = half.ToFloat32(x16[i])
 		}
 		for i, v := range c.bias {
-			b16[i] = float16.New(v).Uint16()
-			c.bias[i] = float16.FromBits(b16[i]).Float32()
+			b16[i] = half.FromFloat64(float64(v))
+			c.bias[i] = half.ToFloat32(b16[i])
 		}
 		for _, gelu := range []int64{0, 1, 2} {
 			cpu := openFP8(t, cpuLib, fp8Model(1, "QuantizeE4M3F32", "Fp8LinearF32", gelu, true), Device{Kind: "cpu"}, true)
@@ -312,7 +312,7 @@ func TestGPUFP8Ops(t *testing.T) {
 				ymax = max(ymax, math.Abs(float64(v)))
 			}
 			for i, v := range y {
-				worstY = max(worstY, math.Abs(float64(float16.FromBits(gy[i]).Float32())-float64(v))/(ymax+1e-30))
+				worstY = max(worstY, math.Abs(float64(half.ToFloat32(gy[i]))-float64(v))/(ymax+1e-30))
 			}
 			limit := 2e-3
 			if off > 0 {

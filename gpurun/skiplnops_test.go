@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/apache/arrow-go/v18/arrow/float16"
+	"github.com/seqembed/seqembed/internal/half"
 )
 
 // skipLnModel is one SkipLayerNormE4M3 node (op: SkipLayerNormE4M3F32 or SkipLayerNormE4M3)
@@ -51,7 +51,7 @@ type skipLnCase struct {
 func newSkipLnCase(rows, d int) skipLnCase {
 	c := skipLnCase{rows: rows, d: d, x: make([]float32, rows*d), skip: make([]float32, rows*d),
 		gamma: make([]float32, d), beta: make([]float32, d), bias: make([]float32, d)}
-	round := func(v float64) float32 { return float16.New(float32(v)).Float32() }
+	round := func(v float64) float32 { return half.ToFloat32(half.FromFloat64(float64(float32(v)))) }
 	for i := range c.x {
 		c.x[i] = round(2 * math.Sin(float64(i)*0.731+0.2) * (1 + float64(i%5)/4))
 		c.skip[i] = round(8 * math.Sin(float64(i)*0.113+1.1))
@@ -207,7 +207,7 @@ func TestGPUSkipLayerNormE4M3(t *testing.T) {
 				t.Fatalf("shape %v bias %v: %v", shape, bias, err)
 			}
 			for i, v := range sum {
-				if g := float16.FromBits(gsum[i]).Float32(); math.Abs(float64(g-v)) > math.Abs(float64(v))*0x1p-11+0x1p-24 {
+				if g := half.ToFloat32(gsum[i]); math.Abs(float64(g-v)) > math.Abs(float64(v))*0x1p-11+0x1p-24 {
 					t.Fatalf("shape %v bias %v: sum[%d][%d] = %g on the GPU, want the CPU's %g in float16", shape, bias,
 						i/c.d, i%c.d, g, v)
 				}

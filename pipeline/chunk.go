@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/apache/arrow-go/v18/arrow/float16"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/seqembed/seqembed/batcher"
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/internal/half"
 )
 
 // Long records (--overlength chunk). The consumer flags a record longer than the window
@@ -260,7 +260,7 @@ func (m *chunkMerge) add(starts []int, res *gpurun.Result) error {
 				if f16 != nil {
 					m.f32 = m.f32[:0]
 					for _, h := range f16 {
-						m.f32 = append(m.f32, float16.FromBits(h).Float32())
+						m.f32 = append(m.f32, half.ToFloat32(h))
 					}
 					f32 = m.f32
 				}
@@ -286,7 +286,7 @@ func (m *chunkMerge) fill(out *arrowout.Batch, plan outputPlan) {
 		case o.PerResidue() && o.DType == "float16":
 			d := arrowout.OutputData{PerResidue: true}
 			for _, v := range m.mergers[i].Residues(nil) {
-				d.F16 = append(d.F16, float16.New(v).Uint16())
+				d.F16 = append(d.F16, half.FromFloat64(float64(v)))
 			}
 			out.Outputs = append(out.Outputs, d)
 		case o.PerResidue():

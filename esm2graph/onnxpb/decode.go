@@ -10,7 +10,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 
-	"github.com/seqembed/seqembed/esm2graph/internal/half"
+	"github.com/seqembed/seqembed/internal/half"
 )
 
 // Decode parses a ModelProto (the fields Model has; others are skipped). Tensors whose data is

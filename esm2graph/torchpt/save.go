@@ -9,7 +9,7 @@ import (
 	"math"
 	"strconv"
 
-	"github.com/seqembed/seqembed/esm2graph/internal/half"
+	"github.com/seqembed/seqembed/internal/half"
 )
 
 // NewTensor is an in-memory, contiguous tensor of values stored as dtype ("float32", "float16"

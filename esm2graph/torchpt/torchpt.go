@@ -19,7 +19,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/seqembed/seqembed/esm2graph/internal/half"
+	"github.com/seqembed/seqembed/internal/half"
 )
 
 var (

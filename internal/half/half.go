@@ -1,5 +1,8 @@
 // Package half converts between float32/float64 and the two 16-bit float formats of model
-// checkpoints and ONNX graphs: IEEE 754 binary16 ("float16", "F16") and bfloat16 ("BF16").
+// checkpoints and ONNX graphs: IEEE 754 binary16 ("float16", "F16") and bfloat16 ("BF16"). It is
+// the module's one float16 conversion (esm2graph's weights, the pipeline's merge of float16
+// per-residue windows, gpurun's op tests), exact in the subnormals, where arrow-go's float16
+// package flushes to zero on the way in and mis-decodes on the way out.
 package half
 
 import (
