@@ -75,6 +75,7 @@ def main():
     ap.add_argument("--batches", type=int, default=40, help="batches timed, spread evenly over the pass")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--kernels", help="comma list of the kernels to run (default all)")
     ap.add_argument("--json-out")
     a = ap.parse_args()
 
@@ -139,6 +140,9 @@ def main():
                ("cudnn-padded", padded_kernel(SDPBackend.CUDNN_ATTENTION), True),
                ("flash-padded", padded_kernel(SDPBackend.FLASH_ATTENTION), True)]
 
+    if a.kernels:
+        want = set(a.kernels.split(","))
+        kernels = [kn for kn in kernels if kn[0] in want]
     flops = sum(4 * sum(n * n for n in b) * H * D for b in batches)
     print(f"attn: {len(batches)} of {len(allb)} batches, heads {H}, head_dim {D}, "
           f"{sum(sum(b) for b in batches)} tokens, {flops / 1e9:.1f} GFLOP", flush=True)
