@@ -36,7 +36,9 @@ Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required
   export --fused-gelu, the FFN's GELU as the tanh approximation; packed or mha, custom ops: with precision fp16 fc1 with
   cuBLASLt's bias+GELU epilogue, with fp8 and fp8-ffn computed in the QuantizeE4M3 of fc1's output), linear=ort|lt|lt-res (lt: export --fp16-linear, every fp16
   projection as ai.seqembed.Fp16Linear; lt-res: also --fused-residual, the residual added in the GEMM), lnq=0|1 (1: export
-  --fused-ln-quant, precision fp8: residual + LayerNorm + E4M3 quantisation as one op), outliers=SIGMA (heavy-tailed
+  --fused-ln-quant, precision fp8: residual + LayerNorm + E4M3 quantisation as one op), attnop=ort|cudnn (cudnn: export
+  --cudnn-attention, attention as ai.seqembed.RaggedAttention on cuDNN; run gpu.sh with SEQEMBED_OPS_CUDNN and
+  SEQEMBED_CUDNN_FRONTEND set so the ops build has it, scripts/build-ops.sh), outliers=SIGMA (heavy-tailed
   channels, export --outlier-channels), layout=rows|sequence, check=1|0,
   modes= e2e,raw,torch,torch-compile,parity,precision,profile,gemm,attn (default e2e,raw,torch,torch-compile;
   precision: seqembed check-precision against float32 PyTorch on the first golden=N records,
@@ -94,9 +96,9 @@ step_signal=${STEP_SIGNAL:-TERM}
 GPURUN_TEST=${GPURUN_TEST:-gpurun.test}
 
 # ---- matrix lines -------------------------------------------------------------------------------
-KEYS=" model export ops dtype precision gelu linear lnq cpuprofile outliers layout check modes inflight tokens graphs records repeat golden device bench-args env torch-args ncu-skip ncu-count label timeout "
+KEYS=" model export ops dtype precision gelu linear lnq attnop cpuprofile outliers layout check modes inflight tokens graphs records repeat golden device bench-args env torch-args ncu-skip ncu-count label timeout "
 MODES=" e2e raw torch torch-compile parity precision profile gemm attn "
-declare -A DEF=([export]=auto [dtype]=fp16 [precision]=fp16 [gelu]=erf [linear]=ort [lnq]=0 [cpuprofile]=0 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
+declare -A DEF=([export]=auto [dtype]=fp16 [precision]=fp16 [gelu]=erf [linear]=ort [lnq]=0 [attnop]=ort [cpuprofile]=0 [layout]=rows [check]=1 [modes]='e2e,raw,torch,torch-compile'
   [inflight]=2 [tokens]=16384 [golden]=2000 [ncu-skip]=20000 [ncu-count]=1200)
 LINES=() # each: the line's key=value words, defaults applied
 
@@ -179,6 +181,8 @@ load() {
   [[ ${L[lnq]} == 0 || ${L[lnq]} == 1 ]] || die "[$1] lnq '${L[lnq]}': want 0 or 1"
   [[ ${L[lnq]} == 1 && $attn != dir:* && ${L[precision]} != fp8* ]] && die "[$1] lnq=1 needs precision=fp8 or fp8-ffn"
   [[ ${L[lnq]} == 1 && ${L[linear]} == lt-res ]] && die "[$1] lnq=1 and linear=lt-res do not combine"
+  [[ ${L[attnop]} == ort || ${L[attnop]} == cudnn ]] || die "[$1] attnop '${L[attnop]}': want ort or cudnn"
+  [[ ${L[attnop]} == cudnn && $attn != packed ]] && die "[$1] attnop=cudnn needs export=packed"
   [[ ${L[cpuprofile]} == 0 || ${L[cpuprofile]} == 1 ]] || die "[$1] cpuprofile '${L[cpuprofile]}': want 0 or 1"
   [[ -z ${L[outliers]:-} || ${L[outliers]} =~ ^[0-9.]+$ ]] || die "[$1] outliers '${L[outliers]}': want a number"
   [[ ${L[golden]} =~ ^[0-9]+$ ]] || die "[$1] golden '${L[golden]}': want a record count"
@@ -191,6 +195,7 @@ load() {
   [[ ${L[gelu]} == tanh && $attn != dir:* ]] && label+=+tanh
   [[ ${L[linear]} == lt* && $attn != dir:* ]] && label+=+${L[linear]}
   [[ ${L[lnq]} == 1 && $attn != dir:* ]] && label+=+lnq
+  [[ ${L[attnop]} == cudnn && $attn != dir:* ]] && label+=+cudnn
   [[ -n ${L[outliers]:-} && $attn != dir:* ]] && label+=+out${L[outliers]}
   if [[ $attn == dir:* ]]; then
     mdir=${attn#dir:}
@@ -226,6 +231,7 @@ export_cmd() {
   [[ ${L[linear]} == lt* ]] && EXPORT+=(--fp16-linear)
   [[ ${L[linear]} == lt-res ]] && EXPORT+=(--fused-residual)
   [[ ${L[lnq]} == 1 ]] && EXPORT+=(--fused-ln-quant)
+  [[ ${L[attnop]} == cudnn ]] && EXPORT+=(--cudnn-attention)
   [[ -n ${L[outliers]:-} ]] && EXPORT+=(--outlier-channels "${L[outliers]}")
   case $attn in
   mha | packed) EXPORT+=(--fused "$attn") ;;
@@ -309,7 +315,7 @@ run_step() {
 
 # common_sets N LINE: the --set arguments every row of the loaded line (number N) gets.
 common_sets() {
-  SETS=(--set "model=${L[model]}" --set "preset=$preset" --set "dtype=${L[dtype]}" --set "precision=${L[precision]}" --set "gelu=${L[gelu]}" --set "linear=${L[linear]}" --set "lnq=${L[lnq]}"
+  SETS=(--set "model=${L[model]}" --set "preset=$preset" --set "dtype=${L[dtype]}" --set "precision=${L[precision]}" --set "gelu=${L[gelu]}" --set "linear=${L[linear]}" --set "lnq=${L[lnq]}" --set "attnop=${L[attnop]}"
     --set "max_batch_tokens=${L[tokens]}"
     --set "records=$records" --set "repeat=$repeat" --set "line=$1" --set "matrix=$2")
   [[ -n ${L[label]:-} ]] && SETS+=(--set "label=${L[label]}")
@@ -434,15 +440,35 @@ for l in "${LINES[@]}"; do
   fi
 done
 
-# The custom-op library, built once with nvcc where any export uses it.
+# The custom-op library, built once with nvcc where any export uses it; with cuDNN's
+# RaggedAttention where a line asks attnop=cudnn: cuDNN from $SEQEMBED_OPS_CUDNN or the
+# nvidia-cudnn wheel, the frontend headers from $SEQEMBED_CUDNN_FRONTEND or
+# .device/cudnn-fe-include.tar.xz (bench/pack.sh CUDNN_FRONTEND=DIR carries them).
 opslib=$work/ops/libseqembed_ops.so ops_ok=1
+ops_env=(SEQEMBED_OPS_ARCHS="${SEQEMBED_OPS_ARCHS:-90}")
+for l in "${LINES[@]}"; do
+  load "$l"
+  [[ ${L[attnop]} == cudnn ]] || continue
+  cudnn_dir=${SEQEMBED_OPS_CUDNN:-$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)}
+  fe_dir=${SEQEMBED_CUDNN_FRONTEND:-}
+  if [[ -z $fe_dir && -s .device/cudnn-fe-include.tar.xz ]]; then
+    fe_dir=$work/cudnn-fe/include
+    ((dry)) || { mkdir -p "$work/cudnn-fe" && tar -xJf .device/cudnn-fe-include.tar.xz -C "$work/cudnn-fe"; }
+  fi
+  echo "== ops with cuDNN's RaggedAttention: cuDNN ${cudnn_dir:-(none found)}, frontend ${fe_dir:-(none found)}"
+  ((dry)) || [[ -n $cudnn_dir && -n $fe_dir ]] ||
+    die "attnop=cudnn: no cuDNN (SEQEMBED_OPS_CUDNN, or the nvidia-cudnn wheel) or no frontend headers (SEQEMBED_CUDNN_FRONTEND, or bench/pack.sh CUDNN_FRONTEND=DIR)"
+  ops_env+=(SEQEMBED_OPS_CUDNN="$cudnn_dir" SEQEMBED_CUDNN_FRONTEND="$fe_dir")
+  opslib=$work/ops-cudnn/libseqembed_ops.so # every line's exports get this superset
+  break
+done
 for l in "${LINES[@]}"; do
   load "$l"
   [[ $ops == custom && $attn != dir:* ]] || continue
   if ((dry)) || [[ ! -s $opslib ]]; then
-    ((dry)) || mkdir -p "$work/ops"
+    ((dry)) || mkdir -p "$(dirname "$opslib")"
     echo "== $(date -u +%T) build the custom ops (nvcc, sm_${SEQEMBED_OPS_ARCHS:-90})"
-    run_step build-ops 180 env SEQEMBED_OPS_ARCHS="${SEQEMBED_OPS_ARCHS:-90}" bash scripts/build-ops.sh "$opslib"
+    run_step build-ops 240 env "${ops_env[@]}" bash scripts/build-ops.sh "$opslib"
     if ((STEP_RC)); then
       ops_ok=0
       common_sets 0 "$l"

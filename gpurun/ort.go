@@ -155,12 +155,14 @@ func (s *session) close() {
 // tensorOf describes data (host memory: C memory, or Go memory, which runs pin) as a run input
 // or output of the given shape (at most 4 dimensions).
 // uint16 data is float16 (IEEE half bits); uint8 data is uint8 (the FP8 ops' E4M3 bytes).
-func tensorOf[T int64 | float32 | uint16 | uint8](data []T, shape ...int64) C.se_tensor {
+func tensorOf[T int64 | int32 | float32 | uint16 | uint8](data []T, shape ...int64) C.se_tensor {
 	t := C.se_tensor{data: unsafe.Pointer(unsafe.SliceData(data)), ndim: C.int32_t(len(shape))}
 	var zero T
 	switch any(zero).(type) {
 	case int64:
 		t._type = C.ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64
+	case int32:
+		t._type = C.ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32
 	case float32:
 		t._type = C.ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
 	case uint16:

@@ -6,6 +6,10 @@
 # Dockerfile.gpu's build stage) or, with "cpu", with g++ for the CPU op only (tests, no CUDA).
 # A model exported with `tools/export_esm2.py --fused packed --custom-ops` names the library in
 # its manifest; put OUT.so in the model directory as libseqembed_ops.so.
+# SEQEMBED_OPS_CUDNN=DIR (a cuDNN 9 install with include/ and lib/, e.g. the nvidia-cudnn wheel's
+# nvidia/cudnn) and SEQEMBED_CUDNN_FRONTEND=DIR (cudnn-frontend's include/, header-only) add the
+# CUDA RaggedAttention op (cuDNN SDPA; export --cudnn-attention), linking libcudnn.so.9 and NVRTC;
+# without them the library has no CUDA RaggedAttention (its CPU twin is always there).
 set -euo pipefail
 out=${1:?usage: build-ops.sh OUT.so [cpu]}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,5 +23,12 @@ gencode=()
 for a in ${SEQEMBED_OPS_ARCHS:-80 90}; do # SM versions to build for (default 80 90)
   gencode+=(-gencode "arch=compute_$a,code=sm_$a")
 done
+cudnn=()
+if [[ -n ${SEQEMBED_OPS_CUDNN:-} ]]; then
+  fe=${SEQEMBED_CUDNN_FRONTEND:?SEQEMBED_OPS_CUDNN needs SEQEMBED_CUDNN_FRONTEND (cudnn-frontend include dir)}
+  [[ -f $fe/cudnn_frontend.h ]] || { echo "build-ops.sh: no cudnn_frontend.h in $fe" >&2 && exit 2; }
+  [[ -f $SEQEMBED_OPS_CUDNN/include/cudnn.h ]] || { echo "build-ops.sh: no include/cudnn.h in $SEQEMBED_OPS_CUDNN" >&2 && exit 2; }
+  cudnn=(-DSEQEMBED_OPS_CUDNN -I "$fe" -I "$SEQEMBED_OPS_CUDNN/include" -L "$SEQEMBED_OPS_CUDNN/lib" -l:libcudnn.so.9 -lnvrtc -lcuda)
+fi
 exec "$nvcc" -O3 -std=c++17 --cudart shared -shared -Xcompiler -fPIC "${gencode[@]}" \
-  -I "$inc" "$src/seqembed_ops.cu" -o "$out" -lcublasLt
+  -I "$inc" "$src/seqembed_ops.cu" -o "$out" -lcublasLt "${cudnn[@]}"

@@ -186,7 +186,7 @@ PRECISIONS = ("fp16", "fp8")
 
 def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custom_ops=False, outputs=None,
           residues_fp16=False, precision="fp16", fp8_projections="all", fused_gelu=False, fp16_linear=False,
-          fused_residual=False, fused_ln_quant=False):
+          fused_residual=False, fused_ln_quant=False, cudnn_attention=False):
     """Return an onnx.ModelProto for EsmModel esm (HF transformers, any dtype; weights are read as
     float32 and stored as float16 when fp16). attention is "mha" or "packed". mask_form applies to
     "mha": "lengths" (int32 [batch] key lengths, what the CUDA fused kernels accept) or "2d" (int32
@@ -222,7 +222,11 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
     per residual, and the sum rounded to float16 once instead of twice.
     fused_ln_quant (precision fp8) computes each residual add + LayerNorm whose only reader is an
     FP8 GEMM together with that GEMM's activation quantisation (ai.seqembed.SkipLayerNormE4M3): the
-    float16 LayerNorm output is never written, QuantizeE4M3 never reads it."""
+    float16 LayerNorm output is never written, QuantizeE4M3 never reads it.
+    cudnn_attention (packed, custom_ops) runs attention as ai.seqembed.RaggedAttention (cuDNN's SDPA
+    forward on the packed tokens; the ops library built with SEQEMBED_OPS_CUDNN, scripts/build-ops.sh)
+    instead of com.microsoft.PackedMultiHeadAttention (FlashAttention-2): cuDNN's Hopper kernel ran
+    our batches 1.36x faster (bench/cudnn_attn_probe.cpp, docs/perf.md)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: want one of {PRECISIONS}")
     fp8 = precision == "fp8"
@@ -243,6 +247,8 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         raise ValueError("fused_ln_quant and fused_residual do not combine")
     if custom_ops and not fp16:
         raise ValueError("custom_ops needs fp16 (the CUDA BiasRotary op is float16)")
+    if cudnn_attention and not (custom_ops and attention == "packed"):
+        raise ValueError("cudnn_attention needs attention packed and custom_ops (seqembed's CUDA ops)")
     if attention not in ("mha", "packed"):
         raise ValueError(f"attention {attention!r}: want mha or packed")
     cfg = esm.config
@@ -375,7 +381,9 @@ def build(esm, fp16, attention, mask_form="lengths", packed_layout="rows", custo
         else:
             q = g.op("RotaryEmbedding", [g.op("Add", [q, bq]), pos, cos, sin], domain=MS, interleaved=1)
             k = g.op("RotaryEmbedding", [g.op("Add", [k, bk]), pos, cos, sin], domain=MS, interleaved=1)
-        if attention == "packed":
+        if cudnn_attention:  # [tokens, 1, D] (or [1, tokens, D]) in and out: the op reads rows of D
+            ctx = g.op("RaggedAttention", [q, k, v, offs, cu], domain=SEQEMBED_OPS, num_heads=H)
+        elif attention == "packed":
             sq = [g.op("Squeeze", [t, tok_ax]) for t in (q, k, v)]
             ctx = g.op("Unsqueeze", [g.op("PackedMultiHeadAttention", sq + ["", offs, cu], domain=MS, num_heads=H), tok_ax])
         else:

@@ -429,6 +429,9 @@ def main():
     ap.add_argument("--fused-ln-quant", action="store_true", help="--precision fp8: every residual add + "
                     "LayerNorm that only an FP8 GEMM reads also quantises its output (ai.seqembed.SkipLayerNormE4M3), "
                     "instead of writing float16 for a QuantizeE4M3 to read")
+    ap.add_argument("--cudnn-attention", action="store_true", help="--fused packed --custom-ops: attention as "
+                    "ai.seqembed.RaggedAttention (cuDNN's SDPA on the packed tokens) instead of ORT's "
+                    "PackedMultiHeadAttention; the ops library must be built with SEQEMBED_OPS_CUDNN (scripts/build-ops.sh)")
     ap.add_argument("--outlier-channels", type=float, default=0.0, metavar="SIGMA", help="--preset only: "
                     "give the activations entering the projections heavy-tailed channels (log-normal factors "
                     "exp(SIGMA*z), undone in the weights that read them: the same function), as trained models "
@@ -500,7 +503,8 @@ def main():
                                  custom_ops=args.custom_ops, outputs=outputs, residues_fp16=args.residues_fp16,
                                  precision=args.precision, fp8_projections=args.fp8_projections,
                                  fused_gelu=args.fused_gelu, fp16_linear=args.fp16_linear,
-                                 fused_residual=args.fused_residual, fused_ln_quant=args.fused_ln_quant)
+                                 fused_residual=args.fused_residual, fused_ln_quant=args.fused_ln_quant,
+                                 cudnn_attention=args.cudnn_attention)
         if args.precision == "fp8":
             check_e4m3(pooled)
         esm2_graph.save(graph, path)

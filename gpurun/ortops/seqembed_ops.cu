@@ -52,6 +52,22 @@
 //            beta = 1). The GELU is the tanh approximation, the one cuBLASLt's
 //            GELU epilogue computes, not ESM's erf GELU: a model built with it is checked against
 //            float32 PyTorch (docs/perf.md) before it is used.
+//
+// RaggedAttention (CUDA, float16; cuDNN's SDPA forward, built only with SEQEMBED_OPS_CUDNN: see
+// scripts/build-ops.sh) / RaggedAttentionF32 (CPU, float32), attributes num_heads (required) and
+// scale (float, default 1/sqrt(head size)): bidirectional attention over packed (unpadded) tokens,
+// in place of com.microsoft.PackedMultiHeadAttention (tools/esm2_graph.py cudnn_attention):
+//   inputs   q, k, v [T, D] (or [..., D] with T rows; D = num_heads * head size, each row a
+//            token's heads side by side), token_offset int32 [B, S] (RemovePadding's: only its
+//            shape is read, S bounding every sequence's length), cu_seqlens int32 [B + 1]
+//            (sequence i is rows cu[i] .. cu[i+1]-1; cu[0] = 0, cu[B] = T)
+//   output   o [T, D]:  o[t, h] = sum_j softmax_j(scale * q[t, h] . k[j, h]) v[j, h] over the rows j
+//            of t's sequence (float32 softmax and accumulation)
+// The CUDA op trusts cu_seqlens' values (checking them would cost a device-to-host copy and a
+// stream synchronisation a call); the CPU op checks them. Status (2026-12-03): the CUDA op is written
+// from bench/cudnn_attn_probe.cpp, whose graph ran and matched a float64 reference on the H200, but
+// has not itself been compiled or run yet; the default build leaves it out.
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -72,6 +88,9 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
+#ifdef SEQEMBED_OPS_CUDNN
+#include <cudnn_frontend.h>
+#endif
 #endif
 
 namespace {
@@ -324,6 +343,8 @@ struct Kernel {
   int64_t gelu = 0;        // QuantizeE4M3: 1 erf, 2 tanh GELU before quantising; Fp16Linear: tanh GELU epilogue
   int64_t fast_accum = 0;  // Fp8Linear (CUDA): cuBLASLt's FP8 fast accumulation
   float epsilon = 1e-5f;   // SkipLayerNormE4M3: LayerNorm's epsilon
+  int64_t num_heads = 0;   // RaggedAttention: heads (required)
+  float scale = 0.0f;      // RaggedAttention: softmax scale (0: 1/sqrt(head size))
 #ifndef SEQEMBED_OPS_CPU_ONLY
   std::mutex mu;
   cublasLtHandle_t lt = nullptr;
@@ -1134,6 +1155,201 @@ OrtStatus* DenseCUDA(Kernel* k, OrtKernelContext* ctx) {
 }
 #endif
 
+// ---- RaggedAttention ----------------------------------------------------------------------------
+
+// AttnArgs are RaggedAttention's checked inputs (shapes only: the CUDA op does not read cu_seqlens on
+// the host) and allocated output.
+struct AttnArgs {
+  Tensor q, k, v, offs, cu;
+  void* o = nullptr;
+  int64_t rows = 0, dim = 0, heads = 0, head = 0, batch = 0, seq = 0;
+  float scale = 0.0f;
+};
+
+OrtStatus* GatherAttn(Kernel* k, OrtKernelContext* ctx, ONNXTensorElementDataType want, AttnArgs* a) {
+  SE_RETURN_IF(GetInput(ctx, 0, &a->q));
+  SE_RETURN_IF(GetInput(ctx, 1, &a->k));
+  SE_RETURN_IF(GetInput(ctx, 2, &a->v));
+  SE_RETURN_IF(GetInput(ctx, 3, &a->offs));
+  SE_RETURN_IF(GetInput(ctx, 4, &a->cu));
+  if (a->q.dims.empty() || a->q.dims != a->k.dims || a->q.dims != a->v.dims)
+    return Fail("RaggedAttention: q, k and v must have one shape [..., D]");
+  if (a->q.type != want || a->k.type != want || a->v.type != want)
+    return Fail("RaggedAttention: q, k and v must have the op's float type");
+  if (a->offs.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 || a->cu.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
+    return Fail("RaggedAttention: token_offset and cu_seqlens must be int32");
+  if (a->offs.dims.size() != 2 || a->cu.dims.size() != 1 || a->cu.dims[0] != a->offs.dims[0] + 1)
+    return Fail("RaggedAttention: token_offset must be [B, S] and cu_seqlens [B + 1]");
+  a->heads = k->num_heads;
+  a->dim = a->q.dims.back();
+  if (a->heads <= 0 || a->dim <= 0 || a->dim % a->heads)
+    return Fail("RaggedAttention: num_heads must be > 0 and divide the last dimension of q");
+  a->head = a->dim / a->heads;
+  a->rows = static_cast<int64_t>(a->q.count) / a->dim;
+  a->batch = a->offs.dims[0];
+  a->seq = a->offs.dims[1];
+  a->scale = k->scale > 0 ? k->scale : 1.0f / std::sqrt(static_cast<float>(a->head));
+  OrtValue* out = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetOutput(ctx, 0, a->q.dims.data(), a->q.dims.size(), &out));
+  return g_api->GetTensorMutableData(out, &a->o);
+}
+
+OrtStatus* RaggedAttentionCPU(Kernel* k, OrtKernelContext* ctx) {
+  AttnArgs a;
+  SE_RETURN_IF(GatherAttn(k, ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &a));
+  const int32_t* cu = static_cast<const int32_t*>(a.cu.data);
+  if (cu[0] != 0 || cu[a.batch] != a.rows)
+    return Fail("RaggedAttention: cu_seqlens must start at 0 and end at the number of rows of q");
+  const float* q = static_cast<const float*>(a.q.data);
+  const float* kk = static_cast<const float*>(a.k.data);
+  const float* v = static_cast<const float*>(a.v.data);
+  float* o = static_cast<float*>(a.o);
+  std::vector<float> s;
+  for (int64_t b = 0; b < a.batch; b++) {
+    const int64_t lo = cu[b], n = static_cast<int64_t>(cu[b + 1]) - cu[b];
+    if (n < 0 || n > a.seq)
+      return Fail("RaggedAttention: sequence " + std::to_string(b) + " has " + std::to_string(n) +
+                  " rows; cu_seqlens must not decrease and no sequence may exceed token_offset's S");
+    s.resize(static_cast<size_t>(n));
+    for (int64_t h = 0; h < a.heads; h++) {
+      for (int64_t t = lo; t < lo + n; t++) {
+        const float* qt = q + t * a.dim + h * a.head;
+        float mx = -INFINITY, sum = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+          const float* kj = kk + (lo + j) * a.dim + h * a.head;
+          float dot = 0.0f;
+          for (int64_t d = 0; d < a.head; d++) dot += qt[d] * kj[d];
+          s[j] = dot * a.scale;
+          mx = std::max(mx, s[j]);
+        }
+        for (int64_t j = 0; j < n; j++) sum += (s[j] = std::exp(s[j] - mx));
+        float* ot = o + t * a.dim + h * a.head;
+        for (int64_t d = 0; d < a.head; d++) ot[d] = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+          const float w = s[j] / sum;
+          const float* vj = v + (lo + j) * a.dim + h * a.head;
+          for (int64_t d = 0; d < a.head; d++) ot[d] += w * vj[d];
+        }
+      }
+    }
+  }
+  return nullptr;
+}
+
+#if !defined(SEQEMBED_OPS_CPU_ONLY) && defined(SEQEMBED_OPS_CUDNN)
+// The CUDA op runs cuDNN's SDPA forward on the packed tokens as a ragged (THD) batch: q, k, v and o
+// [B, H, S, hd] with strides [-, hd, H*hd, 1] and ragged offsets cu[i]*H*hd, a padding mask from the
+// sequence lengths (bench/cudnn_attn_probe.cpp measured it, docs/perf.md tenth session). A cuDNN
+// graph is built once per (device, rows rounded up to 8, S): rows past B get length 0 and offset T.
+// One cuDNN handle per device; setting its stream and enqueueing run under one mutex (host work only).
+
+__global__ void RaggedMetaKernel(const int32_t* __restrict__ cu, int batch, int padded, int64_t row_elems,
+                                 int32_t* __restrict__ seq, int32_t* __restrict__ offs) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i > padded) return;
+  const int32_t end = cu[batch];
+  const int32_t c = i <= batch ? cu[i] : end;
+  offs[i] = static_cast<int32_t>(c * row_elems);
+  if (i < padded) seq[i] = i < batch ? cu[i + 1] - cu[i] : 0;
+}
+
+struct CudnnAttn {
+  std::mutex mu;
+  std::unordered_map<int, cudnnHandle_t> handles;
+  std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, float>, std::shared_ptr<cudnn_frontend::graph::Graph>> graphs;
+};
+
+CudnnAttn& Attn() {
+  static CudnnAttn* a = new CudnnAttn();  // process life: handles outlive every session
+  return *a;
+}
+
+enum : int64_t { kAttnQ = 1, kAttnK, kAttnV, kAttnO, kAttnSeq, kAttnOffQ, kAttnOffK, kAttnOffV, kAttnOffO };
+
+// AttnGraph builds (or finds) the graph for b rows of at most s tokens; called with Attn().mu held.
+OrtStatus* AttnGraph(cudnnHandle_t h, int dev, int64_t b, int64_t s, int64_t heads, int64_t hd, float scale,
+                     std::shared_ptr<cudnn_frontend::graph::Graph>* out) {
+  namespace fe = cudnn_frontend;
+  auto key = std::make_tuple(dev, b, s, heads, hd, scale);
+  auto& graphs = Attn().graphs;
+  if (auto it = graphs.find(key); it != graphs.end()) {
+    *out = it->second;
+    return nullptr;
+  }
+  auto g = std::make_shared<fe::graph::Graph>();
+  g->set_io_data_type(fe::DataType_t::HALF)
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  auto ints = [&](const char* name, int64_t uid, int64_t n) {
+    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_data_type(fe::DataType_t::INT32)
+                         .set_dim({n, 1, 1, 1}).set_stride({1, 1, 1, 1}));
+  };
+  const std::vector<int64_t> dims{b, heads, s, hd}, strides{s * heads * hd, hd, heads * hd, 1};
+  auto qkv = [&](const char* name, int64_t uid, const char* off, int64_t off_uid) {
+    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dims).set_stride(strides)
+                         .set_ragged_offset(ints(off, off_uid, b + 1)));
+  };
+  auto Q = qkv("q", kAttnQ, "off_q", kAttnOffQ), K = qkv("k", kAttnK, "off_k", kAttnOffK),
+       V = qkv("v", kAttnV, "off_v", kAttnOffV);
+  auto seq = ints("seq", kAttnSeq, b);
+  auto opts = fe::graph::SDPA_attributes().set_name("sdpa").set_generate_stats(false).set_attn_scale(scale)
+                  .set_padding_mask(true).set_seq_len_q(seq).set_seq_len_kv(seq);
+  auto [O, stats] = g->sdpa(Q, K, V, opts);
+  (void)stats;
+  O->set_output(true).set_uid(kAttnO).set_dim(dims).set_stride(strides).set_ragged_offset(ints("off_o", kAttnOffO, b + 1));
+  auto st = g->build(h, {fe::HeurMode_t::A});
+  if (!st.is_good()) return Fail("RaggedAttention (CUDA): cuDNN has no SDPA plan for this shape: " + st.get_message());
+  graphs[key] = g;
+  *out = g;
+  return nullptr;
+}
+
+OrtStatus* RaggedAttentionCUDA(Kernel* k, OrtKernelContext* ctx) {
+  AttnArgs a;
+  SE_RETURN_IF(GatherAttn(k, ctx, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, &a));
+  if (a.rows == 0 || a.batch == 0) return nullptr;
+  if (a.rows * a.dim > 0x7fffffff) return Fail("RaggedAttention (CUDA): q has more than 2^31 - 1 elements");
+  void* stream_v = nullptr;
+  SE_RETURN_IF(g_api->KernelContext_GetGPUComputeStream(ctx, &stream_v));
+  auto stream = static_cast<cudaStream_t>(stream_v);
+  int dev = 0;
+  if (cudaError_t err = cudaGetDevice(&dev); err != cudaSuccess) return CudaFail("RaggedAttention: device", err);
+  const int64_t padded = (a.batch + 7) / 8 * 8;
+  // The stream's workspace (Workspace, shared with the GEMMs: the stream orders them) holds the
+  // lengths and offsets first, then cuDNN's scratch.
+  void* ws = nullptr;
+  SE_RETURN_IF(Workspace(stream, &ws));
+  const size_t meta = static_cast<size_t>(2 * padded + 1) * sizeof(int32_t);
+  const size_t meta_bytes = (meta + 255) / 256 * 256;
+  auto* seq = static_cast<int32_t*>(ws);
+  int32_t* offs = seq + padded;
+  RaggedMetaKernel<<<static_cast<unsigned>((padded + 256) / 256), 256, 0, stream>>>(
+      static_cast<const int32_t*>(a.cu.data), static_cast<int>(a.batch), static_cast<int>(padded), a.dim, seq, offs);
+  if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return CudaFail("RaggedAttention: lengths", err);
+  auto& st = Attn();
+  std::lock_guard<std::mutex> lock(st.mu);
+  cudnnHandle_t& h = st.handles[dev];
+  if (!h && cudnnCreate(&h) != CUDNN_STATUS_SUCCESS) {
+    h = nullptr;
+    return Fail("RaggedAttention (CUDA): cudnnCreate failed (is cuDNN 9 on the library path?)");
+  }
+  std::shared_ptr<cudnn_frontend::graph::Graph> g;
+  SE_RETURN_IF(AttnGraph(h, dev, padded, a.seq, a.heads, a.head, a.scale, &g));
+  int64_t need = 0;
+  if (!g->get_workspace_size(need).is_good() || need + meta_bytes > kWorkspaceBytes)
+    return Fail("RaggedAttention (CUDA): cuDNN wants more workspace than the stream's " +
+                std::to_string(kWorkspaceBytes) + " bytes");
+  if (cudnnSetStream(h, stream) != CUDNN_STATUS_SUCCESS) return Fail("RaggedAttention (CUDA): cudnnSetStream failed");
+  std::unordered_map<int64_t, void*> pack{{kAttnQ, a.q.data},   {kAttnK, a.k.data},    {kAttnV, a.v.data},
+                                          {kAttnO, a.o},        {kAttnSeq, seq},       {kAttnOffQ, offs},
+                                          {kAttnOffK, offs},    {kAttnOffV, offs},     {kAttnOffO, offs}};
+  auto run = g->execute(h, pack, static_cast<char*>(ws) + meta_bytes);
+  if (!run.is_good()) return Fail("RaggedAttention (CUDA): cuDNN execute: " + run.get_message());
+  return nullptr;
+}
+#endif
+
+
 // Op is one registered operator: name, execution provider, input and output element types (the
 // inputs from optional_from on are optional) and its compute function.
 struct Op : OrtCustomOp {
@@ -1167,7 +1383,8 @@ struct Op : OrtCustomOp {
                         void** kernel) -> OrtStatusPtr {
       auto* k = new Kernel();
       k->compute = static_cast<const Op*>(op)->compute;
-      for (auto [attr, dst] : {std::pair<const char*, int64_t*>{"gelu", &k->gelu}, {"fast_accum", &k->fast_accum}}) {
+      for (auto [attr, dst] : {std::pair<const char*, int64_t*>{"gelu", &k->gelu}, {"fast_accum", &k->fast_accum},
+                               {"num_heads", &k->num_heads}}) {
         int64_t v = 0;
         if (OrtStatus* s = api->KernelInfoGetAttribute_int64(info, attr, &v)) {
           api->ReleaseStatus(s);  // absent: the default
@@ -1175,11 +1392,13 @@ struct Op : OrtCustomOp {
           *dst = v;
         }
       }
-      float eps = 0.0f;
-      if (OrtStatus* s = api->KernelInfoGetAttribute_float(info, "epsilon", &eps)) {
-        api->ReleaseStatus(s);  // absent: the default
-      } else {
-        k->epsilon = eps;
+      for (auto [attr, dst] : {std::pair<const char*, float*>{"epsilon", &k->epsilon}, {"scale", &k->scale}}) {
+        float v = 0.0f;
+        if (OrtStatus* s = api->KernelInfoGetAttribute_float(info, attr, &v)) {
+          api->ReleaseStatus(s);  // absent: the default
+        } else {
+          *dst = v;
+        }
       }
       // SEQEMBED_FP8_FAST_ACCUM=0|1 overrides fast_accum (for measuring its speed and accuracy).
       if (const char* env = std::getenv("SEQEMBED_FP8_FAST_ACCUM"); env && (env[0] == '0' || env[0] == '1'))
@@ -1198,7 +1417,8 @@ struct Op : OrtCustomOp {
 };
 
 constexpr auto kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, kF16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
-               kI64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, kU8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+               kI64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, kI32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
+               kU8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
 constexpr const char* kCPU = "CPUExecutionProvider";
 
 // AllOps are the library's operators (static: ORT needs them for the process's life).
@@ -1209,6 +1429,7 @@ const std::vector<Op*>& AllOps() {
   static Op dense_cpu("Fp16LinearF32", kCPU, {kF32, kF32, kF32, kF32}, {kF32}, DenseCPU, 2);
   static Op skipln_cpu("SkipLayerNormE4M3F32", kCPU, {kF32, kF32, kF32, kF32, kF32}, {kU8, kF32, kF32}, SkipLnQuantCPU,
                        4);
+  static Op attn_cpu("RaggedAttentionF32", kCPU, {kF32, kF32, kF32, kI32, kI32}, {kF32}, RaggedAttentionCPU);
 #ifndef SEQEMBED_OPS_CPU_ONLY
   constexpr const char* kCUDA = "CUDAExecutionProvider";
   static Op bias_cuda("BiasRotary", kCUDA, {kF16, kF16, kI64, kF16, kF16}, {kF16}, BiasRotaryCUDA);
@@ -1217,10 +1438,17 @@ const std::vector<Op*>& AllOps() {
   static Op dense_cuda("Fp16Linear", kCUDA, {kF16, kF16, kF16, kF16}, {kF16}, DenseCUDA, 2);
   static Op skipln_cuda("SkipLayerNormE4M3", kCUDA, {kF16, kF16, kF16, kF16, kF16}, {kU8, kF32, kF16}, SkipLnQuantCUDA,
                         4);
-  static const std::vector<Op*> all{&bias_cpu,  &quant_cpu,  &linear_cpu,  &dense_cpu,  &skipln_cpu,
-                                    &bias_cuda, &quant_cuda, &linear_cuda, &dense_cuda, &skipln_cuda};
+#ifdef SEQEMBED_OPS_CUDNN
+  static Op attn_cuda("RaggedAttention", kCUDA, {kF16, kF16, kF16, kI32, kI32}, {kF16}, RaggedAttentionCUDA);
+#endif
+  static const std::vector<Op*> all{&bias_cpu,  &quant_cpu,  &linear_cpu,  &dense_cpu,  &skipln_cpu, &attn_cpu,
+                                    &bias_cuda, &quant_cuda, &linear_cuda, &dense_cuda, &skipln_cuda,
+#ifdef SEQEMBED_OPS_CUDNN
+                                    &attn_cuda
+#endif
+  };
 #else
-  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &dense_cpu, &skipln_cpu};
+  static const std::vector<Op*> all{&bias_cpu, &quant_cpu, &linear_cpu, &dense_cpu, &skipln_cpu, &attn_cpu};
 #endif
   return all;
 }
