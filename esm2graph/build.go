@@ -9,8 +9,8 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/seqembed/seqembed/internal/half"
 	"github.com/seqembed/seqembed/esm2graph/onnxpb"
+	"github.com/seqembed/seqembed/internal/half"
 )
 
 // Domains and the custom-op library (tools/esm2_graph.py MS, SEQEMBED_OPS, CUSTOM_OPS_LIBRARY).

@@ -11,8 +11,8 @@ import (
 
 	"github.com/seqembed/seqembed/internal/refout"
 
-	"github.com/seqembed/seqembed/internal/half"
 	"github.com/seqembed/seqembed/gpurun"
+	"github.com/seqembed/seqembed/internal/half"
 )
 
 // refOutputsFile is tools/reference_outputs.py's output for refHFDir's weights (PyTorch, fair-esm
