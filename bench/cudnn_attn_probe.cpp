@@ -8,7 +8,9 @@
 // Build (on the GPU machine; the frontend is header-only, cudnn.h from the cuDNN package):
 //   nvcc -O2 -std=c++17 -arch=sm_90 -I FE/include -I CUDNN/include bench/cudnn_attn_probe.cpp \
 //        -o cudnn_attn_probe -L CUDNN/lib -l:libcudnn.so.9
-//   ./cudnn_attn_probe --fasta F --heads 20 --head-dim 64 --tokens 16384 [--batches 40]
+//   ./cudnn_attn_probe --fasta F --heads 20 --head-dim 64 --tokens 16384 [--batches 40] [--json-out J]
+// (bench/gpu.sh mode attn builds and runs it beside bench/attn_probe.py where cuDNN and the
+// frontend headers are found, as for attnop=cudnn.)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cudnn_frontend.h>
@@ -101,7 +103,7 @@ static Built Build(cudnnHandle_t h, int64_t b, int64_t s, int64_t H, int64_t D, 
 }
 
 int main(int argc, char** argv) {
-  std::string fasta;
+  std::string fasta, json_out;
   int H = 20, D = 64, tokens = 16384, nb = 40, max_length = 1022;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -110,6 +112,7 @@ int main(int argc, char** argv) {
     else if (a == "--head-dim") D = std::atoi(argv[i + 1]);
     else if (a == "--tokens") tokens = std::atoi(argv[i + 1]);
     else if (a == "--batches") nb = std::atoi(argv[i + 1]);
+    else if (a == "--json-out") json_out = argv[i + 1];
     else {
       std::fprintf(stderr, "cudnn_attn_probe: unknown flag %s\n", a.c_str());
       return 2;
@@ -247,5 +250,13 @@ int main(int argc, char** argv) {
   std::printf("attn kernel=cudnn-ragged us_per_batch=%.1f tflops=%.1f build_ms_mean=%.1f max_rel_err=%.3g cudnn=%zu\n",
               total_us / batches.size(), flops / (total_us * 1e-6) / 1e12, build_ms / batches.size(), worst,
               cudnnGetVersion());
+  if (!json_out.empty()) {
+    std::ofstream j(json_out);
+    j << "{\"heads\": " << H << ", \"head_dim\": " << D << ", \"max_batch_tokens\": " << tokens
+      << ", \"batches_timed\": " << batches.size() << ", \"batches\": " << all.size() << ", \"gflop\": " << flops / 1e9
+      << ", \"cudnn\": " << cudnnGetVersion() << ", \"kernels\": [{\"kernel\": \"cudnn-ragged\", \"us_per_batch\": "
+      << total_us / batches.size() << ", \"tflops\": " << flops / (total_us * 1e-6) / 1e12
+      << ", \"build_ms_mean\": " << build_ms / batches.size() << ", \"max_rel_err\": " << worst << "}]}\n";
+  }
   return worst < 1e-2 ? 0 : 1;
 }

@@ -665,6 +665,25 @@ for l in "${LINES[@]}"; do
       run_step "attn-$preset" "${to:-240}" env PYTHONUNBUFFERED=1 python3 bench/attn_probe.py --fasta "$fa" --heads "$heads" \
         --head-dim "$((hidden / heads))" --max-batch-tokens "${L[tokens]}" --json-out "$j"
       record attn "$j" attn
+      # cuDNN's ragged SDPA (bench/cudnn_attn_probe.cpp) where cuDNN and the frontend headers are found
+      cd_dir=${SEQEMBED_OPS_CUDNN:-$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)}
+      fe_inc=${SEQEMBED_CUDNN_FRONTEND:-}
+      if [[ -z $fe_inc && -s .device/cudnn-fe-include.tar.xz ]]; then
+        fe_inc=$work/cudnn-fe/include
+        ((dry)) || [[ -d $fe_inc ]] || { mkdir -p "$work/cudnn-fe" && tar -xJf .device/cudnn-fe-include.tar.xz -C "$work/cudnn-fe"; }
+      fi
+      if [[ -n $cd_dir && -n $fe_inc ]]; then
+        cprobe=$work/cudnn_attn_probe
+        if ((dry)) || [[ ! -x $cprobe ]]; then
+          run_step build-cudnn-attn-probe 180 "${NVCC:-nvcc}" -O2 -std=c++17 -arch=sm_90 -I "$fe_inc" -I "$cd_dir/include" \
+            bench/cudnn_attn_probe.cpp -o "$cprobe" -L "$cd_dir/lib" -l:libcudnn.so.9 -lnvrtc -lcuda
+          ((STEP_RC)) && { fail_row attn --set "error=bench/cudnn_attn_probe.cpp did not build"; continue; }
+        fi
+        rm -f "$j"
+        run_step "attn-cudnn-$preset" "${to:-120}" "$cprobe" --fasta "$fa" --heads "$heads" \
+          --head-dim "$((hidden / heads))" --tokens "${L[tokens]}" --json-out "$j"
+        record attn "$j" attn
+      fi
       ;;
     profile)
       if ((!model_ok)); then
