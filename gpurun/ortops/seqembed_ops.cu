@@ -1239,9 +1239,12 @@ OrtStatus* RaggedAttentionCPU(Kernel* k, OrtKernelContext* ctx) {
 #if !defined(SEQEMBED_OPS_CPU_ONLY) && defined(SEQEMBED_OPS_CUDNN)
 // The CUDA op runs cuDNN's SDPA forward on the packed tokens as a ragged (THD) batch: q, k, v and o
 // [B, H, S, hd] with strides [-, hd, H*hd, 1] and ragged offsets cu[i]*H*hd, a padding mask from the
-// sequence lengths (bench/cudnn_attn_probe.cpp measured it, docs/perf.md tenth session). A cuDNN
-// graph is built once per (device, rows rounded up to 8, S): rows past B get length 0 and offset T.
-// One cuDNN handle per device; setting its stream and enqueueing run under one mutex (host work only).
+// sequence lengths (bench/cudnn_attn_probe.cpp measured it, docs/perf.md tenth session). Building a
+// graph costs ~100 ms, so there is one per (device, S, heads, head size, scale) — S is the batcher's
+// bucket width — built for the most rows seen at that S (rounded up to 8): a batch with fewer rows
+// reuses it, its rows past B given length 0 and offset T. gpurun's warm-up runs every bucket at its
+// full row count, so the graphs are built there, not in real batches. One cuDNN handle per device;
+// setting its stream, launching the lengths kernel and enqueueing the graph run under one mutex.
 
 __global__ void RaggedMetaKernel(const int32_t* __restrict__ cu, int batch, int padded, int64_t row_elems,
                                  int32_t* __restrict__ seq, int32_t* __restrict__ offs) {
@@ -1253,10 +1256,16 @@ __global__ void RaggedMetaKernel(const int32_t* __restrict__ cu, int batch, int 
   if (i < padded) seq[i] = i < batch ? cu[i + 1] - cu[i] : 0;
 }
 
+struct AttnPlan {
+  int64_t rows = 0;  // the graph's B (>= the batch's)
+  std::shared_ptr<cudnn_frontend::graph::Graph> graph;
+  int64_t workspace = 0;
+};
+
 struct CudnnAttn {
   std::mutex mu;
   std::unordered_map<int, cudnnHandle_t> handles;
-  std::map<std::tuple<int, int64_t, int64_t, int64_t, int64_t, float>, std::shared_ptr<cudnn_frontend::graph::Graph>> graphs;
+  std::map<std::tuple<int, int64_t, int64_t, int64_t, float>, AttnPlan> plans;  // device, S, heads, hd, scale
 };
 
 CudnnAttn& Attn() {
@@ -1264,18 +1273,11 @@ CudnnAttn& Attn() {
   return *a;
 }
 
-enum : int64_t { kAttnQ = 1, kAttnK, kAttnV, kAttnO, kAttnSeq, kAttnOffQ, kAttnOffK, kAttnOffV, kAttnOffO };
+enum : int64_t { kAttnQ = 1, kAttnK, kAttnV, kAttnO, kAttnSeqQ, kAttnSeqKV, kAttnOffQ, kAttnOffK, kAttnOffV, kAttnOffO };
 
-// AttnGraph builds (or finds) the graph for b rows of at most s tokens; called with Attn().mu held.
-OrtStatus* AttnGraph(cudnnHandle_t h, int dev, int64_t b, int64_t s, int64_t heads, int64_t hd, float scale,
-                     std::shared_ptr<cudnn_frontend::graph::Graph>* out) {
+// AttnGraph builds the graph for b rows of at most s tokens into plan; called with Attn().mu held.
+OrtStatus* AttnGraph(cudnnHandle_t h, int64_t b, int64_t s, int64_t heads, int64_t hd, float scale, AttnPlan* plan) {
   namespace fe = cudnn_frontend;
-  auto key = std::make_tuple(dev, b, s, heads, hd, scale);
-  auto& graphs = Attn().graphs;
-  if (auto it = graphs.find(key); it != graphs.end()) {
-    *out = it->second;
-    return nullptr;
-  }
   auto g = std::make_shared<fe::graph::Graph>();
   g->set_io_data_type(fe::DataType_t::HALF)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
@@ -1291,16 +1293,17 @@ OrtStatus* AttnGraph(cudnnHandle_t h, int dev, int64_t b, int64_t s, int64_t hea
   };
   auto Q = qkv("q", kAttnQ, "off_q", kAttnOffQ), K = qkv("k", kAttnK, "off_k", kAttnOffK),
        V = qkv("v", kAttnV, "off_v", kAttnOffV);
-  auto seq = ints("seq", kAttnSeq, b);
   auto opts = fe::graph::SDPA_attributes().set_name("sdpa").set_generate_stats(false).set_attn_scale(scale)
-                  .set_padding_mask(true).set_seq_len_q(seq).set_seq_len_kv(seq);
+                  .set_padding_mask(true).set_seq_len_q(ints("seq_q", kAttnSeqQ, b))
+                  .set_seq_len_kv(ints("seq_kv", kAttnSeqKV, b));
   auto [O, stats] = g->sdpa(Q, K, V, opts);
   (void)stats;
   O->set_output(true).set_uid(kAttnO).set_dim(dims).set_stride(strides).set_ragged_offset(ints("off_o", kAttnOffO, b + 1));
   auto st = g->build(h, {fe::HeurMode_t::A});
   if (!st.is_good()) return Fail("RaggedAttention (CUDA): cuDNN has no SDPA plan for this shape: " + st.get_message());
-  graphs[key] = g;
-  *out = g;
+  int64_t need = 0;
+  if (!g->get_workspace_size(need).is_good()) return Fail("RaggedAttention (CUDA): cuDNN workspace size");
+  *plan = AttnPlan{b, g, need};
   return nullptr;
 }
 
@@ -1314,18 +1317,10 @@ OrtStatus* RaggedAttentionCUDA(Kernel* k, OrtKernelContext* ctx) {
   auto stream = static_cast<cudaStream_t>(stream_v);
   int dev = 0;
   if (cudaError_t err = cudaGetDevice(&dev); err != cudaSuccess) return CudaFail("RaggedAttention: device", err);
-  const int64_t padded = (a.batch + 7) / 8 * 8;
   // The stream's workspace (Workspace, shared with the GEMMs: the stream orders them) holds the
   // lengths and offsets first, then cuDNN's scratch.
   void* ws = nullptr;
   SE_RETURN_IF(Workspace(stream, &ws));
-  const size_t meta = static_cast<size_t>(2 * padded + 1) * sizeof(int32_t);
-  const size_t meta_bytes = (meta + 255) / 256 * 256;
-  auto* seq = static_cast<int32_t*>(ws);
-  int32_t* offs = seq + padded;
-  RaggedMetaKernel<<<static_cast<unsigned>((padded + 256) / 256), 256, 0, stream>>>(
-      static_cast<const int32_t*>(a.cu.data), static_cast<int>(a.batch), static_cast<int>(padded), a.dim, seq, offs);
-  if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return CudaFail("RaggedAttention: lengths", err);
   auto& st = Attn();
   std::lock_guard<std::mutex> lock(st.mu);
   cudnnHandle_t& h = st.handles[dev];
@@ -1333,17 +1328,28 @@ OrtStatus* RaggedAttentionCUDA(Kernel* k, OrtKernelContext* ctx) {
     h = nullptr;
     return Fail("RaggedAttention (CUDA): cudnnCreate failed (is cuDNN 9 on the library path?)");
   }
-  std::shared_ptr<cudnn_frontend::graph::Graph> g;
-  SE_RETURN_IF(AttnGraph(h, dev, padded, a.seq, a.heads, a.head, a.scale, &g));
-  int64_t need = 0;
-  if (!g->get_workspace_size(need).is_good() || need + meta_bytes > kWorkspaceBytes)
+  AttnPlan& plan = st.plans[std::make_tuple(dev, a.seq, a.heads, a.head, a.scale)];
+  if (plan.rows < a.batch) {
+    AttnPlan built;
+    SE_RETURN_IF(AttnGraph(h, (a.batch + 7) / 8 * 8, a.seq, a.heads, a.head, a.scale, &built));
+    plan = std::move(built);
+  }
+  const size_t meta = static_cast<size_t>(2 * plan.rows + 1) * sizeof(int32_t);
+  const size_t meta_bytes = (meta + 255) / 256 * 256;
+  if (static_cast<size_t>(plan.workspace) + meta_bytes > kWorkspaceBytes)
     return Fail("RaggedAttention (CUDA): cuDNN wants more workspace than the stream's " +
                 std::to_string(kWorkspaceBytes) + " bytes");
+  auto* seq = static_cast<int32_t*>(ws);
+  int32_t* offs = seq + plan.rows;
+  RaggedMetaKernel<<<static_cast<unsigned>((plan.rows + 256) / 256), 256, 0, stream>>>(
+      static_cast<const int32_t*>(a.cu.data), static_cast<int>(a.batch), static_cast<int>(plan.rows), a.dim, seq, offs);
+  if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return CudaFail("RaggedAttention: lengths", err);
   if (cudnnSetStream(h, stream) != CUDNN_STATUS_SUCCESS) return Fail("RaggedAttention (CUDA): cudnnSetStream failed");
   std::unordered_map<int64_t, void*> pack{{kAttnQ, a.q.data},   {kAttnK, a.k.data},    {kAttnV, a.v.data},
-                                          {kAttnO, a.o},        {kAttnSeq, seq},       {kAttnOffQ, offs},
-                                          {kAttnOffK, offs},    {kAttnOffV, offs},     {kAttnOffO, offs}};
-  auto run = g->execute(h, pack, static_cast<char*>(ws) + meta_bytes);
+                                          {kAttnO, a.o},        {kAttnSeqQ, seq},      {kAttnSeqKV, seq},
+                                          {kAttnOffQ, offs},    {kAttnOffK, offs},     {kAttnOffV, offs},
+                                          {kAttnOffO, offs}};
+  auto run = plan.graph->execute(h, pack, static_cast<char*>(ws) + meta_bytes);
   if (!run.is_good()) return Fail("RaggedAttention (CUDA): cuDNN execute: " + run.get_message());
   return nullptr;
 }
