@@ -178,8 +178,9 @@ func TestCustomOpsRaggedAttentionCPU(t *testing.T) {
 
 // TestGPURaggedAttention (SEQEMBED_RAGGED_ATTENTION=1, with SEQEMBED_CUSTOM_OPS a library built with
 // SEQEMBED_OPS_CUDNN): the cuDNN op against its CPU twin on the same float16 values, at ESM-2's head
-// size 64 (650M's 20 heads and 3B's 40), sequences up to 1,026 tokens, and a batch whose row count
-// is not a multiple of 8 (rows padded with empty sequences).
+// size 64 (650M's 20 heads and 3B's 40), sequences up to 1,026 tokens, batches whose row count is
+// not a multiple of 8 (rows padded with empty sequences), and one width S seen with 3, then 11, then
+// 2 rows (the op's graph for S grows to 16 rows, then serves 2).
 func TestGPURaggedAttention(t *testing.T) {
 	cpuLib, cudaLib := gpuOpLibs(t)
 	if os.Getenv("SEQEMBED_RAGGED_ATTENTION") != "1" {
@@ -191,6 +192,8 @@ func TestGPURaggedAttention(t *testing.T) {
 		heads int
 	}{
 		{[]int{1026, 700, 3, 1, 250}, 20}, {[]int{64, 64, 64, 64, 64, 64, 64, 64}, 20}, {[]int{300, 129, 77}, 40},
+		{[]int{300, 5, 280, 17, 64, 99, 300, 1, 2, 150, 33}, 40}, // S 300 again with more rows: the graph is rebuilt
+		{[]int{300, 200}, 40},                                   // and fewer rows reuse the larger one
 	} {
 		c := newAttnCase(tc.lens, tc.heads, 64)
 		cpu := openOpTest(t, cpuLib, "attn_f32.onnx", attnModel(1, "RaggedAttentionF32", int64(tc.heads), 0), Device{Kind: "cpu"}, io, []string{"o"})
