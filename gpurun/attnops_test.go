@@ -193,7 +193,7 @@ func TestGPURaggedAttention(t *testing.T) {
 	}{
 		{[]int{1026, 700, 3, 1, 250}, 20}, {[]int{64, 64, 64, 64, 64, 64, 64, 64}, 20}, {[]int{300, 129, 77}, 40},
 		{[]int{300, 5, 280, 17, 64, 99, 300, 1, 2, 150, 33}, 40}, // S 300 again with more rows: the graph is rebuilt
-		{[]int{300, 200}, 40},                                   // and fewer rows reuse the larger one
+		{[]int{300, 200}, 40}, // and fewer rows reuse the larger one
 	} {
 		c := newAttnCase(tc.lens, tc.heads, 64)
 		cpu := openOpTest(t, cpuLib, "attn_f32.onnx", attnModel(1, "RaggedAttentionF32", int64(tc.heads), 0), Device{Kind: "cpu"}, io, []string{"o"})
