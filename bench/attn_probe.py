@@ -25,8 +25,6 @@ Kernels (each skipped with its error when this torch cannot run it):
 """
 import argparse
 import json
-import lzma
-import gzip
 import statistics
 import sys
 
@@ -34,22 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from torch_baseline import read_fasta  # the bench's one FASTA reader (.gz/.xz too)
+
 
 def lengths(path, max_length):
-    opener = gzip.open if path.endswith(".gz") else lzma.open if path.endswith(".xz") else open
-    out, n = [], None
-    with opener(path, "rt") as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith(">"):
-                if n is not None:
-                    out.append(n)
-                n = 0
-            elif n is not None:
-                n += len(line)
-    if n is not None:
-        out.append(n)
-    return [min(x, max_length) + 2 for x in out]
+    """Token counts of the FASTA's records: residues truncated at max_length, plus BOS and EOS."""
+    return [min(len(seq), max_length) + 2 for _, seq in read_fasta(path)]
 
 
 def pack(lens, budget):
@@ -97,24 +85,9 @@ def main():
         return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max(b), max(b), 0.0, False, False,
                                                        scale=scale)[0]
 
-    form = []  # which of the two layouts torch's cuDNN varlen entry accepted
-
-    def cudnn_varlen(b, q, k, v, cu):
-        # [T, H, D] as torch's nested-tensor path passes it, else viewed as [1, H, T, D]
-        call = torch.ops.aten._cudnn_attention_forward
-        if not form:
-            try:
-                out = call(q, k, v, None, cu, cu, max(b), max(b), False, 0.0, False, False, scale=scale)[0]
-                form.append("thd")
-                return out
-            except Exception as e:  # noqa: BLE001
-                print(f"attn kernel=cudnn-varlen thd-error={str(e).splitlines()[0][:200]!r}", flush=True)
-                form.append("1htd")
-        if form[0] == "thd":
-            return call(q, k, v, None, cu, cu, max(b), max(b), False, 0.0, False, False, scale=scale)[0]
-        qt, kt, vt = (x.unsqueeze(0).transpose(1, 2) for x in (q, k, v))
-        out = call(qt, kt, vt, None, cu, cu, max(b), max(b), False, 0.0, False, False, scale=scale)[0]
-        return out.transpose(1, 2).squeeze(0)
+    def cudnn_varlen(b, q, k, v, cu):  # [T, H, D], as torch's nested-tensor path passes it
+        return torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, max(b), max(b), False, 0.0, False,
+                                                       False, scale=scale)[0]
 
     def padded_kernel(backend):
         cache = {}
@@ -175,7 +148,7 @@ def main():
                 e.synchronize()
                 times.append(s.elapsed_time(e) * 1000)
             total_us += statistics.median(times)
-        r = {"kernel": name, "layout": form[0] if name == "cudnn-varlen" and form else None, "us_per_batch": total_us / len(data), "tflops": flops / (total_us * 1e-6) / 1e12,
+        r = {"kernel": name, "us_per_batch": total_us / len(data), "tflops": flops / (total_us * 1e-6) / 1e12,
              "max_abs_vs_first": diff}
         results.append(r)
         print(f"attn kernel={name} us_per_batch={r['us_per_batch']:.1f} tflops={r['tflops']:.1f} "

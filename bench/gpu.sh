@@ -444,21 +444,28 @@ done
 # RaggedAttention where a line asks attnop=cudnn: cuDNN from $SEQEMBED_OPS_CUDNN or the
 # nvidia-cudnn wheel, the frontend headers from $SEQEMBED_CUDNN_FRONTEND or
 # .device/cudnn-fe-include.tar.xz (bench/pack.sh CUDNN_FRONTEND=DIR carries them).
+# cudnn_paths sets CUDNN_DIR (a cuDNN with include/ and lib/: $SEQEMBED_OPS_CUDNN, else the
+# nvidia-cudnn wheel) and FE_DIR (cudnn-frontend's include/: $SEQEMBED_CUDNN_FRONTEND, else
+# .device/cudnn-fe-include.tar.xz, unpacked once under $work); each empty where none is found.
+cudnn_paths() {
+  CUDNN_DIR=${SEQEMBED_OPS_CUDNN:-$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)}
+  FE_DIR=${SEQEMBED_CUDNN_FRONTEND:-}
+  if [[ -z $FE_DIR && -s .device/cudnn-fe-include.tar.xz ]]; then
+    FE_DIR=$work/cudnn-fe/include
+    ((dry)) || [[ -d $FE_DIR ]] || { mkdir -p "$work/cudnn-fe" && tar -xJf .device/cudnn-fe-include.tar.xz -C "$work/cudnn-fe"; }
+  fi
+}
+
 opslib=$work/ops/libseqembed_ops.so ops_ok=1
 ops_env=(SEQEMBED_OPS_ARCHS="${SEQEMBED_OPS_ARCHS:-90}")
 for l in "${LINES[@]}"; do
   load "$l"
   [[ ${L[attnop]} == cudnn ]] || continue
-  cudnn_dir=${SEQEMBED_OPS_CUDNN:-$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)}
-  fe_dir=${SEQEMBED_CUDNN_FRONTEND:-}
-  if [[ -z $fe_dir && -s .device/cudnn-fe-include.tar.xz ]]; then
-    fe_dir=$work/cudnn-fe/include
-    ((dry)) || { mkdir -p "$work/cudnn-fe" && tar -xJf .device/cudnn-fe-include.tar.xz -C "$work/cudnn-fe"; }
-  fi
-  echo "== ops with cuDNN's RaggedAttention: cuDNN ${cudnn_dir:-(none found)}, frontend ${fe_dir:-(none found)}"
-  ((dry)) || [[ -n $cudnn_dir && -n $fe_dir ]] ||
+  cudnn_paths
+  echo "== ops with cuDNN's RaggedAttention: cuDNN ${CUDNN_DIR:-(none found)}, frontend ${FE_DIR:-(none found)}"
+  ((dry)) || [[ -n $CUDNN_DIR && -n $FE_DIR ]] ||
     die "attnop=cudnn: no cuDNN (SEQEMBED_OPS_CUDNN, or the nvidia-cudnn wheel) or no frontend headers (SEQEMBED_CUDNN_FRONTEND, or bench/pack.sh CUDNN_FRONTEND=DIR)"
-  ops_env+=(SEQEMBED_OPS_CUDNN="$cudnn_dir" SEQEMBED_CUDNN_FRONTEND="$fe_dir")
+  ops_env+=(SEQEMBED_OPS_CUDNN="$CUDNN_DIR" SEQEMBED_CUDNN_FRONTEND="$FE_DIR")
   opslib=$work/ops-cudnn/libseqembed_ops.so # every line's exports get this superset
   break
 done
@@ -666,17 +673,12 @@ for l in "${LINES[@]}"; do
         --head-dim "$((hidden / heads))" --max-batch-tokens "${L[tokens]}" --json-out "$j"
       record attn "$j" attn
       # cuDNN's ragged SDPA (bench/cudnn_attn_probe.cpp) where cuDNN and the frontend headers are found
-      cd_dir=${SEQEMBED_OPS_CUDNN:-$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null || true)}
-      fe_inc=${SEQEMBED_CUDNN_FRONTEND:-}
-      if [[ -z $fe_inc && -s .device/cudnn-fe-include.tar.xz ]]; then
-        fe_inc=$work/cudnn-fe/include
-        ((dry)) || [[ -d $fe_inc ]] || { mkdir -p "$work/cudnn-fe" && tar -xJf .device/cudnn-fe-include.tar.xz -C "$work/cudnn-fe"; }
-      fi
-      if [[ -n $cd_dir && -n $fe_inc ]]; then
+      cudnn_paths
+      if [[ -n $CUDNN_DIR && -n $FE_DIR ]]; then
         cprobe=$work/cudnn_attn_probe
         if ((dry)) || [[ ! -x $cprobe ]]; then
-          run_step build-cudnn-attn-probe 180 "${NVCC:-nvcc}" -O2 -std=c++17 -arch=sm_90 -I "$fe_inc" -I "$cd_dir/include" \
-            bench/cudnn_attn_probe.cpp -o "$cprobe" -L "$cd_dir/lib" -l:libcudnn.so.9 -lnvrtc -lcuda
+          run_step build-cudnn-attn-probe 180 "${NVCC:-nvcc}" -O2 -std=c++17 -arch=sm_90 -I "$FE_DIR" -I "$CUDNN_DIR/include" \
+            bench/cudnn_attn_probe.cpp -o "$cprobe" -L "$CUDNN_DIR/lib" -l:libcudnn.so.9 -lnvrtc -lcuda
           ((STEP_RC)) && { fail_row attn --set "error=bench/cudnn_attn_probe.cpp did not build"; continue; }
         fi
         rm -f "$j"

@@ -52,12 +52,11 @@ func newAttnCase(lens []int, heads, head int) attnCase {
 		c.width = max(c.width, n)
 	}
 	d := heads * head
-	round := func(v float64) float32 { return half.ToFloat32(half.FromFloat64(v)) }
 	c.q, c.k, c.v = make([]float32, c.tokens*d), make([]float32, c.tokens*d), make([]float32, c.tokens*d)
 	for i := range c.q {
-		c.q[i] = round(1.5 * math.Sin(float64(i)*0.731+0.3))
-		c.k[i] = round(1.5 * math.Cos(float64(i)*0.377+1.1))
-		c.v[i] = round(2 * math.Sin(float64(i)*0.193+2.3))
+		c.q[i] = toHalf(1.5 * math.Sin(float64(i)*0.731+0.3))
+		c.k[i] = toHalf(1.5 * math.Cos(float64(i)*0.377+1.1))
+		c.v[i] = toHalf(2 * math.Sin(float64(i)*0.193+2.3))
 	}
 	return c
 }

@@ -322,11 +322,10 @@ func TestGPUBiasRotary(t *testing.T) {
 	io := []string{"x", "bias", "pos", "cos", "sin"}
 	cpu := openOpTest(t, cpuLib, "bias_rotary_f32.onnx", biasRotaryModel("BiasRotaryF32", 1), Device{Kind: "cpu"}, io, []string{"y"})
 	gpu := openOpTest(t, cudaLib, "bias_rotary.onnx", biasRotaryModel("BiasRotary", 10), Device{Kind: "cuda"}, io, []string{"y"})
-	round := func(v []float32) []float32 {
+	round := func(v []float32) {
 		for i, f := range v {
-			v[i] = half.ToFloat32(half.FromFloat64(float64(f)))
+			v[i] = toHalf(float64(f))
 		}
-		return v
 	}
 	for _, c := range []struct{ batch, length, dim, half, positions int }{
 		{333, 1, 1280, 32, 1026}, {1, 77, 2560, 32, 1026}, {3, 5, 24, 6, 40}, {7, 11, 1280, 32, 1026}, {1, 1, 16, 4, 12},

@@ -60,7 +60,7 @@ type denseCase struct {
 func newDenseCase(rows, k, n int) denseCase {
 	c := denseCase{rows: rows, k: k, n: n, x: make([]float32, rows*k), w: make([]float32, n*k), bias: make([]float32, n),
 		residual: make([]float32, rows*n)}
-	round := func(v float64) float32 { return half.ToFloat32(half.FromFloat64(float64(float32(v)))) }
+	round := func(v float64) float32 { return toHalf(float64(float32(v))) }
 	for i := range c.x {
 		c.x[i] = round(2 * math.Sin(float64(i)*0.731+0.2) * (1 + float64(i%5)/4))
 	}
@@ -75,6 +75,9 @@ func newDenseCase(rows, k, n int) denseCase {
 	}
 	return c
 }
+
+// toHalf is v rounded to the nearest float16 (ties to even), as float32.
+func toHalf(v float64) float32 { return half.ToFloat32(half.FromFloat64(v)) }
 
 // halves is v as float16 bit patterns (rounded to nearest even).
 func halves(v []float32) []uint16 {
@@ -199,7 +202,7 @@ func TestGPUFp16Linear(t *testing.T) {
 	for _, shape := range [][3]int{{333, 1280, 5120}, {77, 5120, 1280}, {1, 1280, 5120}, {257, 1280, 5120}, {12, 32, 48}} {
 		c := newDenseCase(shape[0], shape[1], shape[2])
 		for i := range c.bias { // pre-activations across GELU's bend (|v| up to ~3), where the forms part
-			c.bias[i] = half.ToFloat32(half.FromFloat64(float64(2.5 * float32(math.Sin(float64(i)*0.37)))))
+			c.bias[i] = toHalf(float64(2.5 * float32(math.Sin(float64(i)*0.37))))
 		}
 		rows, k, n := int64(c.rows), int64(c.k), int64(c.n)
 		wmax := 0.0

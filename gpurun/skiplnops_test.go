@@ -51,7 +51,7 @@ type skipLnCase struct {
 func newSkipLnCase(rows, d int) skipLnCase {
 	c := skipLnCase{rows: rows, d: d, x: make([]float32, rows*d), skip: make([]float32, rows*d),
 		gamma: make([]float32, d), beta: make([]float32, d), bias: make([]float32, d)}
-	round := func(v float64) float32 { return half.ToFloat32(half.FromFloat64(float64(float32(v)))) }
+	round := func(v float64) float32 { return toHalf(float64(float32(v))) }
 	for i := range c.x {
 		c.x[i] = round(2 * math.Sin(float64(i)*0.731+0.2) * (1 + float64(i%5)/4))
 		c.skip[i] = round(8 * math.Sin(float64(i)*0.113+1.1))

@@ -1355,7 +1355,6 @@ OrtStatus* RaggedAttentionCUDA(Kernel* k, OrtKernelContext* ctx) {
 }
 #endif
 
-
 // Op is one registered operator: name, execution provider, input and output element types (the
 // inputs from optional_from on are optional) and its compute function.
 struct Op : OrtCustomOp {
