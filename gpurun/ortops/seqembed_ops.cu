@@ -77,6 +77,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <initializer_list>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -1388,8 +1389,8 @@ struct Op : OrtCustomOp {
                         void** kernel) -> OrtStatusPtr {
       auto* k = new Kernel();
       k->compute = static_cast<const Op*>(op)->compute;
-      for (auto [attr, dst] : {std::pair<const char*, int64_t*>{"gelu", &k->gelu}, {"fast_accum", &k->fast_accum},
-                               {"num_heads", &k->num_heads}}) {
+      for (auto [attr, dst] : std::initializer_list<std::pair<const char*, int64_t*>>{
+               {"gelu", &k->gelu}, {"fast_accum", &k->fast_accum}, {"num_heads", &k->num_heads}}) {
         int64_t v = 0;
         if (OrtStatus* s = api->KernelInfoGetAttribute_int64(info, attr, &v)) {
           api->ReleaseStatus(s);  // absent: the default
@@ -1397,7 +1398,8 @@ struct Op : OrtCustomOp {
           *dst = v;
         }
       }
-      for (auto [attr, dst] : {std::pair<const char*, float*>{"epsilon", &k->epsilon}, {"scale", &k->scale}}) {
+      for (auto [attr, dst] :
+           std::initializer_list<std::pair<const char*, float*>>{{"epsilon", &k->epsilon}, {"scale", &k->scale}}) {
         float v = 0.0f;
         if (OrtStatus* s = api->KernelInfoGetAttribute_float(info, attr, &v)) {
           api->ReleaseStatus(s);  // absent: the default
