@@ -9,7 +9,9 @@
 # SEQEMBED_OPS_CUDNN=DIR (a cuDNN 9 install with include/ and lib/, e.g. the nvidia-cudnn wheel's
 # nvidia/cudnn) and SEQEMBED_CUDNN_FRONTEND=DIR (cudnn-frontend's include/, header-only) add the
 # CUDA RaggedAttention op (cuDNN SDPA; export --cudnn-attention), linking libcudnn.so.9 and NVRTC;
-# without them the library has no CUDA RaggedAttention (its CPU twin is always there).
+# without them the library's CUDA RaggedAttention only fails, saying to rebuild (its CPU twin is
+# always there). cudnn-frontend is header-only: e.g. the include/ of
+# `git clone --depth 1 -b v1.23.0 https://github.com/NVIDIA/cudnn-frontend` (the version measured).
 set -euo pipefail
 out=${1:?usage: build-ops.sh OUT.so [cpu]}
 root=$(cd "$(dirname "$0")/.." && pwd)
