@@ -13,7 +13,8 @@
 // frontend headers are found, as for attnop=cudnn.)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <cudnn_frontend.h>
+
+#include "../gpurun/ortops/ragged_attn_graph.h"  // the graph RaggedAttention runs
 
 #include <algorithm>
 #include <chrono>
@@ -27,7 +28,6 @@
 #include <unordered_map>
 #include <vector>
 
-namespace fe = cudnn_frontend;
 
 #define CK(x)                                                                                 \
   do {                                                                                        \
@@ -38,7 +38,7 @@ namespace fe = cudnn_frontend;
     }                                                                                         \
   } while (0)
 
-enum : int64_t { kQ = 1, kK, kV, kO, kSeqQ, kSeqKV, kOffQ, kOffK, kOffV, kOffO };
+using namespace seqembed::ragged_sdpa;  // Build, Graph and the tensor uids kQ .. kOffO
 
 static std::vector<int> Lengths(const std::string& path, int max_length) {
   std::ifstream in(path);
@@ -62,43 +62,12 @@ static std::vector<int> Lengths(const std::string& path, int max_length) {
   return out;
 }
 
-struct Built {
-  std::shared_ptr<fe::graph::Graph> graph;
-  int64_t workspace = 0;
-};
-
-static Built Build(cudnnHandle_t h, int64_t b, int64_t s, int64_t H, int64_t D, float scale) {
-  auto g = std::make_shared<fe::graph::Graph>();
-  g->set_io_data_type(fe::DataType_t::HALF)
-      .set_intermediate_data_type(fe::DataType_t::FLOAT)
-      .set_compute_data_type(fe::DataType_t::FLOAT);
-  auto off = [&](const char* name, int64_t uid) {
-    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_data_type(fe::DataType_t::INT32)
-                         .set_dim({b + 1, 1, 1, 1}).set_stride({1, 1, 1, 1}));
-  };
-  // THD: token t of sequence i at (offset_i + t) * H * D; dims [b, H, s, D], strides [s*H*D, D, H*D, 1]
-  const std::vector<int64_t> dims{b, H, s, D}, strides{s * H * D, D, H * D, 1};
-  auto qkv = [&](const char* name, int64_t uid, int64_t off_uid, const char* off_name) {
-    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dims).set_stride(strides)
-                         .set_ragged_offset(off(off_name, off_uid)));
-  };
-  auto Q = qkv("Q", kQ, kOffQ, "off_q"), K = qkv("K", kK, kOffK, "off_k"), V = qkv("V", kV, kOffV, "off_v");
-  auto seq = [&](const char* name, int64_t uid) {
-    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_data_type(fe::DataType_t::INT32)
-                         .set_dim({b, 1, 1, 1}).set_stride({1, 1, 1, 1}));
-  };
-  auto opts = fe::graph::SDPA_attributes().set_name("sdpa").set_generate_stats(false).set_attn_scale(scale)
-                  .set_padding_mask(true).set_seq_len_q(seq("seq_q", kSeqQ)).set_seq_len_kv(seq("seq_kv", kSeqKV));
-  auto [O, stats] = g->sdpa(Q, K, V, opts);
-  (void)stats;
-  O->set_output(true).set_uid(kO).set_dim(dims).set_stride(strides).set_ragged_offset(off("off_o", kOffO));
-  auto st = g->build(h, {fe::HeurMode_t::A});
-  if (!st.is_good()) {
-    std::printf("attn kernel=cudnn-ragged error=%s\n", st.get_message().c_str());
+static Graph BuildOrExit(cudnnHandle_t h, int64_t b, int64_t s, int64_t H, int64_t D, float scale) {
+  Graph out;
+  if (std::string err = seqembed::ragged_sdpa::Build(h, b, s, H, D, scale, &out); !err.empty()) {
+    std::printf("attn kernel=cudnn-ragged error=%s\n", err.c_str());
     std::exit(1);
   }
-  Built out{g, 0};
-  if (!g->get_workspace_size(out.workspace).is_good()) std::exit(1);
   return out;
 }
 
@@ -193,7 +162,7 @@ int main(int argc, char** argv) {
     CK(cudaMemcpy(seqs, hs.data(), rows * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(offs, ho.data(), (rows + 1) * 4, cudaMemcpyHostToDevice));
     auto t0 = std::chrono::steady_clock::now();
-    Built g = Build(handle, rows, smax, H, D, scale);
+    Graph g = BuildOrExit(handle, rows, smax, H, D, scale);
     build_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (g.workspace > ws_size) {
       if (ws) CK(cudaFree(ws));

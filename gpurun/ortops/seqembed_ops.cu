@@ -90,7 +90,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #ifdef SEQEMBED_OPS_CUDNN
-#include <cudnn_frontend.h>
+#include "ragged_attn_graph.h"
 #endif
 #endif
 
@@ -1250,9 +1250,8 @@ OrtStatus* RaggedAttentionCUDA(Kernel*, OrtKernelContext*) {
 #endif
 
 #if !defined(SEQEMBED_OPS_CPU_ONLY) && defined(SEQEMBED_OPS_CUDNN)
-// The CUDA op runs cuDNN's SDPA forward on the packed tokens as a ragged (THD) batch: q, k, v and o
-// [B, H, S, hd] with strides [-, hd, H*hd, 1] and ragged offsets cu[i]*H*hd, a padding mask from the
-// sequence lengths (bench/cudnn_attn_probe.cpp measured it, docs/perf.md tenth session). Building a
+// The CUDA op runs cuDNN's SDPA forward on the packed tokens as a ragged (THD) batch: the graph of
+// ragged_attn_graph.h (bench/cudnn_attn_probe.cpp times the same one, docs/perf.md). Building a
 // graph costs ~100 ms, so there is one per (device, S, heads, head size, scale) — S is the batcher's
 // bucket width — built for the most rows seen at that S (rounded up to 8): a batch with fewer rows
 // reuses it, its rows past B given length 0 and offset T. gpurun's warm-up runs every bucket at its
@@ -1269,11 +1268,7 @@ __global__ void RaggedMetaKernel(const int32_t* __restrict__ cu, int batch, int 
   if (i < padded) seq[i] = i < batch ? cu[i + 1] - cu[i] : 0;
 }
 
-struct AttnPlan {
-  int64_t rows = 0;  // the graph's B (>= the batch's)
-  std::shared_ptr<cudnn_frontend::graph::Graph> graph;
-  int64_t workspace = 0;
-};
+using AttnPlan = seqembed::ragged_sdpa::Graph;  // rows: the graph's B (>= the batch's)
 
 struct CudnnAttn {
   std::mutex mu;
@@ -1284,40 +1279,6 @@ struct CudnnAttn {
 CudnnAttn& Attn() {
   static CudnnAttn* a = new CudnnAttn();  // process life: handles outlive every session
   return *a;
-}
-
-enum : int64_t { kAttnQ = 1, kAttnK, kAttnV, kAttnO, kAttnSeqQ, kAttnSeqKV, kAttnOffQ, kAttnOffK, kAttnOffV, kAttnOffO };
-
-// AttnGraph builds the graph for b rows of at most s tokens into plan; called with Attn().mu held.
-OrtStatus* AttnGraph(cudnnHandle_t h, int64_t b, int64_t s, int64_t heads, int64_t hd, float scale, AttnPlan* plan) {
-  namespace fe = cudnn_frontend;
-  auto g = std::make_shared<fe::graph::Graph>();
-  g->set_io_data_type(fe::DataType_t::HALF)
-      .set_intermediate_data_type(fe::DataType_t::FLOAT)
-      .set_compute_data_type(fe::DataType_t::FLOAT);
-  auto ints = [&](const char* name, int64_t uid, int64_t n) {
-    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_data_type(fe::DataType_t::INT32)
-                         .set_dim({n, 1, 1, 1}).set_stride({1, 1, 1, 1}));
-  };
-  const std::vector<int64_t> dims{b, heads, s, hd}, strides{s * heads * hd, hd, heads * hd, 1};
-  auto qkv = [&](const char* name, int64_t uid, const char* off, int64_t off_uid) {
-    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dims).set_stride(strides)
-                         .set_ragged_offset(ints(off, off_uid, b + 1)));
-  };
-  auto Q = qkv("q", kAttnQ, "off_q", kAttnOffQ), K = qkv("k", kAttnK, "off_k", kAttnOffK),
-       V = qkv("v", kAttnV, "off_v", kAttnOffV);
-  auto opts = fe::graph::SDPA_attributes().set_name("sdpa").set_generate_stats(false).set_attn_scale(scale)
-                  .set_padding_mask(true).set_seq_len_q(ints("seq_q", kAttnSeqQ, b))
-                  .set_seq_len_kv(ints("seq_kv", kAttnSeqKV, b));
-  auto [O, stats] = g->sdpa(Q, K, V, opts);
-  (void)stats;
-  O->set_output(true).set_uid(kAttnO).set_dim(dims).set_stride(strides).set_ragged_offset(ints("off_o", kAttnOffO, b + 1));
-  auto st = g->build(h, {fe::HeurMode_t::A});
-  if (!st.is_good()) return Fail("RaggedAttention (CUDA): cuDNN has no SDPA plan for this shape: " + st.get_message());
-  int64_t need = 0;
-  if (!g->get_workspace_size(need).is_good()) return Fail("RaggedAttention (CUDA): cuDNN workspace size");
-  *plan = AttnPlan{b, g, need};
-  return nullptr;
 }
 
 OrtStatus* RaggedAttentionCUDA(Kernel* k, OrtKernelContext* ctx) {
@@ -1344,7 +1305,9 @@ OrtStatus* RaggedAttentionCUDA(Kernel* k, OrtKernelContext* ctx) {
   AttnPlan& plan = st.plans[std::make_tuple(dev, a.seq, a.heads, a.head, a.scale)];
   if (plan.rows < a.batch) {
     AttnPlan built;
-    SE_RETURN_IF(AttnGraph(h, (a.batch + 7) / 8 * 8, a.seq, a.heads, a.head, a.scale, &built));
+    if (std::string err = seqembed::ragged_sdpa::Build(h, (a.batch + 7) / 8 * 8, a.seq, a.heads, a.head, a.scale, &built);
+        !err.empty())
+      return Fail("RaggedAttention (CUDA): cuDNN: " + err);
     plan = std::move(built);
   }
   const size_t meta = static_cast<size_t>(2 * plan.rows + 1) * sizeof(int32_t);
@@ -1358,10 +1321,10 @@ OrtStatus* RaggedAttentionCUDA(Kernel* k, OrtKernelContext* ctx) {
       static_cast<const int32_t*>(a.cu.data), static_cast<int>(a.batch), static_cast<int>(plan.rows), a.dim, seq, offs);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return CudaFail("RaggedAttention: lengths", err);
   if (cudnnSetStream(h, stream) != CUDNN_STATUS_SUCCESS) return Fail("RaggedAttention (CUDA): cudnnSetStream failed");
-  std::unordered_map<int64_t, void*> pack{{kAttnQ, a.q.data},   {kAttnK, a.k.data},    {kAttnV, a.v.data},
-                                          {kAttnO, a.o},        {kAttnSeqQ, seq},      {kAttnSeqKV, seq},
-                                          {kAttnOffQ, offs},    {kAttnOffK, offs},     {kAttnOffV, offs},
-                                          {kAttnOffO, offs}};
+  namespace rs = seqembed::ragged_sdpa;
+  std::unordered_map<int64_t, void*> pack{{rs::kQ, a.q.data}, {rs::kK, a.k.data}, {rs::kV, a.v.data}, {rs::kO, a.o},
+                                          {rs::kSeqQ, seq},   {rs::kSeqKV, seq},  {rs::kOffQ, offs}, {rs::kOffK, offs},
+                                          {rs::kOffV, offs},  {rs::kOffO, offs}};
   auto run = plan.graph->execute(h, pack, static_cast<char*>(ws) + meta_bytes);
   if (!run.is_good()) return Fail("RaggedAttention (CUDA): cuDNN execute: " + run.get_message());
   return nullptr;
