@@ -11,7 +11,7 @@
 # Environment: BUILD_TAGS (build tags for go build and go test -c, when set), TEST_PKGS (the
 # packages built as NAME.test, default gpurun; e.g. "gpurun pipeline"), NO_TESTS=1 (none),
 # NO_DATA=1 (no db8000.fasta.xz: for parity-only calls), DATA_RECORDS=N (only the first N records,
-# as dbN.fasta.xz), CUDNN_FRONTEND=DIR (a cudnn-frontend checkout: its include/ as
+# as dbN.fasta.xz), CUDNN_FRONTEND=DIR (a cudnn-frontend checkout or bare clone: its include/ as
 # .device/cudnn-fe-include.tar.xz, ~0.3 MiB, for gpu.sh's attnop=cudnn), DEVICE_DIR (default .device),
 # DEVICE_PACK (default ../shared/tools/device-pack).
 set -euo pipefail
@@ -48,8 +48,13 @@ mkdir -p "$dev"
 # room for seqembed beside gpurun.test and a larger tree (2,000 records: 0.5 MiB instead of 1.6).
 rm -f "$dev"/db[0-9]*.fasta.xz "$dev"/cudnn-fe-include.tar.xz
 if [[ -n ${CUDNN_FRONTEND:-} ]]; then
-  [[ -f $CUDNN_FRONTEND/include/cudnn_frontend.h ]] || { echo "pack.sh: no include/cudnn_frontend.h in $CUDNN_FRONTEND" >&2; exit 1; }
-  tar -C "$CUDNN_FRONTEND" -cf - include | xz -9 >"$dev/cudnn-fe-include.tar.xz"
+  if [[ -f $CUDNN_FRONTEND/include/cudnn_frontend.h ]]; then
+    tar -C "$CUDNN_FRONTEND" -cf - include | xz -9 >"$dev/cudnn-fe-include.tar.xz"
+  elif git --git-dir="$CUDNN_FRONTEND" cat-file -e HEAD:include/cudnn_frontend.h 2>/dev/null; then
+    git --git-dir="$CUDNN_FRONTEND" archive HEAD include | xz -9 >"$dev/cudnn-fe-include.tar.xz" # a bare clone
+  else
+    echo "pack.sh: no include/cudnn_frontend.h in $CUDNN_FRONTEND (a checkout or a bare clone)" >&2 && exit 1
+  fi
 fi
 if [[ -z ${NO_DATA:-} ]]; then
   [[ -s bench-data/db8000.fasta.xz ]] || scripts/bench-data.sh bench-data
