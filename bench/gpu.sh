@@ -37,8 +37,9 @@ Keys of a line: model= (8M 35M 150M 650M 3B tiny, or a preset t33_650M; required
   cuBLASLt's bias+GELU epilogue, with fp8 and fp8-ffn computed in the QuantizeE4M3 of fc1's output), linear=ort|lt|lt-res (lt: export --fp16-linear, every fp16
   projection as ai.seqembed.Fp16Linear; lt-res: also --fused-residual, the residual added in the GEMM), lnq=0|1 (1: export
   --fused-ln-quant, precision fp8: residual + LayerNorm + E4M3 quantisation as one op), attnop=ort|cudnn (cudnn: export
-  --cudnn-attention, attention as ai.seqembed.RaggedAttention on cuDNN; run gpu.sh with SEQEMBED_OPS_CUDNN and
-  SEQEMBED_CUDNN_FRONTEND set so the ops build has it, scripts/build-ops.sh), outliers=SIGMA (heavy-tailed
+  --cudnn-attention, attention as ai.seqembed.RaggedAttention on cuDNN; the ops are then built with cuDNN from
+  $SEQEMBED_OPS_CUDNN or the nvidia-cudnn wheel and cudnn-frontend from $SEQEMBED_CUDNN_FRONTEND or
+  .device/cudnn-fe-include.tar.xz, bench/pack.sh CUDNN_FRONTEND=DIR), outliers=SIGMA (heavy-tailed
   channels, export --outlier-channels), layout=rows|sequence, check=1|0,
   modes= e2e,raw,torch,torch-compile,parity,precision,profile,gemm,attn (default e2e,raw,torch,torch-compile;
   precision: seqembed check-precision against float32 PyTorch on the first golden=N records,

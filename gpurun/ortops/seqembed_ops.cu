@@ -54,9 +54,10 @@
 //            float32 PyTorch (docs/perf.md) before it is used.
 //
 // RaggedAttention (CUDA, float16; cuDNN's SDPA forward with SEQEMBED_OPS_CUDNN, see
-// scripts/build-ops.sh; without it the op fails every run with a sentence saying how to rebuild) / RaggedAttentionF32 (CPU, float32), attributes num_heads (required) and
-// scale (float, default 1/sqrt(head size)): bidirectional attention over packed (unpadded) tokens,
-// in place of com.microsoft.PackedMultiHeadAttention (tools/esm2_graph.py cudnn_attention):
+// scripts/build-ops.sh; without it the op fails every run with a sentence saying how to rebuild) /
+// RaggedAttentionF32 (CPU, float32), attributes num_heads (required) and scale (float, default
+// 1/sqrt(head size)): bidirectional attention over packed (unpadded) tokens, in place of
+// com.microsoft.PackedMultiHeadAttention (tools/esm2_graph.py cudnn_attention):
 //   inputs   q, k, v [T, D] (or [..., D] with T rows; D = num_heads * head size, each row a
 //            token's heads side by side), token_offset int32 [B, S] (RemovePadding's: only its
 //            shape is read, S bounding every sequence's length), cu_seqlens int32 [B + 1]
@@ -73,11 +74,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
-#include <initializer_list>
 #include <unordered_map>
 #include <utility>
 #include <vector>
