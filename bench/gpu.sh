@@ -277,7 +277,7 @@ run_step() {
     STEP_RC=0 STEP_SECS=0 STEP_CWD="" STEP_STDOUT=""
     return 0
   fi
-  local log=$work/logs/step.log t0=$SECONDS
+  local log=$work/logs/${STEP_LOG:-step}.log t0=$SECONDS
   : >"$log"
   STEP_RC=0
   if ((budget)); then
@@ -312,6 +312,26 @@ run_step() {
   fi
   STEP_CWD="" STEP_STDOUT=""
   return 0
+}
+
+# wait_ops: the result of the ops build started beside the first export (below), taken once: a
+# failure is recorded against the line that started the build, then the current line ($n, $l) is
+# loaded again.
+ops_pid=""
+wait_ops() {
+  [[ -n $ops_pid ]] || return 0
+  wait "$ops_pid" || true
+  ops_pid=""
+  STEP_RC=$(cat "$work/logs/build-ops.rc" 2>/dev/null || echo 1)
+  STEP_SECS=$(cat "$work/logs/build-ops.secs" 2>/dev/null || echo 0)
+  echo "== $(date -u +%T) the custom ops: build exit $STEP_RC after ${STEP_SECS}s"
+  ((STEP_RC)) || return 0
+  ops_ok=0
+  load "$ops_line"
+  common_sets 0 "$ops_line"
+  fail_row build-ops
+  load "$l"
+  common_sets "$n" "$l"
 }
 
 # common_sets N LINE: the --set arguments every row of the loaded line (number N) gets.
@@ -367,6 +387,7 @@ fail_row() {
 finished=0
 finish() {
   ((dry)) && exit 0
+  wait_ops
   # shellcheck disable=SC2034 # read by the EXIT trap
   finished=1
   if [[ -s $out/results.jsonl ]]; then
@@ -475,12 +496,22 @@ for l in "${LINES[@]}"; do
   [[ $ops == custom && $attn != dir:* ]] || continue
   if ((dry)) || [[ ! -s $opslib ]]; then
     ((dry)) || mkdir -p "$(dirname "$opslib")"
-    echo "== $(date -u +%T) build the custom ops (nvcc, sm_${SEQEMBED_OPS_ARCHS:-90})"
-    run_step build-ops 240 env "${ops_env[@]}" bash scripts/build-ops.sh "$opslib"
-    if ((STEP_RC)); then
-      ops_ok=0
-      common_sets 0 "$l"
-      fail_row build-ops
+    if ((dry)); then
+      echo "== build the custom ops (nvcc, sm_${SEQEMBED_OPS_ARCHS:-90}), beside the first export"
+      run_step build-ops 240 env "${ops_env[@]}" bash scripts/build-ops.sh "$opslib"
+    else
+      # nvcc (one process) and an export (Python on the CPU; 2 min at 3B) overlap: the build runs in
+      # the background and wait_ops takes its result before anything uses the library or times a
+      # run (after the first export, or at once for a line without one). The two steps keep
+      # separate logs; steps.log gets each as its step ends.
+      echo "== $(date -u +%T) build the custom ops (nvcc, sm_${SEQEMBED_OPS_ARCHS:-90}), beside the first export"
+      rm -f "$work/logs/build-ops.rc" "$work/logs/build-ops.secs"
+      (
+        STEP_LOG=build-ops run_step build-ops 240 env "${ops_env[@]}" bash scripts/build-ops.sh "$opslib"
+        echo "$STEP_SECS" >"$work/logs/build-ops.secs"
+        echo "$STEP_RC" >"$work/logs/build-ops.rc"
+      ) &
+      ops_pid=$! ops_line=$l
     fi
   fi
   break
@@ -512,9 +543,16 @@ for l in "${LINES[@]}"; do
       STEP_RC=1 STEP_SECS=0
       fail_row export --set "export=$label"
     else
+      [[ ${L[check]} == 0 ]] || wait_ops # the export's parity check may load the library
       ((dry)) || { rm -rf "$mdir" && mkdir -p "$mdir"; }
       echo "   export $label ($preset, ${L[dtype]})"
       run_step "export-$preset-$label" "${to:-900}" env PYTHONUNBUFFERED=1 "${EXPORT[@]}"
+      if [[ -n $ops_pid ]]; then
+        exp_rc=$STEP_RC exp_secs=$STEP_SECS
+        wait_ops
+        STEP_RC=$exp_rc STEP_SECS=$exp_secs
+        [[ $ops == custom && $ops_ok == 0 ]] && ((STEP_RC == 0)) && STEP_RC=1 # no library to copy
+      fi
       ((dry)) && [[ $ops == custom ]] && echo "     cp $opslib $mdir/"
       if ((STEP_RC == 0 && !dry)) && [[ $ops == custom ]]; then cp "$opslib" "$mdir/"; fi
       ((dry)) && [[ -n $GOLDEN_COPY ]] && echo "     cp $GOLDEN_COPY $mdir/golden.json"
@@ -541,6 +579,8 @@ for l in "${LINES[@]}"; do
     echo "   export dir:$mdir has no model.json" >&2
     model_ok=0
   fi
+
+  wait_ops # nothing is timed while nvcc runs
 
   # Environment and extra flags of the seqembed steps.
   envs=()
