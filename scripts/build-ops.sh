@@ -31,6 +31,12 @@ if [[ -n ${SEQEMBED_OPS_CUDNN:-} ]]; then
   [[ -f $fe/cudnn_frontend.h ]] || { echo "build-ops.sh: no cudnn_frontend.h in $fe" >&2 && exit 2; }
   [[ -f $SEQEMBED_OPS_CUDNN/include/cudnn.h ]] || { echo "build-ops.sh: no include/cudnn.h in $SEQEMBED_OPS_CUDNN" >&2 && exit 2; }
   cudnn=(-DSEQEMBED_OPS_CUDNN -I "$fe" -I "$SEQEMBED_OPS_CUDNN/include" -L "$SEQEMBED_OPS_CUDNN/lib" -l:libcudnn.so.9 -lnvrtc -lcuda)
+  # -lcuda is the driver (cudnn-frontend calls it). Where none is installed (a Docker build) the
+  # toolkit's link stub stands in; either way the library needs libcuda.so.1, the driver's at run time.
+  stubs=$(dirname "$nvcc")/../lib64/stubs
+  if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so ' && [[ -e $stubs/libcuda.so ]]; then
+    cudnn+=(-L "$stubs")
+  fi
 fi
 exec "$nvcc" -O3 -std=c++17 --cudart shared -shared -Xcompiler -fPIC "${gencode[@]}" \
   -I "$inc" "$src/seqembed_ops.cu" -o "$out" -lcublasLt "${cudnn[@]}"
