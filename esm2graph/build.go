@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/seqembed/seqembed/esm2graph/onnxpb"
 	"github.com/seqembed/seqembed/internal/half"
@@ -174,6 +175,23 @@ func (g *graph) linT(module string, perm []int) func() ([]float32, error) {
 			for i, x := range row {
 				t[i*out+j] = x
 			}
+		}
+		return t, nil
+	}
+}
+
+// lin loads linear layer module's weight as stored, [out, in] (Fp16Linear's w), its rows in
+// perm's order (nil: as they are).
+func (g *graph) lin(module string, perm []int) func() ([]float32, error) {
+	return func() ([]float32, error) {
+		v, shape, err := g.ck.Tensor(module + ".weight")
+		if err != nil || perm == nil {
+			return v, err
+		}
+		in := int(shape[1])
+		t := make([]float32, len(v))
+		for j, src := range perm {
+			copy(t[j*in:(j+1)*in], v[src*in:(src+1)*in])
 		}
 		return t, nil
 	}
@@ -355,42 +373,71 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 	}
 
 	epsAttr := onnxpb.FloatAttr("epsilon", eps)
-	dd, df, fd := []int64{d, d}, []int64{d, int64(cfg.IntermediateSize)}, []int64{int64(cfg.IntermediateSize), d}
-	vec, vecF := []int64{d}, []int64{int64(cfg.IntermediateSize)}
+	f := int64(cfg.IntermediateSize)
+	vec, vecF := []int64{d}, []int64{f}
+	// seqembed's ops, by their CUDA names; the CPU twin (tests) uses their float32 CPU forms.
+	sop := func(name string) string {
+		if o.twin {
+			return name + "F32"
+		}
+		return name
+	}
+	// linear is one projection y = t·Wᵀ of module's weight W [out, in] (tools/esm2_graph.py
+	// linear): Fp16Linear on W as stored, rows in perm's order (FP16Linear, or always with gelu:
+	// the FFN's first projection with its bias and GELU in the epilogue, FusedGELU), else ONNX's
+	// MatMul on Wᵀ [in, out].
+	linear := func(t, name, module string, in, out int64, perm []int, gelu bool) string {
+		if o.FP16Linear || gelu {
+			ins := []string{t, g.w(name, []int64{out, in}, g.lin(module, perm))}
+			act := int64(0)
+			if gelu {
+				ins, act = append(ins, g.w(strings.Replace(name, "w", "b", 1), []int64{out}, g.bias(module, nil))), 1
+			}
+			return g.op(sop("Fp16Linear"), ins, 1, domainSeqembed, nil, intAttr("gelu", act))[0]
+		}
+		return g.o("MatMul", []string{t, g.w(name, []int64{in, out}, g.linT(module, perm))})
+	}
 	lay := func(i int) string { return "encoder.layer." + strconv.Itoa(i) }
 	ln := g.o("LayerNormalization", []string{x, g.w("l0_ln1_g", vec, g.weight(lay(0)+".attention.LayerNorm.weight")),
 		g.w("l0_ln1_b", vec, g.weight(lay(0)+".attention.LayerNorm.bias"))}, intAttr("axis", -1), epsAttr)
 	resid := x
 	for i := range L {
 		p, m := "l"+strconv.Itoa(i)+"_", lay(i)
-		q := g.o("MatMul", []string{ln, g.w(p+"wq", dd, g.linT(m+".attention.self.query", perm))})
-		k := g.o("MatMul", []string{ln, g.w(p+"wk", dd, g.linT(m+".attention.self.key", perm))})
+		q := linear(ln, p+"wq", m+".attention.self.query", d, d, perm, false)
+		k := linear(ln, p+"wk", m+".attention.self.key", d, d, perm, false)
 		bq := g.w(p+"bq", vec, g.bias(m+".attention.self.query", perm))
 		bk := g.w(p+"bk", vec, g.bias(m+".attention.self.key", perm))
-		v := g.o("MatMul", []string{ln, g.w(p+"wv", dd, g.linT(m+".attention.self.value", nil))})
+		v := linear(ln, p+"wv", m+".attention.self.value", d, d, nil, false)
 		if custom {
-			q = g.op("BiasRotary", []string{q, bq, pos, cos, sin}, 1, domainSeqembed, nil)[0]
-			k = g.op("BiasRotary", []string{k, bk, pos, cos, sin}, 1, domainSeqembed, nil)[0]
+			q = g.op(sop("BiasRotary"), []string{q, bq, pos, cos, sin}, 1, domainSeqembed, nil)[0]
+			k = g.op(sop("BiasRotary"), []string{k, bk, pos, cos, sin}, 1, domainSeqembed, nil)[0]
 		} else {
 			q = g.ms("RotaryEmbedding", []string{g.o("Add", []string{q, bq}), pos, cos, sin}, intAttr("interleaved", 1))
 			k = g.ms("RotaryEmbedding", []string{g.o("Add", []string{k, bk}), pos, cos, sin}, intAttr("interleaved", 1))
 		}
 		var ctxOut string
-		if packed {
+		if o.CudnnAttention { // [tokens, 1, D] (or [1, tokens, D]) in and out: the op reads rows of D
+			ctxOut = g.op(sop("RaggedAttention"), []string{q, k, v, offs, cu}, 1, domainSeqembed, nil, intAttr("num_heads", int64(H)))[0]
+		} else if packed {
 			sq := []string{g.o("Squeeze", []string{q, tokAx}), g.o("Squeeze", []string{k, tokAx}), g.o("Squeeze", []string{v, tokAx})}
 			att := g.ms("PackedMultiHeadAttention", append(sq, "", offs, cu), intAttr("num_heads", int64(H)))
 			ctxOut = g.o("Unsqueeze", []string{att, tokAx})
 		} else {
 			ctxOut = g.ms("MultiHeadAttention", []string{q, k, v, "", keyMask}, intAttr("num_heads", int64(H)))
 		}
-		o := g.o("MatMul", []string{ctxOut, g.w(p+"wo", dd, g.linT(m+".attention.output.dense", nil))})
-		outs := g.op("SkipLayerNormalization", []string{o, resid, g.w(p+"ln2_g", vec, g.weight(m+".LayerNorm.weight")),
+		proj := linear(ctxOut, p+"wo", m+".attention.output.dense", d, d, nil, false)
+		outs := g.op("SkipLayerNormalization", []string{proj, resid, g.w(p+"ln2_g", vec, g.weight(m+".LayerNorm.weight")),
 			g.w(p+"ln2_b", vec, g.weight(m+".LayerNorm.bias")), g.w(p+"bo", vec, g.foldedOutputBias(m))}, 4, domainMS, []int{1, 2}, epsAttr)
 		ln2 := outs[0]
 		resid = outs[3]
-		h := g.ms("BiasGelu", []string{g.o("MatMul", []string{ln2, g.w(p+"w1", df, g.linT(m+".intermediate.dense", nil))}),
-			g.w(p+"b1", vecF, g.bias(m+".intermediate.dense", nil))})
-		y := g.o("MatMul", []string{h, g.w(p+"w2", fd, g.linT(m+".output.dense", nil))})
+		var h string
+		if o.FusedGELU {
+			h = linear(ln2, p+"w1", m+".intermediate.dense", d, f, nil, true)
+		} else {
+			h = g.ms("BiasGelu", []string{linear(ln2, p+"w1", m+".intermediate.dense", d, f, nil, false),
+				g.w(p+"b1", vecF, g.bias(m+".intermediate.dense", nil))})
+		}
+		y := linear(h, p+"w2", m+".output.dense", f, d, nil, false)
 		next, gname, bname, skip := lay(i+1)+".attention.LayerNorm", "l"+strconv.Itoa(i+1)+"_ln1_g", "l"+strconv.Itoa(i+1)+"_ln1_b", []int{1, 2}
 		if i+1 == L {
 			// The last block's residual sum is not needed: leave that output unnamed.

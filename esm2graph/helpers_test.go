@@ -204,6 +204,13 @@ func build(t testing.TB, ck *Checkpoint, opts Options) (string, Manifest) {
 // noRotary leaves the rotary step out (to show the comparison would catch a rotary error).
 func reference(t testing.TB, ck *Checkpoint, ids []int64, noRotary bool) []float64 {
 	t.Helper()
+	return referenceWith(t, ck, ids, noRotary, false)
+}
+
+// referenceWith is reference, with the FFN's GELU as the tanh approximation when tanhGELU (what
+// Options.FusedGELU's graph computes: cuBLASLt's, and Fp16LinearF32's on the CPU).
+func referenceWith(t testing.TB, ck *Checkpoint, ids []int64, noRotary, tanhGELU bool) []float64 {
+	t.Helper()
 	cfg := ck.Config
 	D, H, F := cfg.HiddenSize, cfg.NumAttentionHeads, cfg.IntermediateSize
 	hd, S := D/H, len(ids)
@@ -324,7 +331,11 @@ func reference(t testing.TB, ck *Checkpoint, ids []int64, noRotary bool) []float
 		for i := range S {
 			h := linear(layerNorm(x[i], ln2g, ln2b), w1, b1, F)
 			for j, a := range h {
-				h[j] = 0.5 * a * (1 + math.Erf(a/math.Sqrt2))
+				if tanhGELU {
+					h[j] = 0.5 * a * (1 + math.Tanh(math.Sqrt(2/math.Pi)*(a+0.044715*a*a*a)))
+				} else {
+					h[j] = 0.5 * a * (1 + math.Erf(a/math.Sqrt2))
+				}
 			}
 			y := linear(h, w2, b2, D)
 			for j := range y {

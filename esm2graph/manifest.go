@@ -29,7 +29,10 @@ type Manifest struct {
 	// output ("mean") when there is one, else they are "".
 	Outputs []OutputInfo `json:"outputs,omitempty"`
 	DType   string       `json:"dtype"`
-	Opset   int          `json:"opset"`
+	// FFNGelu is "tanh" for graphs whose FFN GELU is the tanh approximation (Options.FusedGELU),
+	// absent for ESM-2's erf GELU (the Python export's "ffn_gelu").
+	FFNGelu string `json:"ffn_gelu,omitempty"`
+	Opset   int    `json:"opset"`
 	// Parity is the export's own check against a reference; Build runs none (null).
 	Parity *Parity `json:"parity"`
 	// Optimized counts the graph's fused and matrix ops, as the Python export does.

@@ -65,6 +65,24 @@ type Options struct {
 	// ResiduesFP16 writes per-residue outputs as float16 (default float32). Pooled outputs are
 	// float32 always.
 	ResiduesFP16 bool
+	// FusedGELU runs each FFN's first projection as seqembed's ai.seqembed.Fp16Linear, one
+	// cuBLASLt GEMM with the bias and GELU in its epilogue, instead of a MatMul and a BiasGelu.
+	// cuBLASLt's GELU is the tanh approximation, not ESM-2's erf GELU (within 2e-4 of it); the
+	// manifest says so ("ffn_gelu": "tanh"). Needs CustomOps (tools/export_esm2.py --fused-gelu).
+	FusedGELU bool
+	// FP16Linear runs every other projection (q, k, v, the attention output, fc2) as Fp16Linear
+	// too, instead of ONNX Runtime's MatMul: the same float32-accumulated arithmetic through
+	// cuBLASLt. Needs CustomOps (tools/export_esm2.py --fp16-linear).
+	FP16Linear bool
+	// CudnnAttention runs attention as ai.seqembed.RaggedAttention, cuDNN's SDPA on the packed
+	// tokens, instead of PackedMultiHeadAttention. Needs packed attention, CustomOps and a library
+	// built with cuDNN (scripts/build-ops.sh SEQEMBED_OPS_CUDNN=...; a library without it fails the
+	// worker's warm-up saying so). tools/export_esm2.py --cudnn-attention.
+	CudnnAttention bool
+
+	// twin (this package's tests) writes a custom-op graph's float32 CPU twin: the ops' F32 forms
+	// (BiasRotaryF32, Fp16LinearF32, ...) for the CPU EP and the library's CPU build.
+	twin bool
 }
 
 // Poolings of an Output.
@@ -193,14 +211,25 @@ func (o Options) resolve(ck *Checkpoint) (Options, error) {
 	default:
 		return bad("packed layout %q (want rows or sequence)", o.PackedLayout)
 	}
-	if o.CustomOps && !o.FP16 {
+	if o.CustomOps && !o.FP16 && !o.twin {
 		return bad("custom ops need fp16 (the CUDA BiasRotary op is float16)")
 	}
 	if o.Device == DeviceCPU && o.Attention == AttentionPacked {
 		return bad("packed attention runs on CUDA only (RemovePadding, PackedMultiHeadAttention have no CPU kernels): use mha for the CPU")
 	}
-	if o.Device == DeviceCPU && o.CustomOps {
+	if o.Device == DeviceCPU && o.CustomOps && !o.twin {
 		return bad("custom ops (ai.seqembed.BiasRotary) run on CUDA only")
+	}
+	for _, need := range []struct {
+		on   bool
+		name string
+	}{{o.FusedGELU, "fused GELU"}, {o.FP16Linear, "fp16 linear"}, {o.CudnnAttention, "cuDNN attention"}} {
+		if need.on && !o.CustomOps {
+			return bad("%s runs on seqembed's custom ops (ai.seqembed.Fp16Linear, RaggedAttention): it needs custom ops", need.name)
+		}
+	}
+	if o.CudnnAttention && o.Attention != AttentionPacked {
+		return bad("cuDNN attention runs on the packed tokens: it needs packed attention, not %s", o.Attention)
 	}
 	if o.MaxLength == 0 {
 		o.MaxLength = min(DefaultMaxLength, ck.Config.MaxPositionEmbeddings-2)

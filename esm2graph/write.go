@@ -73,8 +73,12 @@ func manifest(ck *Checkpoint, o Options, m *onnxpb.Model, sum string) Manifest {
 		dtype = "float16"
 	}
 	requires, customOps := []string{}, ""
-	if o.Attention == AttentionPacked || o.CustomOps {
+	if o.Attention == AttentionPacked || (o.CustomOps && !o.twin) {
 		requires = []string{"cuda"}
+	}
+	ffnGelu := ""
+	if o.FusedGELU {
+		ffnGelu = "tanh"
 	}
 	if o.CustomOps {
 		customOps = CustomOpsLibrary
@@ -114,7 +118,7 @@ func manifest(ck *Checkpoint, o Options, m *onnxpb.Model, sum string) Manifest {
 		Alphabet: "esm", Residues: residues,
 		Tokens:    Tokens{CLS: clsID, Pad: padID, EOS: eosID, Mask: maskID, Unk: unkID},
 		MaxLength: o.MaxLength, Inputs: []string{"input_ids", "attention_mask"}, Output: output, Pooling: pooling, Outputs: outs,
-		DType: dtype, Opset: opsetVersion, Parity: nil, Optimized: opCounts(m.Graph.Nodes), Attention: o.Attention,
+		DType: dtype, FFNGelu: ffnGelu, Opset: opsetVersion, Parity: nil, Optimized: opCounts(m.Graph.Nodes), Attention: o.Attention,
 		Requires: requires, CustomOps: customOps, Exported: exp,
 	}
 }

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/seqembed/seqembed/internal/half"
+	"github.com/seqembed/seqembed/internal/testutil"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -24,24 +24,17 @@ func SkipWithoutGPU(t testing.TB) {
 	}
 }
 
-// buildCPUOps builds the custom-op library's CPU-only form with scripts/build-ops.sh (g++).
+// buildCPUOps builds the custom-op library's CPU-only form (testutil.CPUOps) where ONNX Runtime
+// is there to load it.
 func buildCPUOps(t *testing.T) string {
 	t.Helper()
-	skip := t.Skipf
-	if os.Getenv("CI") != "" { // in CI every test runs: make test installs what they need
-		skip = t.Fatalf
-	}
-	if _, err := exec.LookPath("g++"); err != nil {
-		skip("g++ not installed: cannot build the custom-op library")
-	}
 	if _, err := os.Stat(LibraryPath()); err != nil {
-		skip("ONNX Runtime library not found (%v): run scripts/fetch-ort.sh", err)
+		if os.Getenv("CI") != "" { // in CI every test runs: make test installs what they need
+			t.Fatalf("ONNX Runtime library not found (%v)", err)
+		}
+		t.Skipf("ONNX Runtime library not found (%v): run scripts/fetch-ort.sh", err)
 	}
-	lib := filepath.Join(t.TempDir(), "libseqembed_ops.so")
-	if out, err := exec.Command("../scripts/build-ops.sh", lib, "cpu").CombinedOutput(); err != nil {
-		t.Fatalf("build-ops.sh: %v\n%s", err, out)
-	}
-	return lib
+	return testutil.CPUOps(t)
 }
 
 // onnx protobuf field numbers (onnx.proto) for the few messages the test graph needs.

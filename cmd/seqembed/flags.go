@@ -48,12 +48,20 @@ func setUsage(fs *flag.FlagSet, synopsis string) {
 	}
 }
 
+// envNotFlags are SEQEMBED_ variables with a meaning of their own that a flag's name would
+// otherwise claim: SEQEMBED_CUSTOM_OPS is the custom-op library's path (gpurun; the GPU image
+// sets it), not model build's boolean --custom-ops.
+var envNotFlags = map[string]bool{"SEQEMBED_CUSTOM_OPS": true}
+
 // applyEnv sets every flag of fs from its SEQEMBED_<NAME> environment variable, if set (upper
-// case, '-' as '_'); a bad value is a usage error.
+// case, '-' as '_'; not those of envNotFlags); a bad value is a usage error.
 func applyEnv(fs *flag.FlagSet) error {
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		key := "SEQEMBED_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if envNotFlags[key] {
+			return
+		}
 		if v, ok := os.LookupEnv(key); ok && envErr == nil {
 			if err := fs.Set(f.Name, v); err != nil {
 				envErr = cli.Usagef("invalid value %q for --%s from %s: %w", v, f.Name, key, err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"math"
 	"os"
@@ -211,5 +212,69 @@ func TestModelBuildOutputs(t *testing.T) {
 	}
 	if c = runChild(t, "model build --from "+hfDir+" --out "+built+"x --device cpu --outputs mean:7", nil); c.code != cli.ExitUsage {
 		t.Errorf("a layer the model lacks: exit %d, want 2\n%s", c.code, c.stderr)
+	}
+}
+
+// TestModelBuildFastPath: model build --fused-gelu --fp16-linear --cudnn-attention writes the graph
+// the fastest measured exports run (Fp16Linear projections, fc1 with its GELU in the epilogue,
+// RaggedAttention; the manifest saying the GELU is tanh's) where the ops library is there; without
+// it the build falls back to ONNX Runtime's ops and says that these options went with it; a
+// library named by SEQEMBED_CUSTOM_OPS (the GPU image's) is found and is not taken for
+// --custom-ops's value; cuDNN attention on the mha form is a usage error.
+func TestModelBuildFastPath(t *testing.T) {
+	hfDir := filepath.Join(e2etest.Root, "esm2graph", "testdata", "esm2-tiny-hf")
+	dir := t.TempDir()
+	flags := " --fp16 --fused packed --custom-ops --fused-gelu --fp16-linear --cudnn-attention"
+	readMan := func(d string) map[string]any {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(d, "model.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	with := filepath.Join(dir, "with")
+	if err := os.MkdirAll(with, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// model build only looks for the library (the worker loads it): any file stands in.
+	if err := os.WriteFile(filepath.Join(with, "libseqembed_ops.so"), []byte("stand-in"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := runChild(t, "model build --from "+hfDir+" --out "+with+flags, nil, "SEQEMBED_CUSTOM_OPS=")
+	if c.code != cli.ExitOK {
+		t.Fatalf("model build: exit %d\n%s", c.code, c.stderr)
+	}
+	m := readMan(with)
+	opt, _ := m["optimized"].(map[string]any)
+	if m["ffn_gelu"] != "tanh" || m["custom_ops"] != "libseqembed_ops.so" || opt["Fp16Linear"] != float64(12) || opt["RaggedAttention"] != float64(2) ||
+		opt["MatMul"] != nil || opt["BiasGelu"] != nil {
+		t.Errorf("manifest ffn_gelu %v custom_ops %v optimized %v", m["ffn_gelu"], m["custom_ops"], opt)
+	}
+	without := filepath.Join(dir, "without")
+	c = runChild(t, "model build --from "+hfDir+" --out "+without+flags, nil, "SEQEMBED_CUSTOM_OPS=")
+	if c.code != cli.ExitOK || !strings.Contains(c.stderr, "without --fused-gelu, --fp16-linear and --cudnn-attention") {
+		t.Fatalf("model build without the library: exit %d\n%s", c.code, c.stderr)
+	}
+	m = readMan(without)
+	opt, _ = m["optimized"].(map[string]any)
+	if m["ffn_gelu"] != nil || m["custom_ops"] != "" || opt["Fp16Linear"] != nil || opt["PackedMultiHeadAttention"] != float64(2) {
+		t.Errorf("fallback manifest ffn_gelu %v custom_ops %v optimized %v", m["ffn_gelu"], m["custom_ops"], opt)
+	}
+	// As in the GPU image: SEQEMBED_CUSTOM_OPS names the library (it is not --custom-ops's value).
+	viaEnv := filepath.Join(dir, "env")
+	c = runChild(t, "model build --from "+hfDir+" --out "+viaEnv+" --fp16 --fused packed --custom-ops", nil,
+		"SEQEMBED_CUSTOM_OPS="+filepath.Join(with, "libseqembed_ops.so"))
+	if c.code != cli.ExitOK || readMan(viaEnv)["custom_ops"] != "libseqembed_ops.so" {
+		t.Fatalf("model build with SEQEMBED_CUSTOM_OPS set: exit %d\n%s", c.code, c.stderr)
+	}
+	c = runChild(t, "model build --from "+hfDir+" --out "+filepath.Join(with, "mha")+" --fp16 --fused mha --custom-ops --cudnn-attention", nil,
+		"SEQEMBED_CUSTOM_OPS="+filepath.Join(with, "libseqembed_ops.so"))
+	if c.code != cli.ExitUsage || !strings.Contains(c.stderr, "packed") {
+		t.Errorf("--cudnn-attention --fused mha: exit %d, want 2 naming packed\n%s", c.code, c.stderr)
 	}
 }

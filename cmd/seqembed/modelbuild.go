@@ -34,6 +34,9 @@ func modelBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	device := fs.String("device", esm2graph.DeviceCUDA, "what the graph is for: cuda or cpu")
 	fp16 := fs.Bool("fp16", false, "float16 weights and activations (the pooled output stays float32); for CUDA")
 	customOps := fs.Bool("custom-ops", false, "use seqembed's BiasRotary CUDA op (needs --fp16 and libseqembed_ops.so in --out or $SEQEMBED_CUSTOM_OPS; without it the graph uses ONNX Runtime's ops and says what that costs)")
+	fusedGELU := fs.Bool("fused-gelu", false, "with --custom-ops: each FFN's first projection as seqembed's Fp16Linear, bias and GELU in cuBLASLt's epilogue; its GELU is the tanh approximation, not ESM-2's erf (README: Models)")
+	fp16Linear := fs.Bool("fp16-linear", false, "with --custom-ops: every other projection (q, k, v, attention output, fc2) as seqembed's Fp16Linear (cuBLASLt) instead of ONNX Runtime's MatMul")
+	cudnnAttention := fs.Bool("cudnn-attention", false, "with --custom-ops and --fused packed: attention as seqembed's RaggedAttention (cuDNN's SDPA); needs the ops library built with cuDNN (scripts/build-ops.sh)")
 	name := fs.String("name", "", "model name in model.json, the one publish --model and the subjects use (default: the checkpoint's name)")
 	maxLen := fs.Int("max-length", esm2graph.DefaultMaxLength, "longest sequence in residues")
 	outputs := fs.String("outputs", "", "extra outputs, POOLING:LAYER,... with poolings mean, bos, per-residue and fair-esm layers (0 = embeddings, -1 = last), e.g. mean:-1,bos:-1,per-residue:-1; the last layer's mean (column embedding) is always there (default: only it)")
@@ -69,7 +72,7 @@ func modelBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	opts := esm2graph.Options{Attention: *fused, Device: *device, FP16: *fp16, CustomOps: *customOps, Name: *name, MaxLength: *maxLen, Source: *from,
-		ResiduesFP16: *residuesFP16}
+		ResiduesFP16: *residuesFP16, FusedGELU: *fusedGELU, FP16Linear: *fp16Linear, CudnnAttention: *cudnnAttention}
 	if *outputs != "" {
 		outs, err := esm2graph.ParseOutputs(*outputs)
 		if err != nil {
@@ -110,7 +113,10 @@ func buildGraph(ctx context.Context, src, out string, opts esm2graph.Options, w 
 	if opts.CustomOps {
 		if _, ok := esm2graph.LocateCustomOps(out); !ok {
 			fmt.Fprintln(w, "model: "+esm2graph.CustomOpsFallback("libseqembed_ops.so is neither in "+out+" nor at $SEQEMBED_CUSTOM_OPS"))
-			opts.CustomOps = false
+			if opts.FusedGELU || opts.FP16Linear || opts.CudnnAttention {
+				fmt.Fprintln(w, "model: and without --fused-gelu, --fp16-linear and --cudnn-attention, which run on the same library")
+			}
+			opts.CustomOps, opts.FusedGELU, opts.FP16Linear, opts.CudnnAttention = false, false, false, false
 		}
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
