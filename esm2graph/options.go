@@ -221,11 +221,11 @@ func (o Options) resolve(ck *Checkpoint) (Options, error) {
 		return bad("custom ops (ai.seqembed.BiasRotary) run on CUDA only")
 	}
 	for _, need := range []struct {
-		on   bool
-		name string
-	}{{o.FusedGELU, "fused GELU"}, {o.FP16Linear, "fp16 linear"}, {o.CudnnAttention, "cuDNN attention"}} {
+		on       bool
+		name, op string
+	}{{o.FusedGELU, "fused GELU", "Fp16Linear"}, {o.FP16Linear, "fp16 linear", "Fp16Linear"}, {o.CudnnAttention, "cuDNN attention", "RaggedAttention"}} {
 		if need.on && !o.CustomOps {
-			return bad("%s runs on seqembed's custom ops (ai.seqembed.Fp16Linear, RaggedAttention): it needs custom ops", need.name)
+			return bad("%s needs custom ops (it runs as seqembed's ai.seqembed.%s, float16 on CUDA)", need.name, need.op)
 		}
 	}
 	if o.CudnnAttention && o.Attention != AttentionPacked {
