@@ -197,6 +197,47 @@ func (g *graph) lin(module string, perm []int) func() ([]float32, error) {
 	}
 }
 
+// fp8Weight adds linear layer module's weight [out, in] (rows in perm's order) as the two
+// initializers Fp8Linear reads: E4M3 codes name (uint8 [out, in]) and their per-output-channel
+// float32 scales name_scale [out] (quantizeWeight). The weight is quantised when the codes are
+// written; the scales, written next, reuse that pass's values.
+func (g *graph) fp8Weight(name, module string, perm []int, out, in int64) (codes, scales string) {
+	var kept []float32
+	quantize := func() ([]uint8, []float32, error) {
+		w, err := g.lin(module, perm)()
+		if err != nil {
+			return nil, nil, err
+		}
+		return quantizeWeight(name, w, int(out))
+	}
+	codes = g.init(name, onnxpb.Uint8, []int64{out, in}, func(w io.Writer) error {
+		c, s, err := quantize()
+		if err != nil {
+			return err
+		}
+		kept = s
+		_, err = w.Write(c)
+		return err
+	})
+	scales = g.init(name+"_scale", onnxpb.Float, []int64{out}, func(w io.Writer) error {
+		s := kept
+		if s == nil {
+			var err error
+			if _, s, err = quantize(); err != nil {
+				return err
+			}
+		}
+		kept = nil
+		buf := make([]byte, 0, 4*len(s))
+		for _, x := range s {
+			buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(x))
+		}
+		_, err := w.Write(buf)
+		return err
+	})
+	return codes, scales
+}
+
 // bias loads module's bias, in perm's order (nil: as it is).
 func (g *graph) bias(module string, perm []int) func() ([]float32, error) {
 	return func() ([]float32, error) {
@@ -397,17 +438,63 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 		}
 		return g.o("MatMul", []string{t, g.w(name, []int64{in, out}, g.linT(module, perm))})
 	}
+	// FP8 (Precision fp8): per-token E4M3 codes and scales of t (after GELU: gelu 1 erf, 2 tanh),
+	// and a projection as Fp8Linear on them with per-output-channel E4M3 weights (fc1's bias in
+	// its epilogue); tools/esm2_graph.py quant and fp8_linear.
+	fp8 := o.Precision == PrecisionFP8
+	fp8Attn := fp8 && o.FP8Projections == FP8All
+	quant := func(t string, gelu int64) [2]string {
+		outs := g.op(sop("QuantizeE4M3"), []string{t}, 2, domainSeqembed, nil, intAttr("gelu", gelu))
+		return [2]string{outs[0], outs[1]}
+	}
+	fp8Linear := func(tq [2]string, name, module string, in, out int64, perm []int, bias bool) string {
+		codes, scales := g.fp8Weight(name, module, perm, out, in)
+		ins := []string{tq[0], tq[1], codes, scales}
+		if bias {
+			ins = append(ins, g.w(name+"_bias", []int64{out}, g.bias(module, nil)))
+		}
+		return g.op(sop("Fp8Linear"), ins, 1, domainSeqembed, nil, intAttr("fast_accum", 1))[0]
+	}
+	// residualLN is LayerNorm(t + bias + resid) with its weights and the sum (tools/esm2_graph.py
+	// residual_ln): SkipLayerNormalization, the sum's output unnamed unless keepSum; quantized
+	// (FusedLNQuant), SkipLayerNormE4M3, the LayerNorm as E4M3 codes and scales only.
+	residualLN := func(t, resid, gName, bName, lnModule, biasName string, bias func() ([]float32, error), keepSum, quantized bool) (ln string, lnq [2]string, sum string) {
+		ins := []string{t, resid, g.w(gName, vec, g.weight(lnModule+".weight")), g.w(bName, vec, g.weight(lnModule+".bias")), g.w(biasName, vec, bias)}
+		if quantized {
+			outs := g.op(sop("SkipLayerNormE4M3"), ins, 3, domainSeqembed, nil, epsAttr)
+			return "", [2]string{outs[0], outs[1]}, outs[2]
+		}
+		skip := []int{1, 2}
+		if !keepSum {
+			skip = append(skip, 3)
+		}
+		outs := g.op("SkipLayerNormalization", ins, 4, domainMS, skip, epsAttr)
+		return outs[0], [2]string{}, outs[3]
+	}
 	lay := func(i int) string { return "encoder.layer." + strconv.Itoa(i) }
 	ln := g.o("LayerNormalization", []string{x, g.w("l0_ln1_g", vec, g.weight(lay(0)+".attention.LayerNorm.weight")),
 		g.w("l0_ln1_b", vec, g.weight(lay(0)+".attention.LayerNorm.bias"))}, intAttr("axis", -1), epsAttr)
 	resid := x
+	var lnqNext [2]string // the next block's input LayerNorm as E4M3, when a block's end made it (FusedLNQuant)
 	for i := range L {
 		p, m := "l"+strconv.Itoa(i)+"_", lay(i)
-		q := linear(ln, p+"wq", m+".attention.self.query", d, d, perm, false)
-		k := linear(ln, p+"wk", m+".attention.self.key", d, d, perm, false)
+		var q, k, v string
+		if fp8Attn {
+			lnq := lnqNext
+			if lnq[0] == "" {
+				lnq = quant(ln, 0)
+			}
+			lnqNext = [2]string{}
+			q = fp8Linear(lnq, p+"wq", m+".attention.self.query", d, d, perm, false)
+			k = fp8Linear(lnq, p+"wk", m+".attention.self.key", d, d, perm, false)
+			v = fp8Linear(lnq, p+"wv", m+".attention.self.value", d, d, nil, false)
+		} else {
+			q = linear(ln, p+"wq", m+".attention.self.query", d, d, perm, false)
+			k = linear(ln, p+"wk", m+".attention.self.key", d, d, perm, false)
+			v = linear(ln, p+"wv", m+".attention.self.value", d, d, nil, false)
+		}
 		bq := g.w(p+"bq", vec, g.bias(m+".attention.self.query", perm))
 		bk := g.w(p+"bk", vec, g.bias(m+".attention.self.key", perm))
-		v := linear(ln, p+"wv", m+".attention.self.value", d, d, nil, false)
 		if custom {
 			q = g.op(sop("BiasRotary"), []string{q, bq, pos, cos, sin}, 1, domainSeqembed, nil)[0]
 			k = g.op(sop("BiasRotary"), []string{k, bk, pos, cos, sin}, 1, domainSeqembed, nil)[0]
@@ -425,27 +512,41 @@ func buildGraph(ctx context.Context, ck *Checkpoint, o Options) *onnxpb.Model {
 		} else {
 			ctxOut = g.ms("MultiHeadAttention", []string{q, k, v, "", keyMask}, intAttr("num_heads", int64(H)))
 		}
-		proj := linear(ctxOut, p+"wo", m+".attention.output.dense", d, d, nil, false)
-		outs := g.op("SkipLayerNormalization", []string{proj, resid, g.w(p+"ln2_g", vec, g.weight(m+".LayerNorm.weight")),
-			g.w(p+"ln2_b", vec, g.weight(m+".LayerNorm.bias")), g.w(p+"bo", vec, g.foldedOutputBias(m))}, 4, domainMS, []int{1, 2}, epsAttr)
-		ln2 := outs[0]
-		resid = outs[3]
-		var h string
-		if o.FusedGELU {
-			h = linear(ln2, p+"w1", m+".intermediate.dense", d, f, nil, true)
+		var proj string
+		if fp8Attn {
+			proj = fp8Linear(quant(ctxOut, 0), p+"wo", m+".attention.output.dense", d, d, nil, false)
 		} else {
+			proj = linear(ctxOut, p+"wo", m+".attention.output.dense", d, d, nil, false)
+		}
+		ln2, ln2q, sum := residualLN(proj, resid, p+"ln2_g", p+"ln2_b", m+".LayerNorm", p+"bo", g.foldedOutputBias(m), true, o.FusedLNQuant)
+		resid = sum
+		var h, y string
+		switch {
+		case fp8:
+			if !o.FusedLNQuant {
+				ln2q = quant(ln2, 0)
+			}
+			h = fp8Linear(ln2q, p+"w1", m+".intermediate.dense", d, f, nil, true)
+			gelu := int64(1) // erf
+			if o.FusedGELU {
+				gelu = 2 // tanh
+			}
+			y = fp8Linear(quant(h, gelu), p+"w2", m+".output.dense", f, d, nil, false)
+		case o.FusedGELU:
+			h = linear(ln2, p+"w1", m+".intermediate.dense", d, f, nil, true)
+			y = linear(h, p+"w2", m+".output.dense", f, d, nil, false)
+		default:
 			h = g.ms("BiasGelu", []string{linear(ln2, p+"w1", m+".intermediate.dense", d, f, nil, false),
 				g.w(p+"b1", vecF, g.bias(m+".intermediate.dense", nil))})
+			y = linear(h, p+"w2", m+".output.dense", f, d, nil, false)
 		}
-		y := linear(h, p+"w2", m+".output.dense", f, d, nil, false)
-		next, gname, bname, skip := lay(i+1)+".attention.LayerNorm", "l"+strconv.Itoa(i+1)+"_ln1_g", "l"+strconv.Itoa(i+1)+"_ln1_b", []int{1, 2}
+		next, gname, bname := lay(i+1)+".attention.LayerNorm", "l"+strconv.Itoa(i+1)+"_ln1_g", "l"+strconv.Itoa(i+1)+"_ln1_b"
 		if i+1 == L {
 			// The last block's residual sum is not needed: leave that output unnamed.
-			next, gname, bname, skip = nameFinalLN, "final_ln_g", "final_ln_b", []int{1, 2, 3}
+			next, gname, bname = nameFinalLN, "final_ln_g", "final_ln_b"
 		}
-		outs = g.op("SkipLayerNormalization", []string{y, resid, g.w(gname, vec, g.weight(next+".weight")), g.w(bname, vec, g.weight(next+".bias")),
-			g.w(p+"b2", vec, g.bias(m+".output.dense", nil))}, 4, domainMS, skip, epsAttr)
-		ln, resid = outs[0], outs[3]
+		endQ := o.FusedLNQuant && fp8Attn && i+1 < L // the next block's q, k, v read only the codes
+		ln, lnqNext, resid = residualLN(y, resid, gname, bname, next, p+"b2", g.bias(m+".output.dense", nil), i+1 < L, endQ)
 		states[i+1] = resid
 	}
 	states[L] = ln

@@ -340,14 +340,14 @@ func TestManifest(t *testing.T) {
 		return out
 	}
 	want := []string{"name", "architecture", "source", "model_file", "sha256", "embedding_dim", "num_layers", "num_heads",
-		"alphabet", "residues", "tokens", "max_length", "inputs", "output", "pooling", "dtype", "opset", "parity", "optimized",
+		"alphabet", "residues", "tokens", "max_length", "inputs", "output", "pooling", "dtype", "precision", "opset", "parity", "optimized",
 		"attention", "requires", "custom_ops", "exported"}
 	if got := keys(data); !slices.Equal(got, want) {
 		t.Errorf("keys %v, want %v", got, want)
 	}
 	var raw map[string]json.RawMessage
 	json.Unmarshal(data, &raw)
-	for k, v := range map[string]string{"parity": "null", "requires": "[]", "custom_ops": `""`, "attention": `"mha"`} {
+	for k, v := range map[string]string{"parity": "null", "requires": "[]", "custom_ops": `""`, "attention": `"mha"`, "precision": `"fp32"`} {
 		if string(raw[k]) != v {
 			t.Errorf("%s = %s, want %s", k, raw[k], v)
 		}

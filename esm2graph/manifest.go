@@ -29,6 +29,11 @@ type Manifest struct {
 	// output ("mean") when there is one, else they are "".
 	Outputs []OutputInfo `json:"outputs,omitempty"`
 	DType   string       `json:"dtype"`
+	// Precision is the projections' arithmetic: "fp8" (Options.Precision), else the dtype's
+	// ("fp16", "fp32"), as the Python export writes it; FP8Projections which ran as FP8 ("all",
+	// "ffn"; fp8 only).
+	Precision      string `json:"precision"`
+	FP8Projections string `json:"fp8_projections,omitempty"`
 	// FFNGelu is "tanh" for graphs whose FFN GELU is the tanh approximation (Options.FusedGELU),
 	// absent for ESM-2's erf GELU (the Python export's "ffn_gelu").
 	FFNGelu string `json:"ffn_gelu,omitempty"`

@@ -79,11 +79,34 @@ type Options struct {
 	// built with cuDNN (scripts/build-ops.sh SEQEMBED_OPS_CUDNN=...; a library without it fails the
 	// worker's warm-up saying so). tools/export_esm2.py --cudnn-attention.
 	CudnnAttention bool
+	// Precision is the projections' arithmetic: "" or PrecisionFP16 (the default: the graph's
+	// dtype), or PrecisionFP8: every block's projections as ai.seqembed.Fp8Linear (cuBLASLt FP8
+	// GEMMs, float16 out) on E4M3 weights with per-output-channel scales written here and
+	// activations quantised per token on the fly (ai.seqembed.QuantizeE4M3, the FFN's GELU folded
+	// into the quantisation of its output); attention, LayerNorms and pooling stay float16. Needs
+	// FP16 and CustomOps, and a GPU with FP8 tensor cores (the worker refuses others; the manifest
+	// says "precision": "fp8"). FP8 is less accurate: check it with seqembed check-precision
+	// (tools/export_esm2.py --precision fp8).
+	Precision string
+	// FP8Projections applies to PrecisionFP8: FP8All (the default, all six of every block) or
+	// FP8FFN (only fc1 and fc2; q, k, v and the attention output stay float16).
+	FP8Projections string
+	// FusedLNQuant (PrecisionFP8) computes each residual add + LayerNorm whose only reader is an
+	// FP8 GEMM together with that GEMM's activation quantisation (ai.seqembed.SkipLayerNormE4M3).
+	FusedLNQuant bool
 
 	// twin (this package's tests) writes a custom-op graph's float32 CPU twin: the ops' F32 forms
 	// (BiasRotaryF32, Fp16LinearF32, ...) for the CPU EP and the library's CPU build.
 	twin bool
 }
+
+// Precisions and FP8 projection sets (Options.Precision, Options.FP8Projections).
+const (
+	PrecisionFP16 = "fp16"
+	PrecisionFP8  = "fp8"
+	FP8All        = "all"
+	FP8FFN        = "ffn"
+)
 
 // Poolings of an Output.
 const (
@@ -230,6 +253,26 @@ func (o Options) resolve(ck *Checkpoint) (Options, error) {
 	}
 	if o.CudnnAttention && o.Attention != AttentionPacked {
 		return bad("cuDNN attention runs on the packed tokens: it needs packed attention, not %s", o.Attention)
+	}
+	switch o.Precision {
+	case "", PrecisionFP16:
+		o.Precision = ""
+		if o.FP8Projections != "" || o.FusedLNQuant {
+			return bad("fp8 projections and fused LayerNorm quantisation apply to precision fp8")
+		}
+	case PrecisionFP8:
+		if !o.CustomOps {
+			return bad("precision fp8 needs custom ops and fp16 (its GEMMs run as seqembed's ai.seqembed.Fp8Linear on CUDA)")
+		}
+		switch o.FP8Projections {
+		case "":
+			o.FP8Projections = FP8All
+		case FP8All, FP8FFN:
+		default:
+			return bad("fp8 projections %q (want all or ffn)", o.FP8Projections)
+		}
+	default:
+		return bad("precision %q (want fp16 or fp8)", o.Precision)
 	}
 	if o.MaxLength == 0 {
 		o.MaxLength = min(DefaultMaxLength, ck.Config.MaxPositionEmbeddings-2)

@@ -80,6 +80,13 @@ func manifest(ck *Checkpoint, o Options, m *onnxpb.Model, sum string) Manifest {
 	if o.FusedGELU {
 		ffnGelu = "tanh"
 	}
+	precision := "fp32"
+	switch {
+	case o.Precision == PrecisionFP8 && !o.twin: // the twin's codes run on the CPU, in float32
+		precision = PrecisionFP8
+	case o.FP16:
+		precision = PrecisionFP16
+	}
 	if o.CustomOps {
 		customOps = CustomOpsLibrary
 	}
@@ -118,7 +125,7 @@ func manifest(ck *Checkpoint, o Options, m *onnxpb.Model, sum string) Manifest {
 		Alphabet: "esm", Residues: residues,
 		Tokens:    Tokens{CLS: clsID, Pad: padID, EOS: eosID, Mask: maskID, Unk: unkID},
 		MaxLength: o.MaxLength, Inputs: []string{"input_ids", "attention_mask"}, Output: output, Pooling: pooling, Outputs: outs,
-		DType: dtype, FFNGelu: ffnGelu, Opset: opsetVersion, Parity: nil, Optimized: opCounts(m.Graph.Nodes), Attention: o.Attention,
+		DType: dtype, Precision: precision, FP8Projections: o.FP8Projections, FFNGelu: ffnGelu, Opset: opsetVersion, Parity: nil, Optimized: opCounts(m.Graph.Nodes), Attention: o.Attention,
 		Requires: requires, CustomOps: customOps, Exported: exp,
 	}
 }

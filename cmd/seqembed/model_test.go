@@ -257,13 +257,36 @@ func TestModelBuildFastPath(t *testing.T) {
 	}
 	without := filepath.Join(dir, "without")
 	c = runChild(t, "model build --from "+hfDir+" --out "+without+flags, nil, "SEQEMBED_CUSTOM_OPS=")
-	if c.code != cli.ExitOK || !strings.Contains(c.stderr, "without --fused-gelu, --fp16-linear and --cudnn-attention") {
+	if c.code != cli.ExitOK || !strings.Contains(c.stderr, "without --fused-gelu, --fp16-linear, --cudnn-attention and --precision fp8") {
 		t.Fatalf("model build without the library: exit %d\n%s", c.code, c.stderr)
 	}
 	m = readMan(without)
 	opt, _ = m["optimized"].(map[string]any)
 	if m["ffn_gelu"] != nil || m["custom_ops"] != "" || opt["Fp16Linear"] != nil || opt["PackedMultiHeadAttention"] != float64(2) {
 		t.Errorf("fallback manifest ffn_gelu %v custom_ops %v optimized %v", m["ffn_gelu"], m["custom_ops"], opt)
+	}
+	// FP8: the manifest says so (gpurun refuses it on a GPU without FP8 tensor cores), and the
+	// CPU refuses the model with a sentence.
+	fp8 := filepath.Join(with, "fp8")
+	if err := os.MkdirAll(fp8, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c = runChild(t, "model build --from "+hfDir+" --out "+fp8+flags+" --precision fp8 --fused-ln-quant", nil,
+		"SEQEMBED_CUSTOM_OPS="+filepath.Join(with, "libseqembed_ops.so"))
+	if c.code != cli.ExitOK {
+		t.Fatalf("model build --precision fp8: exit %d\n%s", c.code, c.stderr)
+	}
+	m = readMan(fp8)
+	opt, _ = m["optimized"].(map[string]any)
+	if m["precision"] != "fp8" || m["fp8_projections"] != "all" || opt["Fp8Linear"] != float64(12) || opt["SkipLayerNormE4M3"] != float64(3) ||
+		opt["QuantizeE4M3"] != float64(5) || opt["RaggedAttention"] != float64(2) {
+		t.Errorf("fp8 manifest precision %v fp8_projections %v optimized %v", m["precision"], m["fp8_projections"], opt)
+	}
+	golden := filepath.Join(e2etest.Root, "testdata", "golden-input.fasta")
+	c = runChild(t, "run "+golden+" --model "+fp8+" --out "+filepath.Join(dir, "fp8.parquet"), nil,
+		"SEQEMBED_CUSTOM_OPS="+filepath.Join(with, "libseqembed_ops.so"))
+	if c.code != cli.ExitFailed || !strings.Contains(c.stderr, "CUDA") {
+		t.Errorf("run of an FP8 model on the CPU: exit %d, want 1 saying it needs CUDA\n%s", c.code, c.stderr)
 	}
 	// As in the GPU image: SEQEMBED_CUSTOM_OPS names the library (it is not --custom-ops's value).
 	viaEnv := filepath.Join(dir, "env")

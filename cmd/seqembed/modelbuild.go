@@ -36,6 +36,9 @@ func modelBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	customOps := fs.Bool("custom-ops", false, "use seqembed's BiasRotary CUDA op (needs --fp16 and libseqembed_ops.so in --out or $SEQEMBED_CUSTOM_OPS; without it the graph uses ONNX Runtime's ops and says what that costs)")
 	fusedGELU := fs.Bool("fused-gelu", false, "with --custom-ops: each FFN's first projection as seqembed's Fp16Linear, bias and GELU in cuBLASLt's epilogue; its GELU is the tanh approximation, not ESM-2's erf (README: Models)")
 	fp16Linear := fs.Bool("fp16-linear", false, "with --custom-ops: every other projection (q, k, v, attention output, fc2) as seqembed's Fp16Linear (cuBLASLt) instead of ONNX Runtime's MatMul")
+	precision := fs.String("precision", esm2graph.PrecisionFP16, "projections: fp16, or fp8 (with --fp16 --custom-ops: FP8 GEMMs on E4M3 weights quantised here, per-output-channel scales; needs a GPU with FP8 tensor cores; less accurate: check it with seqembed check-precision)")
+	fp8Projections := fs.String("fp8-projections", "", "with --precision fp8: all (default: the six of every block) or ffn (only fc1 and fc2)")
+	fusedLNQuant := fs.Bool("fused-ln-quant", false, "with --precision fp8: each residual add + LayerNorm and the next FP8 GEMM's activation quantisation as one op (SkipLayerNormE4M3)")
 	cudnnAttention := fs.Bool("cudnn-attention", false, "with --custom-ops and --fused packed: attention as seqembed's RaggedAttention (cuDNN's SDPA); needs the ops library built with cuDNN (scripts/build-ops.sh)")
 	name := fs.String("name", "", "model name in model.json, the one publish --model and the subjects use (default: the checkpoint's name)")
 	maxLen := fs.Int("max-length", esm2graph.DefaultMaxLength, "longest sequence in residues")
@@ -72,7 +75,8 @@ func modelBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	opts := esm2graph.Options{Attention: *fused, Device: *device, FP16: *fp16, CustomOps: *customOps, Name: *name, MaxLength: *maxLen, Source: *from,
-		ResiduesFP16: *residuesFP16, FusedGELU: *fusedGELU, FP16Linear: *fp16Linear, CudnnAttention: *cudnnAttention}
+		ResiduesFP16: *residuesFP16, FusedGELU: *fusedGELU, FP16Linear: *fp16Linear, CudnnAttention: *cudnnAttention,
+		Precision: *precision, FP8Projections: *fp8Projections, FusedLNQuant: *fusedLNQuant}
 	if *outputs != "" {
 		outs, err := esm2graph.ParseOutputs(*outputs)
 		if err != nil {
@@ -113,10 +117,11 @@ func buildGraph(ctx context.Context, src, out string, opts esm2graph.Options, w 
 	if opts.CustomOps {
 		if _, ok := esm2graph.LocateCustomOps(out); !ok {
 			fmt.Fprintln(w, "model: "+esm2graph.CustomOpsFallback("libseqembed_ops.so is neither in "+out+" nor at $SEQEMBED_CUSTOM_OPS"))
-			if opts.FusedGELU || opts.FP16Linear || opts.CudnnAttention {
-				fmt.Fprintln(w, "model: and without --fused-gelu, --fp16-linear and --cudnn-attention, which run on the same library")
+			if opts.FusedGELU || opts.FP16Linear || opts.CudnnAttention || opts.Precision == esm2graph.PrecisionFP8 {
+				fmt.Fprintln(w, "model: and without --fused-gelu, --fp16-linear, --cudnn-attention and --precision fp8 (float16 instead), which run on the same library")
 			}
 			opts.CustomOps, opts.FusedGELU, opts.FP16Linear, opts.CudnnAttention = false, false, false, false
+			opts.Precision, opts.FP8Projections, opts.FusedLNQuant = "", "", false
 		}
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
