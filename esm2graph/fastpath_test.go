@@ -38,6 +38,30 @@ func float64s(t testing.TB, x *onnxpb.Tensor) []float64 {
 	return v
 }
 
+// buildTwin builds o's float32 CPU twin (Options.twin) with lib, the ops library's CPU build
+// (testutil.CPUOps), beside it.
+func buildTwin(t *testing.T, ck *Checkpoint, o Options, lib string) (string, Manifest) {
+	t.Helper()
+	o.twin = true
+	dir, man := build(t, ck, o)
+	data, err := os.ReadFile(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, CustomOpsLibrary), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, man
+}
+
+// twinSetup is what the CPU twin tests share: the ops library's CPU build, the tiny checkpoint
+// (seed 6) and the test sequences.
+func twinSetup(t *testing.T) (lib string, ck *Checkpoint, seqs [][]int64) {
+	t.Helper()
+	requireORT(t)
+	return testutil.CPUOps(t), load(t, writeHFDir(t, tinyConfig, randomWeights(tinyConfig, 6))), testSeqs()
+}
+
 // TestFastPathGraphs: FusedGELU, FP16Linear and CudnnAttention write tools/esm2_graph.py's graph
 // for --fused-gelu, --fp16-linear and --cudnn-attention: the projections as ai.seqembed.Fp16Linear
 // on the weights as stored ([out, in], q and k rows in the interleaved order: the MatMul graph's
@@ -148,8 +172,9 @@ func TestFastPathGraphs(t *testing.T) {
 	}
 }
 
-// TestFastPathOptionErrors: the fast-path options need seqembed's ops, and cuDNN attention the
-// packed form; each refusal says which.
+// TestFastPathOptionErrors: the fast-path options and precision fp8 need seqembed's ops, cuDNN
+// attention the packed form, the FP8 options precision fp8; an unknown precision or FP8
+// projection set is refused.
 func TestFastPathOptionErrors(t *testing.T) {
 	ck := load(t, writeHFDir(t, tinyConfig, randomWeights(tinyConfig, 5)))
 	for _, o := range []Options{
@@ -157,6 +182,11 @@ func TestFastPathOptionErrors(t *testing.T) {
 		{Attention: AttentionPacked, FP16: true, FP16Linear: true},
 		{Attention: AttentionPacked, FP16: true, CudnnAttention: true},
 		{Attention: AttentionMHA, FP16: true, CustomOps: true, CudnnAttention: true},
+		{Attention: AttentionPacked, FP16: true, Precision: PrecisionFP8},
+		{Attention: AttentionPacked, FP16: true, CustomOps: true, FP8Projections: FP8FFN},
+		{Attention: AttentionPacked, FP16: true, CustomOps: true, FusedLNQuant: true},
+		{Attention: AttentionPacked, FP16: true, CustomOps: true, Precision: "int4"},
+		{Attention: AttentionPacked, FP16: true, CustomOps: true, Precision: PrecisionFP8, FP8Projections: "some"},
 	} {
 		_, err := Build(t.Context(), ck, filepath.Join(t.TempDir(), "m"), o)
 		if !errors.Is(err, ErrOption) {
@@ -171,25 +201,15 @@ func TestFastPathOptionErrors(t *testing.T) {
 // the right way round, q and k in the interleaved order, fc1's bias and GELU in its epilogue.
 // Without FusedGELU the same twin matches the erf reference.
 func TestFastPathCPUTwin(t *testing.T) {
-	requireORT(t)
-	lib := testutil.CPUOps(t)
-	ck := load(t, writeHFDir(t, tinyConfig, randomWeights(tinyConfig, 6)))
-	seqs := testSeqs()
+	lib, ck, seqs := twinSetup(t)
 	for _, c := range []struct {
 		name string
 		gelu bool
 	}{{"fp16 linear + fused gelu", true}, {"fp16 linear", false}} {
 		t.Run(c.name, func(t *testing.T) {
-			dir, man := build(t, ck, Options{Attention: AttentionMHA, Device: DeviceCPU, CustomOps: true, FP16Linear: true, FusedGELU: c.gelu, twin: true})
+			dir, man := buildTwin(t, ck, Options{Attention: AttentionMHA, Device: DeviceCPU, CustomOps: true, FP16Linear: true, FusedGELU: c.gelu}, lib)
 			if len(man.Requires) != 0 || man.CustomOps != CustomOpsLibrary {
 				t.Fatalf("twin manifest requires %v custom_ops %q", man.Requires, man.CustomOps)
-			}
-			data, err := os.ReadFile(lib)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, CustomOpsLibrary), data, 0o755); err != nil {
-				t.Fatal(err)
 			}
 			ops := countOps(decodeModel(t, dir))
 			if ops["Fp16LinearF32"] != 6*tinyConfig.NumHiddenLayers || ops["BiasRotaryF32"] != 2*tinyConfig.NumHiddenLayers || ops["MatMul"] != 0 {

@@ -4,13 +4,10 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/seqembed/seqembed/esm2graph/onnxpb"
-	"github.com/seqembed/seqembed/internal/testutil"
 )
 
 // TestE4M3Encode: every finite e4m3fn value encodes to its own code, a value halfway between two
@@ -164,22 +161,6 @@ func TestFP8Graphs(t *testing.T) {
 	}
 }
 
-// TestFP8OptionErrors: precision fp8 needs the custom ops; the FP8 options need fp8.
-func TestFP8OptionErrors(t *testing.T) {
-	ck := load(t, writeHFDir(t, tinyConfig, randomWeights(tinyConfig, 8)))
-	for _, o := range []Options{
-		{Attention: AttentionPacked, FP16: true, Precision: PrecisionFP8},
-		{Attention: AttentionPacked, FP16: true, CustomOps: true, FP8Projections: FP8FFN},
-		{Attention: AttentionPacked, FP16: true, CustomOps: true, FusedLNQuant: true},
-		{Attention: AttentionPacked, FP16: true, CustomOps: true, Precision: "int4"},
-		{Attention: AttentionPacked, FP16: true, CustomOps: true, Precision: PrecisionFP8, FP8Projections: "some"},
-	} {
-		if _, err := Build(t.Context(), ck, filepath.Join(t.TempDir(), "m"), o); !errors.Is(err, ErrOption) {
-			t.Errorf("%+v: err = %v, want ErrOption", o, err)
-		}
-	}
-}
-
 // TestFP8CPUTwin: the float32 CPU twin of the FP8 mha graph (QuantizeE4M3F32, Fp8LinearF32,
 // SkipLayerNormE4M3F32 and BiasRotaryF32 from the library's CPU build) embeds close to the float64
 // reference, at FP8's accuracy: cosine >= 0.995 on every sequence (measured 0.9975 with all six
@@ -188,25 +169,15 @@ func TestFP8OptionErrors(t *testing.T) {
 // permutation would put it), and not as close as float32 projections are (max abs > 1e-3: the
 // codes are really E4M3).
 func TestFP8CPUTwin(t *testing.T) {
-	requireORT(t)
-	lib := testutil.CPUOps(t)
-	ck := load(t, writeHFDir(t, tinyConfig, randomWeights(tinyConfig, 6)))
-	seqs := testSeqs()
+	lib, ck, seqs := twinSetup(t)
 	for _, c := range []struct {
 		name      string
 		proj      string
 		lnq, gelu bool
 	}{{"all", FP8All, false, false}, {"all fused ln quant + gelu", FP8All, true, true}, {"ffn fused ln quant", FP8FFN, true, false}} {
 		t.Run(c.name, func(t *testing.T) {
-			dir, _ := build(t, ck, Options{Attention: AttentionMHA, Device: DeviceCPU, CustomOps: true, Precision: PrecisionFP8,
-				FP8Projections: c.proj, FusedLNQuant: c.lnq, FusedGELU: c.gelu, twin: true})
-			data, err := os.ReadFile(lib)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, CustomOpsLibrary), data, 0o755); err != nil {
-				t.Fatal(err)
-			}
+			dir, _ := buildTwin(t, ck, Options{Attention: AttentionMHA, Device: DeviceCPU, CustomOps: true, Precision: PrecisionFP8,
+				FP8Projections: c.proj, FusedLNQuant: c.lnq, FusedGELU: c.gelu}, lib)
 			got := embed(t, runner(t, dir), seqs, 128)
 			refs := make([][]float64, len(seqs))
 			for i, s := range seqs {
