@@ -334,26 +334,23 @@ func (h *Handle) Done() <-chan struct{} { return h.done }
 
 // Pull timing.
 const (
-	// pullTimeout bounds one pull: the server expires the request after about 5 s (90 % of it,
-	// see jetstream.FetchContext) and the client gives up half a second later if the server's
-	// expiry never came. A pull served by a node that died is so noticed in seconds: measured in
-	// a 3-node cluster, a 30 s pull stalled progress for 30 s.
-	pullTimeout = 5500 * time.Millisecond
-	// pullHeartbeat is the idle heartbeat asked of the server for a pull: two missing ones end
-	// the pull (the server went away without the connection noticing yet).
-	pullHeartbeat = time.Second
-	// After Stop, the pull in flight is ended once nothing has arrived for stopIdle, or
-	// stopMax after Stop at the latest; what it brings meanwhile is nak'd with stopNakDelay,
-	// longer than the pull can still live, so that the server does not hand a nak'd record
-	// straight back to this stopping pull (each such bounce would spend one of its MaxDeliver).
-	// A record the server sends in the instant the pull is cancelled comes back only after
-	// AckWait.
-	stopIdle     = 100 * time.Millisecond
-	stopMax      = time.Second
-	stopNakDelay = 2 * stopMax
+	// pullExpiry is one pull's life on the server, which ends the request then (a 408 status)
+	// unless the batch filled first; the client gives up on a pull a second after its last
+	// message if that end never came (a server or cluster leader that went away: measured in a
+	// 3-node cluster, a 30 s pull stalled progress for 30 s). Records are handed out as they
+	// arrive, so the expiry costs no throughput; it is short so that a stopping worker, which
+	// waits for its pull to end on the server's side (see stopNakDelay), stops within half a
+	// second. An idle worker so sends two requests a second.
+	pullExpiry = 500 * time.Millisecond
+	// After Stop no pull is made and the one in flight is left to end on the server's side:
+	// cancelling it would unsubscribe while the server may still be sending, and a record so sent
+	// would come back only after AckWait. What it brings meanwhile is nak'd with stopNakDelay,
+	// longer than the pull can still live, so that the server does not hand a nak'd record straight
+	// back to this stopping pull (each such bounce would spend one of its MaxDeliver).
+	stopNakDelay = pullExpiry + time.Second
 )
 
-// pullPolicy paces the pull loop after a failed pull (no heartbeat, a server error, the
+// pullPolicy paces the pull loop after a failed pull (a server error or status, the
 // consumer missing): 100 ms doubling to 2 s, until Stop. A pull that ended normally (the batch
 // was filled or the request expired) is followed by the next one at once.
 var pullPolicy = retry.Policy{Initial: 100 * time.Millisecond, Max: 2 * time.Second}
@@ -458,71 +455,33 @@ func (p *puller) pull(ctx context.Context) error {
 		}
 		n = min(max(room, 1), n)
 	}
-	fctx, fcancel := context.WithTimeout(context.Background(), pullTimeout)
-	defer fcancel()
-	batch, err := c.cons.Fetch(n, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(pullHeartbeat))
+	batch, err := c.cons.Fetch(n, jetstream.FetchMaxWait(pullExpiry))
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrPull, Durable(c.model), err)
 	}
-	p.drain(batch.Messages(), fcancel)
-	err = batch.Error()
-	switch {
-	case err == nil:
-		return nil
-	case p.stopped && errors.Is(err, context.Canceled):
-		return nil // ended by drain after Stop
-	case errors.Is(err, context.DeadlineExceeded):
-		// The server's expiry never came (it went away): pull again.
-		return fmt.Errorf("%w: %s: no end of the pull from the server within %s: %w", ErrPull, Durable(c.model), pullTimeout, err)
+	p.drain(batch.Messages())
+	if err := batch.Error(); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrPull, Durable(c.model), err)
 	}
-	return fmt.Errorf("%w: %s: %w", ErrPull, Durable(c.model), err)
+	return nil
 }
 
-// drain takes every message of one pull until its channel closes. Once Stop is seen, what
-// arrives is nak'd (with stopNakDelay) and the pull is cancelled after stopIdle without a
-// message, or stopMax after Stop.
-func (p *puller) drain(msgs <-chan jetstream.Msg, cancel context.CancelFunc) {
-	stopC := p.h.stop
-	var idle, hard *time.Timer
-	var idleC, hardC <-chan time.Time
-	defer func() {
-		if idle != nil {
-			idle.Stop()
-			hard.Stop()
+// drain takes every message of one pull until its channel closes: the batch filled, the server
+// ended the request (its expiry), or the pull failed; never earlier (see stopNakDelay). Once
+// Stop is seen, what arrives is nak'd with stopNakDelay and no pull follows.
+func (p *puller) drain(msgs <-chan jetstream.Msg) {
+	for msg := range msgs {
+		if p.stopped || p.stopRequested() {
+			p.stopped = true
+			_ = msg.NakWithDelay(stopNakDelay)
+			continue
 		}
-	}()
-	stopping := func() {
-		p.stopped = true
-		stopC = nil
-		if idle == nil {
-			idle, hard = time.NewTimer(stopIdle), time.NewTimer(stopMax)
-			idleC, hardC = idle.C, hard.C
+		if !p.handle(msg) {
+			p.stopped = true
 		}
 	}
-	for {
-		select {
-		case msg, ok := <-msgs:
-			if !ok {
-				return
-			}
-			if p.stopped || p.stopRequested() {
-				stopping()
-				_ = msg.NakWithDelay(stopNakDelay)
-				idle.Reset(stopIdle)
-				continue
-			}
-			if !p.handle(msg) {
-				stopping()
-			}
-		case <-stopC:
-			stopping()
-		case <-idleC:
-			cancel()
-			idleC, hardC = nil, nil
-		case <-hardC:
-			cancel()
-			idleC, hardC = nil, nil
-		}
+	if p.stopRequested() {
+		p.stopped = true
 	}
 }
 

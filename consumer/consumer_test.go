@@ -266,6 +266,82 @@ func TestStopNaksBuffered(t *testing.T) {
 	}
 }
 
+// TestStopWhileRecordsArrive: a consumer stopped while records stream into its open pull naks
+// every one that arrives, and leaves no record with the server as sent to it: a second worker
+// gets all of them within seconds, where one sent to a pull its worker had already given up on
+// would sit out the 10-minute AckWait.
+func TestStopWhileRecordsArrive(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, js := natstest.Connect(t, natstest.Server(t, nil))
+	newConsumer := func() *consumer.Consumer {
+		// A pull batch the flood cannot fill: the stopping pull stays open while records arrive.
+		c, err := consumer.New(js, "m", validate, consumer.WithAckWait(10*time.Minute), consumer.WithPullBatch(50_000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Setup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	h, err := newConsumer().Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5000
+	started, published := make(chan struct{}), make(chan error, 1)
+	go func() {
+		for i := range n {
+			if i == 100 {
+				close(started)
+			}
+			m := nats.NewMsg(consumer.Subject("m"))
+			m.Header.Set(consumer.HeaderID, fmt.Sprint("F", i))
+			m.Data = []byte("MKT")
+			if _, err := js.PublishMsg(ctx, m); err != nil {
+				published <- err
+				return
+			}
+		}
+		published <- nil
+	}()
+	seen := map[string]bool{}
+	select {
+	case r := <-h.Records(): // the flood reaches the consumer
+		seen[r.ID] = true
+		r.Msg.Ack()
+	case <-ctx.Done():
+		t.Fatal("no record delivered")
+	}
+	<-started
+	h.Stop()
+	for r := range h.Records() { // handed out before Stop took hold: a worker finishes these
+		seen[r.ID] = true
+		r.Msg.Ack()
+	}
+	<-h.Done()
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	first := len(seen)
+	h2, err := newConsumer().Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h2.Stop()
+	for len(seen) < n {
+		select {
+		case r := <-h2.Records():
+			seen[r.ID] = true
+			r.Msg.Ack()
+		case <-ctx.Done():
+			t.Fatalf("%d of %d records seen (%d by the stopped consumer): the rest were left to AckWait", len(seen), n, first)
+		}
+	}
+	t.Logf("%d records by the stopped consumer, %d by the second", first, n-first)
+}
+
 func TestOptions(t *testing.T) {
 	for _, opt := range []consumer.Option{consumer.WithAckWait(0), consumer.WithMaxDeliver(-1), consumer.WithStream("a.b"), consumer.WithLogger(nil)} {
 		if _, err := consumer.New(nil, "m", validate, opt); !errors.Is(err, consumer.ErrOption) {
