@@ -480,9 +480,6 @@ func (p *puller) drain(msgs <-chan jetstream.Msg) {
 			p.stopped = true
 		}
 	}
-	if p.stopRequested() {
-		p.stopped = true
-	}
 }
 
 // handle counts, validates and hands out one message; bad records are dead-lettered. It

@@ -199,40 +199,36 @@ func (g *graph) lin(module string, perm []int) func() ([]float32, error) {
 
 // fp8Weight adds linear layer module's weight [out, in] (rows in perm's order) as the two
 // initializers Fp8Linear reads: E4M3 codes name (uint8 [out, in]) and their per-output-channel
-// float32 scales name_scale [out] (quantizeWeight). The weight is quantised when the codes are
-// written; the scales, written next, reuse that pass's values.
+// float32 scales name_scale [out] (quantizeWeight). Each loads the weight when it is written: the
+// small scales stay inline in model.onnx and are written before the codes, which go to the
+// external data file, so keeping one for the other would hold every weight's codes or rows.
 func (g *graph) fp8Weight(name, module string, perm []int, out, in int64) (codes, scales string) {
-	var kept []float32
-	quantize := func() ([]uint8, []float32, error) {
-		w, err := g.lin(module, perm)()
-		if err != nil {
-			return nil, nil, err
-		}
-		return quantizeWeight(name, w, int(out))
-	}
 	codes = g.init(name, onnxpb.Uint8, []int64{out, in}, func(w io.Writer) error {
-		c, s, err := quantize()
+		v, err := g.lin(module, perm)()
 		if err != nil {
 			return err
 		}
-		kept = s
+		c, _, err := quantizeWeight(name, v, int(out))
+		if err != nil {
+			return err
+		}
 		_, err = w.Write(c)
 		return err
 	})
 	scales = g.init(name+"_scale", onnxpb.Float, []int64{out}, func(w io.Writer) error {
-		s := kept
-		if s == nil {
-			var err error
-			if _, s, err = quantize(); err != nil {
-				return err
-			}
+		v, err := g.lin(module, perm)()
+		if err != nil {
+			return err
 		}
-		kept = nil
+		s, err := weightScales(name, v, int(out))
+		if err != nil {
+			return err
+		}
 		buf := make([]byte, 0, 4*len(s))
 		for _, x := range s {
 			buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(x))
 		}
-		_, err := w.Write(buf)
+		_, err = w.Write(buf)
 		return err
 	})
 	return codes, scales

@@ -125,15 +125,13 @@ func TestFastPathGraphs(t *testing.T) {
 				t.Errorf("%d Fp16Linear with gelu 1, want %d", gelu1, c.gelu1)
 			}
 			// Weights: Fp16Linear's [out, in] is the MatMul graph's [in, out] transposed.
-			check := []struct {
+			type shaped struct {
 				name    string
 				in, out int64
-			}{{"l0_w1", D, F}, {"l1_w1", D, F}}
+			}
+			check := []shaped{{"l0_w1", D, F}, {"l1_w1", D, F}}
 			if c.lin {
-				check = append(check, []struct {
-					name    string
-					in, out int64
-				}{{"l0_wq", D, D}, {"l0_wk", D, D}, {"l0_wv", D, D}, {"l1_wo", D, D}, {"l1_w2", F, D}}...)
+				check = append(check, shaped{"l0_wq", D, D}, shaped{"l0_wk", D, D}, shaped{"l0_wv", D, D}, shaped{"l1_wo", D, D}, shaped{"l1_w2", F, D})
 			}
 			for _, w := range check {
 				got, want := initializer(t, m, w.name), initializer(t, plain, w.name)

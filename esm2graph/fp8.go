@@ -29,40 +29,34 @@ func e4m3Encode(x float32) uint8 {
 	return sign | uint8(min((e+7)<<3|int(m), 0x7e))
 }
 
-// e4m3Decode is the value of an e4m3fn bit pattern (NaN for 0x7f and 0xff).
-func e4m3Decode(c uint8) float64 {
-	e, m := int(c>>3&0xf), float64(c&7)
-	var v float64
-	switch {
-	case c&0x7f == 0x7f:
-		return math.NaN()
-	case e == 0:
-		v = math.Ldexp(m, -9)
-	default:
-		v = math.Ldexp(1+m/8, e-7)
-	}
-	if c&0x80 != 0 {
-		return -v
-	}
-	return v
-}
-
 // quantizeWeight is the per-output-channel E4M3 quantisation of a weight w [out, in] (row-major):
-// codes [out, in] and float32 scales [out] with w ≈ code·scale, scale = max |row| / 448 (1 for a
-// zero row), in float32 as tools/esm2_graph.py quantize_weight computes it. A weight that is not
-// finite is an error.
+// codes [out, in] and float32 scales [out] (weightScales) with w ≈ code·scale, in float32 as
+// tools/esm2_graph.py quantize_weight computes it.
 func quantizeWeight(name string, w []float32, out int) (codes []uint8, scales []float32, err error) {
-	if out <= 0 || len(w)%out != 0 {
-		return nil, nil, fmt.Errorf("%w: %s: %d values are not %d rows", ErrCheckpoint, name, len(w), out)
+	if scales, err = weightScales(name, w, out); err != nil {
+		return nil, nil, err
 	}
 	in := len(w) / out
-	codes, scales = make([]uint8, len(w)), make([]float32, out)
+	codes = make([]uint8, len(w))
+	for i, x := range w {
+		codes[i] = e4m3Encode(x / scales[i/in])
+	}
+	return codes, scales, nil
+}
+
+// weightScales are quantizeWeight's per-row scales of w [out, in]: max |row| / 448 in float32 (1
+// for a zero row). A weight that is not finite is an error.
+func weightScales(name string, w []float32, out int) ([]float32, error) {
+	if out <= 0 || len(w)%out != 0 {
+		return nil, fmt.Errorf("%w: %s: %d values are not %d rows", ErrCheckpoint, name, len(w), out)
+	}
+	in := len(w) / out
+	scales := make([]float32, out)
 	for r := range out {
-		row := w[r*in : (r+1)*in]
 		var amax float32
-		for _, x := range row {
+		for _, x := range w[r*in : (r+1)*in] {
 			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-				return nil, nil, fmt.Errorf("%w: %s: row %d holds %g: an FP8 weight must be finite", ErrCheckpoint, name, r, x)
+				return nil, fmt.Errorf("%w: %s: row %d holds %g: an FP8 weight must be finite", ErrCheckpoint, name, r, x)
 			}
 			amax = max(amax, float32(math.Abs(float64(x))))
 		}
@@ -71,9 +65,6 @@ func quantizeWeight(name string, w []float32, out int) (codes []uint8, scales []
 			s = 1
 		}
 		scales[r] = s
-		for i, x := range row {
-			codes[r*in+i] = e4m3Encode(x / s)
-		}
 	}
-	return codes, scales, nil
+	return scales, nil
 }

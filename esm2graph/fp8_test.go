@@ -10,6 +10,24 @@ import (
 	"github.com/seqembed/seqembed/esm2graph/onnxpb"
 )
 
+// e4m3Decode is the value of an e4m3fn bit pattern (NaN for 0x7f and 0xff).
+func e4m3Decode(c uint8) float64 {
+	e, m := int(c>>3&0xf), float64(c&7)
+	var v float64
+	switch {
+	case c&0x7f == 0x7f:
+		return math.NaN()
+	case e == 0:
+		v = math.Ldexp(m, -9)
+	default:
+		v = math.Ldexp(1+m/8, e-7)
+	}
+	if c&0x80 != 0 {
+		return -v
+	}
+	return v
+}
+
 // TestE4M3Encode: every finite e4m3fn value encodes to its own code, a value halfway between two
 // neighbours to the even one, anything past 448 to 448, and a few values to their known codes.
 func TestE4M3Encode(t *testing.T) {
