@@ -2,49 +2,80 @@
 # bench/gpu_gobuild.sh — on the GPU machine (issue #17): the Go-built graph against the Python export
 # of the same weights. ESM-2 650M with random weights is exported by tools/export_esm2.py (packed,
 # fp16, custom ops) and saved by save_pretrained; `seqembed model build` writes its graph from that
-# checkpoint; both embed the same proteins (seqembed run; per-row cosine by bench/compare_parquet.py)
+# checkpoint; both embed the same proteins (seqembed run; per-row cosine by bench/compare_parquet.py),
+# are compared structurally (bench/compare_onnx.py: ops, attributes, every initializer by name, exact)
 # and are benchmarked end to end in alternation (bench/gpu.sh, export=dir:). Also writes the tiny
 # model's Python-built fused mha graph to $OUT/esm2-tiny-mha (esm2graph's TestMatchesPythonGraph).
 # GOBUILD_FLAGS (default "--fp16 --fused packed --custom-ops") are given to both builds, whose flags
-# share their names: e.g. GOBUILD_FLAGS="--fp16 --fused packed --custom-ops --fused-gelu
-# --fp16-linear --cudnn-attention" compares the fastest float16 graph (the ops are then built with
-# cuDNN: the nvidia-cudnn wheel and .device/cudnn-fe-include.tar.xz, bench/pack.sh CUDNN_FRONTEND=DIR);
-# the tiny model's Python-built graph with those flags goes to $OUT/esm2-tiny-flags too.
+# share their names; several flag sets separated by ';' are each built both ways from the one
+# checkpoint, e.g. GOBUILD_FLAGS="--fp16 --fused packed --custom-ops --fused-gelu --fp16-linear
+# --cudnn-attention; --fp16 --fused packed --custom-ops --precision fp8 --fused-ln-quant --fused-gelu
+# --cudnn-attention" (the ops are then built with cuDNN: the nvidia-cudnn wheel and
+# .device/cudnn-fe-include.tar.xz, bench/pack.sh CUDNN_FRONTEND=DIR). The tiny model's Python-built
+# graph for set N (1-based) goes to $OUT/esm2-tiny-setN (esm2graph's testdata). GOBUILD_BENCH=0 skips
+# the throughput passes.
 #   bash .device/on-device.sh bash bench/gpu_gobuild.sh
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 w=${TMPDIR:-/tmp}/gobuild
 mkdir -p "$w" "$OUT"
-read -r -a flags <<<"${GOBUILD_FLAGS:---fp16 --fused packed --custom-ops}"
+IFS=';' read -r -a sets <<<"${GOBUILD_FLAGS:---fp16 --fused packed --custom-ops}"
 python3 tools/export_esm2.py --hf esm2graph/testdata/esm2-tiny-hf --name esm2-tiny --fused mha --out "$OUT/esm2-tiny-mha" 2>&1 | tail -3
-python3 tools/export_esm2.py --hf esm2graph/testdata/esm2-tiny-hf --name esm2-tiny "${flags[@]}" --no-check --out "$OUT/esm2-tiny-flags" 2>&1 | tail -2
 ops_env=(SEQEMBED_OPS_ARCHS=90)
-if [[ " ${flags[*]} " == *" --cudnn-attention "* ]]; then
+if [[ " ${GOBUILD_FLAGS:-} " == *" --cudnn-attention"* ]]; then
   cudnn=${SEQEMBED_OPS_CUDNN:-$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])')}
   fe=${SEQEMBED_CUDNN_FRONTEND:-$w/cudnn-fe/include}
   [[ -d $fe ]] || { mkdir -p "$w/cudnn-fe" && tar -xJf .device/cudnn-fe-include.tar.xz -C "$w/cudnn-fe"; }
   ops_env+=(SEQEMBED_OPS_CUDNN="$cudnn" SEQEMBED_CUDNN_FRONTEND="$fe")
 fi
+# The ops build (~90 s with cuDNN) runs beside the first export.
+ops=$w/libseqembed_ops.so
+(env "${ops_env[@]}" bash scripts/build-ops.sh "$ops" >"$w/build-ops.log" 2>&1; echo $? >"$w/build-ops.rc") &
+ops_pid=$!
 # Parity on the 500 real proteins of testdata/sample; throughput on 8,000 sequences whose lengths are
 # drawn from those 500 (random residues: both graphs see the same batches; the call's 64 MiB leave
 # no room for the real-protein subset beside the binary).
 fasta=$w/input.fasta
 zcat testdata/sample/query500.fasta.gz >"$fasta"
 python3 bench/synth_fasta.py "$fasta" "$w/synthetic.fasta" 8000
-t0=$(date +%s)
-python3 tools/export_esm2.py --preset t33_650M "${flags[@]}" --save-pretrained "$w/hf650" --out "$w/py650" --no-check 2>&1 | tail -2
-echo "python export: $(($(date +%s) - t0)) s"
-env "${ops_env[@]}" bash scripts/build-ops.sh "$w/py650/libseqembed_ops.so"
-mkdir -p "$w/go650" && cp "$w/py650/libseqembed_ops.so" "$w/go650/"
-t0=$(date +%s)
-/usr/bin/time -v seqembed model build --from "$w/hf650" --out "$w/go650" "${flags[@]}" --name esm2-t33_650M 2>&1 |
-  grep -E 'model:|Maximum resident|Elapsed' || true
-echo "go build: $(($(date +%s) - t0)) s"
-ls -la "$w/py650" "$w/go650"
-for m in py650 go650; do
-  seqembed run "$fasta" --model "$w/$m" --device cuda:0 --out "$w/$m.parquet" --quiet --allow-rejects --allow-id-conflicts | tail -2
+rc=0
+matrix=()
+for i in "${!sets[@]}"; do
+  n=$((i + 1))
+  read -r -a flags <<<"${sets[$i]}"
+  echo "== set $n: ${flags[*]}"
+  python3 tools/export_esm2.py --hf esm2graph/testdata/esm2-tiny-hf --name esm2-tiny "${flags[@]}" --no-check --out "$OUT/esm2-tiny-set$n" 2>&1 | tail -1
+  t0=$(date +%s)
+  if [[ $n == 1 ]]; then
+    python3 tools/export_esm2.py --preset t33_650M "${flags[@]}" --save-pretrained "$w/hf650" --out "$w/py$n" --no-check 2>&1 | tail -2
+  else
+    python3 tools/export_esm2.py --hf "$w/hf650" --name esm2-t33_650M "${flags[@]}" --out "$w/py$n" --no-check 2>&1 | tail -2
+  fi
+  echo "python export: $(($(date +%s) - t0)) s"
+  t0=$(date +%s)
+  /usr/bin/time -v seqembed model build --from "$w/hf650" --out "$w/go$n" "${flags[@]}" --name esm2-t33_650M 2>&1 |
+    grep -E 'model:|Maximum resident|Elapsed' || true
+  echo "go build: $(($(date +%s) - t0)) s"
+  ls -la "$w/py$n" "$w/go$n"
+  python3 bench/compare_onnx.py "$w/py$n/model.onnx" "$w/go$n/model.onnx" --label "650M set $n: ${flags[*]}" | tee "$OUT/gobuild-onnx-set$n.json" || rc=1
+  python3 - "$w/py$n/model.json" "$w/go$n/model.json" <<'PY' | tee "$OUT/gobuild-manifest-set$n.json" || rc=1
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+d = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+print(json.dumps({"manifest_differences": d}))
+PY
+  if [[ $n == 1 ]]; then
+    wait "$ops_pid" || true
+    [[ $(cat "$w/build-ops.rc") == 0 ]] || { tail -20 "$w/build-ops.log"; exit 1; }
+  fi
+  cp "$ops" "$w/py$n/" && cp "$ops" "$w/go$n/"
+  for m in py$n go$n; do
+    seqembed run "$fasta" --model "$w/$m" --device cuda:0 --out "$w/$m.parquet" --quiet --allow-rejects --allow-id-conflicts | tail -2
+  done
+  python3 bench/compare_parquet.py "$w/py$n.parquet" "$w/go$n.parquet" --min-cos 0.99999 --label "650M ${flags[*]}: Python export vs Go build" | tee "$OUT/gobuild-parity-set$n.json" || rc=1
+  matrix+=("model=650M export=dir:$w/py$n modes=e2e label=python-set$n" "model=650M export=dir:$w/go$n modes=e2e label=go-set$n")
 done
-python3 bench/compare_parquet.py "$w/py650.parquet" "$w/go650.parquet" --min-cos 0.99999 --label "650M ${flags[*]}: Python export vs Go build" | tee "$OUT/gobuild-parity.json"
-bash bench/gpu.sh --budget 200 --out "$OUT/bench" --fasta "$w/synthetic.fasta" \
-  "model=650M export=dir:$w/py650 modes=e2e label=python" "model=650M export=dir:$w/go650 modes=e2e label=go" \
-  "model=650M export=dir:$w/py650 modes=e2e label=python-2" "model=650M export=dir:$w/go650 modes=e2e label=go-2"
+if [[ ${GOBUILD_BENCH:-1} != 0 ]]; then
+  bash bench/gpu.sh --budget "${GOBUILD_BUDGET:-200}" --out "$OUT/bench" --fasta "$w/synthetic.fasta" "${matrix[@]}" "${matrix[@]/label=/label=again-}"
+fi
+exit $rc
