@@ -20,6 +20,11 @@ const (
 	refHFDir   = "testdata/esm2-tiny-hf"  // config.json + model.safetensors
 	refPTFile  = "testdata/esm2-tiny.pt"  // fair-esm checkpoint
 	refMHADir  = "testdata/esm2-tiny-mha" // Python-built fused mha float32 graph + model.json
+	// Python-built packed float16 graphs of the fastest measured flag sets (bench/gpu_gobuild.sh,
+	// 2026-12-04): --fp16 --fused packed --custom-ops --fused-gelu --fp16-linear --cudnn-attention,
+	// and --precision fp8 --fused-ln-quant --fused-gelu --cudnn-attention.
+	refFastDir = "testdata/esm2-tiny-fast"
+	refFP8Dir  = "testdata/esm2-tiny-fp8"
 )
 
 type goldenRecord struct {
@@ -120,14 +125,7 @@ func TestMatchesPythonGraph(t *testing.T) {
 	requireRef(t, refMHADir)
 	ck := load(t, refHFDir)
 	py := decodeModel(t, refMHADir)
-	var pyMan Manifest
-	data, err := os.ReadFile(filepath.Join(refMHADir, "model.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(data, &pyMan); err != nil {
-		t.Fatal(err)
-	}
+	pyMan := readManifest(t, refMHADir)
 	// The export writes the "lengths" form; accept "2d" too, whichever the reference is.
 	form := MaskLengths
 	if slices.ContainsFunc(py.Graph.Nodes, func(n onnxpb.Node) bool {
@@ -139,12 +137,7 @@ func TestMatchesPythonGraph(t *testing.T) {
 	for _, d := range compareModels(decodeModel(t, dir), py) {
 		t.Error(d)
 	}
-	if pyMan.EmbeddingDim != man.EmbeddingDim || pyMan.NumLayers != man.NumLayers || pyMan.NumHeads != man.NumHeads ||
-		pyMan.Residues != man.Residues || pyMan.Tokens != man.Tokens || pyMan.DType != man.DType || pyMan.Opset != man.Opset ||
-		pyMan.Attention != man.Attention || !slices.Equal(pyMan.Optimized, man.Optimized) || !slices.Equal(pyMan.Requires, man.Requires) ||
-		pyMan.CustomOps != man.CustomOps || !slices.Equal(pyMan.Inputs, man.Inputs) || pyMan.Output != man.Output || pyMan.Pooling != man.Pooling {
-		t.Errorf("manifests differ:\n python %+v\n go     %+v", pyMan, man)
-	}
+	compareManifests(t, man, pyMan)
 	recs := loadGolden(t)
 	goEmb, pyEmb := embedGolden(t, runner(t, dir), recs), embedGolden(t, runner(t, refMHADir), recs)
 	var worst float64
@@ -155,6 +148,63 @@ func TestMatchesPythonGraph(t *testing.T) {
 		t.Errorf("Go-built vs Python-built graph on the golden inputs: max abs %.3g (limit 1e-5)", worst)
 	}
 	t.Logf("mask form %s: Go-built vs Python-built max abs %.3g", form, worst)
+}
+
+// TestMatchesPythonFastGraphs: `model build` with the fastest measured flag sets writes
+// tools/esm2_graph.py's graph node for node, initializer for initializer (FP8 codes and scales
+// included), with the same manifest. Their ops run on CUDA only, so this compares structure; on an
+// H200 (bench/gpu_gobuild.sh, 2026-12-04, ESM-2 650M) the two builds were byte-identical per
+// initializer and embedded 500 proteins with max abs difference 0.
+func TestMatchesPythonFastGraphs(t *testing.T) {
+	requireRef(t, refHFDir)
+	ck := load(t, refHFDir)
+	fast := Options{Attention: AttentionPacked, FP16: true, CustomOps: true, FusedGELU: true, CudnnAttention: true}
+	cases := []struct {
+		dir  string
+		opts func(Options) Options
+	}{
+		{refFastDir, func(o Options) Options { o.FP16Linear = true; return o }},
+		{refFP8Dir, func(o Options) Options { o.Precision, o.FusedLNQuant = PrecisionFP8, true; return o }},
+	}
+	for _, c := range cases {
+		t.Run(filepath.Base(c.dir), func(t *testing.T) {
+			requireRef(t, c.dir)
+			pyMan := readManifest(t, c.dir)
+			o := c.opts(fast)
+			o.MaxLength = pyMan.MaxLength
+			dir, man := build(t, ck, o)
+			for _, d := range compareModels(decodeModel(t, dir), decodeModel(t, c.dir)) {
+				t.Error(d)
+			}
+			compareManifests(t, man, pyMan)
+		})
+	}
+}
+
+func readManifest(t testing.TB, dir string) Manifest {
+	t.Helper()
+	var m Manifest
+	data, err := os.ReadFile(filepath.Join(dir, "model.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// compareManifests reports the fields of a Go-built manifest that differ from the Python export's
+// (name, source, checksum and exporter aside).
+func compareManifests(t testing.TB, man, pyMan Manifest) {
+	t.Helper()
+	if pyMan.EmbeddingDim != man.EmbeddingDim || pyMan.NumLayers != man.NumLayers || pyMan.NumHeads != man.NumHeads ||
+		pyMan.Residues != man.Residues || pyMan.Tokens != man.Tokens || pyMan.DType != man.DType || pyMan.Opset != man.Opset ||
+		pyMan.Attention != man.Attention || !slices.Equal(pyMan.Optimized, man.Optimized) || !slices.Equal(pyMan.Requires, man.Requires) ||
+		pyMan.CustomOps != man.CustomOps || !slices.Equal(pyMan.Inputs, man.Inputs) || pyMan.Output != man.Output || pyMan.Pooling != man.Pooling ||
+		pyMan.Precision != man.Precision || pyMan.FP8Projections != man.FP8Projections || pyMan.FFNGelu != man.FFNGelu || pyMan.MaxLength != man.MaxLength {
+		t.Errorf("manifests differ:\n python %+v\n go     %+v", pyMan, man)
+	}
 }
 
 func attr(n onnxpb.Node, name string) any {
