@@ -58,8 +58,8 @@ for i in "${!sets[@]}"; do
     wait "$ops_pid" || true
     [[ $(cat "$w/build-ops.rc") == 0 ]] || { tail -20 "$w/build-ops.log"; exit 1; }
   fi
-  # The library goes into the Go build's directory first: without it, model build falls back to
-  # ORT's ops (and says so) instead of writing the custom-op graph.
+  # The library goes into the Go build's directory first: without it, model build refuses the
+  # fast-path flags (on 2026-12-04 it still fell back to ORT's ops, and this script measured that).
   mkdir -p "$w/go$n" && cp "$ops" "$w/go$n/" && cp "$ops" "$w/py$n/"
   t0=$(date +%s)
   /usr/bin/time -v seqembed model build --from "$w/hf650" --out "$w/go$n" "${flags[@]}" --name esm2-t33_650M 2>&1 |

@@ -14,6 +14,7 @@
 # `git clone --depth 1 -b v1.23.0 https://github.com/NVIDIA/cudnn-frontend` (the version measured).
 set -euo pipefail
 out=${1:?usage: build-ops.sh OUT.so [cpu]}
+mkdir -p "$(dirname "$out")"
 root=$(cd "$(dirname "$0")/.." && pwd)
 src=$root/gpurun/ortops
 inc=$root/third_party/onnxruntime/include # ONNX Runtime's C API headers (third_party/onnxruntime/VERSION)

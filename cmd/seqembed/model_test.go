@@ -255,15 +255,26 @@ func TestModelBuildFastPath(t *testing.T) {
 		opt["MatMul"] != nil || opt["BiasGelu"] != nil {
 		t.Errorf("manifest ffn_gelu %v custom_ops %v optimized %v", m["ffn_gelu"], m["custom_ops"], opt)
 	}
+	// Without the library, flags that only it runs are refused (nothing written); --custom-ops
+	// alone falls back to ONNX Runtime's ops and says what that costs.
 	without := filepath.Join(dir, "without")
-	c = runChild(t, "model build --from "+hfDir+" --out "+without+flags, nil, "SEQEMBED_CUSTOM_OPS=")
-	if c.code != cli.ExitOK || !strings.Contains(c.stderr, "without --fused-gelu, --fp16-linear, --cudnn-attention and --precision fp8") {
-		t.Fatalf("model build without the library: exit %d\n%s", c.code, c.stderr)
+	c = runChild(t, "model build --from "+hfDir+" --out "+without+flags+" --precision fp8", nil, "SEQEMBED_CUSTOM_OPS=")
+	if c.code != cli.ExitFailed || !strings.Contains(c.stderr, "no custom-op library") ||
+		!strings.Contains(c.stderr, "--fused-gelu, --fp16-linear, --cudnn-attention, --precision fp8 run only on it") ||
+		!strings.Contains(c.stderr, "scripts/build-ops.sh "+filepath.Join(without, "libseqembed_ops.so")) {
+		t.Fatalf("model build of the fast path without the library: exit %d, want 1 naming the flags and the build\n%s", c.code, c.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(without, "model.json")); err == nil {
+		t.Errorf("refused build wrote %s", filepath.Join(without, "model.json"))
+	}
+	c = runChild(t, "model build --from "+hfDir+" --out "+without+" --fp16 --fused packed --custom-ops", nil, "SEQEMBED_CUSTOM_OPS=")
+	if c.code != cli.ExitOK || !strings.Contains(c.stderr, "building with ONNX Runtime's Add + RotaryEmbedding") {
+		t.Fatalf("model build --custom-ops without the library: exit %d, want 0 with the fallback\n%s", c.code, c.stderr)
 	}
 	m = readMan(without)
 	opt, _ = m["optimized"].(map[string]any)
-	if m["ffn_gelu"] != nil || m["custom_ops"] != "" || opt["Fp16Linear"] != nil || opt["PackedMultiHeadAttention"] != float64(2) {
-		t.Errorf("fallback manifest ffn_gelu %v custom_ops %v optimized %v", m["ffn_gelu"], m["custom_ops"], opt)
+	if m["custom_ops"] != "" || opt["RotaryEmbedding"] != float64(4) || opt["PackedMultiHeadAttention"] != float64(2) {
+		t.Errorf("fallback manifest custom_ops %v optimized %v", m["custom_ops"], opt)
 	}
 	// FP8: the manifest says so (gpurun refuses it on a GPU without FP8 tensor cores), and the
 	// CPU refuses the model with a sentence.

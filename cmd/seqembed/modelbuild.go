@@ -97,8 +97,9 @@ func modelBuild(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 // buildGraph loads the checkpoint src and writes its fused graph into out with opts, logging on w
-// what the checkpoint did not say and, when custom ops were asked for without their library, the
-// fallback and what it costs.
+// what the checkpoint did not say and, when --custom-ops was asked for without its library, the
+// fallback to ONNX Runtime's ops and what it costs; options that only the library runs
+// (fastPathFlags) are refused without it (errNoCustomOps).
 func buildGraph(ctx context.Context, src, out string, opts esm2graph.Options, w io.Writer) (esm2graph.Manifest, error) {
 	ck, err := esm2graph.Load(src)
 	if err != nil {
@@ -116,18 +117,40 @@ func buildGraph(ctx context.Context, src, out string, opts esm2graph.Options, w 
 	}
 	if opts.CustomOps {
 		if _, ok := esm2graph.LocateCustomOps(out); !ok {
-			fmt.Fprintln(w, "model: "+esm2graph.CustomOpsFallback("libseqembed_ops.so is neither in "+out+" nor at $SEQEMBED_CUSTOM_OPS"))
-			if opts.FusedGELU || opts.FP16Linear || opts.CudnnAttention || opts.Precision == esm2graph.PrecisionFP8 {
-				fmt.Fprintln(w, "model: and without --fused-gelu, --fp16-linear, --cudnn-attention and --precision fp8 (float16 instead), which run on the same library")
+			missing := esm2graph.CustomOpsLibrary + " is neither in " + out + " nor at $SEQEMBED_CUSTOM_OPS"
+			// Flags that choose a graph only the library runs are refused rather than dropped: a
+			// build that exits 0 with another graph is benchmarked as if it were the asked-for one
+			// (0.79x of the fast graph at 650M, docs/perf.md 2026-12-04, thirteenth session).
+			if f := fastPathFlags(opts); len(f) > 0 {
+				return esm2graph.Manifest{}, fmt.Errorf("%w: %s; %s run only on it: build it first with "+
+					"scripts/build-ops.sh %s (with cuDNN for --cudnn-attention), or leave them off for "+
+					"ONNX Runtime's ops", errNoCustomOps, missing, strings.Join(f, ", "), filepath.Join(out, esm2graph.CustomOpsLibrary))
 			}
-			opts.CustomOps, opts.FusedGELU, opts.FP16Linear, opts.CudnnAttention = false, false, false, false
-			opts.Precision, opts.FP8Projections, opts.FusedLNQuant = "", "", false
+			fmt.Fprintln(w, "model: "+esm2graph.CustomOpsFallback(missing))
+			opts.CustomOps = false
 		}
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return esm2graph.Manifest{}, fmt.Errorf("model: %w", err)
 	}
 	return esm2graph.Build(ctx, ck, out, opts)
+}
+
+// fastPathFlags names the options set in o whose graph needs seqembed's custom-op library.
+func fastPathFlags(o esm2graph.Options) []string {
+	var f []string
+	for _, c := range []struct {
+		on   bool
+		name string
+	}{
+		{o.FusedGELU, "--fused-gelu"}, {o.FP16Linear, "--fp16-linear"}, {o.CudnnAttention, "--cudnn-attention"},
+		{o.Precision == esm2graph.PrecisionFP8, "--precision fp8"},
+	} {
+		if c.on {
+			f = append(f, c.name)
+		}
+	}
+	return f
 }
 
 // resolveHFModel turns --model hf:ORG/NAME[@REV] into a model directory: the checkpoint is pulled
