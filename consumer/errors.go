@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 var (
@@ -92,3 +94,10 @@ func (e *RejectError) Error() string {
 }
 
 func (e *RejectError) Unwrap() error { return e.Err }
+
+// JetStream API error codes of a consumer replica count the stream refuses (nats-server's
+// JSConsumerReplicasExceedsStream, JSConsumerReplicasShouldMatchStream; ReplicasRefused).
+const (
+	errCodeReplicasExceedStream jetstream.ErrorCode = 10126
+	errCodeReplicasMatchStream  jetstream.ErrorCode = 10134
+)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/internal/cli"
+	"github.com/seqembed/seqembed/internal/retry"
 	"github.com/seqembed/seqembed/pipeline"
 )
 
@@ -48,6 +49,11 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cf
 		return err
 	}
 	want := cons.ConsumerConfig()
+	in, err := js.Stream(ctx, cfg.InStream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", cfg.InStream, err)
+	}
+	want.Replicas = in.CachedInfo().Config.Replicas // the stream's, explicitly (consumer.Setup says why)
 	c, err := js.Consumer(ctx, cfg.InStream, want.Durable)
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
@@ -75,8 +81,15 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, model string, cf
 			cur.FilterSubject, cur.FilterSubjects = "", want.FilterSubjects
 			changed = append(changed, "subjects "+strings.Join(want.FilterSubjects, ", "))
 		}
+		if cur.Replicas != want.Replicas {
+			cur.Replicas, changed = want.Replicas, append(changed, fmt.Sprintf("%d replicas", want.Replicas))
+		}
 		if len(changed) > 0 {
-			if _, err := js.UpdateConsumer(ctx, cfg.InStream, cur); err != nil {
+			// Right after the stream's replicas changed, the server refuses the consumer's new
+			// count until the stream's scaling is applied (~10 s in a 3-node test cluster).
+			err := retry.Do(ctx, retry.Policy{Initial: 500 * time.Millisecond, Max: 2 * time.Second, Tries: 30, Retryable: consumer.ReplicasRefused},
+				func(ctx context.Context) error { _, err := js.UpdateConsumer(ctx, cfg.InStream, cur); return err })
+			if err != nil {
 				return fmt.Errorf("updating consumer %s (%s): %w", want.Durable, strings.Join(changed, ", "), err)
 			}
 			fmt.Fprintf(w, "updated consumer %s: %s\n", want.Durable, strings.Join(changed, ", "))

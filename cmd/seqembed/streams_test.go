@@ -7,9 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/internal/natstest"
+	"github.com/seqembed/seqembed/internal/retry"
 	"github.com/seqembed/seqembed/internal/testutil"
 	"github.com/seqembed/seqembed/pipeline"
 )
@@ -152,5 +156,60 @@ func TestStreamsSizeAndAgeFlags(t *testing.T) {
 		if _, err := parseByteSize(bad); err == nil {
 			t.Errorf("parseByteSize(%q) accepted", bad)
 		}
+	}
+}
+
+// TestStreamsScaleReplicas: on a 3-node cluster, `streams --replicas 3` scales SEQS (created R1)
+// and its durable consumer with it: the consumer's count is set explicitly (consumer.Setup says
+// why), and the server refuses it for a while after the stream's change, which streams waits out.
+func TestStreamsScaleReplicas(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl := natstest.Cluster(t, 3)
+	nc, err := nats.Connect(cl.URLs(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := pipeline.Default()
+	cfg.Replicas = 1
+	var sb strings.Builder
+	run := func(set map[string]bool) {
+		t.Helper()
+		// The new cluster may not answer its first API requests: retried as the worker's are.
+		if err := retry.Do(ctx, retry.Policy{Tries: 5, PerTry: 20 * time.Second, Retryable: retry.Timeouts}, func(ctx context.Context) error {
+			sb.Reset()
+			return ensureStreams(ctx, js, "m", cfg, set, &sb)
+		}); err != nil {
+			t.Fatalf("streams: %v\n%s", err, sb.String())
+		}
+	}
+	replicas := func() (stream, cons int) {
+		t.Helper()
+		s, err := js.Stream(ctx, "SEQS")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := js.Consumer(ctx, "SEQS", consumer.Durable("m"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config.Replicas, c.CachedInfo().Config.Replicas
+	}
+	run(nil)
+	if s, c := replicas(); s != 1 || c != 1 {
+		t.Fatalf("created: SEQS %d replicas, consumer %d; want 1 and 1", s, c)
+	}
+	cfg.Replicas = 3
+	run(map[string]bool{"replicas": true})
+	if s, c := replicas(); s != 3 || c != 3 {
+		t.Errorf("after streams --replicas 3: SEQS %d replicas, consumer %d; want 3 and 3\n%s", s, c, sb.String())
+	}
+	if !strings.Contains(sb.String(), "updated consumer seqembed-m: 3 replicas") {
+		t.Errorf("streams did not say it scaled the consumer:\n%s", sb.String())
 	}
 }
