@@ -313,8 +313,7 @@ func (c *Consumer) Setup(ctx context.Context) error {
 	// an R3 stream, but nats-server 2.15 takes it for R1 when a node shuts down: it ends the
 	// consumer's pulls with "409 Server Shutdown" while still sending them records for 50 ms,
 	// which the client, its pull ended, drops; each such record then waits out AckWait
-	// (docs/reliability.md, 2026-12-04: after a quorum loss the 3-node test resumed ~7 s after the
-	// restart in 8 of 13 runs with 0, in 1 of 13 with the count set).
+	// (docs/reliability.md, 2026-12-04; TestLeaderShutdownKeepsPulls).
 	cc.Replicas = st.CachedInfo().Config.Replicas
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, c.opts.stream, cc)
 	if ReplicasRefused(err) {
