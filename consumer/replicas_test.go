@@ -26,15 +26,7 @@ func TestConsumerReplicasFollowStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	c := natstest.Cluster(t, 3)
-	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := c.Connect(nats.ReconnectWait(100 * time.Millisecond))
 	pol := retry.Policy{Tries: 5, PerTry: 10 * time.Second, Retryable: retry.Timeouts}
 	setup := func(opts ...consumer.Option) {
 		t.Helper()
@@ -90,15 +82,7 @@ func TestLeaderShutdownKeepsPulls(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
 			c := natstest.Cluster(t, 3)
-			nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer nc.Close()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, js := c.Connect()
 			cons, err := consumer.New(js, "esm2-tiny", func([]byte) error { return nil }, consumer.WithReplicas(3))
 			if err != nil {
 				t.Fatal(err)
@@ -123,15 +107,7 @@ func TestLeaderShutdownKeepsPulls(t *testing.T) {
 				t.Fatal("no consumer leader")
 			}
 			// The puller connects to another node, so that its own connection survives.
-			pnc, err := nats.Connect(c.Server((leader + 1) % 3).ClientURL())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pnc.Close()
-			pjs, err := jetstream.New(pnc)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, pjs := natstest.Connect(t, c.Server((leader+1)%3))
 			pc, err := pjs.Consumer(ctx, "SEQS", durable)
 			if err != nil {
 				t.Fatal(err)

@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/seqembed/seqembed/consumer"
 	"github.com/seqembed/seqembed/internal/e2etest"
 	"github.com/seqembed/seqembed/internal/natstest"
@@ -165,16 +162,7 @@ func TestStreamsSizeAndAgeFlags(t *testing.T) {
 func TestStreamsScaleReplicas(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cl := natstest.Cluster(t, 3)
-	nc, err := nats.Connect(cl.URLs(), nats.MaxReconnects(-1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Cluster(t, 3).Connect()
 	cfg := pipeline.Default()
 	cfg.Replicas = 1
 	var sb strings.Builder

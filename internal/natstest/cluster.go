@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/seqembed/seqembed/internal/jscluster"
 )
@@ -46,6 +47,13 @@ func (c *TestCluster) Restart(i int) {
 	if err := c.Cluster.Restart(i); err != nil {
 		c.t.Fatal(err)
 	}
+}
+
+// Connect connects to every node of the cluster, reconnecting forever (before opts), and returns
+// the connection (closed when the test ends) and its JetStream context.
+func (c *TestCluster) Connect(opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	c.t.Helper()
+	return connectURL(c.t, c.URLs(), append([]nats.Option{nats.MaxReconnects(-1)}, opts...)...)
 }
 
 // ConsumerStepDown asks the consumer's leader to step down through the JetStream API

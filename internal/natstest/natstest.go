@@ -82,7 +82,13 @@ func start(t testing.TB, opts *server.Options) *server.Server {
 // ReconnectFast() so the client is back within a fraction of a second.
 func Connect(t testing.TB, s *server.Server, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL(), opts...)
+	return connectURL(t, s.ClientURL(), opts...)
+}
+
+// connectURL is Connect for a URL list.
+func connectURL(t testing.TB, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
